@@ -1,0 +1,68 @@
+# Kiban: every target sets up what it needs, so a fresh machine runs `make demo` or `make test` directly.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST := $(PY) -m pytest
+
+.PHONY: all venv tools crds check-crds test test-unit test-integration test-e2e bench bench-operator demo dev-cluster kind-e2e clean
+
+all: test
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## tools: pinned kube-apiserver, controller-manager, scheduler, kubectl, kwok, helm, etcd, prometheus into a cache outside the repo
+tools:
+	bash hack/tools/build.sh
+
+## crds: regenerate crds/ from the pydantic models in operator/kiban/api
+crds: $(STAMP)
+	$(PY) -m kiban crd generate --output-dir crds
+
+## check-crds: fail when the checked-in CRD differs from what the models generate
+check-crds: $(STAMP)
+	$(PY) -m kiban crd check --output-dir crds
+
+test-unit: $(STAMP)
+	$(PYTEST) tests/unit
+
+test-integration: $(STAMP) tools
+	$(PYTEST) tests/integration
+
+test-e2e: $(STAMP) tools
+	$(PYTEST) tests/e2e
+
+## test: the README's test command; what CI runs
+test: $(STAMP) tools check-crds
+	$(PYTEST) tests
+
+## bench: autoscaling benchmark on the Azure traces (Kiban vs peers vs oracle)
+bench: $(STAMP)
+	$(VENV)/bin/kiban-bench --out bench/results
+
+## bench-operator: 200 and 1,000 FoundationModels applied at once on the dev cluster
+bench-operator: $(STAMP) tools
+	$(PY) -m bench.operator_scale
+
+## demo: the README's first command; local control plane, simulated GPUs, Prometheus, autoscaling under a real trace
+demo: $(STAMP) tools
+	$(PY) -m kiban_serving.demo
+
+## dev-cluster: a local control plane with simulated GPU nodes, in the foreground
+dev-cluster: $(STAMP) tools
+	$(PY) -m kiban dev-cluster
+
+## kind-e2e: the same end-to-end tests against kind (needs Docker; cannot run on the project's own machines)
+kind-e2e: $(STAMP)
+	bash hack/kind/e2e.sh
+
+clean:
+	rm -rf $(VENV) build *.egg-info
