@@ -1,0 +1,1 @@
+"""Pure queueing maths for sizing vLLM fleets: no I/O, no clocks, no Kubernetes."""
