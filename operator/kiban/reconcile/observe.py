@@ -1,0 +1,153 @@
+"""Observe: what exists. Reads only; never writes.
+
+Children and pods are seen through kopf indexes (an in-memory informer cache filled by kopf's
+watches), so a reconcile pass costs no list calls: the pass that runs after a write sees the
+write when its watch event arrives, and the child's event itself triggers that pass. The
+projections here keep only the fields plan and status read, to keep memory flat at 1,000 models.
+Which optional APIs exist (ServiceMonitor, PodMonitor, Route) is read from discovery and cached.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes.client import ApiClient, ApisApi
+from kubernetes.client.exceptions import ApiException
+
+from kiban.api import v1alpha1
+from kiban.reconcile.logfmt import kv
+from kiban.reconcile.plan import INSTANCE_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE
+
+log = logging.getLogger("kiban.observe")
+
+MANAGED_LABELS = {MANAGED_BY_LABEL: MANAGED_BY_VALUE}
+
+
+@dataclass(frozen=True)
+class ChildResource:
+    """A kind of child the operator may own, and the index that caches it."""
+
+    group: str
+    version: str
+    plural: str
+    optional: bool = False  # only when the API is served (discovery)
+
+    @property
+    def index_id(self) -> str:
+        return f"kiban_children_{self.plural}"
+
+
+CHILD_RESOURCES: tuple[ChildResource, ...] = (
+    ChildResource("apps", "v1", "deployments"),
+    ChildResource("", "v1", "services"),
+    ChildResource("", "v1", "persistentvolumeclaims"),
+    ChildResource("policy", "v1", "poddisruptionbudgets"),
+    ChildResource("networking.k8s.io", "v1", "networkpolicies"),
+    ChildResource("monitoring.coreos.com", "v1", "servicemonitors", optional=True),
+    ChildResource("monitoring.coreos.com", "v1", "podmonitors", optional=True),
+    ChildResource("route.openshift.io", "v1", "routes", optional=True),
+)
+PODS_INDEX = "kiban_pods"
+MODELS_INDEX = "kiban_models"
+OPTIONAL_GROUPS = frozenset(c.group for c in CHILD_RESOURCES if c.optional)
+
+ModelRef = tuple[str, str]  # (namespace, FoundationModel name)
+
+
+def owner_model(body: Mapping[str, Any]) -> ModelRef | None:
+    """The FoundationModel a child belongs to: its controller owner reference, else its instance label."""
+    metadata = body.get("metadata") or {}
+    namespace = metadata.get("namespace") or ""
+    for ref in metadata.get("ownerReferences") or ():
+        if ref.get("kind") == v1alpha1.KIND and ref.get("apiVersion", "").startswith(v1alpha1.GROUP + "/"):
+            return (namespace, ref.get("name", ""))
+    instance = (metadata.get("labels") or {}).get(INSTANCE_LABEL)
+    return (namespace, instance) if instance else None
+
+
+def project_child(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The parts of a child that plan and status read (no managedFields, no data)."""
+    metadata = body.get("metadata") or {}
+    return {
+        "apiVersion": body.get("apiVersion"),
+        "kind": body.get("kind"),
+        "metadata": {
+            key: metadata[key]
+            for key in ("name", "namespace", "uid", "generation", "labels", "annotations", "ownerReferences")
+            if key in metadata
+        },
+        "spec": _plain(body.get("spec") or {}),
+        "status": _plain(body.get("status") or {}),
+    }
+
+
+def project_pod(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The parts of a pod status needs: name, node, phase and conditions."""
+    metadata = body.get("metadata") or {}
+    status = body.get("status") or {}
+    return {
+        "metadata": {"name": metadata.get("name"), "uid": metadata.get("uid")},
+        "spec": {"nodeName": (body.get("spec") or {}).get("nodeName")},
+        "status": {
+            "phase": status.get("phase"),
+            "conditions": _plain(status.get("conditions") or []),
+        },
+    }
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def from_index(index: Mapping[ModelRef, Iterable[Any]] | None, ref: ModelRef) -> list[dict[str, Any]]:
+    """A snapshot (plain list) of one model's entries in a kopf index; empty when none."""
+    if index is None:
+        return []
+    store = index.get(ref)
+    return [dict(item) for item in store] if store is not None else []
+
+
+def observed_children(indexes: Mapping[str, Any], ref: ModelRef) -> list[dict[str, Any]]:
+    """Every cached child of one FoundationModel, across all child kinds."""
+    children: list[dict[str, Any]] = []
+    for resource in CHILD_RESOURCES:
+        children.extend(from_index(indexes.get(resource.index_id), ref))
+    return children
+
+
+def find_kind(children: Iterable[Mapping[str, Any]], kind: str) -> Mapping[str, Any] | None:
+    return next((c for c in children if c.get("kind") == kind), None)
+
+
+class ApiDiscovery:
+    """Which optional API groups the server serves, re-read at most every `ttl` seconds."""
+
+    def __init__(self, api: ApiClient, ttl: float = 60.0) -> None:
+        self.api = api
+        self.ttl = ttl
+        self._groups: frozenset[str] = frozenset()
+        self._read_at = float("-inf")
+        self._lock = threading.Lock()
+
+    def served_groups(self) -> frozenset[str]:
+        with self._lock:
+            if time.monotonic() - self._read_at < self.ttl:
+                return self._groups
+            try:
+                groups = ApisApi(self.api).get_api_versions().groups or []
+                self._groups = frozenset(g.name for g in groups if g.name in OPTIONAL_GROUPS)
+                self._read_at = time.monotonic()
+            except ApiException as exc:  # keep the last answer: a blip must not delete monitors
+                if self._read_at == float("-inf"):
+                    raise
+                log.warning(kv("Failed to read API discovery; kept the last answer", status=exc.status))
+            return self._groups

@@ -1,0 +1,213 @@
+"""Status, rebuilt from the world on every pass.
+
+Pure: what we observed (the Deployment, its pods, the sizing result, the plan) in, the
+FoundationModel's status fields out. The previous status is read for one thing only: keeping a
+condition's lastTransitionTime while its status has not changed. Fields other engineers own
+(status.scaling, written by the autoscaler) are never produced here, so a merge patch of this
+result leaves them alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+CONDITION_TYPES = ("Ready", "Progressing", "Degraded", "Scheduled")
+SERVING_PORT = 8000
+
+
+@dataclass(frozen=True)
+class Sizing:
+    """Whether the model fits its accelerator profile; when not, message carries the numbers."""
+
+    fits: bool
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class World:
+    """Everything status is computed from, already read by observe.py."""
+
+    generation: int
+    sizing: Sizing
+    desired_replicas: int
+    deployment: Mapping[str, Any] | None = None
+    pods: Sequence[Mapping[str, Any]] = ()
+    service_name: str | None = None
+    namespace: str = ""
+    selector: str = ""
+    wrote_children: bool = False
+    conflicts: Sequence[str] = ()
+    apply_errors: Sequence[str] = field(default=())
+    resolved: Mapping[str, Any] | None = None  # status.resolved: GPUs, tensor parallel, image
+
+
+def endpoint_url(service_name: str, namespace: str, port: int = SERVING_PORT) -> str:
+    """The in-cluster OpenAI-compatible base URL of a model's Service."""
+    return f"http://{service_name}.{namespace}.svc:{port}/v1"
+
+
+def condition(type_: str, status: bool | None, reason: str, message: str, generation: int) -> dict:
+    """A condition without lastTransitionTime (merge_conditions fills it in)."""
+    value = "Unknown" if status is None else ("True" if status else "False")
+    return {
+        "type": type_,
+        "status": value,
+        "reason": reason,
+        "message": message,
+        "observedGeneration": generation,
+    }
+
+
+def unschedulable_pods(pods: Iterable[Mapping[str, Any]]) -> list[tuple[str, str]]:
+    """(pod name, scheduler message) for each pod the scheduler could not place."""
+    found = []
+    for pod in pods:
+        for cond in (pod.get("status") or {}).get("conditions") or ():
+            if (
+                cond.get("type") == "PodScheduled"
+                and cond.get("status") == "False"
+                and cond.get("reason") == "Unschedulable"
+            ):
+                found.append((pod.get("metadata", {}).get("name", ""), cond.get("message", "")))
+    return found
+
+
+def _deployment_counts(deployment: Mapping[str, Any] | None) -> dict[str, int]:
+    status = (deployment or {}).get("status") or {}
+    spec = (deployment or {}).get("spec") or {}
+    return {
+        "spec_replicas": int(spec.get("replicas", 1) if deployment else 0),
+        "replicas": int(status.get("replicas", 0) or 0),
+        "ready": int(status.get("readyReplicas", 0) or 0),
+        "updated": int(status.get("updatedReplicas", 0) or 0),
+        "available": int(status.get("availableReplicas", 0) or 0),
+        "observed_generation": int(status.get("observedGeneration", 0) or 0),
+        "generation": int(((deployment or {}).get("metadata") or {}).get("generation", 0) or 0),
+    }
+
+
+def _scheduled(world: World) -> dict:
+    gen = world.generation
+    if not world.sizing.fits:
+        return condition("Scheduled", False, "ModelDoesNotFit", world.sizing.message, gen)
+    stuck = unschedulable_pods(world.pods)
+    if stuck:
+        name, message = stuck[0]
+        more = f" (and {len(stuck) - 1} more pods)" if len(stuck) > 1 else ""
+        return condition("Scheduled", False, "Unschedulable", f"pod {name}: {message}{more}", gen)
+    if world.desired_replicas == 0:
+        return condition("Scheduled", True, "NoReplicasRequested", "the model is scaled to zero", gen)
+    scheduled = sum(1 for pod in world.pods if (pod.get("spec") or {}).get("nodeName"))
+    if world.deployment is None or scheduled < world.desired_replicas:
+        return condition(
+            "Scheduled",
+            None,
+            "Pending",
+            f"{scheduled} of {world.desired_replicas} pods scheduled",
+            gen,
+        )
+    return condition("Scheduled", True, "PodsScheduled", f"{scheduled} pods scheduled", gen)
+
+
+def _degraded(world: World) -> dict:
+    gen = world.generation
+    if not world.sizing.fits:
+        return condition("Degraded", True, "ModelDoesNotFit", world.sizing.message, gen)
+    if world.conflicts:
+        return condition("Degraded", True, "ChildConflict", "; ".join(world.conflicts), gen)
+    if world.apply_errors:
+        return condition("Degraded", True, "ApplyFailed", "; ".join(world.apply_errors), gen)
+    return condition("Degraded", False, "AsExpected", "", gen)
+
+
+def _progressing(world: World, counts: Mapping[str, int]) -> dict:
+    gen = world.generation
+    if not world.sizing.fits:
+        return condition("Progressing", False, "ModelDoesNotFit", world.sizing.message, gen)
+    if world.wrote_children or world.deployment is None:
+        return condition("Progressing", True, "ChildrenApplied", "applied the desired children", gen)
+    if counts["observed_generation"] < counts["generation"]:
+        return condition("Progressing", True, "RollingOut", "the Deployment controller has not seen the newest spec", gen)
+    if counts["updated"] < counts["spec_replicas"] or counts["replicas"] > counts["spec_replicas"]:
+        return condition(
+            "Progressing",
+            True,
+            "RollingOut",
+            f"{counts['updated']} of {counts['spec_replicas']} replicas updated",
+            gen,
+        )
+    return condition("Progressing", False, "RolloutComplete", "the Deployment is up to date", gen)
+
+
+def _ready(world: World, counts: Mapping[str, int], degraded: Mapping[str, Any]) -> dict:
+    gen = world.generation
+    if degraded["status"] == "True":
+        return condition("Ready", False, degraded["reason"], degraded["message"], gen)
+    if world.deployment is None:
+        return condition("Ready", False, "DeploymentMissing", "the Deployment has not been created yet", gen)
+    if world.desired_replicas == 0:
+        return condition("Ready", False, "ScaledToZero", "no replicas are requested", gen)
+    ready, wanted = counts["ready"], world.desired_replicas
+    up_to_date = counts["updated"] >= wanted and counts["observed_generation"] >= counts["generation"]
+    if ready >= wanted and up_to_date:
+        return condition("Ready", True, "ReplicasReady", f"{ready} of {wanted} replicas ready", gen)
+    return condition("Ready", False, "ReplicasNotReady", f"{ready} of {wanted} replicas ready", gen)
+
+
+def merge_conditions(
+    new: Iterable[Mapping[str, Any]], previous: Iterable[Mapping[str, Any]], now: str
+) -> list[dict]:
+    """Stamp lastTransitionTime: kept from `previous` while a condition's status is unchanged."""
+    before = {c.get("type"): c for c in previous or ()}
+    merged = []
+    for cond in new:
+        old = before.get(cond["type"])
+        same = old is not None and old.get("status") == cond["status"] and old.get("lastTransitionTime")
+        merged.append({**cond, "lastTransitionTime": old["lastTransitionTime"] if same else now})
+    return merged
+
+
+def build_status(world: World, previous_conditions: Iterable[Mapping[str, Any]], now: str) -> dict:
+    """The status fields kiban owns, from the world; `now` is an RFC 3339 timestamp."""
+    counts = _deployment_counts(world.deployment)
+    degraded = _degraded(world)
+    conditions = [
+        _ready(world, counts, degraded),
+        _progressing(world, counts),
+        degraded,
+        _scheduled(world),
+    ]
+    status: dict[str, Any] = {
+        "observedGeneration": world.generation,
+        "conditions": merge_conditions(conditions, previous_conditions, now),
+        "replicas": counts["replicas"],
+        "readyReplicas": counts["ready"],
+        "selector": world.selector,
+    }
+    if world.resolved is not None:
+        status["resolved"] = dict(world.resolved)
+    if world.service_name:
+        status["endpoint"] = endpoint_url(world.service_name, world.namespace)
+    return status
+
+
+def status_changed(current: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
+    """True when writing `new` would change any field we own (ignoring nothing else)."""
+    current = current or {}
+    return any(current.get(key) != value for key, value in new.items())
+
+
+def changed_conditions(
+    previous: Iterable[Mapping[str, Any]], new: Iterable[Mapping[str, Any]]
+) -> list[dict]:
+    """Conditions whose status or reason moved: what deserves an Event."""
+    before = {c.get("type"): c for c in previous or ()}
+    return [
+        dict(c)
+        for c in new
+        if (old := before.get(c["type"])) is None
+        or old.get("status") != c["status"]
+        or old.get("reason") != c["reason"]
+    ]
