@@ -1,0 +1,1 @@
+"""vLLM-compatible engine simulator: a batching engine model, vLLM metric names, an OpenAI-compatible server."""
