@@ -1,0 +1,1 @@
+"""Autoscaling: a pure policy (policy.py) driven by the operator's timer and by the benchmark."""

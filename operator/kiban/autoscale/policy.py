@@ -1,0 +1,345 @@
+"""The SLO autoscaling policy: observation in, replica decision out, no I/O and no clock.
+
+One call of `decide()` per observation interval. It sizes the fleet with the vLLM batching
+model (kiban.capacity.batching) for the arrival rate expected one cold start from now, scales
+up at once, scales down only after a stabilisation window (the highest recommendation in the
+window wins, as in the Kubernetes HPA) and by bounded steps, honours min/max replicas and a
+GPU budget, scales to zero only after a stretch of exactly zero traffic, and keeps the
+current size whenever the metrics cannot be trusted. State is an immutable value the caller
+keeps and passes back.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass, replace
+
+from kiban.capacity.batching import Slo, max_arrival_rate, predict
+from kiban.capacity.engine_profile import EngineProfile
+
+TOKEN_GRID_RATIO = 1.02  # token means are rounded up to this relative grid for the capacity cache
+MIN_TREND_SAMPLES = 3
+MIN_TREND_SPAN_S = 30.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Observation:
+    """What the collector saw at time_s, summed over the model's replicas."""
+
+    time_s: float
+    metrics_available: bool
+    reason_unavailable: str | None = None
+    arrival_rate_rps: float | None = None
+    mean_prompt_tokens: float | None = None
+    mean_output_tokens: float | None = None
+    running: float | None = None
+    waiting: float | None = None
+    observed_ttft_p95_s: float | None = None
+    current_replicas: int
+    ready_replicas: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScalingConfig:
+    """The knobs of one model's autoscaling, validated so a bad one names its field."""
+
+    min_replicas: int = 1
+    max_replicas: int
+    slo: Slo
+    target_utilization: float = 0.75
+    peak_factor: float = 1.0
+    scale_down_stabilization_s: float = 300.0
+    max_scale_down_step: float = 1  # >= 1: replicas per decision; in (0, 1): share of current
+    startup_s: float | None = None  # look-ahead; None: the profile's startup_s
+    scale_to_zero_idle_s: float = 600.0
+    gpus_per_replica: int = 1
+    gpu_budget: int | None = None
+    trend_window_s: float = 180.0  # arrival-rate history used to extrapolate the trend
+    max_lookahead_factor: float = 2.0  # the forecast never exceeds this multiple of the current rate
+    backlog_drain_s: float = 60.0  # a harmful queue is sized to drain within this time
+
+    def __post_init__(self) -> None:
+        def integer(name: str, value: object, low: int) -> None:
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+
+        def positive(name: str, value: object, allow_zero: bool = False) -> None:
+            ok = isinstance(value, (int, float)) and math.isfinite(value) and (value >= 0 if allow_zero else value > 0)
+            if not ok:
+                raise ValueError(f"{name} must be a finite number {'>=' if allow_zero else '>'} 0, got {value!r}")
+
+        integer("min_replicas", self.min_replicas, 0)
+        integer("max_replicas", self.max_replicas, 1)
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(f"max_replicas ({self.max_replicas}) must be >= min_replicas ({self.min_replicas})")
+        if not isinstance(self.slo, Slo):
+            raise ValueError(f"slo must be a kiban.capacity.batching.Slo, got {type(self.slo).__name__}")
+        if not isinstance(self.target_utilization, (int, float)) or not 0 < self.target_utilization <= 1:
+            raise ValueError(f"target_utilization must be in (0, 1], got {self.target_utilization!r}")
+        if not isinstance(self.peak_factor, (int, float)) or not self.peak_factor >= 1:
+            raise ValueError(f"peak_factor must be >= 1, got {self.peak_factor!r}")
+        positive("scale_down_stabilization_s", self.scale_down_stabilization_s, allow_zero=True)
+        positive("max_scale_down_step", self.max_scale_down_step)
+        if self.startup_s is not None:
+            positive("startup_s", self.startup_s, allow_zero=True)
+        positive("scale_to_zero_idle_s", self.scale_to_zero_idle_s, allow_zero=True)
+        integer("gpus_per_replica", self.gpus_per_replica, 1)
+        if self.gpu_budget is not None:
+            integer("gpu_budget", self.gpu_budget, 0)
+            if self.min_replicas * self.gpus_per_replica > self.gpu_budget:
+                raise ValueError(
+                    f"gpu_budget ({self.gpu_budget}) is below min_replicas x gpus_per_replica "
+                    f"({self.min_replicas} x {self.gpus_per_replica})"
+                )
+        positive("trend_window_s", self.trend_window_s)
+        if not isinstance(self.max_lookahead_factor, (int, float)) or not self.max_lookahead_factor >= 1:
+            raise ValueError(f"max_lookahead_factor must be >= 1, got {self.max_lookahead_factor!r}")
+        positive("backlog_drain_s", self.backlog_drain_s)
+
+
+@dataclass(frozen=True)
+class PolicyState:
+    """What the policy remembers between calls; the caller stores it and passes it back."""
+
+    recommendations: tuple[tuple[float, int], ...] = ()  # (time_s, replicas) inside the window
+    rate_samples: tuple[tuple[float, float], ...] = ()  # (time_s, arrival_rate_rps) for the trend
+    last_scale_time_s: float | None = None
+    last_traffic_time_s: float | None = None  # last time any request was seen
+    first_seen_time_s: float | None = None  # idle time counts from here until traffic is seen
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The replica count to set and why, with the latency the model expects at that size."""
+
+    replicas: int
+    reason: str
+    predicted_ttft_p95_s: float | None  # math.inf: the queue would grow without bound
+    predicted_itl_p95_s: float | None
+    capacity_per_replica_rps: float | None
+    limited: str | None  # "MaxReplicas" or "GpuBudget" when they held the count down
+    metrics_ok: bool
+    forecast_rate_rps: float | None = None
+
+    def as_status(self) -> dict[str, object]:
+        """JSON-safe view for status.scaling (infinities become None)."""
+
+        def finite(value: float | None) -> float | None:
+            return round(value, 6) if value is not None and math.isfinite(value) else None
+
+        return {
+            "desiredReplicas": self.replicas,
+            "reason": self.reason,
+            "predictedTtftP95Seconds": finite(self.predicted_ttft_p95_s),
+            "predictedItlP95Seconds": finite(self.predicted_itl_p95_s),
+            "capacityPerReplicaRps": finite(self.capacity_per_replica_rps),
+            "forecastRateRps": finite(self.forecast_rate_rps),
+            "limited": self.limited,
+            "metricsOk": self.metrics_ok,
+        }
+
+
+# -- pure helpers ------------------------------------------------------------------------------
+
+
+def _usable(value: float | None) -> bool:
+    return value is not None and isinstance(value, (int, float)) and math.isfinite(value) and value >= 0
+
+
+def round_tokens_up(tokens: float) -> float:
+    """Round a token mean up onto a 2 % geometric grid: cacheable, and never optimistic."""
+    if tokens <= 1:
+        return float(math.ceil(tokens))
+    step = math.ceil(math.log(tokens) / math.log(TOKEN_GRID_RATIO) - 1e-9)
+    return round(TOKEN_GRID_RATIO**step, 6)
+
+
+@functools.lru_cache(maxsize=4096)
+def capacity_per_replica_rps(
+    profile: EngineProfile, prompt_tokens: float, output_tokens: float, slo: Slo, target_utilization: float
+) -> float:
+    """Memoised max_arrival_rate: a pure function of hashable values, so caching is safe."""
+    return max_arrival_rate(profile, prompt_tokens, output_tokens, slo, target_utilization)
+
+
+def trend_slope_rps_per_s(samples: tuple[tuple[float, float], ...]) -> float:
+    """Least-squares slope of arrival rate over time; 0 without enough history."""
+    if len(samples) < MIN_TREND_SAMPLES or samples[-1][0] - samples[0][0] < MIN_TREND_SPAN_S:
+        return 0.0
+    n = len(samples)
+    mean_t = sum(t for t, _ in samples) / n
+    mean_r = sum(r for _, r in samples) / n
+    var_t = sum((t - mean_t) ** 2 for t, _ in samples)
+    if var_t == 0:
+        return 0.0
+    return sum((t - mean_t) * (r - mean_r) for t, r in samples) / var_t
+
+
+def forecast_rate_rps(current_rps: float, slope: float, lookahead_s: float, max_factor: float) -> float:
+    """The rate expected lookahead_s from now: never below now, never above max_factor x now."""
+    expected = current_rps + max(0.0, slope) * lookahead_s
+    return min(max(current_rps, expected), current_rps * max_factor)
+
+
+def scale_down_step(current: int, max_step: float) -> int:
+    """Replicas one decision may remove: a count, or a share of current (at least one)."""
+    if max_step >= 1:
+        return int(max_step)
+    return max(1, math.floor(current * max_step))
+
+
+def replica_limit(config: ScalingConfig) -> tuple[int, str]:
+    """The most replicas allowed and which rule sets it."""
+    if config.gpu_budget is not None:
+        budget_replicas = config.gpu_budget // config.gpus_per_replica
+        if budget_replicas < config.max_replicas:
+            return budget_replicas, "GpuBudget"
+    return config.max_replicas, "MaxReplicas"
+
+
+def _limit_note(limited: str, limit: int, config: ScalingConfig) -> str:
+    if limited == "GpuBudget":
+        return f"capped at {limit} by the GPU budget of {config.gpu_budget} GPUs ({config.gpus_per_replica} per replica)"
+    return f"capped at {limit} by maxReplicas"
+
+
+def _prune(items: tuple[tuple[float, object], ...], now_s: float, window_s: float) -> tuple:
+    return tuple(item for item in items if now_s - item[0] <= window_s)
+
+
+def _fail_safe(obs: Observation, config: ScalingConfig, state: PolicyState, why: str) -> tuple[Decision, PolicyState]:
+    """Keep the current size (within min/max and budget); never scale down for lack of data."""
+    limit, limited_by = replica_limit(config)
+    keep = max(obs.current_replicas, config.min_replicas)
+    limited = None
+    reason = f"metrics unavailable ({why}): kept {keep} replicas"
+    if keep > limit:
+        keep, limited = limit, limited_by
+        reason = f"metrics unavailable ({why}): {_limit_note(limited_by, limit, config)}"
+    decision = Decision(keep, reason, None, None, None, limited, metrics_ok=False)
+    if state.first_seen_time_s is None:
+        state = replace(state, first_seen_time_s=obs.time_s)
+    return decision, state
+
+
+# -- the policy ---------------------------------------------------------------------------------
+
+
+def decide(
+    obs: Observation, config: ScalingConfig, state: PolicyState, profile: EngineProfile
+) -> tuple[Decision, PolicyState]:
+    """One autoscaling decision and the state to pass to the next call."""
+    if isinstance(obs.current_replicas, bool) or not isinstance(obs.current_replicas, int) or obs.current_replicas < 0:
+        raise ValueError(f"current_replicas must be an integer >= 0, got {obs.current_replicas!r}")
+    if not obs.metrics_available:
+        return _fail_safe(obs, config, state, obs.reason_unavailable or "collector reported none")
+    rate = obs.arrival_rate_rps
+    if not _usable(rate):
+        return _fail_safe(obs, config, state, f"arrival_rate_rps is {rate!r}")
+    if rate > 0:
+        for name in ("mean_prompt_tokens", "mean_output_tokens"):
+            if not _usable(getattr(obs, name)):
+                return _fail_safe(obs, config, state, f"{name} is {getattr(obs, name)!r}")
+
+    now = obs.time_s
+    first_seen = state.first_seen_time_s if state.first_seen_time_s is not None else now
+    busy = rate > 0 or (obs.running or 0) > 0 or (obs.waiting or 0) > 0
+    last_traffic = now if busy else state.last_traffic_time_s
+    rate_samples = _prune(state.rate_samples + ((now, rate),), now, config.trend_window_s)
+    lookahead_s = config.startup_s if config.startup_s is not None else profile.startup_s
+    current = obs.current_replicas
+    limit, limited_by = replica_limit(config)
+    slo = config.slo
+    notes: list[str] = []
+
+    capacity = forecast = None
+    if rate == 0:
+        idle_since = last_traffic if last_traffic is not None else first_seen
+        idle_s = now - idle_since
+        if config.min_replicas == 0 and idle_s >= config.scale_to_zero_idle_s and (obs.waiting or 0) == 0:
+            recommended = 0
+            head = (f"no requests for {idle_s:.0f} s (≥ {config.scale_to_zero_idle_s:.0f} s) "
+                    "and minReplicas is 0 → 0 replicas")
+        else:
+            recommended = max(config.min_replicas, 1 if current > 0 else 0)
+            head = f"λ=0 req/s for {idle_s:.0f} s → {recommended} replicas (minimum kept while idle)"
+        forecast = 0.0
+    else:
+        prompt = round_tokens_up(obs.mean_prompt_tokens)
+        output = max(1.0, round_tokens_up(obs.mean_output_tokens))
+        capacity = capacity_per_replica_rps(profile, prompt, output, slo, float(config.target_utilization))
+        slo_text = slo.describe()
+        if capacity <= 0:  # even a lone request misses the SLO: size for utilisation alone
+            capacity = capacity_per_replica_rps(profile, prompt, output, Slo(), float(config.target_utilization))
+            notes.append(f"{slo_text} is unattainable on {profile.name} even unloaded: sized for utilisation only")
+            slo_text = "no latency target"
+        slope = trend_slope_rps_per_s(rate_samples)
+        forecast = forecast_rate_rps(rate, slope, lookahead_s, config.max_lookahead_factor)
+        queue_hurts = _queue_hurts(obs, slo)
+        backlog_rps = (obs.waiting or 0) / config.backlog_drain_s if queue_hurts else 0.0
+        sizing_rate = forecast * config.peak_factor + backlog_rps
+        recommended = max(config.min_replicas, math.ceil(round(sizing_rate / capacity, 9)))
+        head = f"λ={rate:.3g} req/s"
+        if forecast > rate:
+            head += f" (expected {forecast:.3g} req/s in {lookahead_s:.0f} s)"
+        if config.peak_factor > 1:
+            head += f" × peak {config.peak_factor:g}"
+        if backlog_rps > 0:
+            head += f" + {obs.waiting:.0f} waiting to drain in {config.backlog_drain_s:.0f} s"
+        head += (f"; one replica sustains {capacity:.3g} req/s at {slo_text}, "
+                 f"utilisation ≤ {config.target_utilization:.0%} → {recommended} replicas")
+
+    limited = None
+    if recommended > limit:
+        limited = limited_by
+        notes.append(_limit_note(limited_by, limit, config))
+        recommended = limit
+    recommendations = _prune(state.recommendations + ((now, recommended),), now, config.scale_down_stabilization_s)
+
+    target = recommended
+    if recommended == 0 and rate == 0:
+        pass  # scale-to-zero already waited out its own idle window
+    elif recommended < current:
+        stabilised = max(r for _, r in recommendations)
+        stepped = max(stabilised, current - scale_down_step(current, config.max_scale_down_step))
+        target = min(current, stepped)
+        if stabilised >= current:
+            notes.append(f"held at {current}: {stabilised} recommended within the "
+                         f"{config.scale_down_stabilization_s:.0f} s scale-down window")
+        elif target > stabilised:
+            notes.append(f"stepped down from {current} to {target} (at most "
+                         f"{scale_down_step(current, config.max_scale_down_step)} per decision)")
+        if _queue_hurts(obs, slo) and target < current:
+            target = current
+            notes.append(f"{obs.waiting:.0f} requests waiting with TTFT above target: not scaling down")
+    target = min(target, limit)
+
+    predicted_ttft = predicted_itl = None
+    if rate > 0 and target > 0:
+        per_replica = rate * config.peak_factor / target
+        prediction = predict(profile, per_replica, obs.mean_prompt_tokens, obs.mean_output_tokens)
+        predicted_ttft, predicted_itl = prediction.ttft_p95_s, prediction.itl_p95_s
+    elif rate > 0:
+        predicted_ttft = math.inf
+
+    reason = "; ".join([head] + notes)
+    new_state = PolicyState(
+        recommendations=recommendations,
+        rate_samples=rate_samples,
+        last_scale_time_s=now if target != current else state.last_scale_time_s,
+        last_traffic_time_s=last_traffic,
+        first_seen_time_s=first_seen,
+    )
+    decision = Decision(target, reason, predicted_ttft, predicted_itl, capacity, limited,
+                        metrics_ok=True, forecast_rate_rps=forecast)
+    return decision, new_state
+
+
+def _queue_hurts(obs: Observation, slo: Slo) -> bool:
+    """Requests are queueing and the observed TTFT is over target (or unknown)."""
+    if not (obs.waiting or 0) > 0:
+        return False
+    if slo.ttft_ms is None or obs.observed_ttft_p95_s is None or not math.isfinite(obs.observed_ttft_p95_s):
+        return True
+    return obs.observed_ttft_p95_s > slo.ttft_ms / 1000.0
