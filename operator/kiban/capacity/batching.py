@@ -19,7 +19,9 @@ others that arrived during the same decode step (and waits half that step), and 
 from the queue is prefilled alone as a departure frees its slot. Using the running batch k as
 the prefill batch instead would make a replica that already decodes 3 requests take 4 prompts'
 prefill time for every newcomer, which public vLLM measurements do not show.
-ITL is decode(n) read off the token-weighted distribution of the running batch n.
+ITL is decode(n) read off the token-weighted distribution of the running batch n, stretched
+by prefill(m) for the share of steps that also prefill a newcomer (vLLM mixes them).
+These step-level choices follow vLLM V1's scheduler, which kiban_serving.sim also follows.
 """
 
 from __future__ import annotations
@@ -149,6 +151,34 @@ def _suffix_sums(values: tuple[float, ...]) -> tuple[float, ...]:
     return tuple(reversed(sums))
 
 
+def _companions(arrival_rate_rps: float, batch: int, profile: EngineProfile) -> float:
+    """Other prompts that arrive during one decode step at this batch and share its prefill."""
+    return arrival_rate_rps * decode_ms(profile, batch) / 1000.0
+
+
+def _fast_ttft_s(profile: EngineProfile, prompt_tokens: float, arrival_rate_rps: float, limit: int) -> tuple[float, ...]:
+    """TTFT of an arrival that finds k < B requests in flight and so need not queue.
+
+    An idle engine (k = 0) prefills it at once. Otherwise it waits for the step under way to
+    end (half a step on average), then runs one step that decodes the k others and prefills
+    it with the m = 1 + lambda decode(k) newcomers of that step: continuous batching prefills
+    only newcomers, so the prefill batch is m, not the k already decoding.
+    """
+    times = [prefill_ms(profile, prompt_tokens, 1) / 1000.0]
+    for k in range(1, limit):
+        step_ms = decode_ms(profile, k)
+        prefill = prefill_ms(profile, prompt_tokens, 1.0 + _companions(arrival_rate_rps, k, profile))
+        times.append((1.5 * step_ms + prefill) / 1000.0)
+    return tuple(times)
+
+
+def _suffix_sums(values: tuple[float, ...]) -> tuple[float, ...]:
+    sums = [0.0]
+    for value in reversed(values):
+        sums.append(sums[-1] + value)
+    return tuple(reversed(sums))
+
+
 def _fast_ttft_s(profile: EngineProfile, prompt_tokens: float, arrival_rate_rps: float, limit: int) -> tuple[float, ...]:
     """TTFT of an arrival that finds k < B requests in flight and so need not queue.
 
@@ -221,18 +251,25 @@ class _Chain:
     def _prefill_s(self, batch: float) -> float:
         return prefill_ms(self.profile, self.prompt_tokens, batch) / 1000.0
 
+    def _after_wait_s(self) -> float:
+        """Once a departure frees a slot the queued request is prefilled alone in a step that
+        also decodes the B - 1 others."""
+        others = self.batch_limit - 1
+        decode = decode_ms(self.profile, others) / 1000.0 if others > 0 else 0.0
+        return decode + self._prefill_s(1)
+
     def ttft_mean_s(self) -> float:
         admitted_fast = sum(self._admitted(p) * t for p, t in zip(self.below, self.fast_ttft_s))
-        return admitted_fast + self.wait_probability() * self._prefill_s(1) + self.mean_wait_s()
+        return admitted_fast + self.wait_probability() * self._after_wait_s() + self.mean_wait_s()
 
     def ttft_tail(self, ttft_s: float) -> float:
-        """P(TTFT > t): no wait below B (fast_ttft_s), else the Erlang wait then a lone prefill."""
+        """P(TTFT > t): no wait below B (fast_ttft_s), else the Erlang wait then one step."""
         slow_below = self._admitted(self.below_suffix[bisect.bisect_right(self.fast_ttft_s, ttft_s)])
-        return slow_below + self.wait_tail(ttft_s - self._prefill_s(1))
+        return slow_below + self.wait_tail(ttft_s - self._after_wait_s())
 
     def ttft_percentile_s(self, percentile: float) -> float:
         allowed = 1.0 - require_percentile(percentile) / 100.0
-        hi = max(self.fast_ttft_s[-1], self._prefill_s(1), 1e-6)
+        hi = max(self.fast_ttft_s[-1], self._after_wait_s(), 1e-6)
         while self.ttft_tail(hi) > allowed:
             hi *= 2.0
             if hi > 1e12:
@@ -244,32 +281,48 @@ class _Chain:
                 lo = mid
             else:
                 hi = mid
-            if hi - lo <= 1e-9 * hi:
+            if hi - lo <= 1e-7 * hi:
                 break
         return hi
 
     # -- inter-token latency -------------------------------------------------------------------
-    def _token_weights(self) -> list[float]:
-        """Share of emitted tokens produced at batch b = 1..B: P(b running) * b / decode(b)."""
-        weights = [self.below[b] * b / decode_ms(self.profile, b) for b in range(1, self.batch_limit)]
-        weights.append(self.at_or_above * self.batch_limit / decode_ms(self.profile, self.batch_limit))
-        total = sum(weights)
-        if total <= 0:  # no load: the first token of a lone request sets the latency
-            return [1.0] + [0.0] * (self.batch_limit - 1)
-        return [w / total for w in weights]
+    def _itl_distribution(self) -> list[tuple[float, float]]:
+        """(ITL ms, share of tokens), sorted by ITL.
+
+        Tokens are emitted at rate b / decode(b) while b run, so batch b carries a share
+        P(b) b / decode(b) of the tokens. A share f_b = min(1, admissions per second x
+        decode(b)) of those steps also prefills a newcomer (vLLM mixes prefill into decode
+        steps), which stretches that token's gap by prefill(m).
+        """
+        atoms: list[tuple[float, float]] = []
+        for b in range(1, self.batch_limit + 1):
+            p_b = self.below[b] if b < self.batch_limit else self.at_or_above
+            if p_b <= 0:
+                continue
+            step = decode_ms(self.profile, b)
+            tokens = p_b * b / step
+            admissions_rps = self.arrival_rate_rps if b < self.batch_limit else self.max_rate_rps
+            stalled = min(1.0, admissions_rps * step / 1000.0)
+            companions = 1.0 + _companions(admissions_rps, b, self.profile)
+            atoms.append((step, tokens * (1.0 - stalled)))
+            atoms.append((step + prefill_ms(self.profile, self.prompt_tokens, companions), tokens * stalled))
+        total = sum(w for _, w in atoms)
+        if total <= 0:  # no load: a lone request decodes alone
+            return [(decode_ms(self.profile, 1), 1.0)]
+        return sorted((value, w / total) for value, w in atoms if w > 0)
 
     def itl_mean_s(self) -> float:
-        weights = self._token_weights()
-        return sum(w * decode_ms(self.profile, b + 1) for b, w in enumerate(weights)) / 1000.0
+        return sum(value * w for value, w in self._itl_distribution()) / 1000.0
 
     def itl_percentile_s(self, percentile: float) -> float:
         target = require_percentile(percentile) / 100.0
         cumulative = 0.0
-        for b, w in enumerate(self._token_weights()):
+        distribution = self._itl_distribution()
+        for value, w in distribution:
             cumulative += w
             if cumulative >= target - 1e-12:
-                return decode_ms(self.profile, b + 1) / 1000.0
-        return decode_ms(self.profile, self.batch_limit) / 1000.0
+                return value / 1000.0
+        return distribution[-1][0] / 1000.0
 
     def mean_batch(self) -> float:
         return sum(k * p for k, p in enumerate(self.below)) + self.batch_limit * self.at_or_above
@@ -394,6 +447,10 @@ def _meets(chain: _Chain | None, slo: Slo, target_utilization: float) -> bool:
     return True
 
 
+RATE_SEARCH_LOG_RANGE = (math.log(1e-6), math.log(1e6))  # requests/s one replica could ever take
+RATE_SEARCH_STEPS = 26  # 2^-26 of the log range: about 4e-7 relative precision
+
+
 def max_arrival_rate(
     profile: EngineProfile,
     mean_prompt_tokens: float,
@@ -404,33 +461,29 @@ def max_arrival_rate(
 ) -> float:
     """Largest requests/s one replica takes while meeting the SLO and utilisation <= target.
 
-    Every constraint tightens as lambda grows, so bisection on (0, target * mu(B)] finds the
-    edge; 0.0 means even a lone request misses the SLO (the SLO is unattainable on this engine).
+    Every constraint tightens as lambda grows, so bisection finds the edge. It runs on one
+    fixed log-scale grid for every input, so a stricter input (tighter SLO, lower target,
+    longer prompts) can never come out with more capacity through rounding. 0.0 means even a
+    lone request misses the SLO: the SLO is unattainable on this engine.
     """
     if not isinstance(target_utilization, (int, float)) or not 0.0 < target_utilization <= 1.0:
         raise ValueError(f"target_utilization must be in (0, 1], got {target_utilization!r}")
-    limit = batch_limit(profile, mean_prompt_tokens, mean_output_tokens)
-    hi = target_utilization * service_rate_rps(profile, mean_prompt_tokens, mean_output_tokens, limit)
-    if target_utilization >= 1.0 and max_queue is None:
-        hi *= 1.0 - 1e-9  # the unbounded queue is unstable at exactly mu(B)
+    batch_limit(profile, mean_prompt_tokens, mean_output_tokens)  # validates the request shape
 
-    def feasible(rate: float) -> bool:
-        return _meets(_solve(profile, rate, mean_prompt_tokens, mean_output_tokens, max_queue), slo, target_utilization)
+    def feasible(log_rate: float) -> bool:
+        chain = _solve(profile, math.exp(log_rate), mean_prompt_tokens, mean_output_tokens, max_queue)
+        return _meets(chain, slo, target_utilization)
 
-    if feasible(hi):
-        return hi
-    lo = 0.0
-    if not feasible(hi * 1e-9):
+    lo, hi = RATE_SEARCH_LOG_RANGE
+    if not feasible(lo):
         return 0.0
-    for _ in range(50):
+    for _ in range(RATE_SEARCH_STEPS):
         mid = 0.5 * (lo + hi)
         if feasible(mid):
             lo = mid
         else:
             hi = mid
-        if hi - lo <= 1e-6 * hi:
-            break
-    return lo
+    return math.exp(lo)
 
 
 def replicas_needed(
