@@ -16,11 +16,14 @@ Scheduling follows vLLM V1's scheduler:
 
 Step time (ms), the capacity model's formulas (capacity-model.md section 2) applied to the
 tokens one step actually runs:
-    step = [D > 0] * (alpha + beta * D) + [P > 0] * (gamma + delta * P)
+    step = max([D > 0] * alpha, [P > 0] * gamma) + beta * D + delta * P
 D = sequences decoding one token this step, P = prefill (or recompute) tokens this step.
-So a lone request of `in` prompt tokens gets its first token after gamma + delta * in
-(if in <= max_num_batched_tokens), and decodes at alpha + beta * n per token with n running.
-A token produced by a step is emitted at the step's end.
+A pure decode step is decode(D) = alpha + beta * D and a pure prefill step is
+prefill = gamma + delta * P, exactly the capacity model's terms; a mixed step (chunked
+prefill riding with decodes, as vLLM V1 runs them in one forward pass) pays the fixed
+per-pass cost (streaming the weights) once, not twice. So a lone request of `in` prompt
+tokens gets its first token after gamma + delta * in (if in <= max_num_batched_tokens), and
+decodes at alpha + beta * n per token with n running. A step's tokens appear at its end.
 """
 
 from __future__ import annotations
@@ -239,17 +242,16 @@ class Engine:
     def step_time_s(self, num_decode_seqs: int, num_prefill_tokens: int) -> float:
         """Duration of a step with these tokens, from the profile (no jitter)."""
         p = self.profile
-        ms = 0.0
-        if num_decode_seqs:
-            ms += p.alpha_ms + p.beta_ms * num_decode_seqs
-        if num_prefill_tokens:
-            ms += p.gamma_ms + p.delta_ms * num_prefill_tokens
-        return ms / 1e3
+        fixed = max(p.alpha_ms if num_decode_seqs else 0.0, p.gamma_ms if num_prefill_tokens else 0.0)
+        return (fixed + p.beta_ms * num_decode_seqs + p.delta_ms * num_prefill_tokens) / 1e3
 
     # ----------------------------------------------------------------- stepping
 
-    def step(self, now_s: float) -> StepResult:
-        """Run one scheduler iteration starting at max(now_s, end of the previous step)."""
+    def step(self, now_s: float, record_tokens: bool = True) -> StepResult:
+        """Run one scheduler iteration starting at max(now_s, end of the previous step).
+
+        record_tokens=False leaves StepResult.tokens empty (faster; used by advance_to).
+        """
         start = max(now_s, self.clock_s)
         result = StepResult(start_s=start, end_s=start)
         scheduled = self._schedule(start, result)
@@ -263,7 +265,7 @@ class Engine:
         result.end_s = end
         self.clock_s = end
         self.num_steps += 1
-        self._complete(scheduled, end, result)
+        self._complete(scheduled, end, result, record_tokens)
         return result
 
     def advance_to(self, t_s: float) -> list[FinishedRequest]:
@@ -279,7 +281,7 @@ class Engine:
                 break
             if self._try_decode_jump(t_s, finished):
                 continue
-            result = self.step(self.clock_s)
+            result = self.step(self.clock_s, record_tokens=False)
             finished.extend(result.finished)
             if result.end_s == result.start_s:  # nothing schedulable before the next arrival
                 nxt = self._waiting[0].arrival_s if self._waiting else t_s
@@ -360,11 +362,14 @@ class Engine:
         self._waiting.appendleft(req)
         result.preempted.append(req.request_id)
 
-    def _complete(self, scheduled: list[tuple[_Request, int]], end: float, result: StepResult) -> None:
+    def _complete(
+        self, scheduled: list[tuple[_Request, int]], end: float, result: StepResult, record_tokens: bool
+    ) -> None:
         done: list[_Request] = []
+        tokens = result.tokens
         for req, num_new in scheduled:
             req.num_computed += num_new
-            if req.num_computed < req.known_tokens:
+            if req.num_computed < req.prompt_tokens + req.num_output:
                 continue  # prefill chunk not finished yet: no token this step
             itl = None if req.last_token_s is None else end - req.last_token_s
             if req.first_token_s is None:
@@ -376,7 +381,8 @@ class Engine:
             req.last_token_s = end
             req.num_output += 1
             self.generation_tokens_total += 1
-            result.tokens.append(TokenEvent(req.request_id, req.num_output - 1, end, itl))
+            if record_tokens:
+                tokens.append(TokenEvent(req.request_id, req.num_output - 1, end, itl))
             if req.num_output >= req.output_target:
                 done.append(req)
         for req in done:
