@@ -448,7 +448,7 @@ def _meets(chain: _Chain | None, slo: Slo, target_utilization: float) -> bool:
 
 
 RATE_SEARCH_LOG_RANGE = (math.log(1e-6), math.log(1e6))  # requests/s one replica could ever take
-RATE_SEARCH_STEPS = 26  # 2^-26 of the log range: about 4e-7 relative precision
+RATE_SEARCH_STEPS = 20  # 2^-20 of the log range: about 3e-5 relative precision
 
 
 def max_arrival_rate(
@@ -477,6 +477,12 @@ def max_arrival_rate(
     lo, hi = RATE_SEARCH_LOG_RANGE
     if not feasible(lo):
         return 0.0
+    step = (hi - lo) / 2**RATE_SEARCH_STEPS
+    limit = batch_limit(profile, mean_prompt_tokens, mean_output_tokens)
+    cap = target_utilization * service_rate_rps(profile, mean_prompt_tokens, mean_output_tokens, limit)
+    cap_on_grid = lo + math.floor((math.log(cap) - lo) / step) * step
+    if max_queue is None and feasible(cap_on_grid):  # the utilisation cap binds: bisection would land on this grid point
+        return math.exp(cap_on_grid)
     for _ in range(RATE_SEARCH_STEPS):
         mid = 0.5 * (lo + hi)
         if feasible(mid):
