@@ -1,0 +1,437 @@
+"""Drift detector over windows of binned distributions: state in, state and reports out.
+
+Per signal it keeps a reference distribution and compares each new window against it with
+PSI, Jensen-Shannon, binned KS and a mean-shift t-test. A test declares drift after
+`consecutive_to_declare` windows over its threshold and clears it after
+`consecutive_to_clear` windows under. The signal is drifted when any of `decisive_tests` is.
+
+Reference policies:
+- "baseline": the first full window(s) starting `settle_s` after a spec-generation change
+  (a rollout settling), re-captured on every new generation and, by default, right after a
+  declared drift (the new mix becomes the normal once the capacity model has re-fit on it).
+- "rolling": the previous `rolling_windows` windows.
+
+Workload signals (token counts) say the request mix moved: the capacity model must re-fit.
+Service-time signals (ITL, prefill seconds per prompt token) are only compared at comparable
+load; drift there without workload drift is the engine getting slower, and right after a spec
+change it is reported as a performance regression.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Generic, Literal, TypeVar
+
+from kiban.drift import stats
+from kiban.drift.histograms import BinnedHistogram, bin_midpoints, merge_histograms
+
+T = TypeVar("T")
+
+WORKLOAD_SIGNALS = ("prompt_tokens", "generation_tokens")
+SERVICE_TIME_SIGNALS = ("itl_seconds", "prefill_seconds_per_token")
+SIGNALS = WORKLOAD_SIGNALS + SERVICE_TIME_SIGNALS
+TESTS = ("psi", "js", "ks", "mean_shift")
+TEST_LABELS = {"psi": "PSI", "js": "JS", "ks": "KS", "mean_shift": "mean shift"}
+
+ReferencePolicy = Literal["baseline", "rolling"]
+SignalKind = Literal["workload", "service_time"]
+ReportStatus = Literal[
+    "no_reference", "baseline_captured", "insufficient_samples", "incomparable_load", "evaluated"
+]
+
+
+@dataclass(frozen=True)
+class DriftConfig:
+    """Detector settings; the defaults are the ones measured in docs/drift.md."""
+
+    window_s: float = 120.0
+    reference_policy: ReferencePolicy = "rolling"
+    settle_s: float = 300.0
+    baseline_windows: int = 1
+    rolling_windows: int = 3
+    rebaseline_after_drift: bool = True
+    # Real 2-minute windows of one stationary trace reach PSI ~0.5 on their own (bursty
+    # mixes), so the textbook 0.2 alarms several times an hour; 0.75 does not (docs/drift.md).
+    psi_threshold: float = 0.75
+    js_threshold: float = 0.1
+    ks_alpha: float = 0.01
+    mean_shift_alpha: float = 0.01
+    decisive_tests: tuple[str, ...] = ("psi", "js")
+    min_samples: int = 100
+    consecutive_to_declare: int = 1
+    consecutive_to_clear: int = 2
+    load_tolerance: float = 0.25
+
+    def __post_init__(self) -> None:
+        positive = {"window_s": self.window_s, "psi_threshold": self.psi_threshold,
+                    "js_threshold": self.js_threshold, "load_tolerance": self.load_tolerance}
+        for name, value in positive.items():
+            if not value > 0:
+                raise ValueError(f"DriftConfig.{name} must be > 0, got {value}")
+        for name in ("baseline_windows", "rolling_windows", "min_samples",
+                     "consecutive_to_declare", "consecutive_to_clear"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"DriftConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.settle_s < 0:
+            raise ValueError(f"DriftConfig.settle_s must be >= 0, got {self.settle_s}")
+        for name in ("ks_alpha", "mean_shift_alpha"):
+            if not 0 < getattr(self, name) < 1:
+                raise ValueError(f"DriftConfig.{name} must be in (0, 1), got {getattr(self, name)}")
+        if self.reference_policy not in ("baseline", "rolling"):
+            raise ValueError(
+                f"DriftConfig.reference_policy must be 'baseline' or 'rolling', got {self.reference_policy!r}"
+            )
+        unknown = [t for t in self.decisive_tests if t not in TESTS]
+        if unknown or not self.decisive_tests:
+            raise ValueError(f"DriftConfig.decisive_tests must be a non-empty subset of {TESTS}, got {self.decisive_tests}")
+
+
+@dataclass(frozen=True)
+class TestOutcome:
+    """One test on one window: its statistic, p-value where it has one, and the verdict."""
+
+    score: float
+    over: bool
+    p_value: float | None = None
+
+
+@dataclass(frozen=True)
+class Streak:
+    over: int = 0
+    under: int = 0
+    drifted: bool = False
+
+
+def next_streak(streak: Streak, over: bool, config: DriftConfig) -> tuple[Streak, bool, bool]:
+    """Advance a K-over / M-under streak: returns (streak, newly declared, newly cleared)."""
+    over_run = streak.over + 1 if over else 0
+    under_run = 0 if over else streak.under + 1
+    if not streak.drifted and over_run >= config.consecutive_to_declare:
+        return Streak(over_run, under_run, True), True, False
+    if streak.drifted and under_run >= config.consecutive_to_clear:
+        return Streak(over_run, under_run, False), False, True
+    return Streak(over_run, under_run, streak.drifted), False, False
+
+
+@dataclass(frozen=True)
+class _Entry(Generic[T]):
+    payload: T
+    load: float | None
+
+
+@dataclass(frozen=True)
+class SignalState(Generic[T]):
+    """What one signal remembers between windows."""
+
+    reference: _Entry[T] | None = None
+    previous_reference: _Entry[T] | None = None  # the last generation's, for regressions
+    capture_from: float = -math.inf  # a baseline window must start at or after this time
+    pending: tuple[_Entry[T], ...] = ()
+    recent: tuple[_Entry[T], ...] = ()
+    streaks: Mapping[str, Streak] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SignalStep(Generic[T]):
+    """The outcome of one window for one signal, before it is dressed as a DriftReport."""
+
+    status: ReportStatus
+    tests: Mapping[str, TestOutcome]
+    drifted_by_test: Mapping[str, bool]
+    declared_by_test: Mapping[str, bool]
+    drifted: bool
+    declared: bool
+    cleared: bool
+    reference: T | None
+    compared_with_previous_generation: bool = False
+
+
+Compare = Callable[[T, T], Mapping[str, TestOutcome]]
+Combine = Callable[[Sequence[T]], T]
+Size = Callable[[T], float]
+
+
+def _mean_load(entries: Sequence[_Entry]) -> float | None:
+    loads = [e.load for e in entries]
+    if not loads or any(load is None for load in loads):
+        return None
+    return sum(loads) / len(loads)  # type: ignore[arg-type]
+
+
+def _loads_comparable(reference: float | None, current: float | None, tolerance: float) -> bool:
+    if reference is None or current is None or reference <= 0:
+        return True
+    return abs(current / reference - 1.0) <= tolerance
+
+
+def step_signal(
+    state: SignalState[T],
+    payload: T,
+    load: float | None,
+    window_start: float,
+    config: DriftConfig,
+    compare: Compare,
+    combine: Combine,
+    size: Size,
+    needs_comparable_load: bool = False,
+) -> tuple[SignalState[T], SignalStep[T]]:
+    """One window for one signal, generic over the payload (binned histogram or raw samples),
+    so the raw-sample KS baseline runs the very same reference and streak logic."""
+    entry = _Entry(payload, load)
+    decisive = config.decisive_tests
+    streaks = {t: state.streaks.get(t, Streak()) for t in TESTS}
+
+    def unchanged(status: ReportStatus, new_state: SignalState[T], reference: T | None,
+                  tests: Mapping[str, TestOutcome] | None = None, previous: bool = False) -> tuple[SignalState[T], SignalStep[T]]:
+        drifted_by_test = {t: streaks[t].drifted for t in TESTS}
+        return new_state, SignalStep(
+            status, tests or {}, drifted_by_test, {t: False for t in TESTS},
+            any(drifted_by_test[t] for t in decisive), False, False, reference, previous,
+        )
+
+    # Choose the reference for this window.
+    if config.reference_policy == "rolling":
+        recent = state.recent[-config.rolling_windows:]
+        reference = _Entry(combine([e.payload for e in recent]), _mean_load(recent)) if recent else None
+        next_state = replace(state, recent=(recent + (entry,))[-config.rolling_windows:])
+        if reference is None or size(reference.payload) < config.min_samples:
+            return unchanged("no_reference", next_state, None)
+    else:
+        reference = state.reference
+        next_state = state
+        if reference is None:
+            if window_start < state.capture_from or size(payload) < config.min_samples:
+                return unchanged("no_reference", state, None)
+            pending = state.pending + (entry,)
+            if len(pending) < config.baseline_windows:
+                return unchanged("no_reference", replace(state, pending=pending), None)
+            captured = _Entry(combine([e.payload for e in pending]), _mean_load(pending))
+            captured_state = replace(state, reference=captured, pending=())
+            previous = state.previous_reference
+            tests: Mapping[str, TestOutcome] = {}
+            if previous is not None and _loads_comparable(previous.load, load, config.load_tolerance):
+                tests = compare(previous.payload, payload)
+            return unchanged("baseline_captured", captured_state, previous.payload if previous else None,
+                             tests, previous is not None and bool(tests))
+
+    if size(payload) < config.min_samples:
+        return unchanged("insufficient_samples", next_state, reference.payload)
+    if needs_comparable_load and not _loads_comparable(reference.load, load, config.load_tolerance):
+        return unchanged("incomparable_load", next_state, reference.payload)
+
+    tests = compare(reference.payload, payload)
+    declared_by_test: dict[str, bool] = {}
+    for test in TESTS:
+        if test not in tests:
+            declared_by_test[test] = False
+            continue
+        streaks[test], declared_by_test[test], _ = next_streak(streaks[test], tests[test].over, config)
+    was_drifted = any(state.streaks.get(t, Streak()).drifted for t in decisive)
+    drifted = any(streaks[t].drifted for t in decisive)
+    declared = drifted and not was_drifted
+    cleared = was_drifted and not drifted
+    next_state = replace(next_state, streaks=streaks)
+    if declared and config.reference_policy == "baseline" and config.rebaseline_after_drift:
+        # The next full window becomes the new normal.
+        next_state = replace(next_state, reference=None, pending=(), capture_from=window_start + config.window_s)
+    return next_state, SignalStep(
+        "evaluated", tests, {t: streaks[t].drifted for t in TESTS}, declared_by_test,
+        drifted, declared, cleared, reference.payload,
+    )
+
+
+def on_new_generation(state: SignalState[T], changed_at: float, config: DriftConfig) -> SignalState[T]:
+    """A spec change: keep the old reference for a regression check, capture a new baseline
+    after the rollout settles. The rolling policy keeps its history (the shift shows up)."""
+    if config.reference_policy == "rolling":
+        return state
+    return replace(
+        state, reference=None, pending=(), previous_reference=state.reference or state.previous_reference,
+        capture_from=changed_at + config.settle_s,
+    )
+
+
+# --- binned histograms --------------------------------------------------------------------
+
+
+def compare_histograms(reference: BinnedHistogram, current: BinnedHistogram, config: DriftConfig) -> dict[str, TestOutcome]:
+    """All four tests on two windows of the same buckets."""
+    if reference.upper_bounds != current.upper_bounds:
+        raise ValueError(f"histogram buckets differ: {reference.upper_bounds} vs {current.upper_bounds}")
+    ref, cur = reference.counts, current.counts
+    psi = stats.population_stability_index(ref, cur)
+    js = stats.jensen_shannon_divergence(ref, cur)
+    d = stats.ks_statistic(ref, cur)
+    ks_p = stats.ks_p_value(d, reference.total, current.total)
+    t, t_p = stats.mean_shift_p_value(ref, cur, bin_midpoints(reference.upper_bounds))
+    return {
+        "psi": TestOutcome(psi, psi > config.psi_threshold),
+        "js": TestOutcome(js, js > config.js_threshold),
+        "ks": TestOutcome(d, ks_p < config.ks_alpha, ks_p),
+        "mean_shift": TestOutcome(abs(t), t_p < config.mean_shift_alpha, t_p),
+    }
+
+
+@dataclass(frozen=True)
+class WindowObservation:
+    """One window of every signal's histogram (already summed over pods).
+
+    `generation` is the FoundationModel's metadata.generation (spec changes); `load_rps` the
+    arrival rate over the window, so service times are only compared at comparable load.
+    """
+
+    end_time: float
+    generation: int
+    histograms: Mapping[str, BinnedHistogram]
+    load_rps: float | None = None
+
+
+@dataclass(frozen=True)
+class DriftReport:
+    """The verdict for one signal after one window."""
+
+    signal: str
+    kind: SignalKind
+    status: ReportStatus
+    tests: Mapping[str, TestOutcome]
+    drifted_by_test: Mapping[str, bool]
+    declared_by_test: Mapping[str, bool]
+    drifted: bool
+    declared: bool
+    performance_regression: bool
+    reference_count: float
+    current_count: float
+    reference_mean: float
+    current_mean: float
+    message: str
+
+
+@dataclass(frozen=True)
+class DriftAssessment:
+    """All signals after one window, and what the operator should do about it."""
+
+    end_time: float
+    reports: Mapping[str, DriftReport]
+    workload_drift: bool  # the request mix moved: re-fit the capacity model
+    service_time_drift: bool  # same mix and load, different engine speed
+    performance_regression: bool  # service-time got slower right after a spec change
+    refit_capacity_model: bool  # workload drift declared in this very window
+    reason: str  # for the DriftDetected condition
+    message: str
+
+
+@dataclass(frozen=True)
+class DetectorState:
+    generation: int | None = None
+    generation_changed_at: float | None = None
+    signals: Mapping[str, SignalState[BinnedHistogram]] = field(default_factory=dict)
+
+
+def signal_kind(signal: str) -> SignalKind:
+    if signal in WORKLOAD_SIGNALS:
+        return "workload"
+    if signal in SERVICE_TIME_SIGNALS:
+        return "service_time"
+    raise ValueError(f"unknown drift signal {signal!r}; known: {SIGNALS}")
+
+
+def _format_value(signal: str, value: float) -> str:
+    if math.isnan(value):
+        return "n/a"
+    if signal.endswith("_seconds") or signal.endswith("_per_token"):
+        return f"{value * 1000:.3g} ms" if signal == "prefill_seconds_per_token" else f"{value * 1000:.1f} ms"
+    return f"{value:.0f} tokens"
+
+
+def _format_test(test: str, outcome: TestOutcome, config: DriftConfig) -> str:
+    if test == "psi":
+        return f"PSI {outcome.score:.2f} {'>' if outcome.over else '<='} {config.psi_threshold:g}"
+    if test == "js":
+        return f"JS {outcome.score:.3f} {'>' if outcome.over else '<='} {config.js_threshold:g}"
+    if test == "ks":
+        return f"KS D {outcome.score:.3f} p {outcome.p_value:.2g} {'<' if outcome.over else '>='} {config.ks_alpha:g}"
+    return f"mean shift |t| {outcome.score:.1f} p {outcome.p_value:.2g} {'<' if outcome.over else '>='} {config.mean_shift_alpha:g}"
+
+
+def _report_message(signal: str, status: ReportStatus, tests: Mapping[str, TestOutcome], drifted: bool,
+                    ref_mean: float, cur_mean: float, ref_n: float, cur_n: float, config: DriftConfig) -> str:
+    means = f"(mean {_format_value(signal, ref_mean).split(' ')[0]} → {_format_value(signal, cur_mean)})"
+    if status == "no_reference":
+        return f"{signal}: no reference yet ({cur_n:.0f} samples in window)"
+    if status == "insufficient_samples":
+        return f"{signal}: {cur_n:.0f} samples < min {config.min_samples}, not compared"
+    if status == "incomparable_load":
+        return f"{signal}: load differs from the reference's by more than {config.load_tolerance:.0%}, not compared"
+    if status == "baseline_captured" and not tests:
+        return f"{signal}: captured baseline of {cur_n:.0f} samples (mean {_format_value(signal, cur_mean)})"
+    shown = [t for t in config.decisive_tests if t in tests and tests[t].over] or [t for t in config.decisive_tests if t in tests]
+    verdict = "drifted" if drifted else "stable"
+    if status == "baseline_captured":
+        verdict = "vs previous generation"
+    return f"{signal} {verdict}: " + ", ".join(_format_test(t, tests[t], config) for t in shown) + f" {means}"
+
+
+def _regression_horizon(config: DriftConfig) -> float:
+    """How long after a spec change a slow-down is blamed on the change."""
+    return config.settle_s + (config.baseline_windows + config.consecutive_to_declare + 1) * config.window_s
+
+
+def observe_window(
+    state: DetectorState, window: WindowObservation, config: DriftConfig
+) -> tuple[DetectorState, DriftAssessment]:
+    """Feed one window; returns the new state and the assessment of every signal present."""
+    window_start = window.end_time - config.window_s
+    signals = dict(state.signals)
+    generation_changed_at = state.generation_changed_at
+    if state.generation != window.generation:
+        generation_changed_at = window_start
+        signals = {name: on_new_generation(s, window_start, config) for name, s in signals.items()}
+    since_change = window.end_time - (generation_changed_at if generation_changed_at is not None else -math.inf)
+
+    reports: dict[str, DriftReport] = {}
+    for signal, histogram in window.histograms.items():
+        kind = signal_kind(signal)
+        signal_state = signals.get(signal)
+        if signal_state is None:
+            signal_state = SignalState(capture_from=(generation_changed_at or window_start) + config.settle_s)
+        signals[signal], step = step_signal(
+            signal_state, histogram, window.load_rps, window_start, config,
+            compare=lambda r, c: compare_histograms(r, c, config),
+            combine=merge_histograms, size=lambda h: h.total,
+            needs_comparable_load=kind == "service_time",
+        )
+        ref = step.reference
+        ref_mean = ref.mean() if ref is not None else math.nan
+        cur_mean = histogram.mean()
+        decisive_over = any(step.tests[t].over for t in config.decisive_tests if t in step.tests)
+        slower = ref is not None and cur_mean > ref_mean
+        regression = (
+            kind == "service_time" and slower and since_change <= _regression_horizon(config)
+            and ((step.compared_with_previous_generation and decisive_over) or step.declared)
+        )
+        reports[signal] = DriftReport(
+            signal, kind, step.status, step.tests, step.drifted_by_test, step.declared_by_test,
+            step.drifted, step.declared, regression,
+            ref.total if ref is not None else 0.0, histogram.total, ref_mean, cur_mean,
+            _report_message(signal, step.status, step.tests, step.drifted or (step.status == "baseline_captured" and decisive_over),
+                            ref_mean, cur_mean, ref.total if ref is not None else 0.0, histogram.total, config),
+        )
+
+    workload = any(r.drifted for r in reports.values() if r.kind == "workload")
+    service = not workload and any(r.drifted for r in reports.values() if r.kind == "service_time")
+    regression = not workload and any(r.performance_regression for r in reports.values())
+    refit = any(r.declared for r in reports.values() if r.kind == "workload")
+    if regression:
+        reason = "PerformanceRegression"
+    elif workload:
+        reason = "WorkloadDrift"
+    elif service:
+        reason = "ServiceTimeDrift"
+    else:
+        reason = "NoDrift"
+    drifted_messages = [r.message for r in reports.values() if r.drifted or r.performance_regression]
+    message = "; ".join(drifted_messages) if drifted_messages else "no drift in " + ", ".join(reports) if reports else "no signals"
+    new_state = DetectorState(window.generation, generation_changed_at, signals)
+    return new_state, DriftAssessment(window.end_time, reports, workload, service, regression, refit, reason, message)
