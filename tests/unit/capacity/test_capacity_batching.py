@@ -130,7 +130,7 @@ def test_utilisation_caps_capacity_when_latency_is_easy():
     profile = make_profile()
     rate = max_arrival_rate(profile, 500, 100, Slo(ttft_ms=10_000), target_utilization=0.6)
     top = predict(profile, 0.0, 500, 100).max_throughput_rps
-    assert rate == pytest.approx(0.6 * top, rel=1e-5)
+    assert rate == pytest.approx(0.6 * top, rel=1e-4)  # the search grid is 3e-5 fine
     assert rate <= 0.6 * top
 
 
