@@ -43,8 +43,9 @@ class ApplyResult:
 class Writer:
     """Writes through one ApiClient; resource discovery is cached by the dynamic client."""
 
-    def __init__(self, api: ApiClient) -> None:
+    def __init__(self, api: ApiClient, field_manager: str = FIELD_MANAGER) -> None:
         self.api = api
+        self.field_manager = field_manager
         self._dynamic: DynamicClient | None = None
         self._lock = threading.Lock()
 
@@ -65,7 +66,7 @@ class Writer:
             resource,
             body=dict(obj),
             namespace=namespace,
-            field_manager=FIELD_MANAGER,
+            field_manager=self.field_manager,
             force_conflicts=True,
         )
         return returned.to_dict()
@@ -112,7 +113,7 @@ class Writer:
             name=name,
             namespace=namespace,
             content_type="application/merge-patch+json",
-            field_manager=FIELD_MANAGER,
+            field_manager=self.field_manager,
         )
 
     def scale_foundation_model(self, namespace: str, name: str, replicas: int, manager: str) -> None:
@@ -126,6 +127,22 @@ class Writer:
             content_type="application/merge-patch+json",
             field_manager=manager,
         )
+
+    def ensure_peering(self, name: str, namespaces: list[str]) -> None:
+        """Create kopf's peering object(s): cluster-wide, or one per watched namespace (no globs)."""
+        if not namespaces:
+            targets = [("ClusterKopfPeering", None)]
+        else:
+            targets = [("KopfPeering", ns) for ns in namespaces if not any(ch in ns for ch in "*?[!")]
+        for kind, namespace in targets:
+            body: dict[str, Any] = {"apiVersion": "kopf.dev/v1", "kind": kind, "metadata": {"name": name}}
+            if namespace:
+                body["metadata"]["namespace"] = namespace
+            self.dynamic.server_side_apply(
+                self._resource("kopf.dev/v1", kind), body=body, namespace=namespace,
+                field_manager=self.field_manager, force_conflicts=True,
+            )
+            log.info(kv(f"Applied {kind}", name=name, namespace=namespace))
 
     def post_event(
         self, fm: Mapping[str, Any], event_type: str, reason: str, message: str, now: datetime | None = None

@@ -23,6 +23,7 @@ class Sizing:
 
     fits: bool
     message: str = ""
+    reason: str = "ModelDoesNotFit"  # or ExceedsNodeGpus, UnknownAcceleratorProfile
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,7 @@ def _deployment_counts(deployment: Mapping[str, Any] | None) -> dict[str, int]:
 def _scheduled(world: World) -> dict:
     gen = world.generation
     if not world.sizing.fits:
-        return condition("Scheduled", False, "ModelDoesNotFit", world.sizing.message, gen)
+        return condition("Scheduled", False, world.sizing.reason, world.sizing.message, gen)
     stuck = unschedulable_pods(world.pods)
     if stuck:
         name, message = stuck[0]
@@ -114,7 +115,7 @@ def _scheduled(world: World) -> dict:
 def _degraded(world: World) -> dict:
     gen = world.generation
     if not world.sizing.fits:
-        return condition("Degraded", True, "ModelDoesNotFit", world.sizing.message, gen)
+        return condition("Degraded", True, world.sizing.reason, world.sizing.message, gen)
     if world.conflicts:
         return condition("Degraded", True, "ChildConflict", "; ".join(world.conflicts), gen)
     if world.apply_errors:
@@ -125,7 +126,7 @@ def _degraded(world: World) -> dict:
 def _progressing(world: World, counts: Mapping[str, int]) -> dict:
     gen = world.generation
     if not world.sizing.fits:
-        return condition("Progressing", False, "ModelDoesNotFit", world.sizing.message, gen)
+        return condition("Progressing", False, world.sizing.reason, world.sizing.message, gen)
     if world.wrote_children or world.deployment is None:
         return condition("Progressing", True, "ChildrenApplied", "applied the desired children", gen)
     if counts["observed_generation"] < counts["generation"]:

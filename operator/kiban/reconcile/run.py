@@ -1,0 +1,344 @@
+"""One reconcile pass for one FoundationModel, and the per-operator context it runs in.
+
+Entry point: `await reconcile(context, ref, indexes, fallback_body=body, trigger=...)`.
+Every kopf handler (create, update, resume, the resync timer, a child's or pod's change) calls
+it; passes for the same model are serialised and coalesced by `ReconcileGate`, and a pass always
+reads the newest FoundationModel body kopf has seen (the models index), never a stale one.
+
+A pass: parse the spec -> size GPUs -> build the desired children (builders, pure) -> stamp
+ownership -> plan against the cached children (pure) -> apply (writes, in a worker thread) ->
+rebuild status from the world (pure) and patch it when it changed -> Events and metrics.
+
+Replica ownership: the FoundationModel's spec.scaling.replicas (its scale subresource) is the
+one replica knob. `kubectl scale fm/x`, an HPA, and Kiban's own autoscaler all write it; the
+Deployment's replicas are always applied from it (default: minReplicas). A hand edit of the
+Deployment's replicas is therefore put back, like any other field we set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from kiban.api.v1alpha1 import API_VERSION, KIND, FoundationModel
+from kiban.builders.names import label_value
+from kiban.config import ConfigError, OperatorConfig
+from kiban.metrics import ModelKey, OperatorMetrics
+from kiban.reconcile import observe
+from kiban.reconcile.apply import ApplyResult, Writer
+from kiban.reconcile.logfmt import kv
+from kiban.reconcile.plan import (
+    MANAGED_BY_LABEL,
+    MANAGED_BY_VALUE,
+    Plan,
+    plan,
+    stamp_spec_hash,
+)
+from kiban.reconcile.status import (
+    Sizing,
+    World,
+    build_status,
+    changed_conditions,
+    status_changed,
+)
+
+log = logging.getLogger("kiban.reconcile")
+
+ModelRef = tuple[str, str]
+PART_OF_LABEL = "app.kubernetes.io/part-of"
+# Condition transitions a user wants to see as Events: (type, status) -> event type
+EVENT_WORTHY = {
+    ("Scheduled", "False"): "Warning",
+    ("Degraded", "True"): "Warning",
+    ("Ready", "True"): "Normal",
+}
+
+
+class ReconcileGate:
+    """Serialises passes per model and folds requests that arrive while one is queued.
+
+    A request that finds another one waiting (not yet started) is dropped: the waiting pass
+    reads the newest body and cache when it starts, so it covers both.
+    """
+
+    def __init__(self) -> None:
+        self._locks: dict[ModelRef, asyncio.Lock] = {}
+        self._queued: set[ModelRef] = set()
+
+    async def run(self, ref: ModelRef, work: Callable[[], Awaitable[Any]]) -> Any | None:
+        if ref in self._queued:
+            return None
+        self._queued.add(ref)
+        lock = self._locks.setdefault(ref, asyncio.Lock())
+        async with lock:
+            self._queued.discard(ref)
+            return await work()
+
+    def forget(self, ref: ModelRef) -> None:
+        lock = self._locks.get(ref)
+        if lock is not None and not lock.locked() and ref not in self._queued:
+            del self._locks[ref]
+
+
+@dataclass
+class OperatorContext:
+    """What one operator instance shares between passes (kopf's memo carries it)."""
+
+    config: OperatorConfig
+    writer: Writer
+    discovery: observe.ApiDiscovery
+    metrics: OperatorMetrics
+    gate: ReconcileGate = field(default_factory=ReconcileGate)
+    executor: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(16, "kiban-io"))
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+
+    async def io(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run a blocking API call in the I/O pool."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+
+@dataclass
+class Outcome:
+    """What a pass did, for handlers (retry on errors) and tests."""
+
+    plan: Plan | None = None
+    errors: list[str] = field(default_factory=list)
+    status: dict[str, Any] | None = None
+    skipped: bool = False
+
+
+def owner_reference(fm: Mapping[str, Any]) -> dict[str, Any]:
+    metadata = fm["metadata"]
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": metadata["name"],
+        "uid": metadata["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def own(child: Mapping[str, Any], fm: Mapping[str, Any]) -> dict[str, Any]:
+    """A child stamped as ours: controller owner reference, managed-by label, spec-hash annotation.
+
+    The builders already set the app.kubernetes.io/* labels; this makes ownership certain
+    whatever a builder did, because plan() deletes only what carries both marks.
+    """
+    stamped = dict(child)
+    metadata = dict(stamped.get("metadata") or {})
+    labels = dict(metadata.get("labels") or {})
+    labels[MANAGED_BY_LABEL] = MANAGED_BY_VALUE
+    labels.setdefault(PART_OF_LABEL, "kiban")
+    metadata["labels"] = labels
+    metadata["ownerReferences"] = [owner_reference(fm)]
+    metadata["namespace"] = fm["metadata"]["namespace"]
+    stamped["metadata"] = metadata
+    return stamp_spec_hash(stamped)
+
+
+def desired_replicas(model: FoundationModel) -> int:
+    """spec.scaling.replicas (the scale subresource) else minReplicas, kept within the bounds."""
+    scaling = model.spec.scaling
+    wanted = scaling.replicas if scaling.replicas is not None else scaling.min_replicas
+    return max(scaling.min_replicas, min(scaling.max_replicas, wanted))
+
+
+def selector_string(deployment: Mapping[str, Any] | None) -> str:
+    labels = ((deployment or {}).get("spec") or {}).get("selector", {}).get("matchLabels") or {}
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
+def resolved_status(model: FoundationModel, config: OperatorConfig, sizing: Any) -> dict[str, Any]:
+    return {
+        "accelerator": model.spec.accelerator.profile,
+        "gpusPerReplica": sizing.gpus_per_replica,
+        "tensorParallelSize": sizing.tensor_parallel_size,
+        "pipelineParallelSize": sizing.pipeline_parallel_size,
+        "image": model.spec.engine.image or config.vllm_image,
+        "servedModelName": model.served_model_name,
+        "sizingReason": str(sizing.reason),
+        "sizingMessage": sizing.message,
+    }
+
+
+def _now(context: OperatorContext) -> str:
+    return context.clock().strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+async def reconcile(
+    context: OperatorContext,
+    ref: ModelRef,
+    indexes: Mapping[str, Any],
+    *,
+    fallback_body: Mapping[str, Any] | None = None,
+    trigger: str = "",
+) -> Outcome:
+    """Reconcile one FoundationModel (the exact entry point every handler calls)."""
+
+    async def work() -> Outcome:
+        started = time.perf_counter()
+        try:
+            outcome = await _pass(context, ref, indexes, fallback_body, trigger)
+        except Exception:
+            context.metrics.record_reconcile(succeeded=False, seconds=time.perf_counter() - started)
+            raise
+        context.metrics.record_reconcile(succeeded=not outcome.errors, seconds=time.perf_counter() - started)
+        return outcome
+
+    result = await context.gate.run(ref, work)
+    return result if result is not None else Outcome(skipped=True)
+
+
+def _latest_body(indexes: Mapping[str, Any], ref: ModelRef, fallback: Mapping[str, Any] | None):
+    cached = observe.from_index(indexes.get(observe.MODELS_INDEX), ref)
+    return cached[0] if cached else (observe._plain(fallback) if fallback is not None else None)
+
+
+async def _pass(
+    context: OperatorContext,
+    ref: ModelRef,
+    indexes: Mapping[str, Any],
+    fallback_body: Mapping[str, Any] | None,
+    trigger: str,
+) -> Outcome:
+    body = _latest_body(indexes, ref, fallback_body)
+    if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
+        return Outcome(skipped=True)  # gone or going: garbage collection removes the children
+    namespace, name = ref
+    generation = int(body["metadata"].get("generation") or 0)
+    children = observe.observed_children(indexes, ref)
+    pods = observe.from_index(indexes.get(observe.PODS_INDEX), (namespace, label_value(name)))
+    deployment = observe.find_kind(children, "Deployment")
+
+    try:
+        model = FoundationModel.from_object(body)
+        profile = context.config.profile(model.spec.accelerator.profile)
+    except (ValidationError, ConfigError) as exc:
+        reason = "UnknownAcceleratorProfile" if isinstance(exc, ConfigError) else "InvalidSpec"
+        sizing = Sizing(False, _first_error(exc), reason)
+        world = World(generation, sizing, 0, deployment, pods, namespace=namespace)
+        return await _finish(context, body, world, Outcome(), model=None)
+
+    from kiban.sizing import resolve_sizing
+
+    gpu = resolve_sizing(model.spec, profile)
+    replicas = desired_replicas(model)
+    if not gpu.fits:
+        # nothing is created or deleted: the user fixes the spec, the running children stay
+        world = World(
+            generation, Sizing(False, gpu.message, str(gpu.reason)), replicas, deployment, pods,
+            namespace=namespace,
+        )
+        return await _finish(context, body, world, Outcome(), model=model)
+
+    served = await context.io(context.discovery.served_groups)
+    desired = [
+        own(child, body)
+        for child in build_desired(model, context.config, gpu, replicas=replicas, served_groups=served)
+    ]
+    the_plan = plan(desired, children, body["metadata"]["uid"])
+    result = ApplyResult()
+    if not the_plan.empty:
+        log.info(kv("Planned changes", name=name, namespace=namespace, trigger=trigger,
+                    actions=[f"{a.verb} {a.kind}/{a.name}: {a.reason}" for a in the_plan.actions]))
+        result = await context.io(context.writer.execute, the_plan, namespace)
+    wanted_deployment = next((c for c in desired if c["kind"] == "Deployment"), None)
+    seen_deployment = result.returned.get(f"Deployment/{wanted_deployment['metadata']['name']}") if wanted_deployment else None
+    service = next((c for c in desired if c["kind"] == "Service"), None)
+    world = World(
+        generation=generation,
+        sizing=Sizing(True),
+        desired_replicas=replicas,
+        deployment=seen_deployment or deployment,
+        pods=pods,
+        service_name=service["metadata"]["name"] if service else None,
+        namespace=namespace,
+        selector=selector_string(wanted_deployment),
+        wrote_children=bool(result.written),
+        conflicts=the_plan.conflicts,
+        apply_errors=result.errors,
+        resolved=resolved_status(model, context.config, gpu),
+    )
+    outcome = Outcome(plan=the_plan, errors=list(result.errors))
+    for action in result.written:
+        if action.kind == "Deployment" and action.verb in ("create", "update"):
+            verb = "Created" if action.verb == "create" else "Updated"
+            await context.io(
+                context.writer.post_event, body, "Normal", verb, f"{verb} Deployment {action.name}: {action.reason}"
+            )
+    return await _finish(context, body, world, outcome, model=model, gpus=gpu.gpus_per_replica)
+
+
+def build_desired(
+    model: FoundationModel,
+    config: OperatorConfig,
+    gpu: Any,
+    *,
+    replicas: int,
+    served_groups: frozenset[str],
+) -> list[dict[str, Any]]:
+    """The desired children from the pure builders (see kiban.builders)."""
+    from kiban.builders.deployment import build_deployment
+
+    return [build_deployment(model, config, gpu, replicas=replicas)]
+
+
+async def _finish(
+    context: OperatorContext,
+    body: Mapping[str, Any],
+    world: World,
+    outcome: Outcome,
+    *,
+    model: FoundationModel | None,
+    gpus: int | None = None,
+) -> Outcome:
+    """Write status when it changed, post Events for transitions, refresh per-model gauges."""
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    current = body.get("status") or {}
+    previous_conditions = current.get("conditions") or []
+    status = build_status(world, previous_conditions, _now(context))
+    outcome.status = status
+    if status_changed(current, status):
+        await context.io(context.writer.patch_status, namespace, name, status)
+        log.info(kv("Updated status", name=name, namespace=namespace,
+                    conditions={c["type"]: c["status"] for c in status["conditions"]}))
+    for cond in changed_conditions(previous_conditions, status["conditions"]):
+        event_type = EVENT_WORTHY.get((cond["type"], cond["status"]))
+        if event_type:
+            await context.io(
+                context.writer.post_event, body, event_type, cond["reason"], cond["message"] or cond["reason"]
+            )
+    if model is not None:
+        _refresh_gauges(context.metrics, model, world, status, gpus)
+    return outcome
+
+
+def _refresh_gauges(
+    metrics: OperatorMetrics, model: FoundationModel, world: World, status: Mapping[str, Any], gpus: int | None
+) -> None:
+    key = ModelKey(model.namespace or "", model.name, model.served_model_name)
+    metrics.set_model_gauge("current_replicas", key, status.get("replicas", 0))
+    metrics.set_model_gauge("ready_replicas", key, status.get("readyReplicas", 0))
+    if gpus is not None:
+        metrics.set_model_gauge("gpus_per_replica", key, gpus)
+    slo = model.spec.scaling.slo
+    if slo is not None:
+        for percentile, value in (("p95", slo.ttft_p95_ms), ("p99", slo.ttft_p99_ms)):
+            if value is not None:
+                metrics.set_model_gauge("slo_ttft_seconds", key, value / 1000.0, percentile=percentile)
+
+
+def _first_error(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        first = exc.errors()[0]
+        return f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
+    return str(exc)

@@ -1,0 +1,341 @@
+"""The operator, as a real process, against the real control plane (kube-apiserver, etcd,
+controller-manager, scheduler, kwok GPU nodes).
+
+Each test gets a fresh namespace and its own `python -m kiban run --standalone -n NS` process;
+CRDs come from crds/ (applied once per session with the pinned kubectl).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+CRDS = Path(os.environ.get("KIBAN_DEV_CRDS", REPO / "crds"))
+EXAMPLES = REPO / "examples"
+FM_GROUP, FM_VERSION, FM_PLURAL = "kiban.dev", "v1alpha1", "foundationmodels"
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 60.0, interval: float = 0.25, what: str = "") -> Any:
+    """Poll `check` until it returns something truthy; fail naming `what` and the last value."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}; last seen: {last!r}")
+
+
+def kubectl(kubeconfig: Path, *args: str, input_text: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    from kiban.devcluster import tool_path
+
+    done = subprocess.run(
+        [str(tool_path("kubectl")), f"--kubeconfig={kubeconfig}", *args],
+        input=input_text, capture_output=True, text=True, timeout=60,
+    )
+    if check and done.returncode != 0:
+        pytest.fail(f"kubectl {' '.join(args)} failed: {done.stderr}")
+    return done
+
+
+def model_body(name: str, **spec_overrides: Any) -> dict:
+    spec: dict[str, Any] = {
+        "model": {"uri": "hf://Qwen/Qwen2.5-0.5B-Instruct", "parameters": "500M"},
+        "accelerator": {"profile": "nvidia-l4"},
+        "scaling": {"autoscaling": False, "minReplicas": 1, "maxReplicas": 4},
+    }
+    for key, value in spec_overrides.items():
+        spec[key] = {**spec.get(key, {}), **value} if isinstance(value, dict) else value
+    return {"apiVersion": f"{FM_GROUP}/{FM_VERSION}", "kind": "FoundationModel", "metadata": {"name": name}, "spec": spec}
+
+
+class Cluster:
+    """Typed reads and writes the tests use (the test's own client, not the operator's)."""
+
+    def __init__(self, api, namespace: str) -> None:
+        from kubernetes import client
+
+        self.namespace = namespace
+        self.custom = client.CustomObjectsApi(api)
+        self.apps = client.AppsV1Api(api)
+        self.core = client.CoreV1Api(api)
+
+    def create_model(self, body: dict) -> dict:
+        return self.custom.create_namespaced_custom_object(FM_GROUP, FM_VERSION, self.namespace, FM_PLURAL, body)
+
+    def model(self, name: str) -> dict:
+        return self.custom.get_namespaced_custom_object(FM_GROUP, FM_VERSION, self.namespace, FM_PLURAL, name)
+
+    def patch_model(self, name: str, patch: dict) -> dict:
+        return self.custom.patch_namespaced_custom_object(FM_GROUP, FM_VERSION, self.namespace, FM_PLURAL, name, patch)
+
+    def condition(self, name: str, type_: str) -> dict | None:
+        for cond in (self.model(name).get("status") or {}).get("conditions") or []:
+            if cond["type"] == type_:
+                return cond
+        return None
+
+    def deployment(self, name: str):
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            return self.apps.read_namespaced_deployment(name, self.namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def replica_sets(self, name: str) -> list:
+        return [
+            rs for rs in self.apps.list_namespaced_replica_set(self.namespace).items
+            if any(ref.name == name for ref in rs.metadata.owner_references or [])
+        ]
+
+    def pods(self) -> list:
+        return self.core.list_namespaced_pod(self.namespace).items
+
+    def events(self, reason: str) -> list:
+        return [e for e in self.core.list_namespaced_event(self.namespace).items if e.reason == reason]
+
+
+def condition_is(cluster: Cluster, name: str, type_: str, status: str, reason: str | None = None):
+    def check():
+        cond = cluster.condition(name, type_)
+        if cond and cond["status"] == status and (reason is None or cond["reason"] == reason):
+            return cond
+        return None
+
+    return check
+
+
+class OperatorProcess:
+    """`python -m kiban run` as a child process, logs to a file, stopped with SIGTERM."""
+
+    def __init__(self, kubeconfig: Path, namespace: str, log_path: Path, *extra: str) -> None:
+        self.args = [
+            sys.executable, "-m", "kiban", "run", "--standalone", "-n", namespace,
+            "--metrics-port", "0", "--resync-seconds", "5", *extra,
+        ]
+        self.env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONUNBUFFERED": "1"}
+        self.log_path = log_path
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> OperatorProcess:
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.args, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        self.proc = None
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="session")
+def installed_crds(kubeconfig: Path) -> Path:
+    """Every CRD in crds/, applied and Established."""
+    files = sorted(CRDS.glob("*.yaml"))
+    assert files, "crds/ is empty: run `make crds`"
+    for path in files:
+        kubectl(kubeconfig, "apply", "--server-side", "-f", str(path))
+    kubectl(kubeconfig, "wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
+    return kubeconfig
+
+
+@pytest.fixture
+def cluster(kube_api, namespace: str, installed_crds: Path) -> Cluster:
+    return Cluster(kube_api, namespace)
+
+
+@pytest.fixture
+def operator(installed_crds: Path, namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
+    process = OperatorProcess(installed_crds, namespace, tmp_path / "operator.log").start()
+    yield process
+    process.stop()
+    print(process.logs()[-20000:])  # shown by pytest only when the test failed
+
+
+# ----------------------------------------------------------------------------- tests
+
+
+def ready_with_running_pods(cluster: Cluster, name: str, operator: OperatorProcess, timeout: float = 90.0) -> dict:
+    def check():
+        if operator.proc is not None and operator.proc.poll() is not None:
+            pytest.fail(f"the operator exited with {operator.proc.returncode}:\n{operator.logs()[-5000:]}")
+        return condition_is(cluster, name, "Ready", "True")()
+
+    return wait_for(check, timeout, what=f"{name} Ready=True")
+
+
+def test_model_becomes_ready_with_owned_children_and_status(cluster: Cluster, operator: OperatorProcess):
+    created = cluster.create_model(model_body("qwen"))
+    ready_with_running_pods(cluster, "qwen", operator)
+    model = cluster.model("qwen")
+    status = model["status"]
+    assert status["endpoint"] == f"http://qwen.{cluster.namespace}.svc:8000/v1"
+    assert status["readyReplicas"] == 1 and status["replicas"] == 1
+    assert status["selector"] and status["observedGeneration"] == model["metadata"]["generation"]
+    assert status["resolved"]["gpusPerReplica"] == 1
+    deployment = cluster.deployment("qwen")
+    assert deployment.metadata.owner_references[0].uid == created["metadata"]["uid"]
+    assert deployment.metadata.labels["app.kubernetes.io/managed-by"] == "kiban"
+    assert deployment.metadata.annotations["kiban.dev/spec-hash"]
+    assert {f.manager for f in deployment.metadata.managed_fields if f.operation == "Apply"} == {"kiban"}
+    pods = [p for p in cluster.pods() if p.status.phase == "Running"]
+    assert len(pods) == 1 and pods[0].spec.node_name.startswith("kiban-l4-")
+    assert cluster.events("Created"), "no Created Event on the FoundationModel"
+
+
+def test_spec_change_rolls_the_deployment(cluster: Cluster, operator: OperatorProcess):
+    cluster.create_model(model_body("roll"))
+    ready_with_running_pods(cluster, "roll", operator)
+    old_hash = cluster.deployment("roll").metadata.annotations["kiban.dev/spec-hash"]
+    cluster.patch_model("roll", {"spec": {"engine": {"maxNumSeqs": 64}}})
+    wait_for(
+        lambda: cluster.deployment("roll").metadata.annotations["kiban.dev/spec-hash"] != old_hash,
+        30, what="a new spec-hash",
+    )
+    args = cluster.deployment("roll").spec.template.spec.containers[0].args
+    assert "64" in " ".join(args)
+    wait_for(lambda: len(cluster.replica_sets("roll")) == 2, 30, what="a second ReplicaSet")
+    ready_with_running_pods(cluster, "roll", operator)
+    assert cluster.events("Updated"), "no Updated Event"
+
+
+def test_edited_child_is_put_back(cluster: Cluster, operator: OperatorProcess):
+    cluster.create_model(model_body("edit"))
+    ready_with_running_pods(cluster, "edit", operator)
+    want = cluster.deployment("edit").spec.template.spec.containers[0].image
+    cluster.apps.patch_namespaced_deployment(
+        "edit", cluster.namespace,
+        {"spec": {"replicas": 3, "template": {"spec": {"containers": [{"name": "vllm", "image": "evil:latest"}]}}}},
+    )
+    wait_for(
+        lambda: (d := cluster.deployment("edit")).spec.template.spec.containers[0].image == want
+        and d.spec.replicas == 1,
+        30, what="the image and replicas put back",
+    )
+
+
+def test_scale_subresource_sets_deployment_replicas(cluster: Cluster, operator: OperatorProcess, installed_crds: Path):
+    cluster.create_model(model_body("scaled"))
+    ready_with_running_pods(cluster, "scaled", operator)
+    kubectl(installed_crds, "-n", cluster.namespace, "scale", "fm/scaled", "--replicas=3")
+    wait_for(lambda: cluster.deployment("scaled").spec.replicas == 3, 30, what="Deployment replicas 3")
+    wait_for(lambda: cluster.model("scaled")["status"].get("readyReplicas") == 3, 60, what="3 ready replicas")
+    scale = json.loads(kubectl(installed_crds, "-n", cluster.namespace, "get", "--raw",
+                               f"/apis/kiban.dev/v1alpha1/namespaces/{cluster.namespace}/foundationmodels/scaled/scale").stdout)
+    assert scale["spec"]["replicas"] == 3 and scale["status"]["replicas"] == 3
+
+
+def test_impossible_gpu_request_is_degraded_and_writes_nothing(cluster: Cluster, operator: OperatorProcess):
+    cluster.create_model(model_body("huge", model={"uri": "hf://org/big", "parameters": "900B"}))
+    cond = wait_for(condition_is(cluster, "huge", "Degraded", "True", "ModelDoesNotFit"), 30, what="ModelDoesNotFit")
+    assert "GiB" in cond["message"]
+    assert cluster.deployment("huge") is None
+    wait_for(lambda: cluster.events("ModelDoesNotFit"), 15, what="a ModelDoesNotFit Event")
+
+
+def test_pods_without_room_are_reported_unschedulable(cluster: Cluster, operator: OperatorProcess):
+    # 4 L4 GPUs per replica (a whole node) x 8 replicas: more than the 3 L4 nodes hold
+    cluster.create_model(model_body(
+        "crowded", accelerator={"profile": "nvidia-l4", "gpusPerReplica": 4},
+        scaling={"minReplicas": 8, "maxReplicas": 8},
+    ))
+    cond = wait_for(condition_is(cluster, "crowded", "Scheduled", "False", "Unschedulable"), 60, what="Scheduled=False")
+    assert "nvidia.com/gpu" in cond["message"]
+    assert condition_is(cluster, "crowded", "Ready", "False")()
+
+
+def test_deletion_removes_children_and_restart_creates_no_duplicates(cluster: Cluster, operator: OperatorProcess):
+    cluster.create_model(model_body("keep"))
+    ready_with_running_pods(cluster, "keep", operator)
+    first_uid = cluster.deployment("keep").metadata.uid
+    operator.stop()
+    operator.start()
+    time.sleep(3)  # let the restarted operator resume; it must adopt, not recreate
+    ready_with_running_pods(cluster, "keep", operator)
+    assert cluster.deployment("keep").metadata.uid == first_uid
+    assert len(cluster.replica_sets("keep")) == 1
+    cluster.custom.delete_namespaced_custom_object(FM_GROUP, FM_VERSION, cluster.namespace, FM_PLURAL, "keep")
+    wait_for(lambda: cluster.deployment("keep") is None, 60, what="the Deployment garbage-collected")
+    services = cluster.core.list_namespaced_service(cluster.namespace).items
+    wait_for(lambda: not cluster.core.list_namespaced_service(cluster.namespace).items, 60,
+             what=f"Services garbage-collected (had {[s.metadata.name for s in services]})")
+
+
+INVALID_SPECS = [
+    ({"scaling": {"minReplicas": 3, "maxReplicas": 2}}, "minReplicas"),
+    ({"accelerator": {"profile": "nvidia-l4", "tensorParallelSize": 3}}, "tensorParallelSize"),
+    ({"model": {"uri": "ftp://nowhere/model"}}, "uri"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "field"), INVALID_SPECS, ids=[f for _, f in INVALID_SPECS])
+def test_invalid_spec_is_rejected_by_the_api_server_naming_the_field(cluster: Cluster, overrides: dict, field: str):
+    from kubernetes.client.exceptions import ApiException
+
+    with pytest.raises(ApiException) as info:
+        cluster.create_model(model_body("bad", **copy.deepcopy(overrides)))
+    assert info.value.status == 422
+    assert field in info.value.body
+
+
+def example_models() -> list[tuple[Path, dict]]:
+    found = []
+    for path in sorted(EXAMPLES.glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc and doc.get("kind") == "FoundationModel":
+                found.append((path, doc))
+    return found
+
+
+def test_every_example_reaches_ready_on_matching_gpu_nodes(cluster: Cluster, operator: OperatorProcess, installed_crds: Path):
+    examples = example_models()
+    assert examples, "examples/ holds no FoundationModel"
+    for path, _ in {p: None for p, _ in examples}.items():
+        applied = kubectl(installed_crds, "-n", cluster.namespace, "apply", "-f", str(path), check=False)
+        assert applied.returncode == 0, f"{path.name}: {applied.stderr}"
+    nodes = {n.metadata.name: n for n in cluster.core.list_node().items}
+    for path, doc in examples:
+        name = doc["metadata"]["name"]
+        ready_with_running_pods(cluster, name, operator, timeout=120)
+        deployment = cluster.deployment(cluster.model(name)["status"]["endpoint"].split("//")[1].split(".")[0])
+        selector = deployment.spec.template.spec.node_selector or {}
+        pods = [p for p in cluster.pods() if p.metadata.labels.get("app.kubernetes.io/instance") == name]
+        assert pods and all(p.status.phase == "Running" for p in pods), f"{path.name}: pods not Running"
+        for pod in pods:
+            labels = nodes[pod.spec.node_name].metadata.labels
+            assert all(labels.get(k) == v for k, v in selector.items()), f"{path.name}: {pod.metadata.name} on a wrong node"
