@@ -75,8 +75,14 @@ class CelRule:
 
 
 def _schema_default(value: Any) -> Any:
-    """The schema default of a default_factory value: {} for nested objects, the value otherwise."""
-    return {} if isinstance(value, BaseModel) else value
+    """The schema default of a default_factory value: nested objects fully defaulted.
+
+    The API server checks a default against the CEL rules as written, without filling the
+    defaults nested inside it, so `{}` would fail rules that read those nested fields.
+    """
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return value
 
 
 def _schema_extra(schema: dict[str, Any], cls: type[BaseModel]) -> None:
