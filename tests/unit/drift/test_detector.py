@@ -1,0 +1,123 @@
+"""Detector behaviour: stable on identical windows, K-consecutive declaration, clearing,
+baseline capture per generation, and the service-time verdicts."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from kiban.drift.detector import DetectorState, DriftConfig, WindowObservation, observe_window
+from kiban.drift.histograms import BinnedHistogram, itl_seconds_buckets, token_count_buckets
+
+TOKENS = token_count_buckets(8192)
+ITL = itl_seconds_buckets()
+WINDOW = 60.0
+
+
+def _tokens(centre_bin: int, n: int = 1000) -> BinnedHistogram:
+    """A bell-ish mix of token counts around one bucket."""
+    weights = np.exp(-0.5 * ((np.arange(len(TOKENS) + 1) - centre_bin) / 1.2) ** 2)
+    counts = np.round(n * weights / weights.sum())
+    return BinnedHistogram(TOKENS, tuple(float(c) for c in counts))
+
+
+def _itl(centre_bin: int, n: int = 1000) -> BinnedHistogram:
+    counts = np.zeros(len(ITL) + 1)
+    counts[centre_bin], counts[centre_bin + 1] = 0.7 * n, 0.3 * n
+    return BinnedHistogram(ITL, tuple(float(c) for c in counts))
+
+
+def _run(config, windows):
+    state, out = DetectorState(), []
+    for index, (generation, histograms, load) in enumerate(windows, start=1):
+        state, assessment = observe_window(state, WindowObservation(index * WINDOW, generation, histograms, load), config)
+        out.append(assessment)
+    return out
+
+
+CONV, CODE = _tokens(9), _tokens(11)  # ~ (200,500] vs (1000,2000] prompt tokens
+
+
+@pytest.mark.parametrize("policy", ["rolling", "baseline"])
+def test_identical_windows_never_drift(policy):
+    config = DriftConfig(window_s=WINDOW, reference_policy=policy, settle_s=0)
+    out = _run(config, [(1, {"prompt_tokens": CONV}, None)] * 8)
+    assert not any(a.workload_drift for a in out)
+    assert out[-1].reports["prompt_tokens"].status == "evaluated"
+    assert out[-1].reports["prompt_tokens"].tests["psi"].score == pytest.approx(0.0)
+    assert out[-1].reason == "NoDrift"
+
+
+def test_shifted_window_is_declared_with_numbers_in_the_message():
+    config = DriftConfig(window_s=WINDOW, rolling_windows=2)
+    out = _run(config, [(1, {"prompt_tokens": CONV}, None)] * 3 + [(1, {"prompt_tokens": CODE}, None)])
+    report = out[-1].reports["prompt_tokens"]
+    assert report.drifted and report.declared and out[-1].refit_capacity_model
+    assert out[-1].workload_drift and out[-1].reason == "WorkloadDrift"
+    assert report.tests["psi"].score > config.psi_threshold
+    assert "PSI" in report.message and "mean" in report.message and "tokens" in report.message
+    assert report.current_mean > report.reference_mean
+
+
+def test_k_consecutive_windows_before_declaring_and_m_to_clear():
+    config = DriftConfig(window_s=WINDOW, reference_policy="baseline", settle_s=0,
+                         rebaseline_after_drift=False, consecutive_to_declare=2, consecutive_to_clear=2)
+    mix = [CONV, CONV, CODE, CONV, CODE, CODE, CODE, CONV, CONV, CONV]
+    out = _run(config, [(1, {"prompt_tokens": h}, None) for h in mix])
+    drifted = [a.reports["prompt_tokens"].drifted for a in out]
+    declared = [a.reports["prompt_tokens"].declared for a in out]
+    # window 1 is the baseline; one odd window is not enough, two in a row are; two calm ones clear.
+    assert drifted == [False, False, False, False, False, True, True, True, False, False]
+    assert declared.count(True) == 1 and declared[5]
+
+
+def test_baseline_is_recaptured_after_settling_on_each_new_generation():
+    config = DriftConfig(window_s=WINDOW, reference_policy="baseline", settle_s=WINDOW)
+    windows = [(1, {"prompt_tokens": CONV}, None)] * 3 + [(2, {"prompt_tokens": CODE}, None)] * 4
+    statuses = [a.reports["prompt_tokens"].status for a in _run(config, windows)]
+    # gen 1: first window inside the settle time, second captured; gen 2 (window 4 starts the
+    # change): settle, capture on a full window after it, then compared with the new baseline.
+    assert statuses == ["no_reference", "baseline_captured", "evaluated",
+                        "no_reference", "baseline_captured", "evaluated", "evaluated"]
+    out = _run(config, windows)
+    assert not any(a.workload_drift for a in out)
+
+
+def test_slower_engine_after_a_spec_change_is_a_performance_regression():
+    config = DriftConfig(window_s=WINDOW, reference_policy="baseline", settle_s=0)
+    fast, slow = _itl(2), _itl(6)  # ~0.05 s vs ~0.2 s per token
+    windows = [(1, {"prompt_tokens": CONV, "itl_seconds": fast}, 5.0)] * 3
+    windows += [(2, {"prompt_tokens": CONV, "itl_seconds": slow}, 5.0)]
+    last = _run(config, windows)[-1]
+    assert last.performance_regression and last.reason == "PerformanceRegression"
+    assert last.reports["itl_seconds"].kind == "service_time"
+    assert "ms" in last.reports["itl_seconds"].message
+
+
+def test_service_time_drift_without_spec_change_and_not_at_different_load():
+    config = DriftConfig(window_s=WINDOW, rolling_windows=2, load_tolerance=0.25)
+    fast, slow = _itl(2), _itl(6)
+    base = [(1, {"prompt_tokens": CONV, "itl_seconds": fast}, 5.0)] * 8
+    busier = _run(config, base + [(1, {"prompt_tokens": CONV, "itl_seconds": slow}, 9.0)])[-1]
+    assert busier.reports["itl_seconds"].status == "incomparable_load" and not busier.service_time_drift
+    same_load = _run(config, base + [(1, {"prompt_tokens": CONV, "itl_seconds": slow}, 5.2)])[-1]
+    assert same_load.service_time_drift and not same_load.workload_drift
+    assert same_load.reason == "ServiceTimeDrift" and not same_load.performance_regression
+
+
+def test_small_windows_are_not_compared():
+    config = DriftConfig(window_s=WINDOW, min_samples=100)
+    out = _run(config, [(1, {"prompt_tokens": CONV}, None)] * 2 + [(1, {"prompt_tokens": _tokens(11, n=40)}, None)])
+    assert out[-1].reports["prompt_tokens"].status == "insufficient_samples"
+    assert not out[-1].workload_drift
+
+
+def test_bad_config_and_signal_name_the_field():
+    with pytest.raises(ValueError, match="DriftConfig.window_s"):
+        DriftConfig(window_s=0)
+    with pytest.raises(ValueError, match="DriftConfig.decisive_tests"):
+        DriftConfig(decisive_tests=("chi2",))
+    with pytest.raises(ValueError, match="DriftConfig.reference_policy"):
+        replace(DriftConfig(), reference_policy="forever")
+    with pytest.raises(ValueError, match="unknown drift signal 'latency'"):
+        observe_window(DetectorState(), WindowObservation(60.0, 1, {"latency": CONV}), DriftConfig())
