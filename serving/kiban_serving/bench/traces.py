@@ -7,14 +7,13 @@ the real trace (its bursts and its drift) survives while the rate grows.
 
 from __future__ import annotations
 
-import csv
+import math
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 
-REQUIRED_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
+from kiban_serving.loadgen.trace import TraceRequest, multiply_rate, read_azure_trace
 
 
 @dataclass(frozen=True)
@@ -49,50 +48,34 @@ class Trace:
         )
 
 
-def _parse_timestamp(text: str, path: Path, line: int) -> float:
-    """Azure timestamps carry 7 fractional digits; datetime takes 6, so split them off."""
-    head, _, frac = text.strip().partition(".")
-    try:
-        base = datetime.fromisoformat(head).timestamp()
-        return base + (float("0." + frac) if frac else 0.0)
-    except ValueError as exc:
-        raise ValueError(f"{path}:{line}: TIMESTAMP {text!r} is not 'YYYY-MM-DD HH:MM:SS[.f]'") from exc
-
-
-def _parse_count(text: str, field: str, path: Path, line: int) -> int:
-    try:
-        value = int(text)
-    except ValueError as exc:
-        raise ValueError(f"{path}:{line}: {field} {text!r} is not an integer") from exc
-    if value < 0:
-        raise ValueError(f"{path}:{line}: {field} must be >= 0, got {value}")
-    return max(value, 1)  # a zero-token request still costs one step
-
-
 def load_azure_trace(path: str | Path) -> Trace:
-    """Read one Azure LLM inference trace CSV into a Trace starting at t=0."""
+    """Read one Azure LLM inference trace CSV (via the load generator's reader) from t=0."""
     path = Path(path)
-    with path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(f"{path}: missing column(s) {', '.join(missing)}; need {REQUIRED_COLUMNS}")
-        times, prompts, outputs = [], [], []
-        for line, row in enumerate(reader, start=2):
-            times.append(_parse_timestamp(row["TIMESTAMP"], path, line))
-            prompts.append(_parse_count(row["ContextTokens"], "ContextTokens", path, line))
-            outputs.append(_parse_count(row["GeneratedTokens"], "GeneratedTokens", path, line))
-    if not times:
+    requests = read_azure_trace(path)
+    if not requests:
         raise ValueError(f"{path}: trace has no requests")
-    arrival = np.asarray(times, dtype=np.float64)
+    return _from_requests(path.stem, requests)
+
+
+def _from_requests(name: str, requests: list[TraceRequest]) -> Trace:
+    arrival = np.fromiter((r.arrival_s for r in requests), dtype=np.float64, count=len(requests))
     order = np.argsort(arrival, kind="stable")
-    arrival = arrival[order] - arrival[order][0]
+    prompts = np.fromiter((r.prompt_tokens for r in requests), dtype=np.int64, count=len(requests))
+    outputs = np.fromiter((r.output_tokens for r in requests), dtype=np.int64, count=len(requests))
+    # a zero-token row still costs one step: clamp to 1 so the engine accepts it
     return Trace(
-        name=path.stem,
-        arrival_s=arrival,
-        prompt_tokens=np.asarray(prompts, dtype=np.int64)[order],
-        output_tokens=np.asarray(outputs, dtype=np.int64)[order],
+        name=name,
+        arrival_s=arrival[order] - arrival[order][0],
+        prompt_tokens=np.maximum(prompts[order], 1),
+        output_tokens=np.maximum(outputs[order], 1),
     )
+
+
+def _to_requests(trace: Trace) -> list[TraceRequest]:
+    return [
+        TraceRequest(float(t), int(p), int(o))
+        for t, p, o in zip(trace.arrival_s, trace.prompt_tokens, trace.output_tokens)
+    ]
 
 
 def concatenate(traces: list[Trace], gap_s: float = 1.0) -> Trace:
@@ -111,29 +94,20 @@ def concatenate(traces: list[Trace], gap_s: float = 1.0) -> Trace:
     )
 
 
-def scale_rate(trace: Trace, factor: float, seed: int, jitter_s: float = 2.0) -> Trace:
-    """Multiply the arrival rate by `factor` by replicating requests with seeded jitter.
+def scale_rate(trace: Trace, factor: float, seed: int) -> Trace:
+    """Multiply the arrival rate by `factor`, keeping the trace's bursts and token mix.
 
-    Each request is kept once and copied floor(factor) - 1 more times, plus once more with
-    probability frac(factor); a copy arrives uniformly within `jitter_s` after its original
-    and keeps the original's token counts, so bursts and token mixes are preserved.
+    Uses the load generator's `multiply_rate` (seeded): each request gets floor(factor) - 1
+    copies plus one more with probability frac(factor), each arriving a uniform random part of
+    the gap to the next request later; factor < 1 thins the trace.
     """
-    if not factor > 0:
-        raise ValueError(f"factor must be > 0, got {factor!r}")
-    if jitter_s < 0:
-        raise ValueError(f"jitter_s must be >= 0, got {jitter_s!r}")
-    rng = np.random.default_rng(seed)
-    n = len(trace)
-    whole, frac = int(np.floor(factor)), factor - np.floor(factor)
-    copies = np.full(n, whole, dtype=np.int64) + (rng.random(n) < frac)
-    index = np.repeat(np.arange(n), copies)
-    first_copy = np.concatenate(([True], index[1:] != index[:-1])) if len(index) else index.astype(bool)
-    shift = np.where(first_copy, 0.0, rng.random(len(index)) * jitter_s)
-    arrival = trace.arrival_s[index] + shift
-    order = np.argsort(arrival, kind="stable")
-    return Trace(
-        name=trace.name if factor == 1 else f"{trace.name}x{factor:g}",
-        arrival_s=arrival[order],
-        prompt_tokens=trace.prompt_tokens[index][order],
-        output_tokens=trace.output_tokens[index][order],
-    )
+    if not (isinstance(factor, (int, float)) and math.isfinite(factor) and factor > 0):
+        raise ValueError(f"rate factor must be a positive number, got {factor!r}")
+    if factor == 1:
+        return trace
+    scaled = multiply_rate(_to_requests(trace), factor, seed=seed)
+    if not scaled:
+        raise ValueError(f"rate factor {factor} left no requests in trace {trace.name!r}")
+    result = _from_requests(f"{trace.name}x{factor:g}", scaled)
+    # keep the original time axis: multiply_rate never moves the first request
+    return result

@@ -423,7 +423,9 @@ class Engine:
                 return False
         step_s = self.step_time_s(n, 0)
         k = min(req.output_target - req.num_output for req in self._running)
-        k = min(k, max(1, int((t_s - self.clock_s) / step_s)))
+        horizon = (t_s - self.clock_s) / step_s
+        if horizon < k:
+            k = max(1, int(horizon))
         while k > 1 and not self._jump_fits(k):
             k //= 2
         if k < 2:

@@ -193,3 +193,10 @@ def test_real_profile_decode_throughput_grows_with_batch():
     one = engine.step_time_s(1, 0)
     many = engine.step_time_s(64, 0)
     assert 64 / many > 10 / one  # batching pays: 64 sequences give > 10x the tokens/s
+
+
+def test_advance_to_infinity_drains_the_engine():
+    engine = Engine(PROFILE)
+    engine.submit("a", 10, 30, 0.0)
+    (done,) = engine.advance_to(float("inf"))
+    assert done.output_tokens == 30 and not engine.next_step_needed()

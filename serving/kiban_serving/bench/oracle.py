@@ -1,0 +1,90 @@
+"""The oracle: a clairvoyant, instantly scaling fleet, the floor every real policy sits above.
+
+Definition (docs/benchmark.md has the argument): split the trace into intervals of length
+delta (60 s). For interval i, c_i is the fewest replicas (at least min_replicas) such that the
+requests arriving in that interval, served alone by c_i replicas that are ready and empty at
+its start (no cold start, no carry-over from earlier intervals), meet the TTFT SLO for at
+least `attainment` of them. Cost = sum(c_i) x delta x GPUs per replica.
+
+Replays use the same fleet simulation and engine as the policies. Fewer replicas never help
+a window meet its SLO, so c_i is found by walking from the previous interval's count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from kiban_serving.bench.fleet import FleetConfig, simulate
+from kiban_serving.bench.traces import Trace
+
+
+@dataclass(frozen=True)
+class OracleResult:
+    """Per-interval replica counts and what they cost."""
+
+    interval_s: float
+    counts: tuple[int, ...]
+    gpu_seconds: float
+    ttft_s: np.ndarray  # per request, from the interval replays
+
+    @property
+    def gpu_hours(self) -> float:
+        return self.gpu_seconds / 3600.0
+
+
+def window_meets(window: Trace, replicas: int, config: FleetConfig, slo_ttft_s: float, attainment: float) -> tuple[bool, np.ndarray]:
+    """Do `replicas` warm, empty replicas serve this window's requests within the SLO?"""
+    fixed = replace(config, initial_replicas=replicas, min_replicas=replicas, max_replicas=replicas)
+    result = simulate(window, fixed)
+    return float(np.mean(result.ttft_s <= slo_ttft_s)) >= attainment, result.ttft_s
+
+
+def oracle(
+    trace: Trace,
+    config: FleetConfig,
+    slo_ttft_s: float,
+    attainment: float = 0.99,
+    interval_s: float | None = None,
+) -> OracleResult:
+    """Cheapest per-interval counts meeting the SLO with perfect foresight and instant start."""
+    if not 0 < attainment <= 1:
+        raise ValueError(f"attainment must be in (0, 1], got {attainment!r}")
+    interval_s = config.billing_interval_s if interval_s is None else interval_s
+    if interval_s <= 0:
+        raise ValueError(f"interval_s must be > 0, got {interval_s!r}")
+    horizon = config.horizon_s(trace)
+    intervals = int(round(horizon / interval_s))
+    floor = max(1, config.min_replicas)
+    counts: list[int] = []
+    ttft = np.full(len(trace), np.nan)
+    previous = floor
+    for i in range(intervals):
+        start = i * interval_s
+        lo, hi = np.searchsorted(trace.arrival_s, [start, start + interval_s], side="left")
+        if hi == lo:
+            counts.append(floor)
+            continue
+        window = trace.window(start, start + interval_s)
+        c = max(floor, previous)
+        ok, times = window_meets(window, c, config, slo_ttft_s, attainment)
+        if ok:
+            while c > floor:
+                ok_less, times_less = window_meets(window, c - 1, config, slo_ttft_s, attainment)
+                if not ok_less:
+                    break
+                c, times = c - 1, times_less
+        else:
+            while not ok:
+                if c >= config.max_replicas:
+                    raise ValueError(
+                        f"interval {i} of {trace.name} misses the SLO even with max_replicas={config.max_replicas}"
+                    )
+                c += 1
+                ok, times = window_meets(window, c, config, slo_ttft_s, attainment)
+        counts.append(c)
+        ttft[lo:hi] = times
+        previous = c
+    gpu_seconds = sum(counts) * interval_s * config.gpus_per_replica
+    return OracleResult(interval_s=interval_s, counts=tuple(counts), gpu_seconds=gpu_seconds, ttft_s=ttft)
