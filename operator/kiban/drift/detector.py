@@ -349,7 +349,7 @@ def _format_test(test: str, outcome: TestOutcome, config: DriftConfig) -> str:
     if test == "psi":
         return f"PSI {outcome.score:.2f} {'>' if outcome.over else '<='} {config.psi_threshold:g}"
     if test == "js":
-        return f"JS {outcome.score:.3f} {'>' if outcome.over else '<='} {config.js_threshold:g}"
+        return f"JS {outcome.score:.4f} {'>' if outcome.over else '<='} {config.js_threshold:g}"
     if test == "ks":
         return f"KS D {outcome.score:.3f} p {outcome.p_value:.2g} {'<' if outcome.over else '>='} {config.ks_alpha:g}"
     return f"mean shift |t| {outcome.score:.1f} p {outcome.p_value:.2g} {'<' if outcome.over else '>='} {config.mean_shift_alpha:g}"
