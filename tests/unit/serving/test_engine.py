@@ -145,6 +145,7 @@ def test_advance_to_with_decode_jumps_matches_step_by_step():
         assert a.max_itl_s == pytest.approx(b.max_itl_s, abs=1e-9)
     assert fast.generation_tokens_total == slow.generation_tokens_total
     assert fast.num_steps == slow.num_steps
+    assert fast.num_preemptions == slow.num_preemptions > 0  # the workload exercises KV pressure
 
 
 def test_same_seed_same_timeline_and_other_seed_differs_with_jitter():
