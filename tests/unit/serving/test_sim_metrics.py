@@ -98,3 +98,14 @@ def test_bucket_boundaries_match_vllm():
 def test_1_2_5_buckets():
     assert build_1_2_5_buckets(100) == [1, 2, 5, 10, 20, 50, 100]
     assert build_1_2_5_buckets(8192)[-1] == 5000
+
+
+def test_simulator_buckets_agree_with_the_drift_detectors_reading_of_vllm():
+    """Both were read from vLLM's loggers.py independently; the operator parses what we expose."""
+    from kiban.drift import histograms as drift
+    from kiban_serving.sim import metrics as sim
+
+    assert tuple(sim.TTFT_BUCKETS) == tuple(drift.ttft_seconds_buckets())
+    assert tuple(sim.ITL_BUCKETS) == tuple(drift.itl_seconds_buckets())
+    assert tuple(sim.REQUEST_LATENCY_BUCKETS) == tuple(drift.request_latency_seconds_buckets())
+    assert tuple(float(b) for b in sim.build_1_2_5_buckets(8192)) == tuple(drift.token_count_buckets(8192))
