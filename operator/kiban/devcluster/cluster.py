@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from kiban.devcluster import nodes as node_builders
-from kiban.devcluster.pki import ADMIN_USER, Pki, create_pki
+from kiban.devcluster.pki import ADMIN_USER, FRONT_PROXY_USER, Pki, create_pki
 from kiban.devcluster.processes import (
     Component,
     ComponentError,
@@ -76,6 +76,14 @@ def apiserver_args(etcd_port: int, secure_port: int, pki: Pki) -> list[str]:
         "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={secure_port}",
         f"--tls-cert-file={pki.serving_cert}", f"--tls-private-key-file={pki.serving_key}",
         f"--client-ca-file={pki.ca_cert}",
+        # request-header authentication, published in kube-system/extension-apiserver-authentication,
+        # which the controller-manager and scheduler (and any aggregated API server) read
+        f"--requestheader-client-ca-file={pki.ca_cert}",
+        f"--requestheader-allowed-names={FRONT_PROXY_USER}",
+        "--requestheader-username-headers=X-Remote-User",
+        "--requestheader-group-headers=X-Remote-Group",
+        "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+        f"--proxy-client-cert-file={pki.front_proxy_cert}", f"--proxy-client-key-file={pki.front_proxy_key}",
         "--authorization-mode=Node,RBAC",
         f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
         f"--service-account-key-file={pki.service_account_pub}",
@@ -140,7 +148,9 @@ class ControlPlane:
         self._workdir = Path(workdir) if workdir is not None else None
         self.startup_timeout = startup_timeout
         self.components: list[Component] = []
+        self.started_pids: dict[str, int] = {}  # kept after stop(), so callers can check none survive
         self.start_seconds: float | None = None
+        self.phase_seconds: dict[str, float] = {}  # where start-up time went, for reports
         self._api_server_url: str | None = None
         self._kubeconfig: Path | None = None
         self._pki: Pki | None = None
@@ -184,7 +194,11 @@ class ControlPlane:
         self.stop()
 
     def start(self) -> None:
-        """Start every component, create the nodes, return once the API and all nodes are Ready."""
+        """Start every component, create the nodes, return once the API and all nodes are Ready.
+
+        On failure every started process is stopped, the work directory is kept for its logs, and
+        ControlPlaneError names the component with the tail of its log.
+        """
         if self.components:
             raise ControlPlaneError("the control plane is already running")
         binaries = {name: tool_path(name) for name in (
@@ -217,6 +231,14 @@ class ControlPlane:
 
     # ---- start-up steps -------------------------------------------------------------------
     def _start(self, binaries: dict[str, Path], stages: Path, deadline: float) -> None:
+        clock = time.monotonic()
+
+        def phase(name: str) -> None:
+            nonlocal clock
+            now = time.monotonic()
+            self.phase_seconds[name] = round(now - clock, 3)
+            clock = now
+
         work = self.workdir
         logs = work / "logs"
         self._pki = pki = create_pki(work / "pki")
@@ -225,14 +247,17 @@ class ControlPlane:
         self._api_server_url = f"https://127.0.0.1:{api_port}"
         self._kubeconfig = work / "admin.kubeconfig"
         self._kubeconfig.write_text(yaml.safe_dump(admin_kubeconfig(self._api_server_url, pki), sort_keys=False))
+        phase("pki")
 
         etcd = self._launch("etcd", [str(binaries["etcd"]), *etcd_args(work / "etcd", etcd_port, peer_port)], logs)
         self._wait(etcd, deadline, "did not report healthy", lambda: _http_ok(f"http://127.0.0.1:{etcd_port}/health"))
+        phase("etcd")
         apiserver = self._launch(
             "kube-apiserver", [str(binaries["kube-apiserver"]), *apiserver_args(etcd_port, api_port, pki)], logs)
         tls = _client_tls(pki)
         self._wait(apiserver, deadline, "did not become ready (/readyz)",
                    lambda: _http_ok(f"{self._api_server_url}/readyz", tls))
+        phase("kube-apiserver")
         self._launch("kube-controller-manager", [
             str(binaries["kube-controller-manager"]), *controller_manager_args(self.kubeconfig, kcm_port, pki)], logs)
         self._launch("kube-scheduler", [
@@ -246,16 +271,19 @@ class ControlPlane:
             for node in self._nodes:
                 self._retry_api(lambda node=node: core.create_node(body=node), deadline, apiserver)
             self._wait(kwok, deadline, "did not make every node Ready", lambda: _all_nodes_ready(core, self.node_names))
+            phase("nodes-ready")
             by_name = {c.name: c for c in self.components}
             self._wait(by_name["kube-scheduler"], deadline, "did not become healthy (/healthz)",
                        lambda: _http_ok(f"https://127.0.0.1:{scheduler_port}/healthz", _insecure_tls()))
             self._wait(by_name["kube-controller-manager"], deadline,
                        "did not create the default ServiceAccount (is the serviceaccount controller running?)",
                        lambda: _default_service_account_exists(core))
+            phase("scheduler-and-controllers")
 
     def _launch(self, name: str, argv: list[str], logs: Path) -> Component:
         component = start_component(name, argv, logs)
         self.components.append(component)
+        self.started_pids[name] = component.pid
         return component
 
     def _wait(self, component: Component, deadline: float, what: str, ready: Callable[[], bool]) -> None:

@@ -1,7 +1,7 @@
 """A throwaway PKI for the dev control plane, made with the openssl command line.
 
-One CA signs the API server's serving certificate and the admin's client certificate (in the
-system:masters group); a separate key pair signs service-account tokens. ECDSA P-256 keys are
+One CA signs the API server's serving certificate, the admin's client certificate (in the
+system:masters group) and the aggregation layer's front-proxy client certificate; a separate key pair signs service-account tokens. ECDSA P-256 keys are
 used because they are generated in milliseconds and every component accepts them.
 """
 
@@ -14,6 +14,7 @@ from pathlib import Path
 
 ADMIN_USER = "kiban-admin"
 ADMIN_GROUP = "system:masters"
+FRONT_PROXY_USER = "front-proxy-client"
 _EC_KEY = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
 
 
@@ -27,6 +28,8 @@ class Pki:
     admin_key: Path
     service_account_key: Path
     service_account_pub: Path
+    front_proxy_cert: Path
+    front_proxy_key: Path
 
 
 def _openssl(*args: str, cwd: Path) -> None:
@@ -43,6 +46,7 @@ def create_pki(directory: Path, hosts: tuple[str, ...] = ("127.0.0.1", "localhos
     directory.mkdir(parents=True, exist_ok=True)
     pki = Pki(*(directory / name for name in (
         "ca.crt", "ca.key", "apiserver.crt", "apiserver.key", "admin.crt", "admin.key", "sa.key", "sa.pub",
+        "front-proxy-client.crt", "front-proxy-client.key",
     )))
     _openssl("req", "-x509", "-new", *_EC_KEY, "-keyout", pki.ca_key.name, "-out", pki.ca_cert.name,
              "-subj", "/CN=kiban-dev-ca", "-days", "3650", cwd=directory)
@@ -54,6 +58,9 @@ def create_pki(directory: Path, hosts: tuple[str, ...] = ("127.0.0.1", "localhos
              "-addext", "extendedKeyUsage=serverAuth", cwd=directory)
     _openssl("req", *signed_leaf, "-keyout", pki.admin_key.name, "-out", pki.admin_cert.name,
              "-subj", f"/O={ADMIN_GROUP}/CN={ADMIN_USER}", "-addext", "extendedKeyUsage=clientAuth", cwd=directory)
+    # the aggregation layer's client identity (request-header authentication for extension API servers)
+    _openssl("req", *signed_leaf, "-keyout", pki.front_proxy_key.name, "-out", pki.front_proxy_cert.name,
+             "-subj", f"/CN={FRONT_PROXY_USER}", "-addext", "extendedKeyUsage=clientAuth", cwd=directory)
     _openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:prime256v1",
              "-out", pki.service_account_key.name, cwd=directory)
     _openssl("pkey", "-in", pki.service_account_key.name, "-pubout", "-out", pki.service_account_pub.name,
