@@ -1,0 +1,298 @@
+"""Read one model's vLLM load from Prometheus and turn it into a policy Observation.
+
+The only module of the autoscaler that talks to Prometheus. Two layers:
+
+- pure: `label_selector`, `build_queries`, `parse_vector`, `observation_from`, `decode_pairs`
+  build PromQL on vLLM's own metric names (label `model_name`, never `model`) and read the
+  HTTP API's JSON; unit-tested without a server;
+- I/O: `PrometheusQuery` is the small Protocol the collector needs (one instant query), and
+  `PrometheusHttp` implements it over Prometheus's HTTP API. `Collector` runs the queries.
+
+Arrival rate: completed requests per second plus the growth of requests in the engine
+(running + waiting) over the window, so an overloaded engine, whose completions are capped
+by its throughput, still shows the real demand. Fail safe: Prometheus unreachable, an error
+answer, no series for the model, or a NaN rate give an Observation with
+metrics_available=False and the reason; the policy then never scales.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import requests
+
+from kiban.autoscale.policy import Observation
+
+# Machine-readable reasons for metrics_available=False (also the MetricsAvailable condition's reason).
+UNREACHABLE = "PrometheusUnreachable"
+QUERY_FAILED = "PrometheusQueryFailed"
+NO_SERIES = "NoMetrics"
+INVALID = "InvalidMetrics"
+
+ITL_NAMES = ("vllm:inter_token_latency_seconds", "vllm:time_per_output_token_seconds")  # new, old
+KV_USAGE_NAMES = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")  # new, old
+
+
+class PrometheusUnavailable(Exception):
+    """A query could not be answered; `reason` is one of the CamelCase reasons above."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One element of an instant vector: its labels and value (NaN and ±Inf kept as floats)."""
+
+    labels: Mapping[str, str]
+    value: float
+
+
+class PrometheusQuery(Protocol):
+    """What the collector needs from Prometheus: one instant query evaluated at `time_s`."""
+
+    def query(self, promql: str, time_s: float) -> list[Sample]: ...
+
+
+# -- pure: PromQL ------------------------------------------------------------------------------
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def label_selector(model_name: str, namespace: str | None = None) -> str:
+    """`model_name="x",namespace="ns"`: the matchers every query carries (namespace when scraped with it)."""
+    if not model_name:
+        raise ValueError("model_name must not be empty")
+    matchers = [f'model_name="{_escape(model_name)}"']
+    if namespace:
+        matchers.append(f'namespace="{_escape(namespace)}"')
+    return ",".join(matchers)
+
+
+def promql_duration(seconds: float) -> str:
+    """A PromQL range duration: whole seconds as '30s', fractions as milliseconds ('1500ms')."""
+    if not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds > 0):
+        raise ValueError(f"window_s must be a finite number > 0, got {seconds!r}")
+    if float(seconds).is_integer():
+        return f"{int(seconds)}s"
+    return f"{max(1, round(seconds * 1000))}ms"
+
+
+def _rate_either(names: Sequence[str], suffix: str, selector: str, window: str) -> str:
+    """rate() of the first metric name that exists per series (a renamed metric, old name as fallback)."""
+    return " or ".join(f"rate({name}{suffix}{{{selector}}}[{window}])" for name in names)
+
+
+def build_queries(selector: str, window_s: float) -> dict[str, str]:
+    """The PromQL for one model, by the field of the Observation it feeds (pure)."""
+    w = promql_duration(window_s)
+    s = selector
+    return {
+        # engines scraped for this model: no engine, no data (a gauge always present in vLLM)
+        "engines": f"count(vllm:num_requests_running{{{s}}})",
+        "completion_rate": f"sum(rate(vllm:request_success_total{{{s}}}[{w}]))",
+        # growth of requests inside the engines over the window (arrivals not yet completed)
+        "in_engine_growth": f'sum(delta({{__name__=~"vllm:num_requests_(running|waiting)",{s}}}[{w}]))',
+        "mean_prompt_tokens": (
+            f"sum(rate(vllm:request_prompt_tokens_sum{{{s}}}[{w}])) / "
+            f"sum(rate(vllm:request_prompt_tokens_count{{{s}}}[{w}]))"
+        ),
+        "mean_output_tokens": (
+            f"sum(rate(vllm:request_generation_tokens_sum{{{s}}}[{w}])) / "
+            f"sum(rate(vllm:request_generation_tokens_count{{{s}}}[{w}]))"
+        ),
+        "running": f"sum(vllm:num_requests_running{{{s}}})",
+        "waiting": f"sum(vllm:num_requests_waiting{{{s}}})",
+        "ttft_p95": (
+            f"histogram_quantile(0.95, sum by (le) (rate(vllm:time_to_first_token_seconds_bucket{{{s}}}[{w}])))"
+        ),
+        "kv_cache_usage": "max(" + " or ".join(f"{name}{{{s}}}" for name in KV_USAGE_NAMES) + ")",
+        # per engine, for re-fitting alpha/beta: time-averaged batch and mean inter-token latency
+        "batch_by_engine": f"avg_over_time(vllm:num_requests_running{{{s}}}[{w}])",
+        "itl_by_engine": (
+            f"({_rate_either(ITL_NAMES, '_sum', s, w)}) / ({_rate_either(ITL_NAMES, '_count', s, w)})"
+        ),
+    }
+
+
+# -- pure: answers -----------------------------------------------------------------------------
+
+
+def _float(text: Any) -> float:
+    """Prometheus sends values as strings, including 'NaN', '+Inf' and '-Inf'."""
+    try:
+        return float(text)
+    except (TypeError, ValueError) as exc:
+        raise PrometheusUnavailable(QUERY_FAILED, f"value {text!r} is not a number") from exc
+
+
+def parse_vector(payload: Mapping[str, Any]) -> list[Sample]:
+    """Samples of an /api/v1/query answer; an error answer or a non-vector raises PrometheusUnavailable."""
+    if payload.get("status") != "success":
+        raise PrometheusUnavailable(
+            QUERY_FAILED, f"{payload.get('errorType', 'error')}: {payload.get('error', 'no error message')}"
+        )
+    data = payload.get("data") or {}
+    kind = data.get("resultType")
+    if kind == "scalar":
+        return [Sample({}, _float(data["result"][1]))]
+    if kind != "vector":
+        raise PrometheusUnavailable(QUERY_FAILED, f"expected an instant vector, got {kind!r}")
+    return [Sample(dict(item.get("metric") or {}), _float(item["value"][1])) for item in data.get("result") or ()]
+
+
+def single_value(samples: Sequence[Sample]) -> float | None:
+    """The value of a one-element aggregate; None when the vector is empty (no series)."""
+    return samples[0].value if samples else None
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _engine_key(labels: Mapping[str, str]) -> tuple[str, str, str]:
+    return (labels.get("namespace", ""), labels.get("instance", ""), labels.get("engine", ""))
+
+
+def decode_pairs(batch_by_engine: Sequence[Sample], itl_by_engine: Sequence[Sample]) -> tuple[tuple[float, float], ...]:
+    """(mean running batch, mean ITL in ms) per engine that decoded in the window: fit_profile's input."""
+    batches = {_engine_key(s.labels): s.value for s in batch_by_engine}
+    pairs = []
+    for sample in itl_by_engine:
+        batch = batches.get(_engine_key(sample.labels))
+        if batch is not None and math.isfinite(batch) and batch > 0 and math.isfinite(sample.value) and sample.value > 0:
+            pairs.append((batch, sample.value * 1000.0))
+    return tuple(sorted(pairs))
+
+
+def observation_from(
+    values: Mapping[str, float | None],
+    *,
+    time_s: float,
+    window_s: float,
+    current_replicas: int,
+    ready_replicas: int,
+    model_name: str,
+) -> tuple[Observation, str | None]:
+    """The policy's Observation from the queries' values (None: no series), and the CamelCase reason
+    when metrics are unavailable (no engine series, NaN or infinite rates)."""
+
+    def unavailable(code: str, why: str) -> tuple[Observation, str]:
+        return Observation(time_s=time_s, metrics_available=False, reason_unavailable=why,
+                           current_replicas=current_replicas, ready_replicas=ready_replicas), code
+
+    engines = values.get("engines")
+    if not engines:
+        return unavailable(NO_SERIES, f"no vLLM series with model_name={model_name!r} in Prometheus (is the model scraped?)")
+    completion_rate = values.get("completion_rate")
+    completion_rate = 0.0 if completion_rate is None else completion_rate  # no request finished yet
+    growth = values.get("in_engine_growth") or 0.0
+    if not math.isfinite(completion_rate) or not math.isfinite(growth):
+        return unavailable(INVALID, f"arrival rate is not a number (completions {completion_rate}, growth {growth})")
+    arrival = max(0.0, completion_rate + growth / window_s)
+    running, waiting = values.get("running"), values.get("waiting")
+    for name, value in (("running", running), ("waiting", waiting)):
+        if value is not None and not math.isfinite(value):
+            return unavailable(INVALID, f"vllm:num_requests_{name} is {value}")
+    observation = Observation(
+        time_s=time_s,
+        metrics_available=True,
+        arrival_rate_rps=arrival,
+        mean_prompt_tokens=_finite(values.get("mean_prompt_tokens")),
+        mean_output_tokens=_finite(values.get("mean_output_tokens")),
+        running=running,
+        waiting=waiting,
+        observed_ttft_p95_s=_finite(values.get("ttft_p95")),
+        current_replicas=current_replicas,
+        ready_replicas=ready_replicas,
+    )
+    return observation, None
+
+
+# -- I/O ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class PrometheusHttp:
+    """PrometheusQuery over the HTTP API (GET /api/v1/query); every failure is PrometheusUnavailable."""
+
+    base_url: str
+    timeout_s: float = 5.0
+    session: requests.Session = field(default_factory=requests.Session)
+
+    def query(self, promql: str, time_s: float) -> list[Sample]:
+        url = self.base_url.rstrip("/") + "/api/v1/query"
+        try:
+            response = self.session.get(url, params={"query": promql, "time": f"{time_s:.3f}"}, timeout=self.timeout_s)
+        except requests.RequestException as exc:
+            raise PrometheusUnavailable(UNREACHABLE, f"Prometheus at {self.base_url} is unreachable: "
+                                                     f"{type(exc).__name__}") from exc
+        try:
+            payload = response.json()
+        except ValueError:
+            raise PrometheusUnavailable(
+                UNREACHABLE if response.status_code >= 500 else QUERY_FAILED,
+                f"Prometheus at {self.base_url} answered HTTP {response.status_code} without JSON",
+            ) from None
+        return parse_vector(payload)
+
+    def close(self) -> None:
+        self.session.close()
+
+
+@dataclass(frozen=True)
+class Collected:
+    """One collection: the policy's Observation plus what only status, logs and fitting use."""
+
+    observation: Observation
+    reason_code: str | None = None  # CamelCase why metrics are unavailable; None when available
+    engines: int = 0
+    kv_cache_usage: float | None = None
+    decode_pairs: tuple[tuple[float, float], ...] = ()
+
+
+class Collector:
+    """Runs build_queries against a PrometheusQuery at one evaluation time."""
+
+    def __init__(self, prometheus: PrometheusQuery, window_s: float, namespace_label: bool = True) -> None:
+        promql_duration(window_s)  # a bad window fails here, naming the field
+        self.prometheus = prometheus
+        self.window_s = float(window_s)
+        self.namespace_label = namespace_label
+
+    def collect(
+        self, model_name: str, namespace: str | None, *, time_s: float, current_replicas: int, ready_replicas: int
+    ) -> Collected:
+        """Query Prometheus for one model; never raises for Prometheus trouble (it is in the result)."""
+        selector = label_selector(model_name, namespace if self.namespace_label else None)
+        queries = build_queries(selector, self.window_s)
+        results: dict[str, list[Sample]] = {}
+        try:
+            for key, promql in queries.items():
+                results[key] = self.prometheus.query(promql, time_s)
+                if key == "engines" and not results[key]:
+                    break  # nothing scraped for this model: the other answers would be empty too
+        except PrometheusUnavailable as exc:
+            observation = Observation(time_s=time_s, metrics_available=False, reason_unavailable=exc.message,
+                                      current_replicas=current_replicas, ready_replicas=ready_replicas)
+            return Collected(observation, reason_code=exc.reason)
+        values = {key: single_value(samples) for key, samples in results.items()
+                  if key not in ("batch_by_engine", "itl_by_engine")}
+        observation, reason_code = observation_from(
+            values, time_s=time_s, window_s=self.window_s, current_replicas=current_replicas,
+            ready_replicas=ready_replicas, model_name=model_name,
+        )
+        return Collected(
+            observation=observation,
+            reason_code=reason_code,
+            engines=int(values.get("engines") or 0),
+            kv_cache_usage=_finite(values.get("kv_cache_usage")),
+            decode_pairs=decode_pairs(results.get("batch_by_engine", []), results.get("itl_by_engine", [])),
+        )
