@@ -1,0 +1,405 @@
+"""One autoscaling pass for one FoundationModel: collect → decide → write → status → Events → metrics.
+
+The decision is kiban.autoscale.policy.decide (pure); Prometheus sits behind the collector's
+Protocol; every write goes through the operator's single writer (kiban.reconcile.apply):
+
+- replicas: the FoundationModel's scale subresource (spec.scaling.replicas), field manager
+  `kiban-autoscaler`; the reconciler applies it to the Deployment (the operator's one replica
+  knob, see kiban.reconcile.run). The autoscaler never writes the Deployment.
+- status.scaling (desiredReplicas, reason with the numbers, predicted TTFT/ITL p95, capacity
+  per replica, observed arrival rate, lastScaleTime) and the conditions MetricsAvailable and
+  ScalingLimited; the reconciler's own conditions are kept as they are.
+- an Event on the FoundationModel for every scale ("Scaled from 1 to 3: λ=...") and when
+  metrics go missing or the decision hits maxReplicas / the GPU budget.
+- the per-model operator metrics of docs/metrics.md.
+
+PolicyState lives per model in an `Autoscaler`, which one operator instance owns (see
+kiban.autoscale.timer); nothing is kept at module level. A model first seen by this instance
+(operator start, leader change) starts with its current replicas in the scale-down window, so a
+restart never triggers a scale-down before the stabilisation window has passed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from kubernetes.client.exceptions import ApiException
+from pydantic import ValidationError
+
+from kiban.api.v1alpha1 import FoundationModel, ScalingStatus, SloSpec
+from kiban.autoscale.collector import Collected, Collector, PrometheusHttp
+from kiban.autoscale.policy import Decision, PolicyState, ScalingConfig, decide
+from kiban.capacity.batching import Slo
+from kiban.capacity.engine_profile import EngineProfile
+from kiban.config import ConfigError
+from kiban.metrics import ModelKey, OperatorMetrics
+from kiban.reconcile import observe
+from kiban.reconcile.logfmt import kv
+from kiban.reconcile.status import condition, merge_conditions
+
+log = logging.getLogger("kiban.autoscale")
+
+FIELD_MANAGER = "kiban-autoscaler"
+METRICS_AVAILABLE = "MetricsAvailable"
+SCALING_LIMITED = "ScalingLimited"
+OWN_CONDITIONS = (METRICS_AVAILABLE, SCALING_LIMITED)
+LIMIT_REASONS = ("MaxReplicas", "GpuBudget")
+DEFAULT_PARAMETERS_B = 8.0  # engine profile size when spec.model.parameters is not given
+RATE_WINDOW_INTERVALS = 4  # default rate window: this many autoscale intervals
+FORGET_AFTER_S = 3600.0  # state of a model not seen for this long is dropped (deleted models)
+
+ModelRef = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class AutoscaleSettings:
+    """How the autoscaler reads Prometheus and identifies itself."""
+
+    prometheus_url: str
+    interval_s: float = 15.0
+    rate_window_s: float | None = None  # None: RATE_WINDOW_INTERVALS x interval_s
+    namespace_label: bool = True  # the scrape adds `namespace` (PodMonitor does): match on it
+    query_timeout_s: float = 5.0
+    field_manager: str = FIELD_MANAGER
+
+    @property
+    def window_s(self) -> float:
+        return self.rate_window_s if self.rate_window_s is not None else RATE_WINDOW_INTERVALS * self.interval_s
+
+    @classmethod
+    def from_config(cls, config: Any) -> AutoscaleSettings:
+        """From OperatorConfig: its Prometheus URL and autoscale interval."""
+        return cls(prometheus_url=config.prometheus_url, interval_s=float(config.autoscale_interval_seconds))
+
+
+# -- pure: spec → policy inputs ------------------------------------------------------------------
+
+
+def slos_from(spec: SloSpec) -> tuple[Slo, ...]:
+    """One Slo per TTFT percentile in the spec (the policy's Slo holds one), each with the ITL target."""
+    itl = float(spec.itl_p95_ms) if spec.itl_p95_ms is not None else None
+    slos = [Slo(ttft_ms=float(ms), ttft_percentile=pct, itl_ms=itl)
+            for pct, ms in ((95, spec.ttft_p95_ms), (99, spec.ttft_p99_ms)) if ms is not None]
+    return tuple(slos) or (Slo(itl_ms=itl),)
+
+
+def scaling_configs(model: FoundationModel, gpus_per_replica: int) -> tuple[ScalingConfig, ...]:
+    """The policy's configs for a model's spec.scaling, one per TTFT percentile target."""
+    scaling = model.spec.scaling
+    if scaling.slo is None:
+        raise ValueError("spec.scaling.slo is required when spec.scaling.autoscaling is true")
+    common = dict(
+        min_replicas=scaling.min_replicas,
+        max_replicas=scaling.max_replicas,
+        target_utilization=scaling.target_utilization,
+        peak_factor=scaling.peak_factor,
+        scale_down_stabilization_s=float(scaling.stabilization_window_seconds),
+        gpus_per_replica=gpus_per_replica,
+        gpu_budget=scaling.gpu_budget,
+    )
+    if scaling.scale_to_zero_idle_seconds is not None:
+        common["scale_to_zero_idle_s"] = float(scaling.scale_to_zero_idle_seconds)
+    return tuple(ScalingConfig(slo=slo, **common) for slo in slos_from(scaling.slo))
+
+
+def engine_profile_for(model: FoundationModel) -> EngineProfile:
+    """The engine profile of the model's accelerator and size, with the spec's --max-num-seqs."""
+    from kiban.capacity.profiles import get_profile
+
+    count = model.spec.model.parameter_count
+    profile = get_profile(model.spec.accelerator.profile, count / 1e9 if count else DEFAULT_PARAMETERS_B)
+    if model.spec.engine.max_num_seqs is not None:
+        profile = replace(profile, max_num_seqs=model.spec.engine.max_num_seqs)
+    return profile
+
+
+def current_replicas(model: FoundationModel) -> int:
+    """What the Deployment is told to run: spec.scaling.replicas within the bounds, else minReplicas."""
+    from kiban.reconcile.run import desired_replicas
+
+    return desired_replicas(model)
+
+
+def decide_strictest(
+    observation: Any, configs: Sequence[ScalingConfig], state: PolicyState, profile: EngineProfile
+) -> tuple[Decision, PolicyState]:
+    """decide() under each SLO variant; the one asking for most replicas wins (all targets hold)."""
+    best: tuple[Decision, PolicyState] | None = None
+    for config in configs:
+        candidate = decide(observation, config, state, profile)
+        if best is None or candidate[0].replicas > best[0].replicas:
+            best = candidate
+    assert best is not None, "configs must not be empty"
+    return best
+
+
+def seed_state(now_s: float, replicas: int) -> PolicyState:
+    """A model first seen: its current size counts as recommended now, so no instant scale-down."""
+    return PolicyState(recommendations=((now_s, replicas),), first_seen_time_s=now_s)
+
+
+# -- pure: status, conditions, Events -----------------------------------------------------------
+
+
+def rfc3339(time_s: float) -> str:
+    return datetime.fromtimestamp(time_s, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _ms(seconds: float | None) -> float | None:
+    return round(seconds * 1000.0, 3) if seconds is not None and math.isfinite(seconds) else None
+
+
+def scaling_status(decision: Decision, collected: Collected, last_scale_time: str | None) -> dict[str, Any]:
+    """status.scaling as the CRD defines it (ScalingStatus, camelCase, milliseconds)."""
+    obs = collected.observation
+    rate = obs.arrival_rate_rps if obs.metrics_available else None
+    status = ScalingStatus(
+        desired_replicas=decision.replicas,
+        reason=decision.reason,
+        predicted_ttft_p95_ms=_ms(decision.predicted_ttft_p95_s),
+        predicted_itl_p95_ms=_ms(decision.predicted_itl_p95_s),
+        capacity_per_replica_rps=(round(decision.capacity_per_replica_rps, 6)
+                                  if decision.capacity_per_replica_rps is not None else None),
+        arrival_rate_rps=round(rate, 6) if rate is not None else None,
+        last_scale_time=last_scale_time,
+    )
+    return status.model_dump(mode="json", by_alias=True)  # None fields kept: a merge patch clears them
+
+
+def autoscaler_conditions(decision: Decision, collected: Collected, generation: int) -> list[dict[str, Any]]:
+    """MetricsAvailable and ScalingLimited for this decision (without lastTransitionTime)."""
+    obs = collected.observation
+    if obs.metrics_available:
+        metrics = condition(
+            METRICS_AVAILABLE, True, "MetricsCollected",
+            f"λ={obs.arrival_rate_rps:.3g} req/s from {collected.engines} engine(s) in Prometheus", generation,
+        )
+    else:
+        metrics = condition(
+            METRICS_AVAILABLE, False, collected.reason_code or "MetricsUnavailable",
+            f"{obs.reason_unavailable}; replicas held at {decision.replicas}", generation,
+        )
+    if decision.limited:
+        limited = condition(SCALING_LIMITED, True, decision.limited, decision.reason, generation)
+    else:
+        limited = condition(SCALING_LIMITED, False, "WithinLimits", "", generation)
+    return [metrics, limited]
+
+
+def merge_own_conditions(
+    existing: Sequence[Mapping[str, Any]], own: Sequence[Mapping[str, Any]], now: str
+) -> list[dict[str, Any]]:
+    """The full conditions list: everyone else's as they are, ours replaced (transition times kept)."""
+    mine = merge_conditions(own, existing, now)
+    own_types = {c["type"] for c in mine}
+    return [dict(c) for c in existing if c.get("type") not in own_types] + mine
+
+
+def scale_message(current: int, target: int, decision: Decision) -> str:
+    """The Event text for one scale: 'Scaled from 1 to 3: <reason>'."""
+    return f"Scaled from {current} to {target}: {decision.reason}"
+
+
+def transition_events(
+    existing: Sequence[Mapping[str, Any]], own: Sequence[Mapping[str, Any]]
+) -> list[tuple[str, str, str]]:
+    """(type, reason, message) Events for MetricsAvailable turning False and ScalingLimited turning True."""
+    before = {c.get("type"): c for c in existing}
+    events = []
+    for cond in own:
+        old = before.get(cond["type"])
+        moved = old is None or old.get("status") != cond["status"] or old.get("reason") != cond["reason"]
+        if not moved:
+            continue
+        if cond["type"] == METRICS_AVAILABLE and cond["status"] == "False":
+            events.append(("Warning", "MetricsUnavailable", cond["message"]))
+        elif cond["type"] == METRICS_AVAILABLE and old is not None and old.get("status") == "False":
+            events.append(("Normal", "MetricsAvailable", cond["message"]))
+        elif cond["type"] == SCALING_LIMITED and cond["status"] == "True":
+            events.append(("Warning", "ScalingLimited", cond["message"]))
+    return events
+
+
+def _nan_if_none(value: float | None) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def record_metrics(metrics: OperatorMetrics, key: ModelKey, decision: Decision, collected: Collected) -> None:
+    """The per-model autoscaler gauges of docs/metrics.md (NaN where the value is unknown)."""
+    obs = collected.observation
+    metrics.set_model_gauge("desired_replicas", key, decision.replicas)
+    metrics.set_model_gauge("predicted_ttft_p95_seconds", key, _nan_if_none(decision.predicted_ttft_p95_s))
+    metrics.set_model_gauge("predicted_itl_p95_seconds", key, _nan_if_none(decision.predicted_itl_p95_s))
+    metrics.set_model_gauge("capacity_per_replica_rps", key, _nan_if_none(decision.capacity_per_replica_rps))
+    metrics.set_model_gauge("observed_arrival_rate_rps", key,
+                            _nan_if_none(obs.arrival_rate_rps if obs.metrics_available else None))
+    metrics.set_model_gauge("metrics_available", key, 1.0 if obs.metrics_available else 0.0)
+    for reason in LIMIT_REASONS:
+        metrics.set_model_gauge("scaling_limited", key, 1.0 if decision.limited == reason else 0.0, reason=reason)
+
+
+# -- the pass ------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Memory:
+    state: PolicyState
+    seen_s: float
+
+
+@dataclass
+class PassResult:
+    """What one pass did, for logs and tests."""
+
+    decision: Decision | None = None
+    collected: Collected | None = None
+    scaled_from: int | None = None
+    scaled_to: int | None = None
+    skipped: str | None = None  # why no decision was made (autoscaling off, invalid spec, ...)
+
+
+@dataclass
+class Autoscaler:
+    """Per-operator autoscaler: the collector and each model's PolicyState."""
+
+    collector: Collector
+    settings: AutoscaleSettings
+    clock: Callable[[], float] = time.time
+    memory: dict[ModelRef, _Memory] = field(default_factory=dict)
+
+    @classmethod
+    def from_settings(cls, settings: AutoscaleSettings, clock: Callable[[], float] = time.time) -> Autoscaler:
+        prometheus = PrometheusHttp(settings.prometheus_url, timeout_s=settings.query_timeout_s)
+        collector = Collector(prometheus, settings.window_s, namespace_label=settings.namespace_label)
+        return cls(collector=collector, settings=settings, clock=clock)
+
+    def forget(self, ref: ModelRef) -> None:
+        self.memory.pop(ref, None)
+
+    def _forget_stale(self, now_s: float) -> None:
+        for ref in [r for r, m in self.memory.items() if now_s - m.seen_s > FORGET_AFTER_S]:
+            del self.memory[ref]
+
+    async def run_once(self, context: Any, body: Mapping[str, Any], indexes: Mapping[str, Any]) -> PassResult:
+        """One pass for the FoundationModel in `body` (the newest copy in the models index wins)."""
+        metadata = body["metadata"]
+        ref: ModelRef = (metadata["namespace"], metadata["name"])
+        cached = observe.from_index(indexes.get(observe.MODELS_INDEX), ref)
+        body = cached[0] if cached else observe._plain(body)
+        if (body.get("metadata") or {}).get("deletionTimestamp"):
+            self.forget(ref)
+            return PassResult(skipped="being deleted")
+        try:
+            model = FoundationModel.from_object(body)
+        except ValidationError:
+            return PassResult(skipped="invalid spec (the reconciler reports it)")
+        if not model.spec.scaling.autoscaling:
+            self.forget(ref)
+            await self._clear_status(context, body)
+            return PassResult(skipped="autoscaling is off")
+        try:
+            accelerator = context.config.profile(model.spec.accelerator.profile)
+            from kiban.sizing import resolve_sizing
+
+            sizing = resolve_sizing(model.spec, accelerator)
+            if not sizing.fits:
+                return PassResult(skipped="the model does not fit (the reconciler reports it)")
+            configs = scaling_configs(model, sizing.gpus_per_replica)
+            profile = engine_profile_for(model)
+        except (ConfigError, KeyError, ValueError) as exc:
+            log.warning(kv("Skipped autoscaling", name=ref[1], namespace=ref[0], error=str(exc)))
+            return PassResult(skipped=str(exc))
+
+        now = self.clock()
+        self._forget_stale(now)
+        current = current_replicas(model)
+        deployment = observe.find_kind(observe.observed_children(indexes, ref), "Deployment")
+        ready = int(((deployment or {}).get("status") or {}).get("readyReplicas") or 0)
+        collected = await context.io(
+            lambda: self.collector.collect(model.served_model_name, ref[0], time_s=now,
+                                           current_replicas=current, ready_replicas=ready)
+        )
+        memory = self.memory.get(ref)
+        state = memory.state if memory else seed_state(now, current)
+        decision, state = decide_strictest(collected.observation, configs, state, profile)
+        self.memory[ref] = _Memory(state, now)
+        result = PassResult(decision=decision, collected=collected)
+
+        key = ModelKey(ref[0], ref[1], model.served_model_name)
+        if decision.replicas != current:
+            if await self._scale(context, body, ref, current, decision):
+                result.scaled_from, result.scaled_to = current, decision.replicas
+                context.metrics.count_scale_event(key, "up" if decision.replicas > current else "down")
+        elif not decision.metrics_ok:
+            log.info(kv("Held replicas: metrics unavailable", name=ref[1], namespace=ref[0],
+                        replicas=current, reason=collected.observation.reason_unavailable))
+
+        last_scale = (rfc3339(state.last_scale_time_s) if state.last_scale_time_s is not None
+                      else ((body.get("status") or {}).get("scaling") or {}).get("lastScaleTime"))
+        await self._write_status(context, body, ref, decision, collected, last_scale, model)
+        record_metrics(context.metrics, key, decision, collected)
+        return result
+
+    async def _scale(self, context: Any, body: Mapping[str, Any], ref: ModelRef, current: int,
+                     decision: Decision) -> bool:
+        namespace, name = ref
+        try:
+            await context.io(context.writer.scale_foundation_model, namespace, name, decision.replicas,
+                             self.settings.field_manager)
+        except ApiException as exc:
+            log.warning(kv("Failed to scale FoundationModel", name=name, namespace=namespace,
+                           to=decision.replicas, status=exc.status, reason=exc.reason))
+            return False
+        log.info(kv("Scaled FoundationModel", name=name, namespace=namespace, from_replicas=current,
+                    to_replicas=decision.replicas, reason=decision.reason))
+        await context.io(context.writer.post_event, body, "Normal", "Scaled",
+                         scale_message(current, decision.replicas, decision))
+        return True
+
+    async def _write_status(self, context: Any, body: Mapping[str, Any], ref: ModelRef, decision: Decision,
+                            collected: Collected, last_scale: str | None, model: FoundationModel) -> None:
+        namespace, name = ref
+        current_status = body.get("status") or {}
+        existing = current_status.get("conditions") or []
+        own = autoscaler_conditions(decision, collected, int(model.metadata.generation or 0))
+        conditions = merge_own_conditions(existing, own, rfc3339(self.clock()))
+        patch = {"scaling": scaling_status(decision, collected, last_scale), "conditions": conditions}
+        stored_scaling = {k: v for k, v in patch["scaling"].items() if v is not None}  # null deletes a key
+        if current_status.get("scaling") == stored_scaling and existing == conditions:
+            return
+        try:
+            await context.io(context.writer.patch_status, namespace, name, patch)
+        except ApiException as exc:
+            log.warning(kv("Failed to update scaling status", name=name, namespace=namespace,
+                           status=exc.status, reason=exc.reason))
+            return
+        for event_type, reason, message in transition_events(existing, own):
+            await context.io(context.writer.post_event, body, event_type, reason, message)
+
+    async def _clear_status(self, context: Any, body: Mapping[str, Any]) -> None:
+        """Autoscaling switched off: drop status.scaling and our conditions, once."""
+        status = body.get("status") or {}
+        existing = status.get("conditions") or []
+        kept = [dict(c) for c in existing if c.get("type") not in OWN_CONDITIONS]
+        if status.get("scaling") is None and len(kept) == len(existing):
+            return
+        metadata = body["metadata"]
+        try:
+            await context.io(context.writer.patch_status, metadata["namespace"], metadata["name"],
+                             {"scaling": None, "conditions": kept})
+        except ApiException as exc:
+            log.warning(kv("Failed to clear scaling status", name=metadata["name"],
+                           namespace=metadata["namespace"], status=exc.status))
+
+
+async def tick(*, body: Mapping[str, Any], context: Any, indexes: Mapping[str, Any]) -> None:
+    """The hook kiban.handlers registers as the `autoscale` kopf timer (see kiban.autoscale.timer)."""
+    from kiban.autoscale.timer import on_timer
+
+    await on_timer(body=body, context=context, indexes=indexes)
