@@ -180,9 +180,13 @@ def build_status(world: World, previous_conditions: Iterable[Mapping[str, Any]],
         degraded,
         _scheduled(world),
     ]
+    # conditions other writers own (the autoscaler's MetricsAvailable/ScalingLimited, drift's
+    # DriftDetected) are carried over as they are: a merge patch replaces the whole list
+    previous_conditions = list(previous_conditions or ())
+    others = [dict(c) for c in previous_conditions if c.get("type") not in CONDITION_TYPES]
     status: dict[str, Any] = {
         "observedGeneration": world.generation,
-        "conditions": merge_conditions(conditions, previous_conditions, now),
+        "conditions": merge_conditions(conditions, previous_conditions, now) + others,
         "replicas": counts["replicas"],
         "readyReplicas": counts["ready"],
         "selector": world.selector,
