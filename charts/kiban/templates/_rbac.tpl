@@ -1,0 +1,57 @@
+{{/* RBAC rules, shared by the ClusterRole and the Role (rbac.yaml). */}}
+{{- define "kiban.namespacedRules" }}
+# the FoundationModel: watched and indexed by kopf, patched by kopf (finalizer, progress annotations)
+- apiGroups: [kiban.dev]
+  resources: [foundationmodels]
+  verbs: [get, list, watch, patch]
+- apiGroups: [kiban.dev]
+  resources: [foundationmodels/status, foundationmodels/scale]
+  verbs: [get, patch]
+# owner references with blockOwnerDeletion (OpenShift enforces OwnerReferencesPermissionEnforcement)
+- apiGroups: [kiban.dev]
+  resources: [foundationmodels/finalizers]
+  verbs: [update]
+# children: server-side apply (create, patch), deleted when no longer wanted, indexed by kopf
+- apiGroups: [apps]
+  resources: [deployments]
+  verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [""]
+  resources: [services, persistentvolumeclaims]
+  verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [policy]
+  resources: [poddisruptionbudgets]
+  verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [monitoring.coreos.com]
+  resources: [servicemonitors, podmonitors]
+  verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [route.openshift.io]
+  resources: [routes]
+  verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [route.openshift.io]
+  resources: [routes/custom-host]
+  verbs: [create]
+# pods: read only (status follows scheduling and readiness)
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [get, list, watch]
+# Events on FoundationModels (ours and kopf's)
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create, patch]
+- apiGroups: [events.k8s.io]
+  resources: [events]
+  verbs: [create, patch]
+# kopf peering in the watched namespace
+- apiGroups: [kopf.dev]
+  resources: [kopfpeerings]
+  verbs: [get, list, watch, create, patch]
+{{- end }}
+{{- define "kiban.clusterReadRules" }}
+# kopf watches CRDs to notice the resources it serves appear or change
+- apiGroups: [apiextensions.k8s.io]
+  resources: [customresourcedefinitions]
+  verbs: [get, list, watch]
+{{- end }}
