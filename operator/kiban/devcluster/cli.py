@@ -50,14 +50,18 @@ def run(args: argparse.Namespace) -> int:
         log.info("Received signal, stopping", extra={"signal": signal.Signals(signum).name})
         stop_requested.set()
 
-    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    cluster = ControlPlane(node_pool=pool_from_args(args), workdir=args.workdir)
     try:
-        cluster.start()
-    except (ControlPlaneError, ToolsMissingError) as exc:
+        cluster = ControlPlane(node_pool=pool_from_args(args), workdir=args.workdir)
+    except ValueError as exc:
         print(f"kiban dev-cluster: {exc}", file=sys.stderr)
-        return 1
+        return 2
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
+        try:
+            cluster.start()
+        except (ControlPlaneError, ToolsMissingError) as exc:
+            print(f"kiban dev-cluster: {exc}", file=sys.stderr)
+            return 1
         print(f"KUBECONFIG={cluster.kubeconfig}", flush=True)
         print(f"# API server {cluster.api_server_url}, {len(cluster.node_names)} nodes, "
               f"started in {cluster.start_seconds:.1f}s, logs in {cluster.workdir / 'logs'}; Ctrl-C stops",
