@@ -322,18 +322,70 @@ def example_models() -> list[tuple[Path, dict]]:
     return found
 
 
-def test_every_example_reaches_ready_on_matching_gpu_nodes(cluster: Cluster, operator: OperatorProcess, installed_crds: Path):
+def claims_the_examples_expect(examples: list[tuple[Path, dict]]) -> set[str]:
+    """PVCs the examples mount but do not own (pvc:// model and adapter sources)."""
+    claims = set()
+    for _, doc in examples:
+        spec = doc["spec"]
+        uris = [spec["model"]["uri"], *(a["uri"] for a in spec.get("adapters", []))]
+        claims.update(u.removeprefix("pvc://").split("/")[0] for u in uris if u.startswith("pvc://"))
+    return claims
+
+
+@pytest.fixture
+def static_volumes(cluster: Cluster) -> Iterator[Callable[[int], None]]:
+    """hostPath PersistentVolumes (no provisioner runs here), so claims bind; deleted afterwards."""
+    created: list[str] = []
+
+    def make(count: int) -> None:
+        for index in range(count):
+            name = f"{cluster.namespace}-pv-{index}"[:63]
+            cluster.core.create_persistent_volume({
+                "metadata": {"name": name},
+                "spec": {
+                    "capacity": {"storage": "1Ti"},
+                    "accessModes": ["ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany"],
+                    "hostPath": {"path": f"/tmp/{name}"},
+                    "persistentVolumeReclaimPolicy": "Delete",
+                    "storageClassName": "",
+                },
+            })
+            created.append(name)
+
+    yield make
+    for name in created:
+        cluster.core.delete_persistent_volume(name)
+
+
+def test_every_example_reaches_ready_on_matching_gpu_nodes(
+    cluster: Cluster, operator: OperatorProcess, installed_crds: Path, static_volumes
+):
     examples = example_models()
     assert examples, "examples/ holds no FoundationModel"
-    for path, _ in {p: None for p, _ in examples}.items():
-        applied = kubectl(installed_crds, "-n", cluster.namespace, "apply", "-f", str(path), check=False)
-        assert applied.returncode == 0, f"{path.name}: {applied.stderr}"
+    user_claims = claims_the_examples_expect(examples)
+    static_volumes(len(user_claims) + len(examples))
+    for claim in user_claims:  # the user's own volumes (model store, adapters), as a user would have them
+        cluster.core.create_namespaced_persistent_volume_claim(cluster.namespace, {
+            "metadata": {"name": claim},
+            "spec": {"accessModes": ["ReadOnlyMany"], "resources": {"requests": {"storage": "1Gi"}},
+                     "storageClassName": ""},
+        })
+    for priority_class in {d["spec"].get("scheduling", {}).get("priorityClassName") for _, d in examples} - {None}:
+        kubectl(installed_crds, "apply", "-f", "-", input_text=yaml.safe_dump({
+            "apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
+            "metadata": {"name": priority_class}, "value": 1000,
+        }))
+    for path in sorted({p for p, _ in examples}):
+        kubectl(installed_crds, "-n", cluster.namespace, "apply", "-f", str(path))
     nodes = {n.metadata.name: n for n in cluster.core.list_node().items}
     for path, doc in examples:
         name = doc["metadata"]["name"]
+        if doc["spec"].get("scaling", {}).get("minReplicas") == 0:  # scaled to zero: ask for one
+            kubectl(installed_crds, "-n", cluster.namespace, "scale", f"fm/{name}", "--replicas=1")
         ready_with_running_pods(cluster, name, operator, timeout=120)
         deployment = cluster.deployment(cluster.model(name)["status"]["endpoint"].split("//")[1].split(".")[0])
         selector = deployment.spec.template.spec.node_selector or {}
+        assert selector, f"{path.name}: no nodeSelector for the accelerator"
         pods = [p for p in cluster.pods() if p.metadata.labels.get("app.kubernetes.io/instance") == name]
         assert pods and all(p.status.phase == "Running" for p in pods), f"{path.name}: pods not Running"
         for pod in pods:

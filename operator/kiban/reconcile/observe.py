@@ -129,7 +129,7 @@ def find_kind(children: Iterable[Mapping[str, Any]], kind: str) -> Mapping[str, 
 
 
 class ApiDiscovery:
-    """Which optional API groups the server serves, re-read at most every `ttl` seconds."""
+    """Which optional group/versions the server serves (e.g. monitoring.coreos.com/v1), cached `ttl` s."""
 
     def __init__(self, api: ApiClient, ttl: float = 60.0) -> None:
         self.api = api
@@ -144,7 +144,9 @@ class ApiDiscovery:
                 return self._groups
             try:
                 groups = ApisApi(self.api).get_api_versions().groups or []
-                self._groups = frozenset(g.name for g in groups if g.name in OPTIONAL_GROUPS)
+                self._groups = frozenset(
+                    v.group_version for g in groups if g.name in OPTIONAL_GROUPS for v in g.versions or ()
+                )
                 self._read_at = time.monotonic()
             except ApiException as exc:  # keep the last answer: a blip must not delete monitors
                 if self._read_at == float("-inf"):

@@ -286,10 +286,10 @@ def build_desired(
     replicas: int,
     served_groups: frozenset[str],
 ) -> list[dict[str, Any]]:
-    """The desired children from the pure builders (see kiban.builders)."""
-    from kiban.builders.deployment import build_deployment
+    """The desired children from the pure builders (see kiban.builders.build_children)."""
+    from kiban.builders import build_children
 
-    return [build_deployment(model, config, gpu, replicas=replicas)]
+    return build_children(model, config, sizing=gpu, replicas=replicas, available_apis=served_groups)
 
 
 async def _finish(

@@ -75,6 +75,14 @@ def unschedulable_pods(pods: Iterable[Mapping[str, Any]]) -> list[tuple[str, str
     return found
 
 
+def replica_failure(deployment: Mapping[str, Any] | None) -> str | None:
+    """The ReplicaSet controller's message when it cannot create pods (quota, PriorityClass, ...)."""
+    for cond in ((deployment or {}).get("status") or {}).get("conditions") or ():
+        if cond.get("type") == "ReplicaFailure" and cond.get("status") == "True":
+            return cond.get("message") or cond.get("reason") or "pods could not be created"
+    return None
+
+
 def _deployment_counts(deployment: Mapping[str, Any] | None) -> dict[str, int]:
     status = (deployment or {}).get("status") or {}
     spec = (deployment or {}).get("spec") or {}
@@ -93,6 +101,9 @@ def _scheduled(world: World) -> dict:
     gen = world.generation
     if not world.sizing.fits:
         return condition("Scheduled", False, world.sizing.reason, world.sizing.message, gen)
+    failure = replica_failure(world.deployment)
+    if failure:
+        return condition("Scheduled", False, "PodCreationFailed", failure, gen)
     stuck = unschedulable_pods(world.pods)
     if stuck:
         name, message = stuck[0]

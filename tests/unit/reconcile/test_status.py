@@ -141,3 +141,22 @@ def test_merge_conditions_stamps_new_types():
 
 def test_endpoint_url_shape():
     assert endpoint_url("m", "ns") == "http://m.ns.svc:8000/v1"
+
+
+def test_pods_that_cannot_be_created_are_reported():
+    failing = deployment(ready=0)
+    failing["status"]["conditions"] = [{
+        "type": "ReplicaFailure", "status": "True", "reason": "FailedCreate",
+        "message": "pods is forbidden: no PriorityClass with name inference-high was found",
+    }]
+    by = conditions_by_type(build_status(world(deployment=failing, pods=[]), [], T0))
+    assert (by["Scheduled"]["status"], by["Scheduled"]["reason"]) == ("False", "PodCreationFailed")
+    assert "PriorityClass" in by["Scheduled"]["message"]
+
+
+def test_conditions_owned_by_other_writers_are_carried_over():
+    autoscaler = {"type": "MetricsAvailable", "status": "False", "reason": "PrometheusUnreachable",
+                  "message": "", "lastTransitionTime": T0}
+    status = build_status(world(), [autoscaler], T1)
+    assert autoscaler in status["conditions"]
+    assert {c["type"] for c in status["conditions"]} == {"Ready", "Progressing", "Degraded", "Scheduled", "MetricsAvailable"}
