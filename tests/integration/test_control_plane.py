@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 
 import pytest
-from kubernetes import client
+from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from kiban.devcluster import ControlPlane, ControlPlaneError
@@ -176,3 +176,24 @@ def test_start_failure_names_the_component_with_its_log_and_cleans_up():
     assert [name for name, pid in cluster.started_pids.items() if pid_alive(pid)] == []
     assert (cluster.workdir / "logs").is_dir()  # kept for the user to read
     shutil.rmtree(cluster.workdir)
+
+
+def test_start_retries_when_another_process_takes_a_port(monkeypatch):
+    """Ports are picked then bound by the child; if someone else binds one first, start() tries again."""
+    import socket
+
+    import kiban.devcluster.cluster as cluster_module
+    from kiban.devcluster.processes import free_port
+
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        ports = iter([taken])  # the first port asked for (etcd's client port) is already in use
+        monkeypatch.setattr(cluster_module, "free_port", lambda: next(ports, None) or free_port())
+        with ControlPlane(node_pool={"cpu": 1}) as cluster:
+            etcd_log = (cluster.workdir / "logs" / "etcd.log").read_text()
+            assert "address already in use" in etcd_log
+            with config.new_client_from_config(config_file=str(cluster.kubeconfig)) as api_client:
+                node = client.CoreV1Api(api_client).read_node("kiban-cpu-0")
+            assert node.metadata.labels["kiban.dev/node-kind"] == "cpu"

@@ -39,6 +39,10 @@ log = logging.getLogger(__name__)
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 SERVICE_CLUSTER_IP_RANGE = "10.96.0.0/16"
 POD_CIDR = "10.244.0.0/16"
+# free ports are picked, released and then bound by the child; on a shared machine another process
+# can take one in between, so a start that failed only for that reason is tried again
+PORT_TAKEN = "address already in use"
+START_ATTEMPTS = 3
 
 
 class ControlPlaneError(RuntimeError):
@@ -208,12 +212,19 @@ class ControlPlane:
         if self._workdir is None:
             self._workdir = Path(tempfile.mkdtemp(prefix="kiban-devcluster-"))
         self._workdir.mkdir(parents=True, exist_ok=True)
-        atexit.register(self.stop)
-        try:
-            self._start(binaries, stages, started + self.startup_timeout)
-        except BaseException:
-            self.stop(keep_workdir=True)
-            raise
+        for attempt in range(1, START_ATTEMPTS + 1):
+            atexit.register(self.stop)
+            try:
+                self._start(binaries, stages, started + self.startup_timeout)
+                break
+            except ControlPlaneError as exc:
+                self.stop(keep_workdir=True)
+                if PORT_TAKEN not in str(exc) or attempt == START_ATTEMPTS:
+                    raise
+                log.warning("Retrying start after a port was taken", extra={"attempt": attempt})
+            except BaseException:
+                self.stop(keep_workdir=True)
+                raise
         self.start_seconds = time.monotonic() - started
         log.info("Started control plane", extra={
             "kubeconfig": str(self.kubeconfig), "seconds": round(self.start_seconds, 2),
@@ -241,6 +252,8 @@ class ControlPlane:
 
         work = self.workdir
         logs = work / "logs"
+        if (work / "etcd").exists():  # a retried start begins from an empty store
+            shutil.rmtree(work / "etcd")
         self._pki = pki = create_pki(work / "pki")
         etcd_port, peer_port, api_port = free_port(), free_port(), free_port()
         kcm_port, scheduler_port = free_port(), free_port()
