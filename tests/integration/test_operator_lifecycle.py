@@ -130,9 +130,10 @@ class OperatorProcess:
     """`python -m kiban run` as a child process, logs to a file, stopped with SIGTERM."""
 
     def __init__(self, kubeconfig: Path, namespace: str, log_path: Path, *extra: str) -> None:
+        mode = list(extra) if "--peering" in extra else ["--standalone", *extra]
         self.args = [
-            sys.executable, "-m", "kiban", "run", "--standalone", "-n", namespace,
-            "--metrics-port", "0", "--resync-seconds", "5", *extra,
+            sys.executable, "-m", "kiban", "run", "-n", namespace,
+            "--metrics-port", "0", "--resync-seconds", "5", *mode,
         ]
         self.env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONUNBUFFERED": "1"}
         self.log_path = log_path
@@ -157,7 +158,7 @@ class OperatorProcess:
         self.proc = None
 
     def logs(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -391,3 +392,36 @@ def test_every_example_reaches_ready_on_matching_gpu_nodes(
         for pod in pods:
             labels = nodes[pod.spec.node_name].metadata.labels
             assert all(labels.get(k) == v for k, v in selector.items()), f"{path.name}: {pod.metadata.name} on a wrong node"
+
+
+def test_peering_lets_only_the_highest_priority_replica_act(cluster: Cluster, installed_crds: Path, tmp_path: Path):
+    low = OperatorProcess(installed_crds, cluster.namespace, tmp_path / "low.log", "--peering", "kiban", "--priority", "10")
+    high = OperatorProcess(installed_crds, cluster.namespace, tmp_path / "high.log", "--peering", "kiban", "--priority", "20")
+    from kubernetes.client.exceptions import ApiException
+
+    def peers() -> dict:
+        try:
+            peering = cluster.custom.get_namespaced_custom_object(
+                "kopf.dev", "v1", cluster.namespace, "kopfpeerings", "kiban")
+        except ApiException as exc:
+            if exc.status == 404:
+                return {}
+            raise
+        return {k: v for k, v in (peering.get("status") or {}).items() if isinstance(v, dict)}
+
+    try:
+        high.start()
+        wait_for(lambda: len(peers()) == 1, 30, what="the first replica's keep-alive")
+        low.start()
+        wait_for(lambda: len(peers()) == 2, 30, what="both replicas in the peering object")
+        cluster.create_model(model_body("peered"))
+        wait_for(lambda: cluster.deployment("peered"), 30, what="the Deployment")
+        wait_for(lambda: '"Created Deployment" name="peered"' in high.logs(), 10, what="the high-priority replica to act")
+        assert '"Created Deployment"' not in low.logs() and '"Planned changes"' not in low.logs()
+        high.stop()  # a clean exit leaves the peering at once: the other replica takes over
+        cluster.create_model(model_body("after"))
+        wait_for(lambda: '"Created Deployment" name="after"' in low.logs(), 60, what="the low-priority replica to take over")
+    finally:
+        print("--- high\n" + high.logs()[-8000:] + "\n--- low\n" + low.logs()[-8000:])
+        high.stop()
+        low.stop()
