@@ -99,7 +99,9 @@ def build_queries(selector: str, window_s: float) -> dict[str, str]:
         "engines": f"count(vllm:num_requests_running{{{s}}})",
         "completion_rate": f"sum(rate(vllm:request_success_total{{{s}}}[{w}]))",
         # growth of requests inside the engines over the window (arrivals not yet completed)
-        "in_engine_growth": f'sum(delta({{__name__=~"vllm:num_requests_(running|waiting)",{s}}}[{w}]))',
+        "in_engine_growth": (
+            f"sum(delta(vllm:num_requests_running{{{s}}}[{w}])) + sum(delta(vllm:num_requests_waiting{{{s}}}[{w}]))"
+        ),
         "mean_prompt_tokens": (
             f"sum(rate(vllm:request_prompt_tokens_sum{{{s}}}[{w}])) / "
             f"sum(rate(vllm:request_prompt_tokens_count{{{s}}}[{w}]))"
@@ -280,7 +282,8 @@ class Collector:
                 if key == "engines" and not results[key]:
                     break  # nothing scraped for this model: the other answers would be empty too
         except PrometheusUnavailable as exc:
-            observation = Observation(time_s=time_s, metrics_available=False, reason_unavailable=exc.message,
+            why = exc.message if exc.reason == UNREACHABLE else f"query {key}: {exc.message}"
+            observation = Observation(time_s=time_s, metrics_available=False, reason_unavailable=why,
                                       current_replicas=current_replicas, ready_replicas=ready_replicas)
             return Collected(observation, reason_code=exc.reason)
         values = {key: single_value(samples) for key, samples in results.items()

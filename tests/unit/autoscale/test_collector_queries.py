@@ -49,8 +49,10 @@ def test_every_query_selects_the_model_and_ranges_use_the_window():
 def test_arrival_rate_counts_completions_and_growth_of_running_and_waiting():
     queries = build_queries(SELECTOR, 30)
     assert queries["completion_rate"] == f"sum(rate(vllm:request_success_total{{{SELECTOR}}}[30s]))"
-    assert 'vllm:num_requests_(running|waiting)' in queries["in_engine_growth"]
-    assert queries["in_engine_growth"].startswith("sum(delta(")
+    assert queries["in_engine_growth"] == (
+        f"sum(delta(vllm:num_requests_running{{{SELECTOR}}}[30s])) + "
+        f"sum(delta(vllm:num_requests_waiting{{{SELECTOR}}}[30s]))"
+    )
 
 
 def test_token_means_are_histogram_sum_over_count_rates():
