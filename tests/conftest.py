@@ -17,8 +17,14 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:  # imported lazily below, so unit tests never load the devcluster or the client
+    from kubernetes.client import ApiClient
+
+    from kiban.devcluster import ControlPlane, PrometheusServer
 
 NAMESPACE_LABEL = "kiban.dev/test-namespace"
 
@@ -28,7 +34,7 @@ def _fail_on_missing_tools(message: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def control_plane() -> Iterator["ControlPlane"]:  # noqa: F821 - imported lazily
+def control_plane() -> Iterator[ControlPlane]:
     """The session's control plane with the default simulated GPU pool."""
     from kiban.devcluster import ControlPlane, ToolsMissingError
 
@@ -59,7 +65,7 @@ def kubeconfig(request: pytest.FixtureRequest) -> Path:
 
 
 @pytest.fixture
-def kube_api(kubeconfig: Path) -> Iterator["kubernetes.client.ApiClient"]:  # noqa: F821
+def kube_api(kubeconfig: Path) -> Iterator[ApiClient]:
     """An ApiClient for the admin kubeconfig, closed after the test."""
     from kubernetes import config
 
@@ -104,7 +110,7 @@ def namespace(kube_api, request: pytest.FixtureRequest) -> Iterator[str]:
 
 
 @pytest.fixture
-def prometheus_factory(tmp_path: Path) -> Iterator[Callable[..., "PrometheusServer"]]:  # noqa: F821
+def prometheus_factory(tmp_path: Path) -> Iterator[Callable[..., PrometheusServer]]:
     """factory(config=None, *, scrape_interval="1s", **kwargs) -> a started PrometheusServer."""
     from kiban.devcluster import PrometheusServer, ToolsMissingError
 
