@@ -14,6 +14,8 @@ Fleet semantics (docs/benchmark.md says why):
     does), then the ready replicas with the fewest outstanding requests. A removed ready
     replica drains: it takes no new requests, finishes what it holds, and is billed until its
     last request finishes. No request is ever dropped.
+  * Warm-up: policies observe from t=0 but their decisions apply only from `warmup_s`, so
+    each starts with full windows of history, as an autoscaler in production has.
   * GPU-seconds: per replica, (gone - requested) x GPUs per replica, cut at the horizon, the
     same for every policy (the trace's end rounded up to a whole billing interval).
 Time moves only from event to event (arrivals, replica readiness, policy ticks, completions);
@@ -68,6 +70,7 @@ class FleetConfig:
     router_queue: bool = False
     max_num_seqs: int | None = None  # overrides the profile's (tests use 1 for M/M/c)
     billing_interval_s: float = 60.0  # the horizon is the trace end rounded up to this
+    warmup_s: float = 0.0  # policies observe from t=0, their decisions apply from here on
 
     def __post_init__(self) -> None:
         if self.gpus_per_replica < 1:
@@ -115,6 +118,7 @@ class FleetResult:
     timeline: list[tuple[float, int, int]]  # (time, replicas requested, ready) at each change
     scale_events: int  # decisions that changed the replica count
     max_replicas: int
+    aborted: bool = False  # stopped early: more TTFT misses than `miss_budget` allowed
 
     @property
     def gpu_hours(self) -> float:
@@ -151,11 +155,30 @@ class _Metrics:
         )
 
 
+class _MissBudgetSpent(Exception):
+    """Raised inside a run once it can no longer meet its SLO attainment."""
+
+
+@dataclass(frozen=True)
+class MissBudget:
+    """Stop a run as soon as more than `misses` requests have a TTFT above `slo_ttft_s`.
+
+    Searches (the oracle, the static fleet) only need to know pass or fail, and an
+    overloaded fleet is the slowest thing to simulate, so failing runs end early.
+    """
+
+    slo_ttft_s: float
+    misses: int
+
+
 class Fleet:
     """One simulation run: a trace, a fleet configuration and one policy (or none: static)."""
 
     def __init__(self, trace: Trace, config: FleetConfig, policy: Policy | None = None,
-                 on_progress: Callable[[float], None] | None = None) -> None:
+                 on_progress: Callable[[float], None] | None = None,
+                 miss_budget: MissBudget | None = None) -> None:
+        self.miss_budget = miss_budget
+        self._misses = 0
         self.trace = trace
         self.config = config
         self.policy = policy
@@ -300,6 +323,11 @@ class Fleet:
         m.itl_counts[bisect_left(ITL_BUCKETS_S, tpot)] += 1
         m.ttft_sum += ttft
         m.itl_sum += tpot
+        budget = self.miss_budget
+        if budget is not None and ttft > budget.slo_ttft_s:
+            self._misses += 1
+            if self._misses > budget.misses:
+                raise _MissBudgetSpent
         if replica.state == DRAINING and replica.outstanding == 0:
             replica.state, replica.gone_s = GONE, done.finished_s
 
@@ -372,6 +400,13 @@ class Fleet:
     # ------------------------------------------------------------------ the run
 
     def run(self) -> FleetResult:
+        try:
+            self._run()
+        except _MissBudgetSpent:
+            return self._result(aborted=True)
+        return self._result()
+
+    def _run(self) -> None:
         trace, config = self.trace, self.config
         for _ in range(config.initial_replicas):
             self._new_replica(0.0, 0.0)
@@ -409,10 +444,11 @@ class Fleet:
                 current = self._metrics.snapshot(now)
                 obs = observe(previous, current, self.gauges())
                 previous = current
-                self.scale_to(self.policy.desired_replicas(obs), now)
+                desired = self.policy.desired_replicas(obs)
+                if now >= config.warmup_s:
+                    self.scale_to(desired, now)
                 next_tick = now + interval
         self._finish_all()
-        return self._result()
 
     def _finish_all(self) -> None:
         """After the last event, let every engine finish what it holds, in half-second steps
@@ -425,7 +461,7 @@ class Fleet:
             self._advance_engines(now, every=True)
             self._drain_front(now)
 
-    def _result(self) -> FleetResult:
+    def _result(self, aborted: bool = False) -> FleetResult:
         horizon = self.horizon_s
         seconds = 0.0
         for replica in self.replicas:
@@ -442,10 +478,21 @@ class Fleet:
             timeline=self.timeline,
             scale_events=self.scale_events,
             max_replicas=self.max_seen,
+            aborted=aborted,
         )
 
 
 def simulate(trace: Trace, config: FleetConfig, policy: Policy | None = None,
-             on_progress: Callable[[float], None] | None = None) -> FleetResult:
-    """Replay `trace` on a fleet resized by `policy` (a fixed fleet when policy is None)."""
-    return Fleet(trace, config, policy, on_progress).run()
+             on_progress: Callable[[float], None] | None = None,
+             miss_budget: MissBudget | None = None) -> FleetResult:
+    """Replay `trace` on a fleet resized by `policy` (a fixed fleet when policy is None).
+
+    With a miss budget the run may stop early (result.aborted): it then failed its SLO and
+    its numbers cover only the part simulated.
+    """
+    return Fleet(trace, config, policy, on_progress, miss_budget).run()
+
+
+def allowed_misses(requests: int, attainment: float) -> int:
+    """How many requests may miss the SLO while `attainment` of them still meet it."""
+    return int(math.floor(requests * (1.0 - attainment) + 1e-9))

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from kiban_serving.bench.fleet import FleetConfig, simulate
+from kiban_serving.bench.fleet import FleetConfig, MissBudget, allowed_misses, simulate
 from kiban_serving.bench.traces import Trace
 
 
@@ -37,8 +37,46 @@ class OracleResult:
 def window_meets(window: Trace, replicas: int, config: FleetConfig, slo_ttft_s: float, attainment: float) -> tuple[bool, np.ndarray]:
     """Do `replicas` warm, empty replicas serve this window's requests within the SLO?"""
     fixed = replace(config, initial_replicas=replicas, min_replicas=replicas, max_replicas=replicas)
-    result = simulate(window, fixed)
+    budget = MissBudget(slo_ttft_s, allowed_misses(len(window), attainment))
+    result = simulate(window, fixed, miss_budget=budget)
+    if result.aborted:
+        return False, result.ttft_s
     return float(np.mean(result.ttft_s <= slo_ttft_s)) >= attainment, result.ttft_s
+
+
+def fewest_replicas(meets, floor: int, ceiling: int, hint: int):
+    """Smallest c in [floor, ceiling] with meets(c) true, assuming more replicas never hurt.
+
+    Walks down from a passing hint, or gallops up (doubling) from a failing one and then
+    bisects, so a big jump costs O(log) runs. Returns (c, what meets(c) returned).
+    """
+    c = max(floor, min(hint, ceiling))
+    ok, payload = meets(c)
+    if ok:
+        while c > floor:
+            ok_less, payload_less = meets(c - 1)
+            if not ok_less:
+                break
+            c, payload = c - 1, payload_less
+        return c, payload
+    low = c  # fails
+    high = c
+    while True:
+        if high >= ceiling:
+            raise ValueError(f"no replica count up to max_replicas={ceiling} meets the SLO")
+        high = min(ceiling, max(high + 1, 2 * high))
+        ok, payload = meets(high)
+        if ok:
+            break
+        low = high
+    while high - low > 1:
+        mid = (low + high) // 2
+        ok_mid, payload_mid = meets(mid)
+        if ok_mid:
+            high, payload = mid, payload_mid
+        else:
+            low = mid
+    return high, payload
 
 
 def oracle(
@@ -67,22 +105,13 @@ def oracle(
             counts.append(floor)
             continue
         window = trace.window(start, start + interval_s)
-        c = max(floor, previous)
-        ok, times = window_meets(window, c, config, slo_ttft_s, attainment)
-        if ok:
-            while c > floor:
-                ok_less, times_less = window_meets(window, c - 1, config, slo_ttft_s, attainment)
-                if not ok_less:
-                    break
-                c, times = c - 1, times_less
-        else:
-            while not ok:
-                if c >= config.max_replicas:
-                    raise ValueError(
-                        f"interval {i} of {trace.name} misses the SLO even with max_replicas={config.max_replicas}"
-                    )
-                c += 1
-                ok, times = window_meets(window, c, config, slo_ttft_s, attainment)
+        try:
+            c, times = fewest_replicas(
+                lambda n: window_meets(window, n, config, slo_ttft_s, attainment),
+                floor, config.max_replicas, previous,
+            )
+        except ValueError as exc:
+            raise ValueError(f"interval {i} of {trace.name}: {exc}") from None
         counts.append(c)
         ttft[lo:hi] = times
         previous = c

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import math
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from kiban.capacity.profiles import get_profile_by_name
-from kiban_serving.bench.fleet import FleetConfig, FleetResult, simulate
-from kiban_serving.bench.oracle import OracleResult, oracle
+from kiban_serving.bench.fleet import FleetConfig, FleetResult, MissBudget, allowed_misses, simulate
+from kiban_serving.bench.oracle import OracleResult, fewest_replicas, oracle
 from kiban_serving.bench.peers import (
     AibrixAPAPolicy,
     KedaWaitingPolicy,
@@ -34,10 +34,10 @@ QUICK_DURATION_S = 600.0
 # Per-pod targets a user tunes, tried from the cheapest (largest target) down; the first that
 # reaches the attainment bar is kept, as a user tuning by hand would stop there.
 PEER_CANDIDATES: dict[str, tuple[float, ...]] = {
-    "kubeai": (32.0, 16.0, 8.0, 4.0),
-    "knative-kpa": (32.0, 16.0, 8.0, 4.0),
-    "production-stack-keda": (5.0, 2.0, 1.0),
-    "aibrix-apa": (0.1, 0.05, 0.03),
+    "kubeai": (16.0, 8.0, 4.0),  # in-flight requests per replica (KubeAI's default, 100, is for one-at-a-time servers)
+    "knative-kpa": (16.0, 8.0, 4.0),  # concurrency per pod (Knative's default 70 = 100 x 0.7)
+    "production-stack-keda": (5.0, 1.0),  # waiting requests (production-stack's default, 5, first)
+    "aibrix-apa": (0.1, 0.05, 0.03),  # KV-cache usage per pod (AIBrix's examples use 0.3-0.5)
 }
 
 
@@ -49,6 +49,7 @@ class BenchConfig:
     slo_ttft_ms: float = 2000.0
     attainment: float = 0.99
     cold_start_s: float = 120.0
+    warmup_s: float = 180.0
     rate_factor: float = 2.0
     seed: int = 0
     max_replicas: int = 40
@@ -80,6 +81,7 @@ class BenchConfig:
             initial_replicas=max(self.min_replicas, initial_replicas),
             min_replicas=self.min_replicas,
             max_replicas=self.max_replicas,
+            warmup_s=self.warmup_s,
         )
 
 
@@ -125,6 +127,7 @@ class Row:
     max_replicas: int
     mean_replicas: float
     chosen: bool = True  # False for a tuning run that was not the family's pick
+    complete: bool = True  # False: stopped once it could no longer reach the bar (numbers partial)
     timeline: list[tuple[float, int, int]] = field(default_factory=list, repr=False)
 
     def public(self) -> dict[str, object]:
@@ -156,6 +159,7 @@ def summarize(result: FleetResult, family: str, slo_ttft_s: float) -> Row:
         scale_events=result.scale_events,
         max_replicas=result.max_replicas,
         mean_replicas=round(area / result.horizon_s, 3),
+        complete=not result.aborted,
         timeline=list(timeline),
     )
 
@@ -189,58 +193,76 @@ def peer_policy(family: str, target: float):
 
 
 def _meets(row: Row, bench: BenchConfig) -> bool:
-    return row.ttft_slo_attainment >= bench.attainment
+    return row.complete and row.ttft_slo_attainment >= bench.attainment
+
+
+def _budget(trace: Trace, bench: BenchConfig) -> MissBudget:
+    return MissBudget(bench.slo_ttft_s, allowed_misses(len(trace), bench.attainment))
 
 
 def find_static_peak(trace: Trace, bench: BenchConfig, hint: int, tick: Callable[[str], None]) -> list[Row]:
     """The fewest always-on replicas meeting the SLO for the whole trace (search from hint)."""
     tried: dict[int, Row] = {}
 
-    def run(n: int) -> Row:
+    def meets(n: int) -> tuple[bool, Row]:
         if n not in tried:
-            config = bench.fleet(n)
-            config = FleetConfig(**{**config.__dict__, "min_replicas": n, "max_replicas": max(n, config.max_replicas)})
-            row = summarize(simulate(trace, config, StaticPolicy(n)), "static-peak", bench.slo_ttft_s)
-            tried[n] = row
-            tick(row.policy)
-        return tried[n]
+            config = replace(bench.fleet(n), min_replicas=n, max_replicas=max(n, bench.max_replicas))
+            result = simulate(trace, config, StaticPolicy(n), miss_budget=_budget(trace, bench))
+            tried[n] = summarize(result, "static-peak", bench.slo_ttft_s)
+            tick(tried[n].policy)
+        return _meets(tried[n], bench), tried[n]
 
-    n = max(1, hint)
-    if _meets(run(n), bench):
-        while n > 1 and _meets(run(n - 1), bench):
-            n -= 1
-    else:
-        while not _meets(run(n), bench) and n < bench.max_replicas:
-            n += 1
+    n, _ = fewest_replicas(meets, 1, bench.max_replicas, max(1, hint))
     for count, row in tried.items():
         row.chosen = count == n
     return sorted(tried.values(), key=lambda r: r.gpu_hours)
 
 
+def warm_start_replicas(trace: Trace, bench: BenchConfig, hint: int) -> int:
+    """The fewest fixed replicas that serve the trace within the SLO until the first decision
+    a policy may take (at the end of the warm-up) can have brought a replica up."""
+    head = trace.window(0.0, max(bench.warmup_s + bench.cold_start_s, 1.0))
+    if len(head) == 0:
+        return max(1, bench.min_replicas)
+
+    def meets(n: int) -> tuple[bool, None]:
+        config = replace(bench.fleet(n), min_replicas=n, max_replicas=max(n, bench.max_replicas))
+        result = simulate(head, config, StaticPolicy(n), miss_budget=_budget(head, bench))
+        return not result.aborted, None
+
+    n, _ = fewest_replicas(meets, max(1, bench.min_replicas), bench.max_replicas, hint)
+    return n
+
+
 def tune_peer(trace: Trace, bench: BenchConfig, family: str, initial: int, tick: Callable[[str], None]) -> list[Row]:
-    """Try the family's targets from cheapest to safest; keep the first that reaches the bar,
-    or, when none does, the one with the highest attainment."""
+    """Try the family's targets from cheapest to safest and keep the first that reaches the
+    bar, as a user tuning by hand would stop there. Runs that can no longer reach it stop
+    early; when none reaches it, the safest target is run to the end and reported."""
     rows = []
     for target in PEER_CANDIDATES[family]:
-        row = summarize(simulate(trace, bench.fleet(initial), peer_policy(family, target)), family, bench.slo_ttft_s)
+        result = simulate(trace, bench.fleet(initial), peer_policy(family, target), miss_budget=_budget(trace, bench))
+        row = summarize(result, family, bench.slo_ttft_s)
         row.chosen = False
         rows.append(row)
         tick(row.policy)
         if _meets(row, bench):
-            break
-    meeting = [r for r in rows if _meets(r, bench)]
-    pick = min(meeting, key=lambda r: r.gpu_hours) if meeting else max(rows, key=lambda r: r.ttft_slo_attainment)
-    pick.chosen = True
+            row.chosen = True
+            return rows
+    safest = PEER_CANDIDATES[family][-1]
+    full = summarize(simulate(trace, bench.fleet(initial), peer_policy(family, safest)), family, bench.slo_ttft_s)
+    tick(full.policy)
+    rows[-1] = full
     return rows
 
 
 def run_trace(trace: Trace, bench: BenchConfig, tick: Callable[[str], None] = lambda _: None) -> list[Row]:
-    """Every policy on one trace; the oracle's first-minute count is everyone's warm start."""
+    """Every policy on one trace, all starting from the same warm fleet (the fewest fixed
+    replicas that carry the warm-up stretch within the SLO), held until decisions apply."""
     fleet = bench.fleet(1)
     best = oracle(trace, fleet, bench.slo_ttft_s, bench.attainment)
     tick("oracle")
     rows = [oracle_row(trace, best, bench.slo_ttft_s, bench.gpus_per_replica)]
-    initial = best.counts[0]
+    initial = warm_start_replicas(trace, bench, hint=best.counts[0])
     rows += find_static_peak(trace, bench, max(best.counts), tick)
     kiban = KibanPolicy(
         profile=fleet.profile, slo_ttft_ms=bench.slo_ttft_ms, cold_start_s=bench.cold_start_s,
@@ -266,9 +288,12 @@ def run_benchmark(specs: list[TraceSpec], bench: BenchConfig, progress: Callable
         for spec in specs:
             rows += run_trace(prepare_trace(spec, bench), bench, progress)
         return rows
-    rows = []
+    # the longest trace (most files) first, so it is not left alone at the end
+    order = sorted(range(len(specs)), key=lambda i: -len(specs[i].paths))
+    by_index: dict[int, list[Row]] = {}
     with ProcessPoolExecutor(max_workers=min(bench.jobs, len(specs))) as pool:
-        for spec, trace_rows in zip(specs, pool.map(_run_spec, [(s, bench) for s in specs])):
-            rows += trace_rows
-            progress(spec.name)
-    return rows
+        futures = {i: pool.submit(_run_spec, (specs[i], bench)) for i in order}
+        for i in order:
+            by_index[i] = futures[i].result()
+            progress(specs[i].name)
+    return [row for i in range(len(specs)) for row in by_index[i]]
