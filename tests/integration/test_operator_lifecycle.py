@@ -24,7 +24,7 @@ import yaml
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-CRDS = Path(os.environ.get("KIBAN_DEV_CRDS", REPO / "crds"))
+CRDS = REPO / "crds"
 EXAMPLES = REPO / "examples"
 FM_GROUP, FM_VERSION, FM_PLURAL = "kiban.dev", "v1alpha1", "foundationmodels"
 

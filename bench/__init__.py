@@ -1,0 +1,1 @@
+"""Benchmarks: scripts run by make targets, not tests."""

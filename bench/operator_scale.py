@@ -1,0 +1,163 @@
+"""Operator scale benchmark: 200, then 1,000 FoundationModels applied at once on a fresh
+local control plane; reports time until every model has its Deployment, p50/p99 of the
+apply-to-Deployment latency, and the operator's peak resident memory.
+
+Run: python -m bench.operator_scale [--sizes 200 1000] [--out bench/results/operator_scale.json]
+Targets: p99 < 2 s at 200; all 1,000 within 60 s; operator peak RSS < 300 MB.
+
+The models ask for 0 replicas (autoscaling off), so the figures measure the operator
+(watch -> reconcile -> server-side apply -> status) rather than the scheduler and kwok moving
+thousands of pods. A benchmark, not a test: it asserts nothing and prints what it measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+GROUP, VERSION, PLURAL = "kiban.dev", "v1alpha1", "foundationmodels"
+
+
+def model(name: str) -> dict:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "FoundationModel",
+        "metadata": {"name": name},
+        "spec": {
+            "model": {"uri": "hf://Qwen/Qwen2.5-0.5B-Instruct", "parameters": "500M"},
+            "accelerator": {"profile": "nvidia-l4"},
+            "scaling": {"autoscaling": False, "minReplicas": 0, "maxReplicas": 1},
+        },
+    }
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+class RssSampler(threading.Thread):
+    """Peak VmRSS of one process, sampled every 0.2 s from /proc."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.peak, self._stop = pid, 0, threading.Event()
+
+    def run(self) -> None:
+        while not self._stop.wait(0.2):
+            try:
+                for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        self.peak = max(self.peak, int(line.split()[1]) * 1024)
+            except OSError:
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def run_round(api, namespace: str, count: int, timeout: float) -> dict:
+    from kubernetes import client, watch
+
+    core, custom, apps = client.CoreV1Api(api), client.CustomObjectsApi(api), client.AppsV1Api(api)
+    core.create_namespace({"metadata": {"name": namespace}})
+    seen: dict[str, float] = {}
+    done = threading.Event()
+
+    def watch_deployments() -> None:
+        stream = watch.Watch()
+        for event in stream.stream(apps.list_namespaced_deployment, namespace, timeout_seconds=int(timeout) + 30):
+            seen.setdefault(event["object"].metadata.name, time.monotonic())
+            if len(seen) >= count or done.is_set():
+                stream.stop()
+
+    watcher = threading.Thread(target=watch_deployments, daemon=True)
+    watcher.start()
+    time.sleep(0.5)  # let the watch open before the burst
+    created: dict[str, float] = {}
+
+    def create(index: int) -> None:
+        name = f"m-{index:04d}"
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, model(name))
+        created[name] = time.monotonic()
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(create, range(count)))
+    applied = time.monotonic() - started
+    deadline = started + timeout
+    while len(seen) < count and time.monotonic() < deadline:
+        time.sleep(0.1)
+    done.set()
+    latencies = [seen[name] - created[name] for name in created if name in seen]
+    return {
+        "models": count,
+        "apply_seconds": round(applied, 2),
+        "deployments": len(latencies),
+        "all_deployments_seconds": round(max(seen.values()) - started, 2) if len(latencies) == count else None,
+        "p50_seconds": round(statistics.median(latencies), 3) if latencies else None,
+        "p99_seconds": round(percentile(latencies, 0.99), 3) if latencies else None,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[200, 1000])
+    parser.add_argument("--timeout", type=float, default=180.0, help="seconds to wait per round")
+    parser.add_argument("--out", type=Path, help="also write the results as JSON here")
+    args = parser.parse_args(argv)
+
+    from kubernetes import config
+
+    from kiban.devcluster import ControlPlane, tool_path
+
+    with ControlPlane() as cluster:
+        kubectl = [str(tool_path("kubectl")), f"--kubeconfig={cluster.kubeconfig}"]
+        for path in sorted((REPO / "crds").glob("*.yaml")):
+            subprocess.run([*kubectl, "apply", "--server-side", "-f", str(path)], check=True, capture_output=True)
+        subprocess.run([*kubectl, "wait", "--for=condition=Established", "crd", "--all"], check=True, capture_output=True)
+        api = config.new_client_from_config(config_file=str(cluster.kubeconfig))
+        log_path = Path(tempfile.gettempdir()) / "kiban-operator-scale.log"
+        print(f"operator log: {log_path}", flush=True)
+        log = open(log_path, "w")
+        operator = subprocess.Popen(
+            [sys.executable, "-m", "kiban", "run", "--standalone", "--all-namespaces", "--metrics-port", "0"],
+            env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+        )
+        sampler = RssSampler(operator.pid)
+        sampler.start()
+        time.sleep(5)  # the operator's first list/watch
+        results = []
+        try:
+            for size in args.sizes:
+                result = run_round(api, f"bench-{size}", size, args.timeout)
+                result["operator_peak_rss_mb"] = round(sampler.peak / 2**20, 1)
+                results.append(result)
+                print(json.dumps(result), flush=True)
+        finally:
+            sampler.stop()
+            operator.terminate()
+            operator.wait(timeout=30)
+            log.close()
+    print(f"{'models':>7} {'all (s)':>8} {'p50 (s)':>8} {'p99 (s)':>8} {'peak RSS (MB)':>14}")
+    for r in results:
+        print(f"{r['models']:>7} {str(r['all_deployments_seconds']):>8} {str(r['p50_seconds']):>8} "
+              f"{str(r['p99_seconds']):>8} {r['operator_peak_rss_mb']:>14}")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
