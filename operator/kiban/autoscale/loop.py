@@ -175,7 +175,9 @@ def scaling_status(decision: Decision, collected: Collected, last_scale_time: st
 def autoscaler_conditions(decision: Decision, collected: Collected, generation: int) -> list[dict[str, Any]]:
     """MetricsAvailable and ScalingLimited for this decision (without lastTransitionTime)."""
     obs = collected.observation
-    if obs.metrics_available:
+    if obs.metrics_available and not decision.metrics_ok:  # e.g. requests in flight, none finished yet
+        metrics = condition(METRICS_AVAILABLE, False, "IncompleteMetrics", decision.reason, generation)
+    elif obs.metrics_available:
         metrics = condition(
             METRICS_AVAILABLE, True, "MetricsCollected",
             f"λ={obs.arrival_rate_rps:.3g} req/s from {collected.engines} engine(s) in Prometheus", generation,
@@ -337,8 +339,8 @@ class Autoscaler:
                 result.scaled_from, result.scaled_to = current, decision.replicas
                 context.metrics.count_scale_event(key, "up" if decision.replicas > current else "down")
         elif not decision.metrics_ok:
-            log.info(kv("Held replicas: metrics unavailable", name=ref[1], namespace=ref[0],
-                        replicas=current, reason=collected.observation.reason_unavailable))
+            log.debug(kv("Held replicas: metrics unavailable", name=ref[1], namespace=ref[0],
+                         replicas=current, reason=decision.reason))
 
         last_scale = (rfc3339(state.last_scale_time_s) if state.last_scale_time_s is not None
                       else ((body.get("status") or {}).get("scaling") or {}).get("lastScaleTime"))

@@ -143,6 +143,13 @@ def test_conditions_unavailable_and_limited_carry_the_reasons():
     assert "unreachable; replicas held at 2" in metrics["message"]
 
 
+def test_usable_series_with_incomplete_numbers_is_not_available():
+    held = Decision(1, "metrics unavailable (mean_prompt_tokens is None): kept 1 replicas", None, None, None, None,
+                    metrics_ok=False)
+    metrics, _ = autoscaler_conditions(held, collected(), 1)
+    assert (metrics["status"], metrics["reason"], metrics["message"]) == ("False", "IncompleteMetrics", held.reason)
+
+
 def test_merge_keeps_other_conditions_and_transition_times():
     ready = {"type": "Ready", "status": "True", "reason": "ReplicasReady", "message": "", "lastTransitionTime": "T0"}
     old_metrics = {"type": "MetricsAvailable", "status": "True", "reason": "MetricsCollected", "message": "λ=1",

@@ -1,0 +1,260 @@
+"""The autoscaler inside the real operator process, on the real control plane, fed by a real
+Prometheus scraping real kiban-sim processes.
+
+The operator runs as `python -m kiban run --standalone -n NS` with KIBAN_PROMETHEUS_URL and a
+2 s autoscale interval (rate window 4 x 2 s). Two simulators serve the FoundationModel's
+served model name; Prometheus scrapes them every second and labels them with the test's
+namespace, as a PodMonitor scrape would. (kwok runs the Deployment's pods; they serve
+nothing, so the simulators stand for the engines.) Poisson load from the load generator
+raises the arrival rate; the operator must raise the FoundationModel's replicas and the
+Deployment's, with the numbers in status.scaling and an Event. Stopping Prometheus must hold
+the replicas and set MetricsAvailable=False.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kiban.capacity.batching import Slo, max_arrival_rate
+from kiban.capacity.profiles import get_profile_by_name
+from kiban_serving.loadgen.client import replay
+from kiban_serving.loadgen.trace import poisson_requests
+from kiban_serving.sim.process import SimulatorProcess
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+CRDS = Path(os.environ.get("KIBAN_DEV_CRDS", REPO / "crds"))
+GROUP, VERSION, PLURAL = "kiban.dev", "v1alpha1", "foundationmodels"
+NAME = "chat"
+PROFILE = "nvidia-l4/8B"
+PROMPT, OUTPUT = 256, 16
+TTFT_P95_MS = 200
+LOAD_RPS_PER_SIM = 3.0
+INTERVAL_S = 2
+
+
+def wait_for(check, timeout: float, what: str, interval: float = 0.5) -> Any:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
+
+
+def kubectl(kubeconfig: Path, *args: str) -> None:
+    from kiban.devcluster import tool_path
+
+    done = subprocess.run([str(tool_path("kubectl")), f"--kubeconfig={kubeconfig}", *args],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, f"kubectl {' '.join(args)}: {done.stderr}"
+
+
+@pytest.fixture(scope="module")
+def crds(kubeconfig: Path) -> Path:
+    for path in sorted(CRDS.glob("*.yaml")):
+        kubectl(kubeconfig, "apply", "--server-side", "-f", str(path))
+    kubectl(kubeconfig, "wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
+    return kubeconfig
+
+
+@pytest.fixture
+def simulators(tmp_path):
+    sims = [SimulatorProcess(NAME, PROFILE, ["--startup-seconds", "0"], log_path=tmp_path / f"sim{i}.log")
+            for i in range(2)]
+    for sim in sims:
+        sim.start()
+    try:
+        for sim in sims:
+            sim.wait_healthy()
+        yield sims
+    finally:
+        for sim in sims:
+            sim.stop()
+
+
+@pytest.fixture
+def operator(crds: Path, namespace: str, prometheus_factory, simulators, tmp_path):
+    prometheus = prometheus_factory(scrape_interval="1s")
+    prometheus.set_targets("engines", [f"127.0.0.1:{sim.port}" for sim in simulators], {"namespace": namespace})
+    log_path = tmp_path / "operator.log"
+    env = {**os.environ, "KUBECONFIG": str(crds), "PYTHONUNBUFFERED": "1",
+           "KIBAN_PROMETHEUS_URL": prometheus.url, "KIBAN_AUTOSCALE_INTERVAL_SECONDS": str(INTERVAL_S)}
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "kiban", "run", "--standalone", "-n", namespace, "--metrics-port", "0",
+             "--resync-seconds", "5"], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    try:
+        yield prometheus, process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        print(log_path.read_text(errors="replace")[-20000:])  # shown when the test failed
+
+
+class Model:
+    """The test's own reads of the FoundationModel, its Deployment and Events."""
+
+    def __init__(self, api, namespace: str) -> None:
+        from kubernetes import client
+
+        self.namespace = namespace
+        self.custom = client.CustomObjectsApi(api)
+        self.apps = client.AppsV1Api(api)
+        self.core = client.CoreV1Api(api)
+
+    def create(self, body: dict) -> None:
+        self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, body)
+
+    def get(self) -> dict:
+        return self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, NAME)
+
+    def condition(self, type_: str) -> dict | None:
+        return next((c for c in (self.get().get("status") or {}).get("conditions") or [] if c["type"] == type_), None)
+
+    def deployment_replicas(self) -> int | None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            return self.apps.read_namespaced_deployment(NAME, self.namespace).spec.replicas
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def events(self, reason: str) -> list[str]:
+        return [e.message for e in self.core.list_namespaced_event(self.namespace).items if e.reason == reason]
+
+
+def model_body() -> dict:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "FoundationModel", "metadata": {"name": NAME},
+        "spec": {
+            "model": {"uri": "hf://meta-llama/Llama-3.1-8B-Instruct", "parameters": "8B"},
+            "accelerator": {"profile": "nvidia-l4"},
+            "scaling": {"autoscaling": True, "minReplicas": 1, "maxReplicas": 4,
+                        "slo": {"ttftP95Ms": TTFT_P95_MS}, "stabilizationWindowSeconds": 0},
+        },
+    }
+
+
+class PoissonLoad:
+    """kiban-load's replay() against each simulator, in a thread of its own, until stopped."""
+
+    def __init__(self, urls: list[str], rate_rps: float, duration_s: float) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.requests = poisson_requests(rate_rps, duration_s, PROMPT, OUTPUT, seed=7)
+        self.urls = urls
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        async def all_sims():
+            await asyncio.gather(*(replay(url, NAME, self.requests) for url in self.urls))
+
+        self.task = self.loop.create_task(all_sims())
+        try:
+            self.loop.run_until_complete(self.task)
+        except asyncio.CancelledError:
+            pass
+        finally:
+            pending = asyncio.all_tasks(self.loop)
+            for task in pending:
+                task.cancel()
+            self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            self.loop.close()
+
+    def start(self) -> PoissonLoad:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self.thread.is_alive():
+            self.loop.call_soon_threadsafe(lambda: self.task.cancel())
+            self.thread.join(timeout=30)
+
+
+def test_load_raises_replicas_with_reason_and_lost_metrics_hold_them(kube_api, namespace, operator, simulators):
+    prometheus, process = operator
+    model = Model(kube_api, namespace)
+    model.create(model_body())
+
+    def alive():
+        assert process.poll() is None, f"the operator exited with {process.returncode}"
+
+    # idle: metrics are there, λ = 0, one replica
+    def metrics_available():
+        alive()
+        cond = model.condition("MetricsAvailable")
+        return cond if cond and cond["status"] == "True" else None
+
+    wait_for(metrics_available, 60, "MetricsAvailable=True while idle")
+    assert model.get()["status"]["scaling"]["desiredReplicas"] == 1
+    assert wait_for(lambda: model.deployment_replicas() == 1, 30, "the Deployment at 1 replica")
+
+    # load: 2 x 3 req/s of 256-token prompts; one L4/8B replica sustains ~2.8 req/s at TTFT p95 <= 200 ms
+    capacity = max_arrival_rate(get_profile_by_name(PROFILE), PROMPT, OUTPUT, Slo(ttft_ms=TTFT_P95_MS), 0.75)
+    assert 2 * LOAD_RPS_PER_SIM > 1.5 * capacity  # the load needs more than one replica
+    load = PoissonLoad([sim.url for sim in simulators], LOAD_RPS_PER_SIM, duration_s=90).start()
+    try:
+        def scaled_up():
+            alive()
+            fm = model.get()
+            scaling = (fm.get("status") or {}).get("scaling") or {}
+            replicas = fm["spec"]["scaling"].get("replicas")
+            return fm if replicas and replicas >= 2 and scaling.get("desiredReplicas") == replicas else None
+
+        fm = wait_for(scaled_up, 60, "spec.scaling.replicas >= 2 with status.scaling agreeing")
+        replicas = fm["spec"]["scaling"]["replicas"]
+        scaling = fm["status"]["scaling"]
+        assert "λ=" in scaling["reason"] and f"→ {replicas} replicas" in scaling["reason"], scaling
+        assert "TTFT p95 ≤ 200 ms" in scaling["reason"]
+        assert scaling["arrivalRateRps"] > capacity
+        assert scaling["capacityPerReplicaRps"] == pytest.approx(capacity, rel=0.1)
+        assert scaling["predictedTtftP95Ms"] > 0 and scaling["lastScaleTime"]
+        assert wait_for(lambda: (model.deployment_replicas() or 0) >= 2, 30, "the Deployment scaled up")
+        scaled = wait_for(lambda: [m for m in model.events("Scaled") if m.startswith("Scaled from 1 to ")], 15,
+                          "a Scaled Event")
+        assert "λ=" in scaled[0]
+        assert model.condition("ScalingLimited")["status"] == "False"
+
+        # Prometheus goes away: replicas are held, MetricsAvailable=False says why
+        held = model.get()["spec"]["scaling"]["replicas"]
+        prometheus.stop()
+
+        def metrics_lost():
+            alive()
+            cond = model.condition("MetricsAvailable")
+            return cond if cond and cond["status"] == "False" else None
+
+        lost = wait_for(metrics_lost, 30, "MetricsAvailable=False after Prometheus stopped")
+    finally:
+        load.stop()
+    assert lost["reason"] == "PrometheusUnreachable"
+    assert f"replicas held at {held}" in lost["message"]
+    # a few more passes without metrics and without load: still held (stabilisation window is 0)
+    first_unavailable = model.get()["status"]["scaling"]["reason"]
+    assert first_unavailable.startswith("metrics unavailable")
+    time.sleep(3 * INTERVAL_S)
+    fm = model.get()
+    assert fm["spec"]["scaling"]["replicas"] == held
+    assert model.deployment_replicas() == held
+    assert model.condition("MetricsAvailable")["status"] == "False"
+    assert model.events("MetricsUnavailable")
