@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="multiply each trace's arrival rate by this (seeded replication)")
     p.add_argument("--cold-start-s", type=float, default=defaults.cold_start_s,
                    help="seconds from requesting a replica to it serving (billed, serves nothing)")
+    p.add_argument("--warmup-s", type=float, default=defaults.warmup_s,
+                   help="policies observe from t=0 but act from here (they start with history)")
     p.add_argument("--max-replicas", type=int, default=defaults.max_replicas)
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--quick", action="store_true", help="only the first 10 minutes of each trace")
@@ -67,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         bench = BenchConfig(
             profile=args.profile, slo_ttft_ms=args.slo_ttft_ms, attainment=args.attainment,
-            cold_start_s=args.cold_start_s, rate_factor=args.rate_factor, seed=args.seed,
+            cold_start_s=args.cold_start_s, warmup_s=args.warmup_s, rate_factor=args.rate_factor, seed=args.seed,
             max_replicas=args.max_replicas, quick=args.quick, jobs=args.jobs,
         )
         specs = specs_from(args.trace)

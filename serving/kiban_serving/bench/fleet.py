@@ -288,13 +288,18 @@ class Fleet:
         self.queue[request] = now_s - trace.arrival_s[request]  # front-queue part, engine adds its own
         return True
 
-    def _drain_front(self, now_s: float) -> None:
+    def _drain_front(self, now_s: float) -> list[Replica]:
+        """Hand held requests out while a replica will take them; returns who received."""
+        received = []
         while self._front_head < len(self._front):
-            if not self._dispatch(self._front[self._front_head], now_s):
+            request = self._front[self._front_head]
+            if not self._dispatch(request, now_s):
                 break
+            received.append(self._owner[request])
             self._front_head += 1
         if self._front_head == len(self._front):
             self._front, self._front_head = [], 0
+        return received
 
     def _arrive(self, request: int, now_s: float) -> None:
         self._account_inflight(now_s)
@@ -344,22 +349,28 @@ class Fleet:
                 and (every or replica.no_finish_before_s <= now_s)
             ):
                 self._advance_replica(replica, now_s)
-        if self._release(now_s) and self.config.router_queue and self._front_head < len(self._front):
-            self._drain_front(now_s)
+        self._release(now_s)
 
     def _advance_replica(self, replica: Replica, now_s: float) -> None:
         for done in replica.engine.advance_to(now_s):
             heapq.heappush(self._pending, (done.finished_s, replica.index, int(done.request_id), done))
         replica.no_finish_before_s = self._no_finish_before(replica.engine)
 
-    def _release(self, now_s: float) -> bool:
-        """Settle the completions that happened by now_s, in time order."""
+    def _release(self, now_s: float) -> None:
+        """Settle the completions that happened by now_s, in time order.
+
+        With a router queue, a completion frees a slot at its own time: held requests are
+        handed out then, and the receiving engine is run on to now_s at once. That is exact
+        when a replica takes one request at a time (max_num_seqs=1, the M/M/c check) and
+        otherwise approximate within one gap between fleet events.
+        """
         pending = self._pending
-        released = False
         while pending and pending[0][0] <= now_s:
-            self._finish(heapq.heappop(pending)[3])
-            released = True
-        return released
+            finished_s, _, _, done = heapq.heappop(pending)
+            self._finish(done)
+            if self.config.router_queue and self._front_head < len(self._front):
+                for replica in self._drain_front(finished_s):
+                    self._advance_replica(replica, now_s)
 
     def _no_finish_before(self, engine: Engine) -> float:
         """A lower bound on the engine's next completion: every request still needs

@@ -1,0 +1,41 @@
+"""kiban-bench --quick on the real Azure traces (read in place): the JSON contract, the
+oracle below every policy, and identical results for the same seed. About a minute of CPU."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from kiban_serving.bench import cli
+from kiban_serving.bench.run import DEFAULT_TRACE_DIR
+
+FAMILIES = {"oracle", "kiban", "static-peak", "kubeai", "knative-kpa", "production-stack-keda", "aibrix-apa"}
+
+
+def test_quick_run_on_the_standard_traces(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    assert cli.main(["--quick", "--out", str(out)]) == 0
+    rows = json.loads((out / "results.json").read_text())
+    assert {r["trace"] for r in rows} == {"conv", "code", "conv+code"}
+    for trace in ("conv", "code", "conv+code"):
+        mine = [r for r in rows if r["trace"] == trace]
+        assert {r["family"] for r in mine if r["chosen"]} == FAMILIES
+        for row in mine:
+            assert {"policy", "gpu_hours", "ttft_slo_attainment", "p95_ttft_s"} <= row.keys()
+            assert 0.0 <= row["ttft_slo_attainment"] <= 1.0
+        oracle = next(r for r in mine if r["family"] == "oracle")
+        for row in mine:
+            if row["complete"]:
+                assert oracle["gpu_hours"] <= row["gpu_hours"], (trace, row["policy"])
+    for name in ("results.md", "bar.json", "gpu_hours_vs_attainment.png", "replicas_conv.png"):
+        assert (out / name).stat().st_size > 0
+
+
+def test_same_seed_same_results(tmp_path: Path) -> None:
+    conv = str(DEFAULT_TRACE_DIR / "conv.csv")
+    texts = []
+    for name in ("a.json", "b.json"):
+        assert cli.main(["--trace", conv, "--quick", "--seed", "5", "--json", str(tmp_path / name)]) == 0
+        texts.append((tmp_path / name).read_text())
+    assert texts[0] == texts[1]
+    assert json.loads(texts[0])
