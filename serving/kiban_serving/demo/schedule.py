@@ -1,0 +1,125 @@
+"""The demo's load shape and its bookkeeping (pure: lists in, lists out, no clock, no I/O).
+
+The load is a slice of a real trace (the Azure LLM conversation trace) replayed in phases: each
+phase takes the next stretch of the trace, compresses its time axis by `time_compression`
+(so a few minutes of demo walk through a longer stretch of the trace and keep its bursts), then
+thins or multiplies it to the phase's target rate (kiban_serving.loadgen.trace.multiply_rate),
+so the rate rises, peaks and falls while the token mix stays the trace's own.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from kiban_serving.loadgen.client import RequestResult
+from kiban_serving.loadgen.report import percentile
+from kiban_serving.loadgen.trace import TraceRequest, compress_time, multiply_rate
+
+
+@dataclass(frozen=True)
+class Phase:
+    """`duration_s` seconds of demo time at about `rate_rps` requests per second."""
+
+    duration_s: float
+    rate_rps: float
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.duration_s, (int, float)) and self.duration_s > 0 and math.isfinite(self.duration_s)):
+            raise ValueError(f"phase duration_s must be a positive number, got {self.duration_s!r}")
+        if not (isinstance(self.rate_rps, (int, float)) and self.rate_rps > 0 and math.isfinite(self.rate_rps)):
+            raise ValueError(f"phase rate_rps must be a positive number, got {self.rate_rps!r}")
+
+
+def parse_phases(text: str) -> tuple[Phase, ...]:
+    """'40:0.3,60:1.5' -> (Phase(40, 0.3), Phase(60, 1.5)); ValueError naming the bad item."""
+    phases = []
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        duration, sep, rate = item.partition(":")
+        try:
+            if not sep:
+                raise ValueError
+            phases.append(Phase(float(duration), float(rate)))
+        except ValueError as exc:
+            detail = f": {exc}" if str(exc) else ""
+            raise ValueError(f"--phases: expected SECONDS:RPS items separated by commas, got {item!r}{detail}") from None
+    if not phases:
+        raise ValueError("--phases: at least one SECONDS:RPS phase is needed")
+    return tuple(phases)
+
+
+def ramp(trace: Sequence[TraceRequest], phases: Sequence[Phase], time_compression: float,
+         seed: int = 0) -> list[TraceRequest]:
+    """The demo's request stream: consecutive stretches of `trace`, one per phase (see module doc).
+
+    Each phase consumes duration_s * time_compression seconds of the trace; a ValueError says
+    how much trace is needed when it runs out.
+    """
+    if time_compression <= 0 or not math.isfinite(time_compression):
+        raise ValueError(f"time_compression must be a positive number, got {time_compression!r}")
+    ordered = sorted(trace, key=lambda r: r.arrival_s)
+    needed = sum(p.duration_s for p in phases) * time_compression
+    mean_gap = ordered[-1].arrival_s / max(len(ordered) - 1, 1) if ordered else 0.0
+    if not ordered or ordered[-1].arrival_s + mean_gap < needed:  # a trace ends at its last arrival
+        have = ordered[-1].arrival_s if ordered else 0.0
+        raise ValueError(f"the trace covers {have:.0f} s; these phases need {needed:.0f} s of it "
+                         f"(lower the time compression or shorten the phases)")
+    out: list[TraceRequest] = []
+    trace_start = demo_start = 0.0
+    for index, phase in enumerate(phases):
+        trace_end = trace_start + phase.duration_s * time_compression
+        stretch = [replace(r, arrival_s=r.arrival_s - trace_start)
+                   for r in ordered if trace_start <= r.arrival_s < trace_end]
+        compressed = compress_time(stretch, time_compression)
+        natural_rps = len(compressed) / phase.duration_s
+        if natural_rps > 0:
+            shaped = multiply_rate(compressed, phase.rate_rps / natural_rps, seed=seed + index)
+            out.extend(replace(r, arrival_s=r.arrival_s + demo_start) for r in shaped)
+        trace_start, demo_start = trace_end, demo_start + phase.duration_s
+    return out
+
+
+def windowed_rate(arrivals_s: Sequence[float], end_s: float, window_s: float) -> float:
+    """Requests per second among arrivals in (end_s - window_s, end_s]."""
+    if window_s <= 0:
+        raise ValueError(f"window_s must be positive, got {window_s!r}")
+    return sum(1 for t in arrivals_s if end_s - window_s < t <= end_s) / window_s
+
+
+def ttft_p95_by_window(results: Sequence[RequestResult], window_s: float) -> list[tuple[float, float, int]]:
+    """(window end s, client TTFT p95 ms, requests) for each window with a first token in it.
+
+    A request counts in the window where its first token arrived (sent_s + ttft_s), so the
+    series shows what users saw at that moment.
+    """
+    if window_s <= 0:
+        raise ValueError(f"window_s must be positive, got {window_s!r}")
+    buckets: dict[int, list[float]] = {}
+    for result in results:
+        if result.ok and result.ttft_s is not None:
+            buckets.setdefault(int((result.sent_s + result.ttft_s) // window_s), []).append(result.ttft_s * 1e3)
+    return [((index + 1) * window_s, percentile(values, 95), len(values)) for index, values in sorted(buckets.items())]
+
+
+@dataclass(frozen=True)
+class ScaleEvent:
+    """The autoscaler's desired replicas changed between two samples."""
+
+    time_s: float
+    from_replicas: int
+    to_replicas: int
+    reason: str
+
+
+def scale_events(samples: Sequence[tuple[float, int | None, str | None]]) -> list[ScaleEvent]:
+    """ScaleEvents from (time_s, desired replicas, reason) samples, in time order."""
+    events: list[ScaleEvent] = []
+    previous: int | None = None
+    for time_s, desired, reason in samples:
+        if desired is None:
+            continue
+        if previous is not None and desired != previous:
+            events.append(ScaleEvent(time_s, previous, desired, reason or ""))
+        previous = desired
+    return events
