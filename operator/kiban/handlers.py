@@ -112,7 +112,7 @@ def register(
         if type == "DELETED":
             context = _context(memo)
             context.metrics.forget_model(namespace, name)
-            context.gate.forget((namespace, name))
+            context.forget((namespace, name))
             log.info(kv("Forgot deleted FoundationModel", name=name, namespace=namespace))
 
     # ---- children and pods: a change reconciles the owner

@@ -124,6 +124,28 @@ def observed_children(indexes: Mapping[str, Any], ref: ModelRef) -> list[dict[st
     return children
 
 
+def overlay_applied(
+    cached: Iterable[Mapping[str, Any]], applied: Mapping[Any, Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """The cache, corrected by what our own writes returned while the watch catches up.
+
+    For each child we applied: the cached copy wins when it carries the same spec-hash (it may
+    hold a newer status, or a hand edit to put back); otherwise (absent, or older) the copy the
+    server returned from our apply stands in. Without this, every pass triggered before the
+    watch delivers our own write would apply the same objects again.
+    """
+    from kiban.reconcile.plan import SPEC_HASH_ANNOTATION, child_key
+
+    merged = {child_key(c): dict(c) for c in cached}
+    for key, ours in applied.items():
+        theirs = merged.get(key)
+        our_hash = (ours.get("metadata", {}).get("annotations") or {}).get(SPEC_HASH_ANNOTATION)
+        their_hash = ((theirs or {}).get("metadata", {}).get("annotations") or {}).get(SPEC_HASH_ANNOTATION)
+        if theirs is None or their_hash != our_hash:
+            merged[key] = dict(ours)
+    return list(merged.values())
+
+
 def find_kind(children: Iterable[Mapping[str, Any]], kind: str) -> Mapping[str, Any] | None:
     return next((c for c in children if c.get("kind") == kind), None)
 

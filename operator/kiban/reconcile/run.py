@@ -39,6 +39,8 @@ from kiban.reconcile.plan import (
     MANAGED_BY_LABEL,
     MANAGED_BY_VALUE,
     Plan,
+    child_key,
+    describe,
     plan,
     stamp_spec_hash,
 )
@@ -99,6 +101,13 @@ class OperatorContext:
     gate: ReconcileGate = field(default_factory=ReconcileGate)
     executor: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(16, "kiban-io"))
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    # what our own writes returned, per model, until the watch delivers them (observe.overlay_applied)
+    applied: dict[ModelRef, dict[Any, dict[str, Any]]] = field(default_factory=dict)
+
+    def forget(self, ref: ModelRef) -> None:
+        """Drop per-model state of a deleted FoundationModel."""
+        self.gate.forget(ref)
+        self.applied.pop(ref, None)
 
     async def io(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run a blocking API call in the I/O pool."""
@@ -215,7 +224,7 @@ async def _pass(
         return Outcome(skipped=True)  # gone or going: garbage collection removes the children
     namespace, name = ref
     generation = int(body["metadata"].get("generation") or 0)
-    children = observe.observed_children(indexes, ref)
+    children = observe.overlay_applied(observe.observed_children(indexes, ref), context.applied.get(ref, {}))
     pods = observe.from_index(indexes.get(observe.PODS_INDEX), (namespace, label_value(name)))
     deployment = observe.find_kind(children, "Deployment")
 
@@ -251,6 +260,7 @@ async def _pass(
         log.info(kv("Planned changes", name=name, namespace=namespace, trigger=trigger,
                     actions=[f"{a.verb} {a.kind}/{a.name}: {a.reason}" for a in the_plan.actions]))
         result = await context.io(context.writer.execute, the_plan, namespace)
+        _remember_writes(context, ref, result)
     wanted_deployment = next((c for c in desired if c["kind"] == "Deployment"), None)
     seen_deployment = result.returned.get(f"Deployment/{wanted_deployment['metadata']['name']}") if wanted_deployment else None
     service = next((c for c in desired if c["kind"] == "Service"), None)
@@ -276,6 +286,16 @@ async def _pass(
                 context.writer.post_event, body, "Normal", verb, f"{verb} Deployment {action.name}: {action.reason}"
             )
     return await _finish(context, body, world, outcome, model=model, gpus=gpu.gpus_per_replica)
+
+
+def _remember_writes(context: OperatorContext, ref: ModelRef, result: ApplyResult) -> None:
+    mine = context.applied.setdefault(ref, {})
+    for action in result.written:
+        key = child_key(action.obj)
+        if action.verb == "delete":
+            mine.pop(key, None)
+        elif (returned := result.returned.get(describe(action.obj))) is not None:
+            mine[key] = observe.project_child(returned)
 
 
 def build_desired(

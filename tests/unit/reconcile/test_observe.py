@@ -1,0 +1,50 @@
+"""observe: owner lookup, projections, and the overlay of our own writes on the cache."""
+
+from __future__ import annotations
+
+from kiban.reconcile.observe import overlay_applied, owner_model, project_child, project_pod
+from kiban.reconcile.plan import SPEC_HASH_ANNOTATION, child_key
+
+
+def child(kind: str, name: str, spec_hash: str, **spec) -> dict:
+    return {
+        "apiVersion": "v1",
+        "kind": kind,
+        "metadata": {"name": name, "annotations": {SPEC_HASH_ANNOTATION: spec_hash}},
+        "spec": spec,
+    }
+
+
+def test_our_write_stands_in_until_the_watch_delivers_it():
+    ours = child("Service", "m", "new")
+    assert overlay_applied([], {child_key(ours): ours}) == [ours]
+    stale = child("Service", "m", "old")
+    assert overlay_applied([stale], {child_key(ours): ours}) == [ours]
+
+
+def test_cached_copy_with_the_same_hash_wins_so_hand_edits_are_seen():
+    ours = child("Service", "m", "h", type="ClusterIP")
+    edited = child("Service", "m", "h", type="NodePort")
+    other = child("Deployment", "m", "d")
+    merged = overlay_applied([edited, other], {child_key(ours): ours})
+    assert sorted(merged, key=lambda c: c["kind"]) == [other, edited]
+
+
+def test_owner_is_the_foundationmodel_owner_reference_else_the_instance_label():
+    owned = {"metadata": {"namespace": "ns", "ownerReferences": [
+        {"apiVersion": "kiban.dev/v1alpha1", "kind": "FoundationModel", "name": "llama"}]}}
+    pod = {"metadata": {"namespace": "ns", "labels": {"app.kubernetes.io/instance": "llama"},
+                        "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "x"}]}}
+    assert owner_model(owned) == ("ns", "llama")
+    assert owner_model(pod) == ("ns", "llama")
+    assert owner_model({"metadata": {"namespace": "ns"}}) is None
+
+
+def test_projections_drop_what_plan_and_status_never_read():
+    body = {"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "m", "managedFields": [{}], "uid": "u"}, "spec": {"replicas": 1}, "status": {}}
+    assert "managedFields" not in project_child(body)["metadata"]
+    pod = project_pod({"metadata": {"name": "p"}, "spec": {"nodeName": "n", "containers": [{}]},
+                       "status": {"phase": "Running", "conditions": [], "podIP": "1.2.3.4"}})
+    assert pod == {"metadata": {"name": "p", "uid": None}, "spec": {"nodeName": "n"},
+                   "status": {"phase": "Running", "conditions": []}}
