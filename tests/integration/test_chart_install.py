@@ -1,0 +1,331 @@
+"""The Helm chart against the pinned helm and the real control plane.
+
+- helm lint / helm template with the default values and values-openshift.yaml;
+- every rendered object passes a server-side dry run, except the kinds whose APIs this control
+  plane does not serve (ServiceMonitor and PrometheusRule: monitoring.coreos.com; ConsoleLink:
+  console.openshift.io). Those are excluded explicitly (EXCLUDED_KINDS) rather than installing
+  stand-in CRDs into the shared session cluster, where other tests' operators would start creating
+  PodMonitors; the PrometheusRule's spec is checked to be the promtool-tested rule file instead;
+- helm install gets both operator pods scheduled (kwok runs them on the untainted cpu node);
+- RBAC both ways, with the chart ServiceAccount's own token (TokenRequest): the operator run with
+  that token reconciles examples/model.yaml to Ready, and calls outside its rules are refused.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from kiban.devcluster.tools import ToolsMissingError, tool_path
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "kiban"
+OPENSHIFT_VALUES = CHART / "values-openshift.yaml"
+RULES_FILE = CHART / "files" / "rules" / "kiban.rules.yaml"
+EXCLUDED_KINDS = {"ServiceMonitor", "PrometheusRule", "ConsoleLink"}
+MONITORING_API = ("--api-versions", "monitoring.coreos.com/v1")
+OPENSHIFT_APIS = (*MONITORING_API, "--api-versions", "console.openshift.io/v1", "--api-versions", "route.openshift.io/v1")
+
+
+def binary(name: str) -> Path:
+    try:
+        return tool_path(name)
+    except ToolsMissingError as exc:
+        pytest.fail(f"integration tests need the pinned tools: {exc}", pytrace=False)
+
+
+def run(args: list[str], *, kubeconfig: Path | None = None, input_text: str | None = None,
+        check: bool = True, timeout: float = 180) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HELM_CACHE_HOME": "/tmp/kiban-helm/cache", "HELM_CONFIG_HOME": "/tmp/kiban-helm/config",
+           "HELM_DATA_HOME": "/tmp/kiban-helm/data"}
+    if kubeconfig is not None:
+        env["KUBECONFIG"] = str(kubeconfig)
+    done = subprocess.run([str(a) for a in args], input=input_text, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+    if check and done.returncode != 0:
+        pytest.fail(f"{' '.join(map(str, args))} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    return done
+
+
+def helm(*args: str, **kwargs: Any) -> subprocess.CompletedProcess:
+    return run([binary("helm"), *args], **kwargs)
+
+
+def kubectl(kubeconfig: Path, *args: str, **kwargs: Any) -> subprocess.CompletedProcess:
+    return run([binary("kubectl"), f"--kubeconfig={kubeconfig}", *args], **kwargs)
+
+
+def template(*args: str, namespace: str = "kiban-system", release: str = "kiban") -> list[dict]:
+    text = helm("template", release, str(CHART), "--namespace", namespace, *args).stdout
+    return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+def by_kind(objects: list[dict]) -> dict[str, list[dict]]:
+    kinds: dict[str, list[dict]] = {}
+    for obj in objects:
+        kinds.setdefault(obj["kind"], []).append(obj)
+    return kinds
+
+
+def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}; last seen: {last!r}")
+
+
+# ----------------------------------------------------------------------------- lint and template
+
+
+@pytest.mark.parametrize("values", [[], ["-f", str(OPENSHIFT_VALUES)]], ids=["default", "openshift"])
+def test_helm_lint_passes_strict(values):
+    result = helm("lint", "--strict", str(CHART), *values)
+    assert "0 chart(s) failed" in result.stdout
+
+
+def test_default_values_render_no_openshift_or_monitoring_objects_without_those_apis():
+    kinds = by_kind(template())
+    assert set(kinds) == {"ServiceAccount", "ConfigMap", "ClusterRole", "ClusterRoleBinding", "Service",
+                          "Deployment", "NetworkPolicy", "PodDisruptionBudget"}
+    dashboards = [c for c in kinds["ConfigMap"] if c["metadata"]["labels"].get("grafana_dashboard") == "1"]
+    assert sorted(next(iter(c["data"])) for c in dashboards) == ["kiban-fleet.json", "kiban-model.json"]
+
+
+def test_monitoring_objects_render_where_the_api_is_served_and_rules_are_the_tested_file():
+    kinds = by_kind(template(*MONITORING_API))
+    assert "ConsoleLink" not in kinds and "Route" not in kinds
+    (monitor,) = kinds["ServiceMonitor"]
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    assert monitor["spec"]["endpoints"][0]["honorLabels"] is True
+    (rule,) = kinds["PrometheusRule"]
+    assert rule["spec"] == yaml.safe_load(RULES_FILE.read_text())
+
+
+def test_openshift_values_add_a_console_link_to_the_fleet_dashboard():
+    kinds = by_kind(template("-f", str(OPENSHIFT_VALUES), *OPENSHIFT_APIS))
+    (link,) = kinds["ConsoleLink"]
+    assert link["spec"]["href"].endswith("/d/kiban-fleet")
+    assert link["spec"]["location"] == "ApplicationMenu"
+
+
+@pytest.mark.parametrize("values", [[], ["-f", str(OPENSHIFT_VALUES)]], ids=["default", "openshift"])
+def test_operator_pod_is_restricted_without_a_fixed_uid(values):
+    (deployment,) = by_kind(template(*values))["Deployment"]
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    security = container["securityContext"]
+    assert security["allowPrivilegeEscalation"] is False and security["readOnlyRootFilesystem"] is True
+    assert security["capabilities"] == {"drop": ["ALL"]} and security["runAsNonRoot"] is True
+    assert security["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert "runAsUser" not in security and "runAsUser" not in pod["securityContext"]
+    assert deployment["spec"]["replicas"] == 2
+    assert any(a.startswith("--peering=") for a in container["args"])
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert "--liveness=http://0.0.0.0:8081/healthz" in container["args"]
+
+
+def test_accelerator_profiles_from_values_reach_the_file_the_operator_reads(tmp_path):
+    from kiban.config import load_config
+
+    values = tmp_path / "profiles.yaml"
+    values.write_text(yaml.safe_dump({"acceleratorProfiles": {"nvidia-l40s": {
+        "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-L40S"}, "resourceName": "nvidia.com/gpu",
+        "gpuMemoryGiB": 48, "gpusPerNode": 8}}}))
+    kinds = by_kind(template("-f", str(values)))
+    (deployment,) = kinds["Deployment"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "accelerator-profiles")
+    path = Path(env["KIBAN_ACCELERATOR_PROFILES"])
+    assert path.parent == Path(mount["mountPath"])
+    configmap = next(c for c in kinds["ConfigMap"] if c["metadata"]["name"].endswith("accelerator-profiles"))
+    (tmp_path / path.name).write_text(configmap["data"][path.name])
+    config = load_config({"KIBAN_ACCELERATOR_PROFILES": str(tmp_path / path.name)})
+    assert config.profile("nvidia-l40s").gpu_memory_gib == 48
+    assert config.profile("nvidia-l4").gpus_per_node == 4  # built-ins stay
+
+
+def test_schema_rejects_a_misspelt_value_naming_it():
+    result = helm("template", "kiban", str(CHART), "--set", "operator.prometheusURL=http://x", check=False)
+    assert result.returncode != 0 and "prometheusURL" in result.stderr
+
+
+def test_watch_namespace_narrows_rbac_to_a_role_and_cluster_reads_kopf_needs():
+    kinds = by_kind(template("--set", "watchNamespace=models"))
+    (cluster_role,) = kinds["ClusterRole"]
+    assert cluster_role["rules"] == [
+        {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
+    ]
+    (role,) = kinds["Role"]
+    assert role["metadata"]["namespace"] == "models"
+    assert kinds["RoleBinding"][0]["subjects"][0]["namespace"] == "kiban-system"
+    pods = next(r for r in role["rules"] if r["resources"] == ["pods"])
+    assert pods["verbs"] == ["get", "list", "watch"]
+    assert not any("secrets" in r["resources"] or "*" in r["verbs"] for r in role["rules"])
+
+
+# ----------------------------------------------------------------------------- the real control plane
+
+
+@pytest.mark.parametrize("values", [[], ["-f", str(OPENSHIFT_VALUES)]], ids=["default", "openshift"])
+def test_rendered_manifests_pass_server_side_dry_run(kubeconfig, namespace, values):
+    objects = template("--include-crds", *values, *OPENSHIFT_APIS, namespace=namespace)
+    excluded = {o["kind"] for o in objects if o["kind"] in EXCLUDED_KINDS}
+    assert excluded <= EXCLUDED_KINDS and "PrometheusRule" in excluded
+    kept = [o for o in objects if o["kind"] not in EXCLUDED_KINDS]
+    result = kubectl(kubeconfig, "apply", "--server-side", "--dry-run=server", "--field-manager=helm-test",
+                     "-n", namespace, "-f", "-", input_text=yaml.safe_dump_all(kept))
+    assert result.stdout.count("(server dry run)") == len(kept)
+
+
+@pytest.fixture
+def watched_namespace(kube_api) -> Iterator[str]:
+    """A second namespace: the one the chart's operator watches (its Role lives there)."""
+    from kubernetes import client
+
+    core = client.CoreV1Api(kube_api)
+    name = f"t-chart-models-{uuid.uuid4().hex[:6]}"
+    core.create_namespace({"metadata": {"name": name, "labels": {"kiban.dev/test-namespace": "true"}}})
+    wait_for(lambda: any(sa.metadata.name == "default" for sa in core.list_namespaced_service_account(name).items),
+             30, "the default ServiceAccount")
+    yield name
+    core.delete_namespace(name)
+
+
+@pytest.fixture
+def release(kubeconfig, namespace, watched_namespace) -> Iterator[dict]:
+    """helm install (namespace mode: watches `watched_namespace`), uninstalled afterwards."""
+    name = f"k{uuid.uuid4().hex[:6]}"
+    helm("install", name, str(CHART), "--namespace", namespace, "--set", f"watchNamespace={watched_namespace}",
+         "--wait", "--timeout", "120s", kubeconfig=kubeconfig, timeout=200)
+    try:
+        yield {"name": name, "namespace": namespace, "watch": watched_namespace, "fullname": f"{name}-kiban"}
+    finally:
+        helm("uninstall", name, "--namespace", namespace, "--wait", "--timeout", "60s",
+             kubeconfig=kubeconfig, check=False, timeout=120)
+
+
+def test_helm_install_schedules_both_operator_pods(kube_api, release):
+    from kubernetes import client
+
+    pods = client.CoreV1Api(kube_api).list_namespaced_pod(
+        release["namespace"], label_selector=f"app.kubernetes.io/instance={release['name']}").items
+    assert len(pods) == 2
+    for pod in pods:
+        assert pod.status.phase == "Running"
+        assert pod.spec.node_name.startswith("kiban-cpu-"), pod.spec.node_name
+        assert pod.spec.service_account_name == release["fullname"]
+
+
+def token_kubeconfig(admin: Path, token: str, out: Path) -> Path:
+    """A kubeconfig for the same API server and CA, authenticating with `token` only."""
+    config = yaml.safe_load(admin.read_text())
+    cluster = dict(config["clusters"][0]["cluster"])
+    ca_file = cluster.pop("certificate-authority", None)
+    if ca_file and "certificate-authority-data" not in cluster:
+        cluster["certificate-authority-data"] = base64.b64encode(Path(ca_file).read_bytes()).decode()
+    out.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "sa",
+        "clusters": [{"name": "c", "cluster": cluster}],
+        "users": [{"name": "sa", "user": {"token": token}}],
+        "contexts": [{"name": "sa", "context": {"cluster": "c", "user": "sa"}}],
+    }))
+    return out
+
+
+@pytest.fixture
+def operator_kubeconfig(kube_api, kubeconfig, release, tmp_path) -> Path:
+    from kubernetes import client
+
+    request = client.CoreV1Api(kube_api).create_namespaced_service_account_token(
+        release["fullname"], release["namespace"], {"spec": {"expirationSeconds": 3600}})
+    return token_kubeconfig(kubeconfig, request.status.token, tmp_path / "operator.kubeconfig")
+
+
+class Answer(str):
+    """`kubectl auth can-i`'s answer; truthy only for "yes", and shows kubectl's stderr when printed."""
+
+    def __bool__(self) -> bool:
+        return self.startswith("yes")
+
+
+def can_i(kubeconfig: Path, *args: str) -> Answer:
+    done = kubectl(kubeconfig, "auth", "can-i", *args, check=False)
+    return Answer(f"{done.stdout.strip()} {done.stderr.strip()}".strip())
+
+
+def test_service_account_is_refused_outside_its_rules(operator_kubeconfig, release):
+    sa = operator_kubeconfig
+    watched, other = release["watch"], release["namespace"]
+    assert can_i(sa, "patch", "deployments.apps", "-n", watched)
+    assert can_i(sa, "patch", "foundationmodels.kiban.dev", "--subresource=status", "-n", watched)
+    assert can_i(sa, "list", "customresourcedefinitions.apiextensions.k8s.io")
+    for denied in (
+        ("list", "secrets", "--all-namespaces"), ("get", "secrets", "-n", watched), ("delete", "nodes"),
+        ("delete", "pods", "-n", watched), ("create", "deployments.apps", "-n", other),
+        ("list", "foundationmodels.kiban.dev", "--all-namespaces"), ("create", "clusterroles.rbac.authorization.k8s.io"),
+    ):
+        assert not can_i(sa, *denied), f"the operator may {' '.join(denied)}"
+    # and the API server itself refuses, not only the review
+    refused = kubectl(sa, "get", "secrets", "--all-namespaces", check=False)
+    assert refused.returncode != 0 and "forbidden" in refused.stderr.lower()
+    refused = kubectl(sa, "delete", "node", "kiban-cpu-0", "--dry-run=server", check=False)
+    assert refused.returncode != 0 and "forbidden" in refused.stderr.lower()
+
+
+def test_operator_with_the_chart_service_account_reconciles_a_model_to_ready(
+        kube_api, kubeconfig, operator_kubeconfig, release, tmp_path):
+    from kubernetes import client
+
+    watched = release["watch"]
+    log_path = tmp_path / "operator.log"
+    env = {**os.environ, "KUBECONFIG": str(operator_kubeconfig), "PYTHONUNBUFFERED": "1"}
+    env.pop("KIBAN_ACCELERATOR_PROFILES", None)
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "kiban", "run", "--namespace", watched, "--peering", release["fullname"],
+             "--metrics-port", "0", "--resync-seconds", "5"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        try:
+            kubectl(kubeconfig, "apply", "-n", watched, "-f", str(ROOT / "examples" / "model.yaml"))
+            custom = client.CustomObjectsApi(kube_api)
+
+            def ready():
+                if proc.poll() is not None:
+                    pytest.fail(f"the operator exited with {proc.returncode}:\n{log_path.read_text()[-5000:]}")
+                body = custom.get_namespaced_custom_object("kiban.dev", "v1alpha1", watched, "foundationmodels", "llama-8b")
+                conditions = {c["type"]: c for c in (body.get("status") or {}).get("conditions") or []}
+                return conditions.get("Ready", {}).get("status") == "True" and body
+
+            body = wait_for(ready, 120, "llama-8b Ready=True under the chart's RBAC")
+            assert body["status"]["readyReplicas"] >= 1
+            peering = custom.get_namespaced_custom_object("kopf.dev", "v1", watched, "kopfpeerings", release["fullname"])
+            assert peering["metadata"]["name"] == release["fullname"]
+            logs = log_path.read_text(errors="replace")
+            assert "403" not in logs and "Forbidden" not in logs, logs[-5000:]
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            print(log_path.read_text(errors="replace")[-20000:])
