@@ -202,6 +202,7 @@ class PodBacker:
         self._threads: list[threading.Thread] = []
         self.started_total = 0
         self.stopped_total = 0
+        self.started_pids: set[int] = set()  # every simulator ever started, for "none left behind" checks
 
     # ---- lifecycle ------------------------------------------------------------------------
     def start(self) -> PodBacker:
@@ -327,6 +328,7 @@ class PodBacker:
         backed = BackedPod(backing, process, time.monotonic())
         self._backed[uid] = backed
         self.started_total += 1
+        self.started_pids.add(process.process.pid)
         self._write_file_sd(backing, backed.address)
         log.info("Started simulator for pod pod=%s namespace=%s profile=%s address=%s pid=%s",
                  backing.pod, backing.namespace, backing.engine_profile, backed.address, process.process.pid)
@@ -355,6 +357,8 @@ class PodBacker:
                 status = _health_status(backed.url)
                 exited = backed.process.process is not None and backed.process.process.poll() is not None
                 with self._lock:
+                    if self._backed.get(backed.backing.uid) is not backed:
+                        continue  # unbacked while we were asking: its exit was ours
                     was = backed.healthy
                     backed.healthy = status == 200 and not exited
                 if backed.healthy and not was:

@@ -1,0 +1,78 @@
+"""The demo, short: under load the operator scales the model up, from Prometheus, end to end.
+
+Real kube-apiserver/etcd/scheduler/controller-manager with kwok GPU nodes (session fixture),
+the operator as a process, a real Prometheus scraping one kiban-sim per Running pod through
+file_sd, and the ServiceRouter in front. The load rises from a trickle to about three
+replicas' worth of the Azure conversation trace; the test stops it once the scale-up is served.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from kiban_serving.demo.runner import DemoConfig
+from kiban_serving.demo.schedule import Phase
+
+pytestmark = pytest.mark.e2e
+
+SHORT = DemoConfig(
+    phases=(Phase(15, 0.3), Phase(120, 1.5)),
+    time_compression=2.0,
+    sim_startup_s=10.0,
+    autoscale_interval_s=5.0,
+    sample_every_s=3.0,
+    request_timeout_s=60.0,
+)
+GIVE_UP_AFTER_S = 120.0
+
+
+def scaled_and_served(samples) -> bool:
+    """More than one replica wanted by the operator and more than one simulator ready."""
+    return any((s.desired_replicas or 0) > 1 and s.sims_ready > 1 for s in samples)
+
+
+@pytest.mark.timeout(420)
+def test_load_scales_the_model_up_with_prometheus_series_per_pod(demo_stack_factory):
+    stack = demo_stack_factory(SHORT)
+    stored = stack.apply_model()
+    name = stored["metadata"]["name"]
+    served = stored["spec"]["model"].get("servedModelName") or name
+    stack.wait_serving(served, timeout_s=90)
+
+    result = stack.run_load(
+        stored, on_sample=print,
+        stop_when=lambda samples: scaled_and_served(samples) or samples[-1].time_s > GIVE_UP_AFTER_S)
+
+    # the operator scaled the Deployment up, and says why in terms of the arrival rate
+    deployment = stack.read_deployment(name)
+    model = stack.read_model(name)
+    scaling = (model.get("status") or {}).get("scaling") or {}
+    history = "\n".join(f"{s.time_s}s desired={s.desired_replicas} ready={s.sims_ready} {s.reason}"
+                        for s in result.samples)
+    assert scaled_and_served(result.samples), f"no scale-up was served within {GIVE_UP_AFTER_S:.0f} s:\n{history}"
+    assert deployment["spec"]["replicas"] > 1, history
+    assert scaling.get("arrivalRateRps", 0) > 0.3, scaling
+    assert "req/s" in (scaling.get("reason") or ""), scaling
+    assert any("req/s" in (s.reason or "") and (s.desired_replicas or 0) > 1 for s in result.samples), history
+
+    # Prometheus holds the vLLM series of every backed pod, labelled with the pod's identity
+    backed = {b.backing.pod for b in stack.backer.backed()}
+    assert len(backed) > 1
+    selector = f'model_name="{served}",namespace="{stack.config.namespace}",foundationmodel="{name}"'
+    labelled: set[str] = set()
+    deadline = time.monotonic() + 15  # a pod backed a moment ago waits for file_sd refresh + one scrape
+    while not backed <= labelled and time.monotonic() < deadline:
+        labelled = {s["metric"]["pod"] for s in stack.prometheus.query(f"vllm:num_requests_running{{{selector}}}")}
+        time.sleep(0.5)
+    assert backed <= labelled, f"backed pods {sorted(backed)}, pods with series {sorted(labelled)}"
+    served_pods = stack.prometheus.query(
+        f'sum by (pod) (vllm:request_success_total{{model_name="{served}",foundationmodel="{name}"}}) > 0')
+    assert served_pods, "no backed pod completed a request"
+    assert len(result.requests_by_backend) >= 1
+
+    stack.delete_model(name)
+    stack.stop()
+    assert stack.live_pids() == [], "processes left behind after the demo stack stopped"
+    assert len(stack.sim_pids) >= 2
