@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -75,11 +76,15 @@ def run_round(api, namespace: str, count: int, timeout: float) -> dict:
     done = threading.Event()
 
     def watch_deployments() -> None:
-        stream = watch.Watch()
-        for event in stream.stream(apps.list_namespaced_deployment, namespace, timeout_seconds=int(timeout) + 30):
-            seen.setdefault(event["object"].metadata.name, time.monotonic())
-            if len(seen) >= count or done.is_set():
-                stream.stop()
+        while not done.is_set() and len(seen) < count:  # a dropped watch is reopened (it lists again)
+            stream = watch.Watch()
+            try:
+                for event in stream.stream(apps.list_namespaced_deployment, namespace, timeout_seconds=30):
+                    seen.setdefault(event["object"].metadata.name, time.monotonic())
+                    if len(seen) >= count or done.is_set():
+                        stream.stop()
+            except Exception as exc:  # noqa: BLE001 - keep measuring through API hiccups
+                print(f"deployment watch reopened after {type(exc).__name__}", file=sys.stderr)
 
     watcher = threading.Thread(target=watch_deployments, daemon=True)
     watcher.start()
@@ -116,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds to wait per round")
     parser.add_argument("--out", type=Path, help="also write the results as JSON here")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the control plane on SIGTERM too
 
     from kubernetes import config
 
