@@ -131,7 +131,7 @@ def plot(panels: Sequence[tuple[PanelSpec, list[Series]]], title: str, out: Path
     for index in range(len(panels), rows * columns):
         axes[index // columns][index % columns].axis("off")
     fig.suptitle(title, fontsize=14, x=0.01, ha="left")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=90)
     plt.close(fig)
