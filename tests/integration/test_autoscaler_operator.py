@@ -258,3 +258,16 @@ def test_load_raises_replicas_with_reason_and_lost_metrics_hold_them(kube_api, n
     assert model.deployment_replicas() == held
     assert model.condition("MetricsAvailable")["status"] == "False"
     assert model.events("MetricsUnavailable")
+
+    # autoscaling switched off: the autoscaler removes its status and conditions, replicas stay the user's
+    model.custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, NAME,
+                                                {"spec": {"scaling": {"autoscaling": False}}})
+
+    def cleared():
+        status = model.get().get("status") or {}
+        types = {c["type"] for c in status.get("conditions") or []}
+        return status if "scaling" not in status and not types & {"MetricsAvailable", "ScalingLimited"} else None
+
+    status = wait_for(cleared, 30, "status.scaling and the autoscaler's conditions removed")
+    assert {"Ready", "Scheduled"} <= {c["type"] for c in status["conditions"]}
+    assert model.get()["spec"]["scaling"]["replicas"] == held

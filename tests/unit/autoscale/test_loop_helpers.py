@@ -8,7 +8,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from kiban.api.v1alpha1 import FoundationModel, SloSpec
-from kiban.autoscale.collector import Collected, NO_SERIES
+from kiban.autoscale.collector import Collected
 from kiban.autoscale.loop import (
     AutoscaleSettings,
     autoscaler_conditions,
