@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST := $(PY) -m pytest
 
-.PHONY: all venv tools crds check-crds test test-unit test-integration test-e2e bench bench-operator demo dev-cluster kind-e2e clean
+.PHONY: all venv tools crds check-crds chart check-chart test test-unit test-integration test-e2e bench bench-operator demo dev-cluster kind-e2e clean
 
 all: test
 
@@ -31,6 +31,14 @@ crds: $(STAMP)
 check-crds: $(STAMP)
 	$(PY) -m kiban crd check --output-dir crds
 
+## chart: copy crds/ into the chart and regenerate its dashboards and rules
+chart: $(STAMP)
+	$(PY) hack/chart/sync.py
+
+## check-chart: fail when the chart's CRDs, dashboards or rules are stale
+check-chart: $(STAMP)
+	$(PY) hack/chart/sync.py --check
+
 test-unit: $(STAMP)
 	$(PYTEST) tests/unit
 
@@ -41,7 +49,7 @@ test-e2e: $(STAMP) tools
 	$(PYTEST) tests/e2e
 
 ## test: the README's test command; what CI runs
-test: $(STAMP) tools check-crds
+test: $(STAMP) tools check-crds check-chart
 	$(PYTEST) tests
 
 ## bench: autoscaling benchmark on the Azure traces (Kiban vs peers vs oracle)
