@@ -15,12 +15,17 @@ from kiban.capacity.batching import (
     itl_percentile_s,
     max_arrival_rate,
     predict,
+    prefill_alone_ms,
+    prompt_atoms,
+    prompt_mix_from_cv,
     replicas_needed,
     service_rate_rps,
+    step_ms,
     ttft_percentile_s,
 )
 from kiban.capacity.engine_profile import EngineProfile
 from kiban.capacity.founding import mm1
+from kiban_serving.sim.engine import Engine
 
 
 def make_profile(**overrides) -> EngineProfile:
@@ -213,3 +218,96 @@ def test_longer_prompts_never_more_capacity(short, longer, output, ttft, target)
     slo = Slo(ttft_ms=ttft, ttft_percentile=99)
     assert max_arrival_rate(SMALL, short + longer, output, slo, target) <= \
         max_arrival_rate(SMALL, short, output, slo, target)
+
+
+# -- the step chain: what the simulator engine does, step by step --------------------------------
+
+
+@pytest.mark.parametrize("decoding, prefill", [(0, 1000), (5, 0), (5, 700), (40, 2000)])
+def test_step_time_is_the_engines(decoding, prefill):
+    profile = make_profile(gamma_ms=14.0)  # gamma != alpha: the fixed cost is paid once, the larger
+    engine_ms = Engine(profile).step_time_s(decoding, prefill) * 1e3
+    model_ms = step_ms(profile, decoding, prefill) if prefill else 10.0 + 0.3 * decoding
+    assert model_ms == pytest.approx(engine_ms)
+
+
+def test_long_prompts_are_chunked_over_the_token_budget():
+    profile = make_profile()
+    # 3000 tokens, nothing running: 2048 in one step, 952 in the next
+    two_steps = (10.0 + 0.05 * 2048) + (10.0 + 0.05 * 952)
+    assert prefill_alone_ms(profile, 3000, 0) == pytest.approx(two_steps)
+    assert predict(profile, 0.0, 3000, 100).ttft_p99_s == pytest.approx(two_steps / 1000)
+    one_step = predict(profile, 0.0, 3000, 100, max_num_batched_tokens=4096).ttft_p99_s
+    assert one_step == pytest.approx((10.0 + 0.05 * 3000) / 1000)
+    with pytest.raises(ValueError, match="max_num_batched_tokens"):
+        predict(profile, 1.0, 3000, 100, max_num_batched_tokens=0)
+
+
+def test_an_arrival_can_wait_out_another_prompts_prefill():
+    # Prefill steps (10 + 0.3 + 100 ms) fill about a quarter of the time at 2.2 req/s, so more
+    # than 5 % of arrivals find one under way with over a quarter of it left to run.
+    profile = make_profile(delta_ms=0.1)
+    alone_s = prefill_alone_ms(profile, 1000, 1) / 1000
+    pred = predict(profile, 2.2, 1000, 20)
+    assert pred.utilization < 0.5
+    assert pred.ttft_p95_s > 1.25 * alone_s
+    assert pred.ttft_p50_s < 1.25 * alone_s  # the median arrival still lands in a short step
+
+
+def test_prompt_mix_is_rescaled_to_the_mean_and_validated():
+    atoms = prompt_atoms(1000, ((1, 3.0), (3, 1.0)))  # shape: 3/4 short, 1/4 three times longer
+    assert [v for atom in atoms for v in atom] == pytest.approx([2000 / 3, 0.75, 2000.0, 0.25])
+    assert prompt_atoms(800) == ((800.0, 1.0),)
+    with pytest.raises(ValueError, match="prompt_mix"):
+        prompt_atoms(1000, ((100, -1.0),))
+    with pytest.raises(ValueError, match="prompt_mix"):
+        prompt_atoms(1000, ((100, 0.0),))
+
+
+def test_gamma_mix_has_mean_one_and_the_asked_spread():
+    mix = prompt_mix_from_cv(1.0, points=32)
+    mean = sum(t * p for t, p in mix)
+    spread = math.sqrt(sum(p * (t - mean) ** 2 for t, p in mix))
+    assert mean == pytest.approx(1.0, rel=0.02)
+    assert spread == pytest.approx(1.0, rel=0.15)  # quantile points under-represent the tail
+
+
+def test_mixed_prompt_lengths_lengthen_the_tail_at_the_same_mean():
+    profile = make_profile()
+    rate = 0.4 * predict(profile, 0.0, 1000, 130).max_throughput_rps
+    fixed = predict(profile, rate, 1000, 130)
+    mixed = predict(profile, rate, 1000, 130, prompt_mix=((400, 0.8), (3400, 0.2)))
+    assert mixed.ttft_p95_s > fixed.ttft_p95_s
+    assert mixed.ttft_p50_s < fixed.ttft_p50_s  # most prompts are shorter than the mean
+
+
+@pytest.mark.parametrize("prompt", [300, 1000, 1900, 4500])
+def test_ttft_percentiles_never_fall_as_load_rises(prompt):
+    profile = make_profile(max_num_seqs=32, kv_cache_tokens=200_000)
+    top = predict(profile, 0.0, prompt, 100).max_throughput_rps
+    previous = (0.0, 0.0, 0.0)
+    for share in [0.02 * k for k in range(1, 49)]:
+        pred = predict(profile, share * top, prompt, 100)
+        current = (pred.ttft_p50_s, pred.ttft_p95_s, pred.ttft_p99_s)
+        assert all(c >= p * (1 - 1e-6) for c, p in zip(current, previous)), (share, previous, current)
+        previous = current
+
+
+def test_prompts_many_budgets_long_are_chunked_under_load():
+    # half the prompts are 25 200 tokens (13 budgets): at least that many full steps each
+    profile = make_profile(kv_cache_tokens=2_000_000)
+    mix = ((0.2, 0.5), (1.8, 0.5))
+    rate = 0.5 * predict(profile, 0.0, 14_000, 100).max_throughput_rps
+    pred = predict(profile, rate, 14_000, 100, prompt_mix=mix)
+    assert pred.stable and math.isfinite(pred.ttft_p99_s)
+    assert pred.ttft_p99_s >= prefill_alone_ms(profile, 25_200, 0) / 1000
+    assert pred.ttft_p50_s >= prefill_alone_ms(profile, 2_800, 0) / 1000
+
+
+@settings(max_examples=10, deadline=None)
+@given(short=prompts, longer=st.integers(0, 3000), output=outputs, ttft=ttfts, target=targets)
+def test_longer_prompts_never_more_capacity_with_a_mix(short, longer, output, ttft, target):
+    slo = Slo(ttft_ms=ttft * 3, ttft_percentile=95)
+    mix = ((0.5, 0.7), (2.2, 0.3))
+    assert max_arrival_rate(SMALL, short + longer, output, slo, target, prompt_mix=mix) <= \
+        max_arrival_rate(SMALL, short, output, slo, target, prompt_mix=mix)
