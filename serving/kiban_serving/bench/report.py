@@ -46,6 +46,8 @@ def bar_check(rows: list[Row], trace: str, bench: BenchConfig) -> dict[str, obje
     if best is not None and best.gpu_hours > 0:
         out["kiban_over_oracle"] = round(kiban.gpu_hours / best.gpu_hours, 3)
         out["within_1_2x_oracle"] = bool(kiban.gpu_hours <= 1.2 * best.gpu_hours)
+        complete = [r for r in rows if r.trace == trace and r.complete and r.family != "oracle"]
+        out["oracle_below_every_run"] = bool(all(best.gpu_hours <= r.gpu_hours for r in complete))
     return out
 
 
@@ -67,7 +69,9 @@ def markdown(rows: list[Row], bench: BenchConfig) -> str:
     for trace in traces_in(rows):
         picked = chosen_rows(rows, trace)
         kiban = next((r for r in picked if r.family == "kiban"), None)
-        lines += [f"## {trace}", "",
+        start = kiban.warm_start_replicas if kiban is not None else None
+        lines += [f"## {trace}", "", f"Every autoscaler started from {start} warm replicas." if start else "",
+                  "",
                   "| policy | GPU-hours | × Kiban | TTFT SLO met | p95 TTFT s | p99 TTFT s | p95 TPOT s | scale events | max / mean replicas |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in picked:
@@ -121,7 +125,7 @@ def write_plots(rows: list[Row], bench: BenchConfig, out_dir: Path) -> list[Path
         written.append(path)
     fig, axes = plt.subplots(1, len(traces), figsize=(4.5 * len(traces), 4), squeeze=False)
     for ax, trace in zip(axes[0], traces):
-        for r in [r for r in rows if r.trace == trace]:
+        for r in [r for r in rows if r.trace == trace and r.complete]:  # stopped runs are partial
             marker = "*" if r.family == "kiban" else ("s" if r.family == "oracle" else "o")
             ax.scatter(r.gpu_hours, 100 * r.ttft_slo_attainment, marker=marker, s=80 if r.chosen else 20,
                        alpha=1.0 if r.chosen else 0.4)

@@ -56,7 +56,7 @@ class BenchConfig:
     min_replicas: int = 1
     gpus_per_replica: int = 1
     quick: bool = False
-    jobs: int = 1
+    jobs: int = 2  # traces in parallel processes; results do not depend on it
 
     def __post_init__(self) -> None:
         get_profile_by_name(self.profile)  # names the known profiles when it is wrong
@@ -128,6 +128,7 @@ class Row:
     mean_replicas: float
     chosen: bool = True  # False for a tuning run that was not the family's pick
     complete: bool = True  # False: stopped once it could no longer reach the bar (numbers partial)
+    warm_start_replicas: int | None = None  # the fleet every policy started from (same for all)
     timeline: list[tuple[float, int, int]] = field(default_factory=list, repr=False)
 
     def public(self) -> dict[str, object]:
@@ -273,6 +274,9 @@ def run_trace(trace: Trace, bench: BenchConfig, tick: Callable[[str], None] = la
     tick("kiban")
     for family in PEER_CANDIDATES:
         rows += tune_peer(trace, bench, family, initial, tick)
+    for row in rows:
+        if row.family not in ("oracle", "static-peak"):
+            row.warm_start_replicas = initial
     return rows
 
 
