@@ -153,7 +153,11 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             sampler.stop()
             operator.terminate()
-            operator.wait(timeout=30)
+            try:
+                operator.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                operator.kill()
+                operator.wait()
             log.close()
     print(f"{'models':>7} {'all (s)':>8} {'p50 (s)':>8} {'p99 (s)':>8} {'peak RSS (MB)':>14}")
     for r in results:
