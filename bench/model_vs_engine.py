@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import math
 import random
 import sys
 from dataclasses import dataclass

@@ -323,32 +323,57 @@ class _Steps:
     ttft_weight: np.ndarray
 
 
+@dataclass(frozen=True)
+class _Grid:
+    """The token grid of one step chain: `bins` cells make one step's prefill budget."""
+
+    bins: int
+    size: int  # cells in all: the longest prompt plus BACKLOG_STEPS budgets of backlog
+    cell: float  # tokens per cell
+    fft_size: int
+    jump_hat: np.ndarray  # rfft of one prompt's length law on the grid
+
+    @classmethod
+    def for_prompts(cls, atoms: PromptMix, budget: float) -> _Grid:
+        spans = math.ceil(max(t for t, _ in atoms) / budget - 1e-9) + BACKLOG_STEPS
+        bins = max(2, min(BINS_PER_STEP, MAX_GRID_CELLS // spans))
+        size = bins * spans
+        fft_size = 1 << (2 * size - 1).bit_length()
+        return cls(bins, size, budget / bins, fft_size, np.fft.rfft(_on_grid(atoms, budget / bins, size), n=fft_size))
+
+
 def _step_chain(profile: EngineProfile, rate_rps: float, atoms: PromptMix, decoding: float,
                 budget_tokens: int) -> _Steps:
     """Solve the prefill-backlog chain and read off the TTFT law of a busy engine.
 
-    Grid: one step's prefill budget c is `bins` cells of c / bins tokens. A step that starts
-    with backlog w cells prefills min(w, bins) cells and lasts step_ms(D, that); the
-    prompts that arrive meanwhile (compound Poisson) join the backlog for the next step.
+    A step that starts with a backlog of w cells prefills min(w, bins) of them and lasts
+    step_ms(D, that); the prompts that arrive meanwhile (compound Poisson) join what is left
+    for the next step.
     """
     budget = prefill_budget(budget_tokens, decoding)
-    longest = max(t for t, _ in atoms)
-    spans = math.ceil(longest / budget - 1e-9) + BACKLOG_STEPS
-    bins = max(2, min(BINS_PER_STEP, MAX_GRID_CELLS // spans))
-    size = bins * spans
-    cell = budget / bins
-    fft_size = 1 << (2 * size - 1).bit_length()
-    jump = _on_grid(atoms, cell, size)
-    jump_hat = np.fft.rfft(jump, n=fft_size)
-
+    grid = _Grid.for_prompts(atoms, budget)
+    bins, size, cell, fft_size, jump_hat = grid.bins, grid.size, grid.cell, grid.fft_size, grid.jump_hat
     backlog = np.arange(size)
     durations = np.where(backlog == 0, decode_ms(profile, decoding),
                          step_ms(profile, decoding, np.minimum(backlog, bins) * cell))
     carry = np.maximum(backlog - bins, 0)
     arrivals = _compound_poisson(rate_rps * durations[: bins + 1] / 1000.0, jump_hat, fft_size, size)
-    transition = _shifted(arrivals[np.minimum(backlog, bins)], carry)
-    per_step = _stationary(transition)
+    per_step = _stationary(_shifted(arrivals[np.minimum(backlog, bins)], carry))
+    low, high, weight = _busy_ttft_segments(profile, rate_rps, decoding, budget, grid, durations, per_step)
+    return _Steps(decoding, cell, durations, per_step, low, high, weight)
 
+
+def _busy_ttft_segments(profile: EngineProfile, rate_rps: float, decoding: float, budget: float, grid: _Grid,
+                        durations: np.ndarray, per_step: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """TTFT of a Poisson arrival into the stationary step chain, as uniform segments.
+
+    It lands in a step picked in proportion to its length, in one of ARRIVAL_SLICES slices
+    of it; it waits the rest of that step (uniform within the slice), then full steps while
+    the prompt tokens ahead of it and its own exceed a budget, then a last step holding its
+    remainder and the later prompts that fit.
+    """
+    bins, size, cell, fft_size, jump_hat = grid.bins, grid.size, grid.cell, grid.fft_size, grid.jump_hat
+    carry = np.maximum(np.arange(size) - bins, 0)
     seen = per_step * durations  # an arrival picks a step in proportion to its length
     seen /= seen.sum()
     states = np.nonzero(seen > STATE_FLOOR)[0]
@@ -392,7 +417,7 @@ def _step_chain(profile: EngineProfile, rate_rps: float, atoms: PromptMix, decod
     mask = weight > STATE_FLOOR
     low = np.broadcast_to(finish[None] + residual_low, weight.shape)[mask]
     high = np.broadcast_to(finish[None] + residual_high, weight.shape)[mask]
-    return _Steps(decoding, cell, durations, per_step, low, high, weight[mask])
+    return low, high, weight[mask]
 
 
 def _stationary(transition: np.ndarray) -> np.ndarray:
