@@ -279,7 +279,8 @@ def decide(
         queue_hurts = _queue_hurts(obs, slo)
         backlog_rps = (obs.waiting or 0) / config.backlog_drain_s if queue_hurts else 0.0
         sizing_rate = forecast * config.peak_factor + backlog_rps
-        recommended = max(config.min_replicas, math.ceil(round(sizing_rate / capacity, 9)))
+        # any traffic at all needs a replica to serve it, however small the rate rounds
+        recommended = max(config.min_replicas, 1, math.ceil(round(sizing_rate / capacity, 9)))
         head = f"λ={rate:.3g} req/s"
         if forecast > rate:
             head += f" (expected {forecast:.3g} req/s in {lookahead_s:.0f} s)"
