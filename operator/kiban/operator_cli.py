@@ -38,7 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--priority", type=int, default=None, help="peering priority (default: random)")
     parser.add_argument("--metrics-port", type=int, default=DEFAULT_METRICS_PORT, help="0 disables /metrics")
     parser.add_argument("--liveness", metavar="URL", help="kopf liveness endpoint, e.g. http://0.0.0.0:8081/healthz")
-    parser.add_argument("--resync-seconds", type=float, default=60.0, help="period of the level-based resync")
+    parser.add_argument("--resync-seconds", type=float, default=60.0,
+                        help="period of the level-based resync (every watch is re-listed this often)")
+    parser.add_argument("--workers", type=int, default=128, help="reconcile passes in flight at once")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.set_defaults(func=run)
 
@@ -51,8 +53,14 @@ def _namespaces(args: argparse.Namespace, watch_namespace: str | None) -> list[s
     return [watch_namespace] if watch_namespace else []
 
 
-def operator_settings() -> kopf.OperatorSettings:
-    """kopf settings: progress kept in kiban.dev annotations, no per-handler success Events."""
+def operator_settings(resync_seconds: float = 60.0) -> kopf.OperatorSettings:
+    """kopf settings for many models: no per-handler success Events, short batching, and
+    watches that end every `resync_seconds`, because kopf re-lists a resource each time it
+    reopens its watch: that re-list is the operator's level-based resync (kiban.handlers).
+
+    The progress and diff-base storage are only used by the autoscale timer's bookkeeping
+    (no create/update handlers are registered); they stay in kiban.dev annotations.
+    """
     settings = kopf.OperatorSettings()
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kiban.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -60,7 +68,8 @@ def operator_settings() -> kopf.OperatorSettings:
     )
     settings.persistence.finalizer = "kiban.dev/finalizer"
     settings.posting.level = logging.WARNING  # our own Events say what happened
-    settings.watching.server_timeout = 300
+    settings.watching.server_timeout = max(1, round(resync_seconds))
+    settings.batching.batch_window = 0.02  # per-object debounce before a handler sees an event
     return settings
 
 
@@ -71,14 +80,14 @@ def build_context(config: Any, metrics: OperatorMetrics):
 
     from kiban.reconcile.apply import Writer
     from kiban.reconcile.observe import ApiDiscovery
-    from kiban.reconcile.run import OperatorContext
+    from kiban.reconcile.run import IO_THREADS, OperatorContext
 
     configuration = k8s.Configuration()
     try:
         k8s_config.load_incluster_config(client_configuration=configuration)
     except k8s_config.ConfigException:
         k8s_config.load_kube_config(client_configuration=configuration)
-    configuration.connection_pool_maxsize = 32
+    configuration.connection_pool_maxsize = IO_THREADS + 8  # every I/O thread keeps its connection
     api = k8s.ApiClient(configuration)
     return OperatorContext(
         config=config,
@@ -111,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
         kopf.OperatorRegistry(),
         resync_seconds=args.resync_seconds,
         autoscale_interval_seconds=config.autoscale_interval_seconds,
+        workers=args.workers,
     )
     namespaces = _namespaces(args, config.watch_namespace)
     peering_name = None if args.standalone else args.peering
@@ -120,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         kopf.run(
             registry=registry,
-            settings=operator_settings(),
+            settings=operator_settings(args.resync_seconds),
             memo=kopf.Memo(context=context),
             standalone=args.standalone or None,
             peering_name=peering_name,
@@ -132,5 +142,5 @@ def run(args: argparse.Namespace) -> int:
     except (KeyboardInterrupt, asyncio.CancelledError):
         pass
     finally:
-        context.executor.shutdown(wait=False, cancel_futures=True)
+        context.shutdown()
     return 0

@@ -92,23 +92,29 @@ class Writer:
                 raise
 
     def execute(self, plan: Plan, namespace: str) -> ApplyResult:
-        """Carry out a plan: applies first, deletes last; one failure does not stop the rest."""
+        """Carry out a plan in order: applies first, deletes last; one failure does not stop the rest."""
         result = ApplyResult()
         for action in plan.actions:
-            try:
-                if action.verb == "delete":
-                    self.delete(action.obj, namespace)
-                else:
-                    result.returned[describe(action.obj)] = self.apply(action.obj, namespace)
-            except ApiException as exc:
-                message = f"{action.verb} {describe(action.obj)} failed: {exc.status} {exc.reason}"
-                log.warning(kv(f"Failed to {action.verb} {action.kind}", name=action.name,
-                               namespace=namespace, status=exc.status, reason=exc.reason))
-                result.errors.append(message)
-                continue
-            result.written.append(action)
-            log.info(kv(f"{_past_tense(action.verb)} {action.kind}", name=action.name,
-                        namespace=namespace, reason=action.reason))
+            self.execute_one(action, namespace, result)
+        return result
+
+    def execute_one(self, action: Action, namespace: str, result: ApplyResult | None = None) -> ApplyResult:
+        """One action (the unit run.py runs in parallel); an API error is recorded, not raised."""
+        result = result if result is not None else ApplyResult()
+        try:
+            if action.verb == "delete":
+                self.delete(action.obj, namespace)
+            else:
+                result.returned[describe(action.obj)] = self.apply(action.obj, namespace)
+        except ApiException as exc:
+            message = f"{action.verb} {describe(action.obj)} failed: {exc.status} {exc.reason}"
+            log.warning(kv(f"Failed to {action.verb} {action.kind}", name=action.name,
+                           namespace=namespace, status=exc.status, reason=exc.reason))
+            result.errors.append(message)
+            return result
+        result.written.append(action)
+        log.info(kv(f"{_past_tense(action.verb)} {action.kind}", name=action.name,
+                    namespace=namespace, reason=action.reason))
         return result
 
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:

@@ -21,7 +21,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -35,6 +34,7 @@ from kiban.metrics import ModelKey, OperatorMetrics
 from kiban.reconcile import observe
 from kiban.reconcile.apply import ApplyResult, Writer
 from kiban.reconcile.logfmt import kv
+from kiban.reconcile.pool import BEST_EFFORT, NORMAL, URGENT, PriorityExecutor
 from kiban.reconcile.plan import (
     MANAGED_BY_LABEL,
     MANAGED_BY_VALUE,
@@ -55,6 +55,7 @@ from kiban.reconcile.status import (
 log = logging.getLogger("kiban.reconcile")
 
 ModelRef = tuple[str, str]
+IO_THREADS = 32  # blocking API calls in flight at once (the ApiClient's pool holds as many connections)
 PART_OF_LABEL = "app.kubernetes.io/part-of"
 # Condition transitions a user wants to see as Events: (type, status) -> event type
 EVENT_WORTHY = {
@@ -99,19 +100,44 @@ class OperatorContext:
     discovery: observe.ApiDiscovery
     metrics: OperatorMetrics
     gate: ReconcileGate = field(default_factory=ReconcileGate)
-    executor: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(16, "kiban-io"))
+    # blocking API calls; the Deployment's apply first, Events last (kiban.reconcile.pool)
+    executor: PriorityExecutor = field(default_factory=lambda: PriorityExecutor(IO_THREADS, "kiban-io"))
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     # what our own writes returned, per model, until the watch delivers them (observe.overlay_applied)
     applied: dict[ModelRef, dict[Any, dict[str, Any]]] = field(default_factory=dict)
+    # the operator-wide reconcile queue (kiban.reconcile.queue.WorkQueue), set by kiban.handlers
+    queue: Any = None
 
     def forget(self, ref: ModelRef) -> None:
         """Drop per-model state of a deleted FoundationModel."""
         self.gate.forget(ref)
         self.applied.pop(ref, None)
+        self.desired_cache.pop(ref, None)
+        if self.queue is not None:
+            self.queue.forget(ref)
 
-    async def io(self, fn: Callable[..., Any], *args: Any) -> Any:
+    # per model: (inputs, what they built), so passes triggered by child and pod events skip
+    # the builders and hashing while the model's spec is unchanged (desired_for)
+    desired_cache: dict[ModelRef, tuple[Any, Any]] = field(default_factory=dict)
+
+    async def io(self, fn: Callable[..., Any], *args: Any, priority: int = NORMAL) -> Any:
         """Run a blocking API call in the I/O pool."""
-        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+        return await asyncio.wrap_future(self.executor.submit_at(priority, fn, *args))
+
+    def post_event_later(self, fm: Mapping[str, Any], event_type: str, reason: str, message: str) -> None:
+        """Post an Event without waiting for it, after the pool's other calls."""
+        self.executor.submit_at(BEST_EFFORT, _post_event_quietly, self.writer, dict(fm), event_type, reason, message)
+
+    def shutdown(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _post_event_quietly(writer: Writer, fm: Mapping[str, Any], event_type: str, reason: str, message: str) -> None:
+    try:
+        writer.post_event(fm, event_type, reason, message)
+    except Exception as exc:  # noqa: BLE001 - a lost Event must not be lost silently, nor raise
+        log.warning(kv("Failed to post Event", reason=reason, name=fm["metadata"]["name"],
+                       namespace=fm["metadata"]["namespace"], error=f"{type(exc).__name__}: {exc}"))
 
 
 @dataclass
@@ -207,6 +233,12 @@ async def reconcile(
     return result if result is not None else Outcome(skipped=True)
 
 
+async def reconcile_for_queue(context: OperatorContext, ref: ModelRef, indexes: Mapping[str, Any], trigger: str) -> bool:
+    """The WorkQueue's unit of work: one pass; True asks for a retry (an API write failed)."""
+    outcome = await reconcile(context, ref, indexes, trigger=trigger)
+    return bool(outcome.errors)
+
+
 def _latest_body(indexes: Mapping[str, Any], ref: ModelRef, fallback: Mapping[str, Any] | None):
     cached = observe.from_index(indexes.get(observe.MODELS_INDEX), ref)
     return cached[0] if cached else (observe._plain(fallback) if fallback is not None else None)
@@ -249,17 +281,14 @@ async def _pass(
         )
         return await _finish(context, body, world, Outcome(), model=model)
 
-    served = await context.io(context.discovery.served_groups)
-    desired = [
-        own(child, body)
-        for child in build_desired(model, context.config, gpu, replicas=replicas, served_groups=served)
-    ]
+    served = await context.io(context.discovery.served_groups, priority=URGENT)  # cached: rarely a call
+    desired = desired_for(context, ref, body, model, gpu, replicas, served)
     the_plan = plan(desired, children, body["metadata"]["uid"])
     result = ApplyResult()
     if not the_plan.empty:
         log.info(kv("Planned changes", name=name, namespace=namespace, trigger=trigger,
                     actions=[f"{a.verb} {a.kind}/{a.name}: {a.reason}" for a in the_plan.actions]))
-        result = await context.io(context.writer.execute, the_plan, namespace)
+        result = await execute(context, the_plan, namespace)
         _remember_writes(context, ref, result)
     wanted_deployment = next((c for c in desired if c["kind"] == "Deployment"), None)
     seen_deployment = result.returned.get(f"Deployment/{wanted_deployment['metadata']['name']}") if wanted_deployment else None
@@ -282,10 +311,37 @@ async def _pass(
     for action in result.written:
         if action.kind == "Deployment" and action.verb in ("create", "update"):
             verb = "Created" if action.verb == "create" else "Updated"
-            await context.io(
-                context.writer.post_event, body, "Normal", verb, f"{verb} Deployment {action.name}: {action.reason}"
-            )
+            context.post_event_later(body, "Normal", verb, f"{verb} Deployment {action.name}: {action.reason}")
     return await _finish(context, body, world, outcome, model=model, gpus=gpu.gpus_per_replica)
+
+
+def write_stages(the_plan: Plan) -> list[Plan]:
+    """The plan cut into stages run one after another; the actions of a stage run concurrently.
+
+    The Deployment goes first (it is what starts pods, and what a user waits for), then every
+    other create and update at once, then the deletes (a replacement exists before the old
+    object goes).
+    """
+    first = tuple(a for a in (*the_plan.creates, *the_plan.updates) if a.kind == "Deployment")
+    rest = tuple(a for a in (*the_plan.creates, *the_plan.updates) if a.kind != "Deployment")
+    stages = [Plan(creates=first), Plan(creates=rest), Plan(deletes=the_plan.deletes)]
+    return [stage for stage in stages if not stage.empty]
+
+
+async def execute(context: OperatorContext, the_plan: Plan, namespace: str) -> ApplyResult:
+    """Carry out a plan through the I/O pool: stage by stage, each stage's writes in parallel."""
+    merged = ApplyResult()
+    for stage in write_stages(the_plan):
+        results = await asyncio.gather(*(
+            context.io(context.writer.execute_one, action, namespace,
+                       priority=URGENT if action.kind == "Deployment" else NORMAL)
+            for action in stage.actions
+        ))
+        for part in results:
+            merged.written.extend(part.written)
+            merged.returned.update(part.returned)
+            merged.errors.extend(part.errors)
+    return merged
 
 
 def _remember_writes(context: OperatorContext, ref: ModelRef, result: ApplyResult) -> None:
@@ -296,6 +352,37 @@ def _remember_writes(context: OperatorContext, ref: ModelRef, result: ApplyResul
             mine.pop(key, None)
         elif (returned := result.returned.get(describe(action.obj))) is not None:
             mine[key] = observe.project_child(returned)
+
+
+def desired_for(
+    context: OperatorContext,
+    ref: ModelRef,
+    body: Mapping[str, Any],
+    model: FoundationModel,
+    gpu: Any,
+    replicas: int,
+    served: frozenset[str],
+) -> list[dict[str, Any]]:
+    """The owned, spec-hashed desired children, rebuilt only when their inputs changed.
+
+    The inputs: the model's uid, generation (spec, including the scale subresource), labels and
+    annotations, and the served optional APIs; the config is fixed per operator. The builders
+    and hashing are most of a pass's CPU, and most passes (child and pod events) change none.
+    """
+    metadata = body["metadata"]
+    key = (
+        metadata.get("uid"), metadata.get("generation"), replicas, served,
+        repr(metadata.get("labels")), repr(metadata.get("annotations")),
+    )
+    cached = context.desired_cache.get(ref)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    desired = [
+        own(child, body)
+        for child in build_desired(model, context.config, gpu, replicas=replicas, served_groups=served)
+    ]
+    context.desired_cache[ref] = (key, desired)
+    return desired
 
 
 def build_desired(
@@ -334,9 +421,7 @@ async def _finish(
     for cond in changed_conditions(previous_conditions, status["conditions"]):
         event_type = EVENT_WORTHY.get((cond["type"], cond["status"]))
         if event_type:
-            await context.io(
-                context.writer.post_event, body, event_type, cond["reason"], cond["message"] or cond["reason"]
-            )
+            context.post_event_later(body, event_type, cond["reason"], cond["message"] or cond["reason"])
     if model is not None:
         _refresh_gauges(context.metrics, model, world, status, gpus)
     return outcome

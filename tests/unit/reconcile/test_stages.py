@@ -1,0 +1,63 @@
+"""The pieces of a pass that decide order and whether to run at all (pure)."""
+
+from __future__ import annotations
+
+from kiban.handlers import autoscale_wanted, fingerprint
+from kiban.reconcile.plan import Action, Plan
+from kiban.reconcile.run import write_stages
+
+
+def obj(kind: str, name: str = "m") -> dict:
+    return {"apiVersion": "v1", "kind": kind, "metadata": {"name": name}}
+
+
+def test_the_deployment_is_written_first_then_the_rest_together_then_deletes():
+    the_plan = Plan(
+        creates=(Action("create", obj("Service"), "new"), Action("create", obj("Deployment"), "new")),
+        updates=(Action("update", obj("PodDisruptionBudget"), "changed"),),
+        deletes=(Action("delete", obj("NetworkPolicy"), "gone"),),
+    )
+    stages = [[(a.verb, a.kind) for a in stage.actions] for stage in write_stages(the_plan)]
+    assert stages == [
+        [("create", "Deployment")],
+        [("create", "Service"), ("update", "PodDisruptionBudget")],
+        [("delete", "NetworkPolicy")],
+    ]
+
+
+def test_empty_stages_are_left_out():
+    assert write_stages(Plan()) == []
+    only_service = write_stages(Plan(creates=(Action("create", obj("Service"), "new"),)))
+    assert [[a.kind for a in s.actions] for s in only_service] == [["Service"]]
+
+
+def model(generation: int, labels: dict | None = None, status: dict | None = None) -> dict:
+    return {"metadata": {"generation": generation, "labels": labels or {}, "resourceVersion": str(generation * 7)},
+            "status": status or {}}
+
+
+def test_a_status_only_change_keeps_the_fingerprint():
+    before = model(1)
+    after = {**model(1, status={"replicas": 1}), "metadata": {**before["metadata"], "resourceVersion": "99"}}
+    assert fingerprint(before) == fingerprint(after)
+
+
+def test_spec_label_or_deletion_changes_change_the_fingerprint():
+    base = model(1)
+    assert fingerprint(model(2)) != fingerprint(base)
+    assert fingerprint(model(1, labels={"team": "a"})) != fingerprint(base)
+    deleting = {"metadata": {**base["metadata"], "deletionTimestamp": "2026-01-01T00:00:00Z"}}
+    assert fingerprint(deleting) != fingerprint(base)
+
+
+def test_the_autoscale_timer_is_wanted_when_on_by_default_or_explicitly():
+    assert autoscale_wanted({}, {})
+    assert autoscale_wanted({"scaling": {"autoscaling": True}}, {})
+
+
+def test_autoscaling_off_needs_the_timer_only_while_autoscaler_status_remains():
+    off = {"scaling": {"autoscaling": False}}
+    assert not autoscale_wanted(off, {})
+    assert not autoscale_wanted(off, {"conditions": [{"type": "Ready", "status": "True"}]})
+    assert autoscale_wanted(off, {"scaling": {"desiredReplicas": 2}})
+    assert autoscale_wanted(off, {"conditions": [{"type": "MetricsAvailable", "status": "False"}]})
