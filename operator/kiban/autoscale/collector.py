@@ -90,9 +90,15 @@ def _rate_either(names: Sequence[str], suffix: str, selector: str, window: str) 
     return " or ".join(f"rate({name}{suffix}{{{selector}}}[{window}])" for name in names)
 
 
-def build_queries(selector: str, window_s: float) -> dict[str, str]:
-    """The PromQL for one model, by the field of the Observation it feeds (pure)."""
+def build_queries(selector: str, window_s: float, token_window_s: float | None = None) -> dict[str, str]:
+    """The PromQL for one model, by the field of the Observation it feeds (pure).
+
+    Token means use `token_window_s` (default: the rate window): a longer window gives the
+    capacity model steadier means, and drift re-fitting (kiban.drift.operator) covers the
+    time such a window needs to follow a real change of mix.
+    """
     w = promql_duration(window_s)
+    tw = promql_duration(token_window_s) if token_window_s is not None else w
     s = selector
     return {
         # engines scraped for this model: no engine, no data (a gauge always present in vLLM)
@@ -103,12 +109,12 @@ def build_queries(selector: str, window_s: float) -> dict[str, str]:
             f"sum(delta(vllm:num_requests_running{{{s}}}[{w}])) + sum(delta(vllm:num_requests_waiting{{{s}}}[{w}]))"
         ),
         "mean_prompt_tokens": (
-            f"sum(rate(vllm:request_prompt_tokens_sum{{{s}}}[{w}])) / "
-            f"sum(rate(vllm:request_prompt_tokens_count{{{s}}}[{w}]))"
+            f"sum(rate(vllm:request_prompt_tokens_sum{{{s}}}[{tw}])) / "
+            f"sum(rate(vllm:request_prompt_tokens_count{{{s}}}[{tw}]))"
         ),
         "mean_output_tokens": (
-            f"sum(rate(vllm:request_generation_tokens_sum{{{s}}}[{w}])) / "
-            f"sum(rate(vllm:request_generation_tokens_count{{{s}}}[{w}]))"
+            f"sum(rate(vllm:request_generation_tokens_sum{{{s}}}[{tw}])) / "
+            f"sum(rate(vllm:request_generation_tokens_count{{{s}}}[{tw}]))"
         ),
         "running": f"sum(vllm:num_requests_running{{{s}}})",
         "waiting": f"sum(vllm:num_requests_waiting{{{s}}})",
@@ -122,6 +128,33 @@ def build_queries(selector: str, window_s: float) -> dict[str, str]:
             f"({_rate_either(ITL_NAMES, '_sum', s, w)}) / ({_rate_either(ITL_NAMES, '_count', s, w)})"
         ),
     }
+
+
+# Drift signals (kiban.drift) and the vLLM histograms they come from (new name first, old as fallback).
+# vLLM 0.33 has no per-request prefill-seconds-per-token histogram, so that signal is not collected.
+DRIFT_HISTOGRAMS: dict[str, tuple[str, ...]] = {
+    "prompt_tokens": ("vllm:request_prompt_tokens",),
+    "generation_tokens": ("vllm:request_generation_tokens",),
+    "itl_seconds": ITL_NAMES,
+}
+
+
+def _increase_either(names: Sequence[str], suffix: str, selector: str, window: str) -> str:
+    return " or ".join(f"increase({name}{suffix}{{{selector}}}[{window}])" for name in names)
+
+
+def build_drift_queries(selector: str, window_s: float) -> dict[str, str]:
+    """Per drift signal, the window's bucket counts summed over pods by `le`, and its `_sum`.
+
+    increase() already handles counter resets (a restarted pod) and pods that appeared in the
+    window, so one query per signal gives the model's window (docs/drift.md).
+    """
+    w = promql_duration(window_s)
+    queries: dict[str, str] = {}
+    for signal, names in DRIFT_HISTOGRAMS.items():
+        queries[f"{signal}:buckets"] = f"sum by (le) ({_increase_either(names, '_bucket', selector, w)})"
+        queries[f"{signal}:sum"] = f"sum({_increase_either(names, '_sum', selector, w)})"
+    return queries
 
 
 # -- pure: answers -----------------------------------------------------------------------------
@@ -260,21 +293,66 @@ class Collected:
     decode_pairs: tuple[tuple[float, float], ...] = ()
 
 
+@dataclass(frozen=True)
+class DriftSeries:
+    """One drift window as Prometheus answered it: per signal, (le, count) pairs and the `_sum`.
+
+    A signal without series (not exported, or no request in the window) is left out.
+    `reason_code`/`message` say why nothing could be read (Prometheus trouble).
+    """
+
+    time_s: float
+    window_s: float
+    buckets: Mapping[str, tuple[tuple[str, float], ...]] = field(default_factory=dict)
+    sums: Mapping[str, float | None] = field(default_factory=dict)
+    reason_code: str | None = None
+    message: str | None = None
+
+
+def drift_series_from(results: Mapping[str, Sequence[Sample]], *, time_s: float, window_s: float) -> DriftSeries:
+    """DriftSeries from the answers of build_drift_queries (pure)."""
+    buckets: dict[str, tuple[tuple[str, float], ...]] = {}
+    sums: dict[str, float | None] = {}
+    for signal in DRIFT_HISTOGRAMS:
+        pairs = tuple((s.labels["le"], s.value) for s in results.get(f"{signal}:buckets", ())
+                      if "le" in s.labels and math.isfinite(s.value))
+        if pairs:
+            buckets[signal] = pairs
+            sums[signal] = _finite(single_value(results.get(f"{signal}:sum", ())))
+    return DriftSeries(time_s, window_s, buckets, sums)
+
+
 class Collector:
     """Runs build_queries against a PrometheusQuery at one evaluation time."""
 
-    def __init__(self, prometheus: PrometheusQuery, window_s: float, namespace_label: bool = True) -> None:
+    def __init__(self, prometheus: PrometheusQuery, window_s: float, namespace_label: bool = True,
+                 token_window_s: float | None = None) -> None:
         promql_duration(window_s)  # a bad window fails here, naming the field
+        if token_window_s is not None:
+            promql_duration(token_window_s)
         self.prometheus = prometheus
         self.window_s = float(window_s)
+        self.token_window_s = float(token_window_s) if token_window_s is not None else None
         self.namespace_label = namespace_label
+
+    def collect_drift(self, model_name: str, namespace: str | None, *, time_s: float, window_s: float) -> DriftSeries:
+        """The drift histograms of the window ending at time_s; never raises for Prometheus trouble."""
+        selector = label_selector(model_name, namespace if self.namespace_label else None)
+        results: dict[str, list[Sample]] = {}
+        try:
+            for key, promql in build_drift_queries(selector, window_s).items():
+                results[key] = self.prometheus.query(promql, time_s)
+        except PrometheusUnavailable as exc:
+            why = exc.message if exc.reason == UNREACHABLE else f"query {key}: {exc.message}"
+            return DriftSeries(time_s, window_s, reason_code=exc.reason, message=why)
+        return drift_series_from(results, time_s=time_s, window_s=window_s)
 
     def collect(
         self, model_name: str, namespace: str | None, *, time_s: float, current_replicas: int, ready_replicas: int
     ) -> Collected:
         """Query Prometheus for one model; never raises for Prometheus trouble (it is in the result)."""
         selector = label_selector(model_name, namespace if self.namespace_label else None)
-        queries = build_queries(selector, self.window_s)
+        queries = build_queries(selector, self.window_s, self.token_window_s)
         results: dict[str, list[Sample]] = {}
         try:
             for key, promql in queries.items():

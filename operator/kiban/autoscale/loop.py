@@ -12,6 +12,10 @@ Protocol; every write goes through the operator's single writer (kiban.reconcile
 - an Event on the FoundationModel for every scale ("Scaled from 1 to 3: λ=...") and when
   metrics go missing or the decision hits maxReplicas / the GPU budget.
 - the per-model operator metrics of docs/metrics.md.
+- drift (spec.drift.enabled): once per drift window, the token and ITL histograms go through
+  kiban.drift (see kiban.drift.operator): condition DriftDetected, status.drift, Events,
+  kiban_drift_score / kiban_drift_detected; on workload drift the capacity model takes the new
+  window's token means at once and forgets recommendations made for the old mix.
 
 PolicyState lives per model in an `Autoscaler`, which one operator instance owns (see
 kiban.autoscale.timer); nothing is kept at module level. A model first seen by this instance
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -33,11 +38,13 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from kiban.api.v1alpha1 import FoundationModel, ScalingStatus, SloSpec
-from kiban.autoscale.collector import Collected, Collector, PrometheusHttp
+from kiban.autoscale.collector import Collected, Collector, DriftSeries, PrometheusHttp
 from kiban.autoscale.policy import Decision, PolicyState, ScalingConfig, decide
 from kiban.capacity.batching import Slo
 from kiban.capacity.engine_profile import EngineProfile
 from kiban.config import ConfigError
+from kiban.drift import operator as drift
+from kiban.drift.detector import DriftConfig
 from kiban.metrics import ModelKey, OperatorMetrics
 from kiban.reconcile import observe
 from kiban.reconcile.logfmt import kv
@@ -49,6 +56,14 @@ FIELD_MANAGER = "kiban-autoscaler"
 METRICS_AVAILABLE = "MetricsAvailable"
 SCALING_LIMITED = "ScalingLimited"
 OWN_CONDITIONS = (METRICS_AVAILABLE, SCALING_LIMITED)
+DRIFT_CONDITIONS = (drift.DRIFT_DETECTED,)
+# Operator-wide overrides (tests, development): the drift window below the CRD's 60 s minimum,
+# fewer samples per window, and a token-mean window for the capacity model (default: the rate window).
+DRIFT_ENV = {
+    "KIBAN_DRIFT_WINDOW_SECONDS": "drift_window_s",
+    "KIBAN_DRIFT_MIN_SAMPLES": "drift_min_samples",
+    "KIBAN_TOKEN_WINDOW_SECONDS": "token_window_s",
+}
 LIMIT_REASONS = ("MaxReplicas", "GpuBudget")
 DEFAULT_PARAMETERS_B = 8.0  # engine profile size when spec.model.parameters is not given
 RATE_WINDOW_INTERVALS = 4  # default rate window: this many autoscale intervals
@@ -67,15 +82,41 @@ class AutoscaleSettings:
     namespace_label: bool = True  # the scrape adds `namespace` (PodMonitor does): match on it
     query_timeout_s: float = 5.0
     field_manager: str = FIELD_MANAGER
+    token_window_s: float | None = None  # token means for the capacity model; None: the rate window
+    drift_window_s: float | None = None  # overrides spec.drift.windowSeconds
+    drift_min_samples: int | None = None  # overrides the detector's min_samples
 
     @property
     def window_s(self) -> float:
         return self.rate_window_s if self.rate_window_s is not None else RATE_WINDOW_INTERVALS * self.interval_s
 
+    @property
+    def tokens_window_s(self) -> float:
+        return self.token_window_s if self.token_window_s is not None else self.window_s
+
     @classmethod
-    def from_config(cls, config: Any) -> AutoscaleSettings:
-        """From OperatorConfig: its Prometheus URL and autoscale interval."""
-        return cls(prometheus_url=config.prometheus_url, interval_s=float(config.autoscale_interval_seconds))
+    def from_config(cls, config: Any, environ: Mapping[str, str] | None = None) -> AutoscaleSettings:
+        """From OperatorConfig (Prometheus URL, autoscale interval) and the KIBAN_DRIFT_* /
+        KIBAN_TOKEN_WINDOW_SECONDS overrides of DRIFT_ENV."""
+        return cls(prometheus_url=config.prometheus_url, interval_s=float(config.autoscale_interval_seconds),
+                   **drift_overrides(os.environ if environ is None else environ))
+
+
+def drift_overrides(environ: Mapping[str, str]) -> dict[str, float | int]:
+    """The DRIFT_ENV variables that are set, typed; a bad value raises ConfigError naming it."""
+    out: dict[str, float | int] = {}
+    for name, field_name in DRIFT_ENV.items():
+        text = environ.get(name)
+        if not text:
+            continue
+        try:
+            value = int(text) if field_name == "drift_min_samples" else float(text)
+        except ValueError:
+            raise ConfigError(f"{name} must be a number, got {text!r}") from None
+        if not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"{name} must be > 0, got {text!r}")
+        out[field_name] = value
+    return out
 
 
 # -- pure: spec → policy inputs ------------------------------------------------------------------
@@ -228,6 +269,23 @@ def transition_events(
     return events
 
 
+def drift_status_patch(
+    current_status: Mapping[str, Any], memory: drift.DriftMemory | None, generation: int
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The status.drift patch (empty when unchanged) and the DriftDetected condition (if any).
+
+    Drift off: status.drift is removed once. No window compared yet: nothing is written.
+    """
+    if memory is None:
+        return ({"drift": None} if current_status.get("drift") is not None else {}), []
+    if memory.assessment is None:
+        return {}, []
+    status = drift.drift_status(memory.assessment, memory.refit)
+    stored = {k: v for k, v in status.items() if v is not None}
+    patch = {} if current_status.get("drift") == stored else {"drift": status}
+    return patch, [drift.drift_condition(memory.assessment, generation, memory.refit)]
+
+
 def _nan_if_none(value: float | None) -> float:
     return float("nan") if value is None else float(value)
 
@@ -253,6 +311,7 @@ def record_metrics(metrics: OperatorMetrics, key: ModelKey, decision: Decision, 
 class _Memory:
     state: PolicyState
     seen_s: float
+    drift: drift.DriftMemory | None = None
 
 
 @dataclass
@@ -264,6 +323,7 @@ class PassResult:
     scaled_from: int | None = None
     scaled_to: int | None = None
     skipped: str | None = None  # why no decision was made (autoscaling off, invalid spec, ...)
+    drift: Any = None  # the DriftAssessment when this pass ran a drift window
 
 
 @dataclass
@@ -278,7 +338,8 @@ class Autoscaler:
     @classmethod
     def from_settings(cls, settings: AutoscaleSettings, clock: Callable[[], float] = time.time) -> Autoscaler:
         prometheus = PrometheusHttp(settings.prometheus_url, timeout_s=settings.query_timeout_s)
-        collector = Collector(prometheus, settings.window_s, namespace_label=settings.namespace_label)
+        collector = Collector(prometheus, settings.window_s, namespace_label=settings.namespace_label,
+                              token_window_s=settings.token_window_s)
         return cls(collector=collector, settings=settings, clock=clock)
 
     def forget(self, ref: ModelRef) -> None:
@@ -329,9 +390,21 @@ class Autoscaler:
         )
         memory = self.memory.get(ref)
         state = memory.state if memory else seed_state(now, current)
+        drift_memory, outcome = None, drift.DriftOutcome(None, None)
+        drift_config = self._drift_config(model, ref)
+        if drift_config is not None:
+            drift_memory = drift.note_revision((memory.drift if memory else None) or drift.DriftMemory(),
+                                               drift.engine_revision(body.get("spec") or {}))
+            if now >= drift_memory.next_window_s:
+                drift_memory, outcome = await self._drift_window(context, model, ref, drift_memory, drift_config,
+                                                                 now, collected.observation)
+                if outcome.new_refit is not None:
+                    state = drift.reset_policy_state(state)
+            collected = replace(collected, observation=drift.observation_with_refit(collected.observation,
+                                                                                    drift_memory.refit))
         decision, state = decide_strictest(collected.observation, configs, state, profile)
-        self.memory[ref] = _Memory(state, now)
-        result = PassResult(decision=decision, collected=collected)
+        self.memory[ref] = _Memory(state, now, drift_memory)
+        result = PassResult(decision=decision, collected=collected, drift=outcome.assessment)
 
         key = ModelKey(ref[0], ref[1], model.served_model_name)
         if decision.replicas != current:
@@ -344,9 +417,50 @@ class Autoscaler:
 
         last_scale = (rfc3339(state.last_scale_time_s) if state.last_scale_time_s is not None
                       else ((body.get("status") or {}).get("scaling") or {}).get("lastScaleTime"))
-        await self._write_status(context, body, ref, decision, collected, last_scale, model)
+        await self._write_status(context, body, ref, decision, collected, last_scale, model, drift_memory, outcome)
         record_metrics(context.metrics, key, decision, collected)
+        if outcome.assessment is not None:
+            for attribute, value, labels in drift.drift_metric_values(outcome.assessment):
+                context.metrics.set_model_gauge(attribute, key, value, **labels)
         return result
+
+    def _drift_config(self, model: FoundationModel, ref: ModelRef) -> DriftConfig | None:
+        """The detector's settings for this model; None when drift is off (or its settings are invalid)."""
+        if not model.spec.drift.enabled:
+            return None
+        try:
+            return drift.drift_config_from(model.spec.drift, window_s=self.settings.drift_window_s,
+                                           min_samples=self.settings.drift_min_samples)
+        except ValueError as exc:
+            log.warning(kv("Skipped drift detection", name=ref[1], namespace=ref[0], error=str(exc)))
+            return None
+
+    async def _drift_window(self, context: Any, model: FoundationModel, ref: ModelRef, memory: drift.DriftMemory,
+                            config: DriftConfig, now: float, observation: Any
+                            ) -> tuple[drift.DriftMemory, drift.DriftOutcome]:
+        """Read one drift window from Prometheus and feed it to the detector."""
+        range_s = drift.window_range_s(memory, now, config)
+        series: DriftSeries = await context.io(
+            lambda: self.collector.collect_drift(model.served_model_name, ref[0], time_s=now, window_s=range_s)
+        )
+        if series.reason_code is not None:  # the next pass tries again; the range then covers the gap
+            log.warning(kv("Skipped drift window", name=ref[1], namespace=ref[0], reason=series.reason_code,
+                           message=series.message))
+            return memory, drift.DriftOutcome(None, None)
+        used = drift.observation_with_refit(observation, memory.refit)
+        memory, outcome = drift.drift_step(
+            memory, series.buckets, series.sums, now_s=now, range_s=range_s, config=config,
+            before=(used.mean_prompt_tokens, used.mean_output_tokens), token_window_s=self.settings.tokens_window_s,
+        )
+        if outcome.assessment is not None and outcome.assessment.reason != drift.NO_DRIFT:
+            log.info(kv("Assessed drift", name=ref[1], namespace=ref[0], reason=outcome.assessment.reason,
+                        message=outcome.assessment.message))
+        if outcome.new_refit is not None:
+            log.info(kv("Re-fitted capacity model", name=ref[1], namespace=ref[0],
+                        prompt_tokens=round(outcome.new_refit.prompt_after),
+                        output_tokens=round(outcome.new_refit.output_after),
+                        until=drift.rfc3339(outcome.new_refit.until_s)))
+        return memory, outcome
 
     async def _scale(self, context: Any, body: Mapping[str, Any], ref: ModelRef, current: int,
                      decision: Decision) -> bool:
@@ -365,15 +479,21 @@ class Autoscaler:
         return True
 
     async def _write_status(self, context: Any, body: Mapping[str, Any], ref: ModelRef, decision: Decision,
-                            collected: Collected, last_scale: str | None, model: FoundationModel) -> None:
+                            collected: Collected, last_scale: str | None, model: FoundationModel,
+                            drift_memory: drift.DriftMemory | None = None,
+                            outcome: drift.DriftOutcome | None = None) -> None:
         namespace, name = ref
         current_status = body.get("status") or {}
         existing = current_status.get("conditions") or []
-        own = autoscaler_conditions(decision, collected, int(model.metadata.generation or 0))
-        conditions = merge_own_conditions(existing, own, rfc3339(self.clock()))
-        patch = {"scaling": scaling_status(decision, collected, last_scale), "conditions": conditions}
+        generation = int(model.metadata.generation or 0)
+        own = autoscaler_conditions(decision, collected, generation)
+        drift_patch, drift_own = drift_status_patch(current_status, drift_memory, generation)
+        conditions = merge_own_conditions(existing, own + drift_own, rfc3339(self.clock()))
+        if drift_memory is None:  # drift is off: its condition goes
+            conditions = [c for c in conditions if c.get("type") not in DRIFT_CONDITIONS]
+        patch = {"scaling": scaling_status(decision, collected, last_scale), "conditions": conditions, **drift_patch}
         stored_scaling = {k: v for k, v in patch["scaling"].items() if v is not None}  # null deletes a key
-        if current_status.get("scaling") == stored_scaling and existing == conditions:
+        if current_status.get("scaling") == stored_scaling and existing == conditions and not drift_patch:
             return
         try:
             await context.io(context.writer.patch_status, namespace, name, patch)
@@ -381,20 +501,24 @@ class Autoscaler:
             log.warning(kv("Failed to update scaling status", name=name, namespace=namespace,
                            status=exc.status, reason=exc.reason))
             return
-        for event_type, reason, message in transition_events(existing, own):
+        events = transition_events(existing, own)
+        if drift_own:
+            previous = next((c for c in existing if c.get("type") == drift.DRIFT_DETECTED), None)
+            events += drift.drift_events(previous, drift_own[0], outcome.new_refit if outcome else None)
+        for event_type, reason, message in events:
             await context.io(context.writer.post_event, body, event_type, reason, message)
 
     async def _clear_status(self, context: Any, body: Mapping[str, Any]) -> None:
         """Autoscaling switched off: drop status.scaling and our conditions, once."""
         status = body.get("status") or {}
         existing = status.get("conditions") or []
-        kept = [dict(c) for c in existing if c.get("type") not in OWN_CONDITIONS]
-        if status.get("scaling") is None and len(kept) == len(existing):
+        kept = [dict(c) for c in existing if c.get("type") not in OWN_CONDITIONS + DRIFT_CONDITIONS]
+        if status.get("scaling") is None and status.get("drift") is None and len(kept) == len(existing):
             return
         metadata = body["metadata"]
         try:
             await context.io(context.writer.patch_status, metadata["namespace"], metadata["name"],
-                             {"scaling": None, "conditions": kept})
+                             {"scaling": None, "drift": None, "conditions": kept})
         except ApiException as exc:
             log.warning(kv("Failed to clear scaling status", name=metadata["name"],
                            namespace=metadata["namespace"], status=exc.status))
