@@ -217,6 +217,10 @@ def test_model_becomes_ready_with_owned_children_and_status(cluster: Cluster, op
     pods = [p for p in cluster.pods() if p.status.phase == "Running"]
     assert len(pods) == 1 and pods[0].spec.node_name.startswith("kiban-l4-")
     assert cluster.events("Created"), "no Created Event on the FoundationModel"
+    # watch events only, no per-model timer (autoscaling is off): no kopf finalizer or bookkeeping
+    # annotations, i.e. no extra write per model and deletion never waits for the operator
+    assert not model["metadata"].get("finalizers")
+    assert not [k for k in model["metadata"].get("annotations") or {} if k.startswith("kiban.dev/")]
 
 
 def test_spec_change_rolls_the_deployment(cluster: Cluster, operator: OperatorProcess):

@@ -146,6 +146,18 @@ def overlay_applied(
     return list(merged.values())
 
 
+def settled(cached: Iterable[Mapping[str, Any]], applied: Mapping[Any, Mapping[str, Any]]) -> list[Any]:
+    """Keys of our writes the cache has caught up with (same spec-hash): overlay_applied no longer
+    needs them, and dropping them keeps a second copy of every child out of memory."""
+    from kiban.reconcile.plan import SPEC_HASH_ANNOTATION, child_key
+
+    def spec_hash(obj: Mapping[str, Any] | None) -> str | None:
+        return ((obj or {}).get("metadata", {}).get("annotations") or {}).get(SPEC_HASH_ANNOTATION)
+
+    seen = {child_key(c): spec_hash(c) for c in cached}
+    return [key for key, ours in applied.items() if key in seen and seen[key] == spec_hash(ours)]
+
+
 def find_kind(children: Iterable[Mapping[str, Any]], kind: str) -> Mapping[str, Any] | None:
     return next((c for c in children if c.get("kind") == kind), None)
 

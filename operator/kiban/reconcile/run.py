@@ -256,7 +256,11 @@ async def _pass(
         return Outcome(skipped=True)  # gone or going: garbage collection removes the children
     namespace, name = ref
     generation = int(body["metadata"].get("generation") or 0)
-    children = observe.overlay_applied(observe.observed_children(indexes, ref), context.applied.get(ref, {}))
+    cached = observe.observed_children(indexes, ref)
+    mine = context.applied.get(ref)
+    children = observe.overlay_applied(cached, mine or {})
+    for key in observe.settled(cached, mine or {}):
+        del mine[key]  # type: ignore[union-attr]
     pods = observe.from_index(indexes.get(observe.PODS_INDEX), (namespace, label_value(name)))
     deployment = observe.find_kind(children, "Deployment")
 

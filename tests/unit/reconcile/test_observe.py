@@ -48,3 +48,16 @@ def test_projections_drop_what_plan_and_status_never_read():
                        "status": {"phase": "Running", "conditions": [], "podIP": "1.2.3.4"}})
     assert pod == {"metadata": {"name": "p", "uid": None}, "spec": {"nodeName": "n"},
                    "status": {"phase": "Running", "conditions": []}}
+
+
+def test_settled_names_our_writes_the_cache_has_caught_up_with():
+    from kiban.reconcile.observe import settled
+    from kiban.reconcile.plan import child_key
+
+    def child(name: str, spec_hash: str) -> dict:
+        return {"apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": name, "annotations": {"kiban.dev/spec-hash": spec_hash}}}
+
+    ours = {child_key(c): c for c in (child("caught-up", "h1"), child("older-in-cache", "h2"), child("not-seen", "h3"))}
+    cached = [child("caught-up", "h1"), child("older-in-cache", "h0")]
+    assert settled(cached, ours) == [child_key(child("caught-up", "h1"))]
