@@ -50,7 +50,7 @@ log = logging.getLogger("kiban.handlers")
 
 FM = (GROUP, VERSION, PLURAL)
 RETRY_DELAY_SECONDS = 5.0
-RECONCILE_WORKERS = 128
+RECONCILE_WORKERS = 1024
 AUTOSCALER_CONDITIONS = frozenset({"MetricsAvailable", "ScalingLimited"})
 
 
@@ -137,7 +137,7 @@ def register(
     # ---- indexes: the cache a pass reads instead of listing (async: no thread hop per event)
     @kopf.index(*FM, id=observe.MODELS_INDEX, registry=registry)
     async def index_models(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict:
-        return {(namespace, name): observe._plain(body)}
+        return {(namespace, name): observe.project_model(body)}
 
     async def index_child(body: kopf.Body, **_: Any) -> dict | None:
         ref = observe.owner_model(body)

@@ -86,6 +86,13 @@ def project_child(body: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def project_model(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A FoundationModel as passes and the autoscaler read it: all but metadata.managedFields."""
+    model = _plain(body)
+    (model.get("metadata") or {}).pop("managedFields", None)
+    return model
+
+
 def project_pod(body: Mapping[str, Any]) -> dict[str, Any]:
     """The parts of a pod status needs: name, node, phase and conditions."""
     metadata = body.get("metadata") or {}

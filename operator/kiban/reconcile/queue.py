@@ -1,10 +1,9 @@
 """One operator-wide work queue of FoundationModels to reconcile, drained by a few async workers.
 
-Why a queue rather than reconciling inside each kopf handler: with 1,000 models applied at
-once, one handler per event each doing its own writes shares the API among all of them, so
-every model finishes late (p50 close to p99). A FIFO drained by a bounded number of workers
-finishes the models in the order they came, deduplicates bursts of events for one model, and
-lets kopf's handlers return at once (no per-object task is held for the length of a pass).
+Why a queue rather than reconciling inside each kopf handler: it deduplicates bursts of
+events for one model (at 1,000 models a model's child, pod and status events mostly fold into
+one pass), starts passes in the order models came, retries failed passes without kopf's
+per-object progress annotations, and lets kopf's handlers return at once.
 
 Semantics (client-go's workqueue): a model is at most once in the queue; a model added while a
 worker is on it is queued again when that pass ends (the pass may have read an older body);
@@ -15,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -28,19 +28,27 @@ Work = Callable[[ModelRef, Mapping[str, Any], str], Awaitable[bool]]
 
 
 class WorkQueue:
-    """A deduplicating FIFO of model refs, drained by `workers` tasks on the running event loop."""
+    """A deduplicating FIFO of model refs, drained by up to `workers` tasks on the running loop.
 
-    def __init__(self, work: Work, *, workers: int = 32, retry_seconds: float = 5.0) -> None:
+    Drainer tasks exist only while there is work: an idle operator holds none, and a burst
+    starts one per queued model up to `workers`. The cap is high on purpose: a pass spends
+    most of its time waiting for the API, and the Deployment-first I/O pool
+    (kiban.reconcile.pool) can only put a model's Deployment ahead of other models' writes
+    when that model's pass has started.
+    """
+
+    def __init__(self, work: Work, *, workers: int = 1024, retry_seconds: float = 5.0) -> None:
         self._work = work
         self._workers = workers
         self.retry_seconds = retry_seconds
-        self._order: asyncio.Queue[ModelRef] | None = None
+        self._order: deque[ModelRef] = deque()
         self._queued: dict[ModelRef, str] = {}  # ref -> trigger of the (first) request
         self._active: set[ModelRef] = set()
         self._dirty: dict[ModelRef, str] = {}  # added while active: run again afterwards
         self._indexes: Mapping[str, Any] = {}
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: set[asyncio.Task] = set()
         self._timers: dict[ModelRef, asyncio.TimerHandle] = {}
+        self._stopped = False
 
     def __len__(self) -> int:
         return len(self._queued)
@@ -49,19 +57,21 @@ class WorkQueue:
         """Ask for a pass over `ref`; a no-op when one is already waiting."""
         if indexes:
             self._indexes = indexes  # kopf's live index objects: the same ones every time
-        self._start()
         if ref in self._active:
             self._dirty.setdefault(ref, trigger)
             return
-        if ref in self._queued:
+        if ref in self._queued or self._stopped:
             return
         self._queued[ref] = trigger
-        assert self._order is not None
-        self._order.put_nowait(ref)
+        self._order.append(ref)
+        if len(self._tasks) < min(self._workers, len(self._order) + len(self._active)):
+            task = asyncio.get_running_loop().create_task(self._drain(), name="kiban-reconcile")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     def add_after(self, ref: ModelRef, delay: float, trigger: str = "retry") -> None:
         """Ask for a pass over `ref` in `delay` seconds (one timer per model; the first wins)."""
-        if ref in self._timers:
+        if ref in self._timers or self._stopped:
             return
         loop = asyncio.get_running_loop()
 
@@ -77,26 +87,20 @@ class WorkQueue:
         if timer is not None:
             timer.cancel()
 
-    def _start(self) -> None:
-        if self._tasks:
-            return
-        self._order = asyncio.Queue()
-        self._tasks = [asyncio.create_task(self._worker(), name=f"kiban-reconcile-{i}") for i in range(self._workers)]
-
     async def stop(self) -> None:
-        """Cancel the workers and pending retries (operator shutdown)."""
+        """Cancel the drainers and pending retries (operator shutdown)."""
+        self._stopped = True
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
-        for task in self._tasks:
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
+        await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _worker(self) -> None:
-        assert self._order is not None
-        while True:
-            ref = await self._order.get()
+    async def _drain(self) -> None:
+        while self._order:
+            ref = self._order.popleft()
             trigger = self._queued.pop(ref)
             self._active.add(ref)
             retry = False
@@ -104,7 +108,7 @@ class WorkQueue:
                 retry = await self._work(ref, self._indexes, trigger)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - a failed pass is retried, never kills a worker
+            except Exception as exc:  # noqa: BLE001 - a failed pass is retried, never kills a drainer
                 log.exception(kv("Failed to reconcile FoundationModel", name=ref[1], namespace=ref[0],
                                  error=f"{type(exc).__name__}: {exc}"))
                 retry = True

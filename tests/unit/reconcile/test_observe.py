@@ -61,3 +61,12 @@ def test_settled_names_our_writes_the_cache_has_caught_up_with():
     ours = {child_key(c): c for c in (child("caught-up", "h1"), child("older-in-cache", "h2"), child("not-seen", "h3"))}
     cached = [child("caught-up", "h1"), child("older-in-cache", "h0")]
     assert settled(cached, ours) == [child_key(child("caught-up", "h1"))]
+
+
+def test_the_model_index_keeps_everything_but_managed_fields():
+    from kiban.reconcile.observe import project_model
+
+    body = {"metadata": {"name": "m", "managedFields": [{"manager": "kubectl"}], "labels": {"a": "b"}},
+            "spec": {"x": 1}, "status": {"y": 2}}
+    assert project_model(body) == {"metadata": {"name": "m", "labels": {"a": "b"}}, "spec": {"x": 1}, "status": {"y": 2}}
+    assert body["metadata"]["managedFields"]  # the input is left alone
