@@ -38,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--priority", type=int, default=None, help="peering priority (default: random)")
     parser.add_argument("--metrics-port", type=int, default=DEFAULT_METRICS_PORT, help="0 disables /metrics")
     parser.add_argument("--liveness", metavar="URL", help="kopf liveness endpoint, e.g. http://0.0.0.0:8081/healthz")
-    parser.add_argument("--resync-seconds", type=float, default=60.0,
+    parser.add_argument("--resync-seconds", type=float, default=300.0,
                         help="period of the level-based resync (every watch is re-listed this often)")
     parser.add_argument("--workers", type=int, default=1024, help="most reconcile passes in flight at once")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -53,13 +53,17 @@ def _namespaces(args: argparse.Namespace, watch_namespace: str | None) -> list[s
     return [watch_namespace] if watch_namespace else []
 
 
-def operator_settings(resync_seconds: float = 60.0) -> kopf.OperatorSettings:
+def operator_settings(resync_seconds: float = 300.0) -> kopf.OperatorSettings:
     """kopf settings for many models: no per-handler success Events, short batching, and
     watches that end every `resync_seconds`, because kopf re-lists a resource each time it
     reopens its watch: that re-list is the operator's level-based resync (kiban.handlers).
 
     The progress and diff-base storage are only used by the autoscale timer's bookkeeping
     (no create/update handlers are registered); they stay in kiban.dev annotations.
+    The default resync is 300 s (the watch timeout this operator always had): a re-list of
+    every resource costs a pass per model and re-indexes every child, and one that lands in
+    the middle of a 1,000-model burst was seen to slow the intake of new models to a trickle.
+    Child and pod events already catch edits; the resync is the safety net.
     """
     settings = kopf.OperatorSettings()
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kiban.dev")
