@@ -50,7 +50,7 @@ log = logging.getLogger("kiban.handlers")
 
 FM = (GROUP, VERSION, PLURAL)
 RETRY_DELAY_SECONDS = 5.0
-RECONCILE_WORKERS = 1024
+RECONCILE_WORKERS = 10_000  # passes in flight: the I/O pool, not this, bounds the API calls
 AUTOSCALER_CONDITIONS = frozenset({"MetricsAvailable", "ScalingLimited"})
 
 

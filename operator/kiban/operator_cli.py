@@ -40,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--liveness", metavar="URL", help="kopf liveness endpoint, e.g. http://0.0.0.0:8081/healthz")
     parser.add_argument("--resync-seconds", type=float, default=300.0,
                         help="period of the level-based resync (every watch is re-listed this often)")
-    parser.add_argument("--workers", type=int, default=1024, help="most reconcile passes in flight at once")
+    parser.add_argument("--workers", type=int, default=10_000, help="most reconcile passes in flight at once")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.set_defaults(func=run)
 
