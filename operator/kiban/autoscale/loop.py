@@ -58,10 +58,12 @@ SCALING_LIMITED = "ScalingLimited"
 OWN_CONDITIONS = (METRICS_AVAILABLE, SCALING_LIMITED)
 DRIFT_CONDITIONS = (drift.DRIFT_DETECTED,)
 # Operator-wide overrides (tests, development): the drift window below the CRD's 60 s minimum,
-# fewer samples per window, and a token-mean window for the capacity model (default: the rate window).
+# fewer samples per window with a PSI threshold to match (binned noise grows as samples shrink;
+# the spec has no PSI field), and a token-mean window for the capacity model (default: the rate window).
 DRIFT_ENV = {
     "KIBAN_DRIFT_WINDOW_SECONDS": "drift_window_s",
     "KIBAN_DRIFT_MIN_SAMPLES": "drift_min_samples",
+    "KIBAN_DRIFT_PSI_THRESHOLD": "drift_psi_threshold",
     "KIBAN_TOKEN_WINDOW_SECONDS": "token_window_s",
 }
 LIMIT_REASONS = ("MaxReplicas", "GpuBudget")
@@ -85,6 +87,7 @@ class AutoscaleSettings:
     token_window_s: float | None = None  # token means for the capacity model; None: the rate window
     drift_window_s: float | None = None  # overrides spec.drift.windowSeconds
     drift_min_samples: int | None = None  # overrides the detector's min_samples
+    drift_psi_threshold: float | None = None  # overrides the detector's psi_threshold
 
     @property
     def window_s(self) -> float:
@@ -430,7 +433,8 @@ class Autoscaler:
             return None
         try:
             return drift.drift_config_from(model.spec.drift, window_s=self.settings.drift_window_s,
-                                           min_samples=self.settings.drift_min_samples)
+                                           min_samples=self.settings.drift_min_samples,
+                                           psi_threshold=self.settings.drift_psi_threshold)
         except ValueError as exc:
             log.warning(kv("Skipped drift detection", name=ref[1], namespace=ref[0], error=str(exc)))
             return None
@@ -445,16 +449,21 @@ class Autoscaler:
         )
         if series.reason_code is not None:  # the next pass tries again; the range then covers the gap
             log.warning(kv("Skipped drift window", name=ref[1], namespace=ref[0], reason=series.reason_code,
-                           message=series.message))
+                           detail=series.message))
             return memory, drift.DriftOutcome(None, None)
         used = drift.observation_with_refit(observation, memory.refit)
-        memory, outcome = drift.drift_step(
-            memory, series.buckets, series.sums, now_s=now, range_s=range_s, config=config,
-            before=(used.mean_prompt_tokens, used.mean_output_tokens), token_window_s=self.settings.tokens_window_s,
-        )
-        if outcome.assessment is not None and outcome.assessment.reason != drift.NO_DRIFT:
+        try:
+            memory, outcome = drift.drift_step(
+                memory, series.buckets, series.sums, now_s=now, range_s=range_s, config=config,
+                before=(used.mean_prompt_tokens, used.mean_output_tokens), token_window_s=self.settings.tokens_window_s,
+            )
+        except ValueError as exc:  # histograms Prometheus answered that do not fit together: skip the window
+            log.warning(kv("Skipped drift window", name=ref[1], namespace=ref[0], reason="InvalidHistogram",
+                           detail=str(exc)))
+            return replace(memory, next_window_s=now + config.window_s), drift.DriftOutcome(None, None)
+        if outcome.assessment is not None:  # once per drift window
             log.info(kv("Assessed drift", name=ref[1], namespace=ref[0], reason=outcome.assessment.reason,
-                        message=outcome.assessment.message))
+                        detail=outcome.assessment.message))
         if outcome.new_refit is not None:
             log.info(kv("Re-fitted capacity model", name=ref[1], namespace=ref[0],
                         prompt_tokens=round(outcome.new_refit.prompt_after),

@@ -22,7 +22,7 @@ import hashlib
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -49,7 +49,8 @@ WORKLOAD_SIGNALS = ("prompt_tokens", "generation_tokens")
 # -- configuration ------------------------------------------------------------------------------
 
 
-def drift_config_from(spec: Any, *, window_s: float | None = None, min_samples: int | None = None) -> DriftConfig:
+def drift_config_from(spec: Any, *, window_s: float | None = None, min_samples: int | None = None,
+                      psi_threshold: float | None = None) -> DriftConfig:
     """DriftConfig from spec.drift (api.v1alpha1.DriftSpec), operator overrides winning.
 
     windowSeconds → window_s; referenceWindowSeconds → rolling_windows (the rolling reference
@@ -64,6 +65,8 @@ def drift_config_from(spec: Any, *, window_s: float | None = None, min_samples: 
     )
     if min_samples is not None:
         settings["min_samples"] = int(min_samples)
+    if psi_threshold is not None:
+        settings["psi_threshold"] = float(psi_threshold)
     return DriftConfig(**settings)
 
 
@@ -194,13 +197,18 @@ def observation_with_refit(obs: Observation, refit: Refit | None) -> Observation
     return replace(obs, mean_prompt_tokens=refit.prompt_after, mean_output_tokens=refit.output_after)
 
 
+# PolicyState history made for the old mix (token_samples: a policy that averages token means itself)
+RESET_ON_REFIT = ("recommendations", "rate_samples", "token_samples")
+
+
 def reset_policy_state(state: PolicyState) -> PolicyState:
-    """Forget the scale-down recommendations and the rate trend made for the old mix.
+    """Forget the scale-down recommendations, the rate trend and any token history of the old mix.
 
     Replicas recommended for a mix that is gone would hold the fleet for a whole
     stabilisation window; the step limit on scale-down still applies.
     """
-    return replace(state, recommendations=(), rate_samples=())
+    present = {f.name for f in fields(state)}
+    return replace(state, **{name: () for name in RESET_ON_REFIT if name in present})
 
 
 # -- one drift window -------------------------------------------------------------------------------

@@ -86,8 +86,10 @@ def test_collect_drift_queries_at_the_window_end_and_reports_trouble():
 
 
 def test_overrides_come_from_the_environment_typed_and_checked():
-    env = {"KIBAN_DRIFT_WINDOW_SECONDS": "15", "KIBAN_DRIFT_MIN_SAMPLES": "20", "KIBAN_TOKEN_WINDOW_SECONDS": "600"}
-    assert drift_overrides(env) == {"drift_window_s": 15.0, "drift_min_samples": 20, "token_window_s": 600.0}
+    env = {"KIBAN_DRIFT_WINDOW_SECONDS": "15", "KIBAN_DRIFT_MIN_SAMPLES": "20", "KIBAN_TOKEN_WINDOW_SECONDS": "600",
+           "KIBAN_DRIFT_PSI_THRESHOLD": "1.5"}
+    assert drift_overrides(env) == {"drift_window_s": 15.0, "drift_min_samples": 20, "token_window_s": 600.0,
+                                    "drift_psi_threshold": 1.5}
     assert drift_overrides({}) == {}
     with pytest.raises(ConfigError, match="KIBAN_DRIFT_MIN_SAMPLES"):
         drift_overrides({"KIBAN_DRIFT_MIN_SAMPLES": "many"})

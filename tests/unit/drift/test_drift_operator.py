@@ -62,8 +62,8 @@ def test_spec_maps_onto_the_detector_and_operator_overrides_win():
     assert (config.window_s, config.rolling_windows, config.js_threshold) == (120.0, 3, 0.2)
     assert (config.ks_alpha, config.mean_shift_alpha, config.min_samples) == (0.01, 0.01, 100)
     assert config.reference_policy == "rolling" and config.psi_threshold == 0.75
-    short = drift.drift_config_from(spec, window_s=15, min_samples=20)
-    assert (short.window_s, short.rolling_windows, short.min_samples) == (15.0, 24, 20)
+    short = drift.drift_config_from(spec, window_s=15, min_samples=20, psi_threshold=1.5)
+    assert (short.window_s, short.rolling_windows, short.min_samples, short.psi_threshold) == (15.0, 24, 20, 1.5)
 
 
 def test_engine_revision_ignores_scaling_and_drift_but_not_the_engine():
