@@ -10,8 +10,9 @@ prompts, short outputs) through the benchmark's simulated vLLM fleet
   but slow to follow a new mix;
 - `window W + drift re-fit`: the same, plus the operator's drift path (kiban.drift.operator):
   each drift window goes through the detector; when workload drift is declared the policy gets
-  the window's token means at once, until the long window has rolled over, and forgets the
-  recommendations and trend made for the old mix.
+  the window's token means at once, until the long window has rolled over;
+- `... + forget stabilisation`: the re-fit also drops the scale-down recommendations and the
+  rate trend made before it (measured, not the operator's default).
 
 Honest limits: the policy sees the fleet's counters (requests finished per tick, as the
 collector reads Prometheus), but the detector's token histograms are binned from the trace at
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from collections import deque
@@ -59,6 +59,7 @@ class TokenWindowPolicy:
     cold_start_s: float
     token_window_s: float
     refit: bool
+    forget_recommendations: bool = False
     drift_config: DriftConfig = field(default_factory=DriftConfig)
     max_replicas: int = 64
     interval_s: float = 15.0
@@ -98,7 +99,7 @@ class TokenWindowPolicy:
                               drift_window_s=self.drift_config.window_s, min_samples=self.drift_config.min_samples)
         if new is not None:
             self.active_refit = new
-            self.state = drift.reset_policy_state(self.state)
+            self.state = drift.reset_policy_state(self.state, forget_recommendations=self.forget_recommendations)
             self.refits.append((now, assessment.message))
         else:
             self.active_refit = drift.follow_refit(self.active_refit, window, self.drift_config.min_samples)
@@ -198,16 +199,19 @@ def main(argv: list[str] | None = None) -> int:
     scenarios = [(f"trace ({args.rate_factor:g}x)", real), (f"Poisson {args.steady_rps:g} req/s", steady)]
     fleet = FleetConfig(profile=profile, cold_start_s=args.cold_start_s, initial_replicas=4, warmup_s=180.0,
                         max_replicas=64)
+    w = args.token_window_s
     variants = [
-        ("window 60 s", 60.0, False),
-        (f"window {args.token_window_s:.0f} s, no re-fit", args.token_window_s, False),
-        (f"window {args.token_window_s:.0f} s + drift re-fit", args.token_window_s, True),
+        ("window 60 s", 60.0, False, False),
+        (f"window {w:.0f} s, no re-fit", w, False, False),
+        (f"window {w:.0f} s + drift re-fit", w, True, False),
+        (f"window {w:.0f} s + drift re-fit + forget stabilisation", w, True, True),
     ]
     rows = []
     for arrivals, trace in scenarios:
-        for name, window, refit in variants:
+        for name, window, refit, forget in variants:
             started = time.monotonic()
-            policy = TokenWindowPolicy(trace, profile, args.slo_ttft_ms, args.cold_start_s, window, refit, name=name)
+            policy = TokenWindowPolicy(trace, profile, args.slo_ttft_ms, args.cold_start_s, window, refit,
+                                       forget_recommendations=forget, name=name)
             result = simulate(trace, fleet, policy)
             row = summarize(name, result, trace, switch, args.slo_ttft_ms / 1000.0, policy.refits)
             rows.append({"arrivals": arrivals, "requests": len(trace), **row})

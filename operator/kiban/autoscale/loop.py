@@ -15,7 +15,7 @@ Protocol; every write goes through the operator's single writer (kiban.reconcile
 - drift (spec.drift.enabled): once per drift window, the token and ITL histograms go through
   kiban.drift (see kiban.drift.operator): condition DriftDetected, status.drift, Events,
   kiban_drift_score / kiban_drift_detected; on workload drift the capacity model takes the new
-  window's token means at once and forgets recommendations made for the old mix.
+  window's token means at once (until its token window holds only the new mix).
 
 PolicyState lives per model in an `Autoscaler`, which one operator instance owns (see
 kiban.autoscale.timer); nothing is kept at module level. A model first seen by this instance

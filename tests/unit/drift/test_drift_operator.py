@@ -208,10 +208,11 @@ def test_following_windows_update_an_active_override():
     assert drift.follow_refit(expired, window, min_samples=50) is expired
 
 
-def test_reset_forgets_old_mix_recommendations_and_trend_only():
+def test_reset_keeps_the_stabilisation_window_unless_asked():
     state = PolicyState(recommendations=((1.0, 5),), rate_samples=((1.0, 3.0),), last_scale_time_s=1.0,
                         last_traffic_time_s=2.0, first_seen_time_s=0.5)
-    reset = drift.reset_policy_state(state)
+    assert drift.reset_policy_state(state) == state  # no token history in this policy: nothing to forget
+    reset = drift.reset_policy_state(state, forget_recommendations=True)
     assert (reset.recommendations, reset.rate_samples) == ((), ())
     assert (reset.last_scale_time_s, reset.last_traffic_time_s, reset.first_seen_time_s) == (1.0, 2.0, 0.5)
 
