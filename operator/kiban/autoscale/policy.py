@@ -21,6 +21,7 @@ from kiban.capacity.engine_profile import EngineProfile
 TOKEN_GRID_RATIO = 1.02  # token means are rounded up to this relative grid for the capacity cache
 MIN_TREND_SAMPLES = 3
 MIN_TREND_SPAN_S = 30.0
+BURST_FACTOR_WINDOWS = 2  # a missed burst's factor fades over this many burst windows
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -36,6 +37,8 @@ class Observation:
     running: float | None = None
     waiting: float | None = None
     observed_ttft_p95_s: float | None = None
+    # TTFT at the SLO's percentile over the last window (histogram_quantile); None: not collected
+    observed_ttft_slo_percentile_s: float | None = None
     current_replicas: int
     ready_replicas: int = 0
 
@@ -58,6 +61,11 @@ class ScalingConfig:
     trend_window_s: float = 180.0  # arrival-rate history used to extrapolate the trend
     max_lookahead_factor: float = 2.0  # the forecast never exceeds this multiple of the current rate
     backlog_drain_s: float = 60.0  # a harmful queue is sized to drain within this time
+    burst_window_s: float = 900.0  # own rate history the burst allowance is fitted on; 0: none
+    burst_overflow: float | None = None  # share of recent load allowed above the sized rate; None: from the SLO
+    token_window_s: float = 300.0  # token means are rate-weighted over this much history
+    burst_floor_max_step: float = 1.5  # one missed burst raises the floor to at most this × the ready fleet
+    burst_floor_fade: bool = True  # a burst's extra replicas fade out over the burst window
 
     def __post_init__(self) -> None:
         def integer(name: str, value: object, low: int) -> None:
@@ -96,6 +104,14 @@ class ScalingConfig:
         if not isinstance(self.max_lookahead_factor, (int, float)) or not self.max_lookahead_factor >= 1:
             raise ValueError(f"max_lookahead_factor must be >= 1, got {self.max_lookahead_factor!r}")
         positive("backlog_drain_s", self.backlog_drain_s)
+        positive("burst_window_s", self.burst_window_s, allow_zero=True)
+        if self.burst_overflow is not None and not (
+            isinstance(self.burst_overflow, (int, float)) and 0 < self.burst_overflow < 1
+        ):
+            raise ValueError(f"burst_overflow must be in (0, 1) or None, got {self.burst_overflow!r}")
+        positive("token_window_s", self.token_window_s, allow_zero=True)
+        if not isinstance(self.burst_floor_max_step, (int, float)) or not self.burst_floor_max_step >= 1:
+            raise ValueError(f"burst_floor_max_step must be >= 1, got {self.burst_floor_max_step!r}")
 
 
 @dataclass(frozen=True)
@@ -107,6 +123,9 @@ class PolicyState:
     last_scale_time_s: float | None = None
     last_traffic_time_s: float | None = None  # last time any request was seen
     first_seen_time_s: float | None = None  # idle time counts from here until traffic is seen
+    burst_samples: tuple[tuple[float, float], ...] = ()  # (time_s, arrival_rate_rps) for the burst allowance
+    token_samples: tuple[tuple[float, float, float, float], ...] = ()  # (time_s, rate, prompt, output)
+    burst_factors: tuple[tuple[float, float], ...] = ()  # (time_s, factor) missed bursts asked for
 
 
 @dataclass(frozen=True)
@@ -182,6 +201,101 @@ def forecast_rate_rps(current_rps: float, slope: float, lookahead_s: float, max_
     return min(max(current_rps, expected), current_rps * max_factor)
 
 
+def burst_rate_rps(rates: tuple[float, ...] | list[float], overflow: float) -> float:
+    """The smallest rate R such that the recent load above R is at most `overflow` of all of it.
+
+    Sizing for R instead of the current rate is the burst allowance: bursts shorter than a
+    cold start cannot be met by scaling up, only by the fleet already standing, so the policy
+    keeps enough for all but `overflow` of the load its own recent samples saw. A smooth trace
+    gives R near its current rate, a bursty one near its recent peaks. 0 without samples.
+    """
+    positive = sorted((r for r in rates if r > 0), reverse=True)
+    if not positive:
+        return 0.0
+    budget = overflow * sum(positive)
+    top_sum = 0.0
+    for k, rate in enumerate(positive, start=1):
+        top_sum += rate
+        level = (top_sum - budget) / k  # excess above `level` of the top k equals the budget
+        below = positive[k] if k < len(positive) else 0.0
+        if level >= below:
+            return max(0.0, level)
+    return 0.0
+
+
+def beyond_poisson_rps(rate_rps: float, interval_s: float | None) -> float:
+    """A sampled rate less one Poisson standard deviation of its count: a Poisson stream's
+    counts over interval_s scatter by √(rate × interval) by chance alone, and the capacity
+    model already prices that scatter, so only what is left is burst."""
+    if interval_s is None or not interval_s > 0 or rate_rps <= 0:
+        return rate_rps
+    return max(0.0, rate_rps - math.sqrt(rate_rps / interval_s))
+
+
+def burst_overflow_share(config: ScalingConfig) -> float:
+    """The share of load the burst allowance may leave above the fleet: the configured one, or
+    half the SLO's miss budget (1 % for p99 → 0.5 %), since load above capacity also delays the
+    requests behind it."""
+    if config.burst_overflow is not None:
+        return float(config.burst_overflow)
+    slo = config.slo
+    percentile = slo.ttft_percentile if slo.ttft_ms is not None else (slo.itl_percentile if slo.itl_ms is not None else 99)
+    return max(1e-4, (100.0 - percentile) / 100.0 / 2.0)
+
+
+def windowed_token_means(samples: tuple[tuple[float, float, float, float], ...]) -> tuple[float, float] | None:
+    """Rate-weighted prompt and output means over the window (a short window right after a
+    start holds only the short requests that already finished, and reads too low)."""
+    weight = sum(rate for _, rate, _, _ in samples)
+    if not weight > 0:
+        return None
+    prompt = sum(rate * p for _, rate, p, _ in samples) / weight
+    output = sum(rate * o for _, rate, _, o in samples) / weight
+    return prompt, output
+
+
+def queue_floor_replicas(tail_s: float | None, p95_s: float | None, slo_s: float | None, ready: int) -> int | None:
+    """Replicas that would have cleared an observed burst's queue within the TTFT target.
+
+    A burst shorter than a scrape is invisible in the arrival rate but not in the TTFT
+    histogram: the tail request waited for the whole queue ahead of it, drained by `ready`
+    replicas in tail_s. The same queue drains within slo_s on ready × tail / slo replicas
+    (exact for a burst that arrives at once, generous for a longer one). Only a window whose
+    p95 also missed the target counts: a lone long prompt over the target is no queue, and
+    a fleet sized at its p99 target sees a p99 just over it in some windows by design.
+    None when no queue-driven miss was seen.
+    """
+    if slo_s is None or ready <= 0:
+        return None
+    if p95_s is None or tail_s is None or not (p95_s > slo_s and tail_s > slo_s):
+        return None
+    if not math.isfinite(tail_s):
+        return None
+    return math.ceil(round(ready * tail_s / slo_s, 9))
+
+
+def held_burst_factor(factors: tuple[tuple[float, float], ...], now_s: float, window_s: float, fade: bool) -> float:
+    """How much more than the rate asks for recent missed bursts still want (1: nothing).
+
+    A factor, not a replica count, so it follows the traffic level: bursts that queued past
+    the target at the rate-based size keep that size scaled up while they are recent. With
+    fade, each factor's excess over 1 shrinks linearly to nothing over the window."""
+    held = 1.0
+    for time_s, factor in factors:
+        share = max(0.0, 1.0 - (now_s - time_s) / window_s) if fade and window_s > 0 else 1.0
+        held = max(held, 1.0 + (factor - 1.0) * share)
+    return held
+
+
+def sizing_utilization(config: ScalingConfig) -> float:
+    """The utilisation cap the capacity model applies: the configured target only when no
+    latency percentile is set. A latency percentile already prices queueing, and the burst
+    allowance sizes the headroom from measured burstiness, so a fixed cap on top double counts."""
+    if config.slo.ttft_ms is not None or config.slo.itl_ms is not None:
+        return 1.0
+    return float(config.target_utilization)
+
+
 def scale_down_step(current: int, max_step: float) -> int:
     """Replicas one decision may remove: a count, or a share of current (at least one)."""
     if max_step >= 1:
@@ -247,13 +361,22 @@ def decide(
     busy = rate > 0 or (obs.running or 0) > 0 or (obs.waiting or 0) > 0
     last_traffic = now if busy else state.last_traffic_time_s
     rate_samples = _prune(state.rate_samples + ((now, rate),), now, config.trend_window_s)
+    previous = state.burst_samples[-1][0] if state.burst_samples else None
+    burst_samples = _prune(state.burst_samples + ((now, beyond_poisson_rps(rate, now - previous if previous is not None else None)),),
+                           now, config.burst_window_s)
+    token_samples = state.token_samples
+    if rate > 0:
+        token_samples += ((now, rate, float(obs.mean_prompt_tokens), float(obs.mean_output_tokens)),)
+    token_samples = _prune(token_samples, now, config.token_window_s)
     lookahead_s = config.startup_s if config.startup_s is not None else profile.startup_s
     current = obs.current_replicas
     limit, limited_by = replica_limit(config)
     slo = config.slo
+    utilization = sizing_utilization(config)
     notes: list[str] = []
 
     capacity = forecast = None
+    mean_prompt, mean_output = obs.mean_prompt_tokens, obs.mean_output_tokens
     if rate == 0:
         idle_since = last_traffic if last_traffic is not None else first_seen
         idle_s = now - idle_since
@@ -265,31 +388,72 @@ def decide(
             recommended = max(config.min_replicas, 1 if current > 0 else 0)
             head = f"λ=0 req/s for {idle_s:.0f} s → {recommended} replicas (minimum kept while idle)"
         forecast = 0.0
-    else:
-        prompt = round_tokens_up(obs.mean_prompt_tokens)
-        output = max(1.0, round_tokens_up(obs.mean_output_tokens))
-        capacity = capacity_per_replica_rps(profile, prompt, output, slo, float(config.target_utilization))
+    if rate == 0 and recommended > 0 and config.burst_window_s > 0 and current > 0:
+        # a lull inside a bursty stretch: keep the fleet the recent bursts need
+        burst = burst_rate_rps([r for _, r in burst_samples], burst_overflow_share(config))
+        means = windowed_token_means(token_samples)
+        if burst > 0 and means is not None:
+            mean_prompt, mean_output = means
+            capacity = capacity_per_replica_rps(profile, round_tokens_up(mean_prompt),
+                                                max(1.0, round_tokens_up(mean_output)), slo, utilization)
+            if capacity > 0:
+                keep = math.ceil(round(burst * config.peak_factor / capacity, 9))
+                if keep > recommended:
+                    recommended = keep
+                    head += f"; burst allowance {burst:.3g} req/s over {config.burst_window_s:.0f} s → {keep} replicas"
+    elif rate > 0:
+        means = windowed_token_means(token_samples) or (mean_prompt, mean_output)
+        mean_prompt, mean_output = means
+        prompt = round_tokens_up(mean_prompt)
+        output = max(1.0, round_tokens_up(mean_output))
+        capacity = capacity_per_replica_rps(profile, prompt, output, slo, utilization)
         slo_text = slo.describe()
-        if capacity <= 0:  # even a lone request misses the SLO: size for utilisation alone
+        if capacity <= 0:  # even a lone request misses the SLO: size for utilisation only
             capacity = capacity_per_replica_rps(profile, prompt, output, Slo(), float(config.target_utilization))
             notes.append(f"{slo_text} is unattainable on {profile.name} even unloaded: sized for utilisation only")
             slo_text = "no latency target"
         slope = trend_slope_rps_per_s(rate_samples)
         forecast = forecast_rate_rps(rate, slope, lookahead_s, config.max_lookahead_factor)
+        burst = (burst_rate_rps([r for _, r in burst_samples], burst_overflow_share(config))
+                 if config.burst_window_s > 0 else 0.0)
         queue_hurts = _queue_hurts(obs, slo)
         backlog_rps = (obs.waiting or 0) / config.backlog_drain_s if queue_hurts else 0.0
-        sizing_rate = forecast * config.peak_factor + backlog_rps
+        sizing_rate = max(forecast, burst) * config.peak_factor + backlog_rps
         # any traffic at all needs a replica to serve it, however small the rate rounds
         recommended = max(config.min_replicas, 1, math.ceil(round(sizing_rate / capacity, 9)))
         head = f"λ={rate:.3g} req/s"
         if forecast > rate:
             head += f" (expected {forecast:.3g} req/s in {lookahead_s:.0f} s)"
+        if burst > forecast:
+            head += f", burst allowance {burst:.3g} req/s (≤ {burst_overflow_share(config):.2%} of the last " \
+                    f"{config.burst_window_s:.0f} s above it)"
         if config.peak_factor > 1:
             head += f" × peak {config.peak_factor:g}"
         if backlog_rps > 0:
             head += f" + {obs.waiting:.0f} waiting to drain in {config.backlog_drain_s:.0f} s"
-        head += (f"; one replica sustains {capacity:.3g} req/s at {slo_text}, "
-                 f"utilisation ≤ {config.target_utilization:.0%} → {recommended} replicas")
+        head += f"; one replica sustains {capacity:.3g} req/s at {slo_text}"
+        if utilization < 1:
+            head += f", utilisation ≤ {utilization:.0%}"
+        head += f" → {recommended} replicas"
+
+    burst_factors = state.burst_factors
+    if config.burst_window_s > 0:
+        slo_s = slo.ttft_ms / 1000.0 if slo.ttft_ms is not None else None
+        floor = queue_floor_replicas(obs.observed_ttft_slo_percentile_s, obs.observed_ttft_p95_s, slo_s,
+                                     obs.ready_replicas)
+        if floor is not None and recommended > 0:
+            floor = min(floor, math.ceil(round(obs.ready_replicas * config.burst_floor_max_step, 9)))
+            if floor > recommended:
+                burst_factors += ((now, min(floor / recommended, config.burst_floor_max_step)),)
+        factor_window_s = BURST_FACTOR_WINDOWS * config.burst_window_s
+        burst_factors = _prune(burst_factors, now, factor_window_s)
+        factor = held_burst_factor(burst_factors, now, factor_window_s, config.burst_floor_fade)
+        if factor > 1 and recommended > 0:
+            boosted = math.ceil(round(recommended * factor, 9))
+            if boosted > recommended:
+                notes.append(f"× {factor:.2f} → {boosted} replicas: bursts in the last {factor_window_s:.0f} s "
+                             "queued past the TTFT target at the size the rate alone asked for")
+                recommended = boosted
 
     limited = None
     if recommended > limit:
@@ -301,6 +465,10 @@ def decide(
     target = recommended
     if recommended == 0 and rate == 0:
         pass  # scale-to-zero already waited out its own idle window
+    elif recommended < current and now - first_seen < config.scale_down_stabilization_s:
+        notes.append(f"held at {current}: less than one {config.scale_down_stabilization_s:.0f} s "
+                     "scale-down window of history yet")
+        target = current
     elif recommended < current:
         stabilised = max(r for _, r in recommendations)
         stepped = max(stabilised, current - scale_down_step(current, config.max_scale_down_step))
@@ -319,7 +487,7 @@ def decide(
     predicted_ttft = predicted_itl = None
     if rate > 0 and target > 0:
         per_replica = rate * config.peak_factor / target
-        prediction = predict(profile, per_replica, obs.mean_prompt_tokens, obs.mean_output_tokens)
+        prediction = predict(profile, per_replica, mean_prompt, mean_output)
         predicted_ttft, predicted_itl = prediction.ttft_p95_s, prediction.itl_p95_s
     elif rate > 0:
         predicted_ttft = math.inf
@@ -331,6 +499,9 @@ def decide(
         last_scale_time_s=now if target != current else state.last_scale_time_s,
         last_traffic_time_s=last_traffic,
         first_seen_time_s=first_seen,
+        burst_samples=burst_samples,
+        token_samples=token_samples,
+        burst_factors=burst_factors,
     )
     decision = Decision(target, reason, predicted_ttft, predicted_itl, capacity, limited,
                         metrics_ok=True, forecast_rate_rps=forecast)

@@ -14,9 +14,16 @@ from kiban.autoscale.policy import (
     ScalingConfig,
     capacity_per_replica_rps,
     decide,
+    beyond_poisson_rps,
+    burst_overflow_share,
+    burst_rate_rps,
     forecast_rate_rps,
+    held_burst_factor,
+    queue_floor_replicas,
     round_tokens_up,
+    sizing_utilization,
     trend_slope_rps_per_s,
+    windowed_token_means,
 )
 from kiban.capacity.batching import Slo
 from kiban.capacity.engine_profile import EngineProfile
@@ -42,7 +49,7 @@ def observe(t: float, rate: float | None, current: int, **extra) -> Observation:
 
 
 def per_replica() -> float:
-    return capacity_per_replica_rps(PROFILE, round_tokens_up(1000.0), round_tokens_up(130.0), SLO, 0.75)
+    return capacity_per_replica_rps(PROFILE, round_tokens_up(1000.0), round_tokens_up(130.0), SLO, 1.0)
 
 
 def test_scales_up_at_once_to_what_the_model_says():
@@ -65,7 +72,7 @@ def test_reason_carries_the_numbers():
 
 
 def test_no_scale_down_inside_the_window_then_bounded_steps():
-    cfg = config(scale_down_stabilization_s=300.0, max_scale_down_step=2)
+    cfg = config(scale_down_stabilization_s=300.0, max_scale_down_step=2, burst_window_s=0.0)
     high = 9.5 * per_replica()
     decision, state = decide(observe(0.0, high, current=1), cfg, PolicyState(), PROFILE)
     current = decision.replicas
@@ -87,7 +94,8 @@ def test_no_scale_down_inside_the_window_then_bounded_steps():
         history.append(current)
     assert history[-1] == 1 and history[0] == 8
     assert "stepped down from 10 to 8" in decide(observe(315.0, low, current=10), cfg,
-                                                 PolicyState(recommendations=((0.0, 1),)), PROFILE)[0].reason
+                                                 PolicyState(recommendations=((0.0, 1),), first_seen_time_s=0.0),
+                                                 PROFILE)[0].reason
 
 
 def test_fractional_step_removes_a_share():
@@ -218,3 +226,122 @@ def test_more_load_never_fewer_replicas(rate, extra, current):
     low, _ = decide(observe(0.0, rate, current=current), cfg, PolicyState(), PROFILE)
     high, _ = decide(observe(0.0, rate + extra, current=current), cfg, PolicyState(), PROFILE)
     assert high.replicas >= low.replicas
+
+
+# -- burst allowance, history rules, queue-observed bursts ------------------------------------
+
+
+def test_burst_rate_of_a_steady_rate_is_that_rate():
+    assert burst_rate_rps([5.0] * 20, 0.005) == pytest.approx(5.0 - 0.005 * 5.0)
+
+
+def test_burst_rate_sits_near_rare_peaks_and_is_zero_without_load():
+    rates = [1.0] * 59 + [60.0]
+    assert 55.0 < burst_rate_rps(rates, 0.005) < 60.0
+    assert burst_rate_rps([], 0.005) == 0.0
+    assert burst_rate_rps([0.0, 0.0], 0.005) == 0.0
+
+
+@given(st.lists(st.floats(min_value=0.0, max_value=100.0), min_size=1, max_size=60),
+       st.floats(min_value=0.001, max_value=0.5))
+@settings(max_examples=150, deadline=None)
+def test_burst_rate_leaves_exactly_the_overflow_share_above_it(rates, overflow):
+    level = burst_rate_rps(rates, overflow)
+    total = sum(rates)
+    excess = sum(max(0.0, r - level) for r in rates)
+    assert excess <= overflow * total + 1e-6
+    assert level <= max(rates) + 1e-9
+    # any lower level would leave more than the share above it
+    if level > 1e-6:
+        assert sum(max(0.0, r - 0.99 * level) for r in rates) > overflow * total - 1e-6
+
+
+def test_overflow_share_is_half_the_miss_budget_unless_set():
+    assert burst_overflow_share(config(slo=Slo(ttft_ms=500, ttft_percentile=99))) == pytest.approx(0.005)
+    assert burst_overflow_share(config(burst_overflow=0.02)) == pytest.approx(0.02)
+
+
+def test_poisson_scatter_is_not_counted_as_burst():
+    assert beyond_poisson_rps(16.0, 16.0) == pytest.approx(15.0)
+    assert beyond_poisson_rps(16.0, None) == 16.0
+    assert beyond_poisson_rps(0.0, 15.0) == 0.0
+
+
+def test_utilisation_cap_applies_only_without_a_latency_target():
+    assert sizing_utilization(config()) == 1.0
+    assert sizing_utilization(config(slo=Slo(), target_utilization=0.75)) == 0.75
+
+
+def test_burst_allowance_keeps_the_fleet_through_a_lull():
+    cfg = config(scale_down_stabilization_s=0.0)
+    state, current, t = PolicyState(), 1, 0.0
+    for rate in [0.5 * per_replica()] * 20 + [8.0 * per_replica()]:
+        decision, state = decide(observe(t, rate, current=current), cfg, state, PROFILE)
+        current, t = decision.replicas, t + 15.0
+    peak = current
+    decision, state = decide(observe(t, 0.0, current=current), cfg, state, PROFILE)
+    assert decision.replicas >= peak - 1 and "burst allowance" in decision.reason
+    without = config(scale_down_stabilization_s=0.0, burst_window_s=0.0)
+    assert decide(observe(t, 0.0, current=peak), without, replace_first_seen(state), PROFILE)[0].replicas < peak
+
+
+def replace_first_seen(state: PolicyState) -> PolicyState:
+    return PolicyState(first_seen_time_s=state.first_seen_time_s, last_traffic_time_s=state.last_traffic_time_s)
+
+
+def test_no_scale_down_before_a_full_window_of_history():
+    cfg = config(scale_down_stabilization_s=300.0, burst_window_s=0.0)
+    low = 0.5 * per_replica()
+    decision, state = decide(observe(0.0, low, current=10), cfg, PolicyState(), PROFILE)
+    assert decision.replicas == 10 and "history" in decision.reason
+    decision, _ = decide(observe(285.0, low, current=10), cfg, state, PROFILE)
+    assert decision.replicas == 10
+    decision, _ = decide(observe(300.0, low, current=10), cfg,
+                         PolicyState(first_seen_time_s=0.0, recommendations=((0.0, 1),)), PROFILE)
+    assert decision.replicas < 10
+
+
+def test_token_means_are_rate_weighted_over_the_window():
+    samples = ((0.0, 1.0, 100.0, 10.0), (15.0, 3.0, 1000.0, 50.0))
+    assert windowed_token_means(samples) == pytest.approx((775.0, 40.0))
+    assert windowed_token_means(()) is None
+
+
+def test_a_short_window_of_short_requests_does_not_shrink_the_fleet():
+    cfg = config(scale_down_stabilization_s=0.0, burst_window_s=0.0, token_window_s=300.0)
+    rate = 4.0 * per_replica()
+    decision, state = decide(observe(0.0, rate, current=1), cfg, PolicyState(), PROFILE)
+    short = observe(15.0, rate, current=decision.replicas, mean_prompt_tokens=100.0)
+    held, _ = decide(short, cfg, state, PROFILE)
+    naive, _ = decide(short, config(scale_down_stabilization_s=0.0, burst_window_s=0.0, token_window_s=0.0),
+                      state, PROFILE)
+    assert held.replicas > naive.replicas
+
+
+def test_queue_floor_only_for_a_queue_driven_miss():
+    assert queue_floor_replicas(6.0, 3.0, 2.0, 10) == 30
+    assert queue_floor_replicas(6.0, 1.0, 2.0, 10) is None  # only the tail missed: a long prompt, no queue
+    assert queue_floor_replicas(1.5, 1.0, 2.0, 10) is None
+    assert queue_floor_replicas(None, None, 2.0, 10) is None
+    assert queue_floor_replicas(6.0, 3.0, None, 10) is None
+
+
+def test_burst_factor_fades_over_its_window():
+    factors = ((0.0, 1.5),)
+    assert held_burst_factor(factors, 0.0, 1800.0, fade=True) == pytest.approx(1.5)
+    assert held_burst_factor(factors, 900.0, 1800.0, fade=True) == pytest.approx(1.25)
+    assert held_burst_factor(factors, 900.0, 1800.0, fade=False) == pytest.approx(1.5)
+    assert held_burst_factor((), 0.0, 1800.0, fade=True) == 1.0
+
+
+def test_a_missed_burst_raises_the_fleet_by_at_most_the_step():
+    cfg = config(burst_floor_max_step=1.5, burst_window_s=900.0)
+    rate = 4.0 * per_replica()
+    calm, state = decide(observe(0.0, rate, current=4, ready_replicas=4), cfg, PolicyState(), PROFILE)
+    missed = observe(15.0, rate, current=calm.replicas, ready_replicas=calm.replicas,
+                     observed_ttft_p95_s=3.0, observed_ttft_slo_percentile_s=10.0)
+    decision, state = decide(missed, cfg, state, PROFILE)
+    assert calm.replicas < decision.replicas <= math.ceil(1.5 * calm.replicas)
+    assert "queued past the TTFT target" in decision.reason
+    later, _ = decide(observe(30.0, rate, current=decision.replicas), cfg, state, PROFILE)
+    assert later.replicas == decision.replicas  # the factor is still held
