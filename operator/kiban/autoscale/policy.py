@@ -39,6 +39,9 @@ class Observation:
     observed_ttft_p95_s: float | None = None
     # TTFT at the SLO's percentile over the last window (histogram_quantile); None: not collected
     observed_ttft_slo_percentile_s: float | None = None
+    # prompt-length law of the window as (tokens, probability), e.g. from the prompt-token
+    # histogram's bucket deltas; None: every prompt is taken at the mean
+    prompt_mix: tuple[tuple[float, float], ...] | None = None
     current_replicas: int
     ready_replicas: int = 0
 
@@ -176,10 +179,12 @@ def round_tokens_up(tokens: float) -> float:
 
 @functools.lru_cache(maxsize=4096)
 def capacity_per_replica_rps(
-    profile: EngineProfile, prompt_tokens: float, output_tokens: float, slo: Slo, target_utilization: float
+    profile: EngineProfile, prompt_tokens: float, output_tokens: float, slo: Slo, target_utilization: float,
+    prompt_mix: tuple[tuple[float, float], ...] | None = None,
 ) -> float:
-    """Memoised max_arrival_rate: a pure function of hashable values, so caching is safe."""
-    return max_arrival_rate(profile, prompt_tokens, output_tokens, slo, target_utilization)
+    """Memoised max_arrival_rate: a pure function of hashable values, so caching is safe.
+    A prompt mix captures the long-prompt tail that the mean alone hides."""
+    return max_arrival_rate(profile, prompt_tokens, output_tokens, slo, target_utilization, prompt_mix=prompt_mix)
 
 
 def trend_slope_rps_per_s(samples: tuple[tuple[float, float], ...]) -> float:
@@ -406,7 +411,7 @@ def decide(
         mean_prompt, mean_output = means
         prompt = round_tokens_up(mean_prompt)
         output = max(1.0, round_tokens_up(mean_output))
-        capacity = capacity_per_replica_rps(profile, prompt, output, slo, utilization)
+        capacity = capacity_per_replica_rps(profile, prompt, output, slo, utilization, _mix(obs.prompt_mix))
         slo_text = slo.describe()
         if capacity <= 0:  # even a lone request misses the SLO: size for utilisation only
             capacity = capacity_per_replica_rps(profile, prompt, output, Slo(), float(config.target_utilization))
@@ -487,7 +492,7 @@ def decide(
     predicted_ttft = predicted_itl = None
     if rate > 0 and target > 0:
         per_replica = rate * config.peak_factor / target
-        prediction = predict(profile, per_replica, mean_prompt, mean_output)
+        prediction = predict(profile, per_replica, mean_prompt, mean_output, prompt_mix=_mix(obs.prompt_mix))
         predicted_ttft, predicted_itl = prediction.ttft_p95_s, prediction.itl_p95_s
     elif rate > 0:
         predicted_ttft = math.inf
@@ -506,6 +511,16 @@ def decide(
     decision = Decision(target, reason, predicted_ttft, predicted_itl, capacity, limited,
                         metrics_ok=True, forecast_rate_rps=forecast)
     return decision, new_state
+
+
+def _mix(prompt_mix: tuple[tuple[float, float], ...] | None) -> tuple[tuple[float, float], ...] | None:
+    """A usable, hashable prompt mix (positive total probability) or None."""
+    if not prompt_mix:
+        return None
+    pairs = tuple((float(t), float(p)) for t, p in prompt_mix)
+    if not all(math.isfinite(v) and v >= 0 for pair in pairs for v in pair) or not sum(p for _, p in pairs) > 0:
+        return None
+    return pairs
 
 
 def _queue_hurts(obs: Observation, slo: Slo) -> bool:

@@ -345,3 +345,15 @@ def test_a_missed_burst_raises_the_fleet_by_at_most_the_step():
     assert "queued past the TTFT target" in decision.reason
     later, _ = decide(observe(30.0, rate, current=decision.replicas), cfg, state, PROFILE)
     assert later.replicas == decision.replicas  # the factor is still held
+
+
+def test_a_long_prompt_tail_lowers_the_capacity():
+    cfg = config(burst_window_s=0.0)
+    rate = 4.0 * per_replica()
+    mean_only, _ = decide(observe(0.0, rate, current=1), cfg, PolicyState(), PROFILE)
+    mix = ((250.0, 0.5), (500.0, 0.3), (4000.0, 0.2))
+    with_mix, _ = decide(observe(0.0, rate, current=1, prompt_mix=mix), cfg, PolicyState(), PROFILE)
+    assert with_mix.capacity_per_replica_rps < mean_only.capacity_per_replica_rps
+    assert with_mix.replicas >= mean_only.replicas
+    bad, _ = decide(observe(0.0, rate, current=1, prompt_mix=((100.0, 0.0),)), cfg, PolicyState(), PROFILE)
+    assert bad.capacity_per_replica_rps == mean_only.capacity_per_replica_rps
