@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--conv-s", type=float, default=1200.0, help="seconds of conv before the switch")
     parser.add_argument("--code-s", type=float, default=1800.0, help="seconds of code after it")
     parser.add_argument("--token-window-s", type=float, default=600.0)
-    parser.add_argument("--steady-rps", type=float, default=8.0, help="rate of the steady-arrival scenario")
+    parser.add_argument("--steady-rps", type=float, default=30.0, help="rate of the steady-arrival scenario")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
