@@ -112,6 +112,16 @@ def histogram_quantile(q: float, bounds: tuple[float, ...], counts: tuple[int, .
     return bounds[-1]
 
 
+def window_bucket_counts(earlier: tuple[int, ...], later: tuple[int, ...]) -> tuple[int, ...]:
+    """Per-bucket counts in a window from two snapshots of cumulative-in-`le` bucket counters.
+
+    The fleet's counters are cumulative in `le`, as Prometheus exposes them; the window's
+    delta is too, so it is de-cumulated here to the per-bucket counts FleetObservation holds.
+    """
+    window = [c - p for c, p in zip(later, earlier)]
+    return tuple(c - p for c, p in zip(window, [0] + window[:-1]))
+
+
 def observe(previous: Counters, current: Counters, gauges: Gauges) -> FleetObservation:
     """The window between two counter snapshots, plus the gauges at its end."""
     window = current.time_s - previous.time_s
@@ -132,13 +142,9 @@ def observe(previous: Counters, current: Counters, gauges: Gauges) -> FleetObser
         waiting_total=sum(gauges.waiting),
         kv_usage_mean=float(np.mean(gauges.kv_usage)) if gauges.kv_usage else 0.0,
         ttft_buckets_s=TTFT_BUCKETS_S,
-        ttft_bucket_deltas=tuple(
-            c - p for c, p in zip(current.ttft_bucket_counts, previous.ttft_bucket_counts)
-        ),
+        ttft_bucket_deltas=window_bucket_counts(previous.ttft_bucket_counts, current.ttft_bucket_counts),
         itl_buckets_s=ITL_BUCKETS_S,
-        itl_bucket_deltas=tuple(
-            c - p for c, p in zip(current.itl_bucket_counts, previous.itl_bucket_counts)
-        ),
+        itl_bucket_deltas=window_bucket_counts(previous.itl_bucket_counts, current.itl_bucket_counts),
         ttft_mean_s=(current.ttft_sum_s - previous.ttft_sum_s) / first if first else None,
         itl_mean_s=(current.itl_sum_s - previous.itl_sum_s) / finished if finished else None,
         mean_prompt_tokens=(

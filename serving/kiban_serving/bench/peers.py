@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from kiban.autoscale.policy import Observation, PolicyState, ScalingConfig, decide
 from kiban.capacity.batching import Slo
 from kiban.capacity.engine_profile import EngineProfile
-from kiban_serving.bench.observe import FleetObservation, histogram_quantile
+from kiban_serving.bench.observe import FleetObservation
 
 
 class _Windowed:
@@ -53,18 +53,8 @@ class StaticPolicy:
 
 
 def ttft_quantile_s(obs: FleetObservation, q: float) -> float | None:
-    """histogram_quantile of the window's TTFT, whichever way the buckets are counted.
-
-    Prometheus' `le` buckets are cumulative; FleetObservation documents per-bucket counts but
-    the fleet's counters are cumulative in `le`, so the deltas are too. The window's total
-    (first tokens = finished here) tells which: per-bucket counts sum to it, cumulative ones
-    end at it. Read the wrong way, ten requests at 0.4 s give a p95 of 2560 s.
-    """
-    counts = obs.ttft_bucket_deltas
-    total = obs.finished_in_window
-    if counts and counts[-1] == total and sum(counts) != total:
-        counts = tuple(c - p for c, p in zip(counts, (0,) + tuple(counts[:-1])))
-    return histogram_quantile(q, obs.ttft_buckets_s, counts)
+    """histogram_quantile of the window's TTFT, as the operator's collector reads it from Prometheus."""
+    return obs.ttft_quantile_s(q)
 
 
 @dataclass

@@ -142,3 +142,15 @@ def test_cli_writes_the_json_keys_and_is_deterministic(tmp_path: Path) -> None:
 def test_cli_rejects_a_missing_trace(tmp_path: Path, capsys) -> None:
     assert cli.main(["--trace", str(tmp_path / "nope.csv")]) == 2
     assert "nope.csv" in capsys.readouterr().err
+
+
+def test_window_bucket_counts_are_per_bucket_from_cumulative_snapshots():
+    """Ten requests at 0.4 s in a window read as ten in that bucket, so p95 stays near 0.4 s."""
+    from kiban_serving.bench.observe import histogram_quantile, window_bucket_counts
+
+    bounds = (0.1, 0.5, 1.0)
+    earlier = (2, 5, 5, 5)  # cumulative in le: 2 ≤ 0.1 s, 3 in (0.1, 0.5]
+    later = (2, 15, 15, 15)  # ten more in (0.1, 0.5]
+    counts = window_bucket_counts(earlier, later)
+    assert counts == (0, 10, 0, 0)
+    assert 0.1 < histogram_quantile(0.95, bounds, counts) <= 0.5
