@@ -686,9 +686,16 @@ class DriftSpec(KibanModel):
     """Workload drift detection on prompt and output token distributions."""
 
     enabled: bool = Field(default=False, description="Compare recent token distributions with a reference window.")
-    window_seconds: int = Field(default=900, ge=60, le=86_400, description="Length of the recent window, seconds.")
+    window_seconds: int = Field(
+        default=120, ge=30, le=86_400,
+        description="Length of each drift window, seconds (the detector's measured default is 120).",
+    )
     reference_window_seconds: int = Field(
-        default=86_400, ge=300, le=2_592_000, description="Length of the reference window, seconds."
+        default=360, ge=30, le=2_592_000,
+        description=(
+            "Time the rolling reference covers, seconds: the last round(referenceWindowSeconds / "
+            "windowSeconds) windows, at least one (default 360: 3 windows of 120 s, as measured)."
+        ),
     )
     js_divergence_threshold: float = Field(
         default=0.1, gt=0.0, le=1.0, description="Jensen-Shannon divergence above which drift is reported."
