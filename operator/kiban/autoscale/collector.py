@@ -13,6 +13,10 @@ Arrival rate: completed requests per second plus the growth of requests in the e
 by its throughput, still shows the real demand. Fail safe: Prometheus unreachable, an error
 answer, no series for the model, or a NaN rate give an Observation with
 metrics_available=False and the reason; the policy then never scales.
+
+Optional inputs (`observed_ttft_slo_percentile_s`, `prompt_mix`): their queries run after the
+others, and a failed query, no series or a NaN leaves them None; they never make metrics
+unavailable.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from typing import Any, Protocol
 import requests
 
 from kiban.autoscale.policy import Observation
+from kiban.drift.histograms import bin_midpoints
+from kiban.drift.operator import histogram_from_increase
 
 # Machine-readable reasons for metrics_available=False (also the MetricsAvailable condition's reason).
 UNREACHABLE = "PrometheusUnreachable"
@@ -90,17 +96,48 @@ def _rate_either(names: Sequence[str], suffix: str, selector: str, window: str) 
     return " or ".join(f"rate({name}{suffix}{{{selector}}}[{window}])" for name in names)
 
 
-def build_queries(selector: str, window_s: float, token_window_s: float | None = None) -> dict[str, str]:
+def _increase_either(names: Sequence[str], suffix: str, selector: str, window: str) -> str:
+    return " or ".join(f"increase({name}{suffix}{{{selector}}}[{window}])" for name in names)
+
+
+def bucket_increase_query(names: Sequence[str], selector: str, window: str) -> str:
+    """A histogram's bucket counts over the window, summed over pods by `le` (increase() handles
+    counter resets and pods that appeared in the window)."""
+    return f"sum by (le) ({_increase_either(names, '_bucket', selector, window)})"
+
+
+def ttft_key(percentile: float) -> str:
+    """The build_queries key of TTFT at `percentile` (95 → 'ttft_p95')."""
+    return f"ttft_p{percentile:g}"
+
+
+def _ttft_quantile(percentile: float, selector: str, window: str) -> str:
+    return (f"histogram_quantile({percentile / 100:g}, "
+            f"sum by (le) (rate(vllm:time_to_first_token_seconds_bucket{{{selector}}}[{window}])))")
+
+
+PROMPT_BUCKETS = "prompt_buckets"  # key of the prompt-token histogram's window bucket counts (prompt_mix)
+
+
+def optional_query(key: str) -> bool:
+    """Queries whose failure leaves their Observation field None instead of making metrics unavailable."""
+    return key == PROMPT_BUCKETS or (key.startswith("ttft_p") and key != ttft_key(95))
+
+
+def build_queries(selector: str, window_s: float, token_window_s: float | None = None,
+                  ttft_percentiles: Sequence[float] = ()) -> dict[str, str]:
     """The PromQL for one model, by the field of the Observation it feeds (pure).
 
-    Token means use `token_window_s` (default: the rate window): a longer window gives the
-    capacity model steadier means, and drift re-fitting (kiban.drift.operator) covers the
-    time such a window needs to follow a real change of mix.
+    Token means and the prompt mix use `token_window_s` (default: the rate window): a longer
+    window gives the capacity model steadier means, and drift re-fitting (kiban.drift.operator)
+    covers the time such a window needs to follow a real change of mix. `ttft_percentiles`
+    (the SLO's, e.g. 99 for ttftP99Ms) add `ttft_key(p)` queries; 95 is always there. Optional
+    queries (optional_query) come last.
     """
     w = promql_duration(window_s)
     tw = promql_duration(token_window_s) if token_window_s is not None else w
     s = selector
-    return {
+    queries = {
         # engines scraped for this model: no engine, no data (a gauge always present in vLLM)
         "engines": f"count(vllm:num_requests_running{{{s}}})",
         "completion_rate": f"sum(rate(vllm:request_success_total{{{s}}}[{w}]))",
@@ -118,9 +155,7 @@ def build_queries(selector: str, window_s: float, token_window_s: float | None =
         ),
         "running": f"sum(vllm:num_requests_running{{{s}}})",
         "waiting": f"sum(vllm:num_requests_waiting{{{s}}})",
-        "ttft_p95": (
-            f"histogram_quantile(0.95, sum by (le) (rate(vllm:time_to_first_token_seconds_bucket{{{s}}}[{w}])))"
-        ),
+        ttft_key(95): _ttft_quantile(95, s, w),
         "kv_cache_usage": "max(" + " or ".join(f"{name}{{{s}}}" for name in KV_USAGE_NAMES) + ")",
         # per engine, for re-fitting alpha/beta: time-averaged batch and mean inter-token latency
         "batch_by_engine": f"avg_over_time(vllm:num_requests_running{{{s}}}[{w}])",
@@ -128,6 +163,11 @@ def build_queries(selector: str, window_s: float, token_window_s: float | None =
             f"({_rate_either(ITL_NAMES, '_sum', s, w)}) / ({_rate_either(ITL_NAMES, '_count', s, w)})"
         ),
     }
+    for percentile in ttft_percentiles:
+        queries.setdefault(ttft_key(percentile), _ttft_quantile(percentile, s, w))
+    # the window's prompt-length law: the same query as the prompt_tokens drift signal's buckets
+    queries[PROMPT_BUCKETS] = bucket_increase_query(DRIFT_HISTOGRAMS["prompt_tokens"], s, tw)
+    return queries
 
 
 # Drift signals (kiban.drift) and the vLLM histograms they come from (new name first, old as fallback).
@@ -139,10 +179,6 @@ DRIFT_HISTOGRAMS: dict[str, tuple[str, ...]] = {
 }
 
 
-def _increase_either(names: Sequence[str], suffix: str, selector: str, window: str) -> str:
-    return " or ".join(f"increase({name}{suffix}{{{selector}}}[{window}])" for name in names)
-
-
 def build_drift_queries(selector: str, window_s: float) -> dict[str, str]:
     """Per drift signal, the window's bucket counts summed over pods by `le`, and its `_sum`.
 
@@ -152,7 +188,7 @@ def build_drift_queries(selector: str, window_s: float) -> dict[str, str]:
     w = promql_duration(window_s)
     queries: dict[str, str] = {}
     for signal, names in DRIFT_HISTOGRAMS.items():
-        queries[f"{signal}:buckets"] = f"sum by (le) ({_increase_either(names, '_bucket', selector, w)})"
+        queries[f"{signal}:buckets"] = bucket_increase_query(names, selector, w)
         queries[f"{signal}:sum"] = f"sum({_increase_either(names, '_sum', selector, w)})"
     return queries
 
@@ -207,6 +243,23 @@ def decode_pairs(batch_by_engine: Sequence[Sample], itl_by_engine: Sequence[Samp
     return tuple(sorted(pairs))
 
 
+def prompt_mix_from(buckets: Sequence[Sample]) -> tuple[tuple[float, float], ...] | None:
+    """The window's prompt-length law as (tokens, probability) from the prompt-token histogram's
+    bucket increase (PROMPT_BUCKETS): per bucket its midpoint, the +Inf bucket at the highest
+    finite bound, probabilities normalised; empty buckets left out. None when there is nothing
+    usable (no series, no request in the window, no +Inf or no finite bucket)."""
+    pairs = [(s.labels["le"], s.value) for s in buckets if "le" in s.labels and math.isfinite(s.value)]
+    try:
+        histogram = histogram_from_increase(pairs, None) if pairs else None
+    except ValueError:  # no +Inf bucket or a repeated le
+        return None
+    if histogram is None or not histogram.upper_bounds or not histogram.total > 0:
+        return None
+    total = histogram.total
+    return tuple((float(t), c / total) for t, c in zip(bin_midpoints(histogram.upper_bounds), histogram.counts)
+                 if c > 0)
+
+
 def observation_from(
     values: Mapping[str, float | None],
     *,
@@ -215,9 +268,14 @@ def observation_from(
     current_replicas: int,
     ready_replicas: int,
     model_name: str,
+    ttft_slo_percentile: float | None = None,
+    prompt_mix: tuple[tuple[float, float], ...] | None = None,
 ) -> tuple[Observation, str | None]:
     """The policy's Observation from the queries' values (None: no series), and the CamelCase reason
-    when metrics are unavailable (no engine series, NaN or infinite rates)."""
+    when metrics are unavailable (no engine series, NaN or infinite rates).
+
+    `ttft_slo_percentile` picks `values[ttft_key(p)]` for observed_ttft_slo_percentile_s;
+    `prompt_mix` (prompt_mix_from) is passed through."""
 
     def unavailable(code: str, why: str) -> tuple[Observation, str]:
         return Observation(time_s=time_s, metrics_available=False, reason_unavailable=why,
@@ -244,7 +302,10 @@ def observation_from(
         mean_output_tokens=_finite(values.get("mean_output_tokens")),
         running=running,
         waiting=waiting,
-        observed_ttft_p95_s=_finite(values.get("ttft_p95")),
+        observed_ttft_p95_s=_finite(values.get(ttft_key(95))),
+        observed_ttft_slo_percentile_s=(_finite(values.get(ttft_key(ttft_slo_percentile)))
+                                        if ttft_slo_percentile is not None else None),
+        prompt_mix=prompt_mix,
         current_replicas=current_replicas,
         ready_replicas=ready_replicas,
     )
@@ -291,6 +352,8 @@ class Collected:
     engines: int = 0
     kv_cache_usage: float | None = None
     decode_pairs: tuple[tuple[float, float], ...] = ()
+    # TTFT in seconds at each SLO percentile asked for (None: no data), for one Observation per SLO
+    ttft_slo_s: Mapping[float, float | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -348,14 +411,25 @@ class Collector:
         return drift_series_from(results, time_s=time_s, window_s=window_s)
 
     def collect(
-        self, model_name: str, namespace: str | None, *, time_s: float, current_replicas: int, ready_replicas: int
+        self, model_name: str, namespace: str | None, *, time_s: float, current_replicas: int, ready_replicas: int,
+        ttft_percentiles: Sequence[float] = (),
     ) -> Collected:
-        """Query Prometheus for one model; never raises for Prometheus trouble (it is in the result)."""
+        """Query Prometheus for one model; never raises for Prometheus trouble (it is in the result).
+
+        `ttft_percentiles`: the SLO's TTFT percentiles (Collected.ttft_slo_s); with exactly one,
+        the Observation's observed_ttft_slo_percentile_s is that one's.
+        """
         selector = label_selector(model_name, namespace if self.namespace_label else None)
-        queries = build_queries(selector, self.window_s, self.token_window_s)
+        queries = build_queries(selector, self.window_s, self.token_window_s, ttft_percentiles)
         results: dict[str, list[Sample]] = {}
         try:
             for key, promql in queries.items():
+                if optional_query(key):
+                    try:
+                        results[key] = self.prometheus.query(promql, time_s)
+                    except PrometheusUnavailable:
+                        results[key] = []  # optional: its field stays None
+                    continue
                 results[key] = self.prometheus.query(promql, time_s)
                 if key == "engines" and not results[key]:
                     break  # nothing scraped for this model: the other answers would be empty too
@@ -365,10 +439,12 @@ class Collector:
                                       current_replicas=current_replicas, ready_replicas=ready_replicas)
             return Collected(observation, reason_code=exc.reason)
         values = {key: single_value(samples) for key, samples in results.items()
-                  if key not in ("batch_by_engine", "itl_by_engine")}
+                  if key not in ("batch_by_engine", "itl_by_engine", PROMPT_BUCKETS)}
         observation, reason_code = observation_from(
             values, time_s=time_s, window_s=self.window_s, current_replicas=current_replicas,
             ready_replicas=ready_replicas, model_name=model_name,
+            ttft_slo_percentile=ttft_percentiles[0] if len(set(ttft_percentiles)) == 1 else None,
+            prompt_mix=prompt_mix_from(results.get(PROMPT_BUCKETS, [])),
         )
         return Collected(
             observation=observation,
@@ -376,4 +452,6 @@ class Collector:
             engines=int(values.get("engines") or 0),
             kv_cache_usage=_finite(values.get("kv_cache_usage")),
             decode_pairs=decode_pairs(results.get("batch_by_engine", []), results.get("itl_by_engine", [])),
+            ttft_slo_s=({p: _finite(values.get(ttft_key(p))) for p in ttft_percentiles}
+                        if reason_code is None else {}),
         )

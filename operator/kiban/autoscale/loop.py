@@ -170,13 +170,25 @@ def current_replicas(model: FoundationModel) -> int:
     return desired_replicas(model)
 
 
+def ttft_percentiles(configs: Sequence[ScalingConfig]) -> tuple[int, ...]:
+    """The TTFT percentiles the configs' SLOs target (what the collector must observe)."""
+    return tuple(sorted({c.slo.ttft_percentile for c in configs if c.slo.ttft_ms is not None}))
+
+
 def decide_strictest(
-    observation: Any, configs: Sequence[ScalingConfig], state: PolicyState, profile: EngineProfile
+    observation: Any, configs: Sequence[ScalingConfig], state: PolicyState, profile: EngineProfile,
+    ttft_slo_s: Mapping[float, float | None] | None = None,
 ) -> tuple[Decision, PolicyState]:
-    """decide() under each SLO variant; the one asking for most replicas wins (all targets hold)."""
+    """decide() under each SLO variant; the one asking for most replicas wins (all targets hold).
+
+    `ttft_slo_s` (Collected.ttft_slo_s): each variant sees the observed TTFT at its own percentile.
+    """
     best: tuple[Decision, PolicyState] | None = None
     for config in configs:
-        candidate = decide(observation, config, state, profile)
+        seen = observation
+        if ttft_slo_s and config.slo.ttft_ms is not None:
+            seen = replace(observation, observed_ttft_slo_percentile_s=ttft_slo_s.get(config.slo.ttft_percentile))
+        candidate = decide(seen, config, state, profile)
         if best is None or candidate[0].replicas > best[0].replicas:
             best = candidate
     assert best is not None, "configs must not be empty"
@@ -389,7 +401,8 @@ class Autoscaler:
         ready = int(((deployment or {}).get("status") or {}).get("readyReplicas") or 0)
         collected = await context.io(
             lambda: self.collector.collect(model.served_model_name, ref[0], time_s=now,
-                                           current_replicas=current, ready_replicas=ready)
+                                           current_replicas=current, ready_replicas=ready,
+                                           ttft_percentiles=ttft_percentiles(configs))
         )
         memory = self.memory.get(ref)
         state = memory.state if memory else seed_state(now, current)
@@ -405,7 +418,7 @@ class Autoscaler:
                     state = drift.reset_policy_state(state)
             collected = replace(collected, observation=drift.observation_with_refit(collected.observation,
                                                                                     drift_memory.refit))
-        decision, state = decide_strictest(collected.observation, configs, state, profile)
+        decision, state = decide_strictest(collected.observation, configs, state, profile, collected.ttft_slo_s)
         self.memory[ref] = _Memory(state, now, drift_memory)
         result = PassResult(decision=decision, collected=collected, drift=outcome.assessment)
 

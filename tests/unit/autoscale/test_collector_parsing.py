@@ -118,3 +118,81 @@ def test_decode_pairs_join_batch_and_itl_per_engine_in_milliseconds():
     itls = [Sample(a, 0.040), Sample(b, 0.020), Sample(idle, math.nan),
             Sample({"instance": "gone:8000", "engine": "0", "namespace": "ns"}, 0.05)]
     assert decode_pairs(batches, itls) == ((3.0, 20.0), (12.0, 40.0))
+
+
+def flat(pairs):
+    return [v for pair in pairs for v in pair] if pairs is not None else None
+
+
+def test_prompt_mix_is_bucket_midpoints_with_inf_at_the_highest_bound_normalised():
+    from kiban.autoscale.collector import prompt_mix_from
+
+    buckets = [Sample({"le": "+Inf"}, 10.0), Sample({"le": "100.0"}, 2.0), Sample({"le": "500.0"}, 8.0),
+               Sample({"le": "1000.0"}, 8.0)]
+    # (0,100] → 50; (100,500] → 300; (500,1000] empty; +Inf → 1000
+    assert flat(prompt_mix_from(buckets)) == pytest.approx([50.0, 0.2, 300.0, 0.6, 1000.0, 0.2])
+
+
+def test_prompt_mix_evens_out_increase_noise_between_neighbouring_buckets():
+    from kiban.autoscale.collector import prompt_mix_from
+
+    mix = prompt_mix_from([Sample({"le": "100.0"}, 4.0001), Sample({"le": "200.0"}, 4.0), Sample({"le": "+Inf"}, 8.0)])
+    assert flat(mix) == pytest.approx([50.0, 0.5, 200.0, 0.5], rel=1e-4)
+
+
+@pytest.mark.parametrize("buckets", [
+    [],  # no series
+    [Sample({"le": "100.0"}, 0.0), Sample({"le": "+Inf"}, 0.0)],  # no request in the window
+    [Sample({"le": "100.0"}, 3.0)],  # no +Inf bucket
+    [Sample({"le": "+Inf"}, 3.0)],  # no finite bound to place the +Inf bucket at
+    [Sample({"le": "100.0"}, float("nan")), Sample({"le": "+Inf"}, float("nan"))],
+])
+def test_prompt_mix_without_usable_buckets_is_none(buckets):
+    from kiban.autoscale.collector import prompt_mix_from
+
+    assert prompt_mix_from(buckets) is None
+
+
+def test_ttft_at_the_slo_percentile_and_prompt_mix_fill_the_observation():
+    mix = ((50.0, 0.5), (300.0, 0.5))
+    observation, _ = observation_from({**BUSY, "ttft_p99": 1.4}, time_s=100.0, window_s=30.0, current_replicas=2,
+                                      ready_replicas=1, model_name="llama", ttft_slo_percentile=99, prompt_mix=mix)
+    assert (observation.observed_ttft_slo_percentile_s, observation.prompt_mix) == (1.4, mix)
+    missing, _ = observation_from({**BUSY, "ttft_p99": float("nan")}, time_s=100.0, window_s=30.0,
+                                  current_replicas=2, ready_replicas=1, model_name="llama", ttft_slo_percentile=99)
+    assert missing.metrics_available and missing.observed_ttft_slo_percentile_s is None and missing.prompt_mix is None
+    assert observe(BUSY)[0].observed_ttft_slo_percentile_s is None
+
+
+class _Answers:
+    """A PrometheusQuery answering every query with one value, failing the ones named in `fail`."""
+
+    def __init__(self, fail=()):
+        self.fail = fail
+
+    def query(self, promql, time_s):
+        if any(text in promql for text in self.fail):
+            raise PrometheusUnavailable(QUERY_FAILED, "bad_data: boom")
+        if "request_prompt_tokens_bucket" in promql:
+            return [Sample({"le": "100.0"}, 1.0), Sample({"le": "+Inf"}, 4.0)]
+        if "histogram_quantile(0.99" in promql:
+            return [Sample({}, 1.2)]
+        return [Sample({}, 2.0)]
+
+
+def test_collect_fills_the_optional_fields_and_their_failures_leave_them_none():
+    from kiban.autoscale.collector import Collector
+
+    collected = Collector(_Answers(), 30).collect("llama", "ns", time_s=1.0, current_replicas=1, ready_replicas=1,
+                                                  ttft_percentiles=(99,))
+    assert collected.observation.metrics_available
+    assert collected.observation.observed_ttft_slo_percentile_s == 1.2 and collected.ttft_slo_s == {99: 1.2}
+    assert flat(collected.observation.prompt_mix) == pytest.approx([50.0, 0.25, 100.0, 0.75])
+    both = Collector(_Answers(), 30).collect("llama", "ns", time_s=1.0, current_replicas=1, ready_replicas=1,
+                                             ttft_percentiles=(95, 99))
+    assert both.ttft_slo_s == {95: 2.0, 99: 1.2} and both.observation.observed_ttft_slo_percentile_s is None
+
+    failing = Collector(_Answers(fail=("histogram_quantile(0.99", "request_prompt_tokens_bucket")), 30).collect(
+        "llama", "ns", time_s=1.0, current_replicas=1, ready_replicas=1, ttft_percentiles=(99,))
+    assert failing.observation.metrics_available and failing.reason_code is None
+    assert failing.observation.observed_ttft_slo_percentile_s is None and failing.observation.prompt_mix is None

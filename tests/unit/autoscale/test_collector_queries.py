@@ -85,3 +85,23 @@ def test_itl_reads_the_new_name_and_falls_back_to_the_old_one():
         assert f"rate({name}_sum{{{SELECTOR}}}[30s])" in itl
         assert f"rate({name}_count{{{SELECTOR}}}[30s])" in itl
     assert itl.index("inter_token_latency") < itl.index("time_per_output_token")  # new name wins per series
+
+
+def test_ttft_at_the_slo_percentile_is_histogram_quantile_at_that_percentile():
+    queries = build_queries(SELECTOR, 30, ttft_percentiles=(99, 95))
+    assert queries["ttft_p99"] == (
+        f"histogram_quantile(0.99, sum by (le) (rate(vllm:time_to_first_token_seconds_bucket{{{SELECTOR}}}[30s])))"
+    )
+    assert queries["ttft_p95"] == build_queries(SELECTOR, 30)["ttft_p95"]  # 95 is not asked twice
+    assert "ttft_p99" not in build_queries(SELECTOR, 30)
+
+
+def test_prompt_mix_reuses_the_drift_prompt_bucket_query_over_the_token_window():
+    from kiban.autoscale.collector import PROMPT_BUCKETS, build_drift_queries, optional_query
+
+    queries = build_queries(SELECTOR, 30, token_window_s=600, ttft_percentiles=(99,))
+    assert queries[PROMPT_BUCKETS] == (
+        f"sum by (le) (increase(vllm:request_prompt_tokens_bucket{{{SELECTOR}}}[600s]))")
+    assert queries[PROMPT_BUCKETS] == build_drift_queries(SELECTOR, 600)["prompt_tokens:buckets"]
+    assert [k for k in queries if optional_query(k)] == ["ttft_p99", PROMPT_BUCKETS]  # last, after the required
+    assert list(queries)[-2:] == ["ttft_p99", PROMPT_BUCKETS]

@@ -199,3 +199,19 @@ def test_metrics_per_model_in_a_fresh_registry():
 def test_rate_window_defaults_to_four_intervals():
     assert AutoscaleSettings("http://p:9090", interval_s=15).window_s == 60
     assert AutoscaleSettings("http://p:9090", interval_s=2, rate_window_s=5).window_s == 5
+
+
+def test_each_slo_variant_sees_the_observed_ttft_at_its_own_percentile(monkeypatch):
+    from kiban.autoscale import loop
+
+    fm = model(slo={"ttftP95Ms": 200, "ttftP99Ms": 400})
+    configs = scaling_configs(fm, 1)
+    assert loop.ttft_percentiles(configs) == (95, 99)
+    assert loop.ttft_percentiles(scaling_configs(model(slo={"itlP95Ms": 40}), 1)) == ()
+    seen = []
+    real = loop.decide
+    monkeypatch.setattr(loop, "decide", lambda obs, config, state, profile: (
+        seen.append((config.slo.ttft_percentile, obs.observed_ttft_slo_percentile_s)),
+        real(obs, config, state, profile))[1])
+    decide_strictest(busy(0, 6.0, 1), configs, seed_state(0, 1), engine_profile_for(fm), {95: 0.3, 99: 0.9})
+    assert seen == [(95, 0.3), (99, 0.9)]
