@@ -98,6 +98,14 @@ class OperatorConfig(BaseModel):
     watch_namespace: str | None = Field(default=None, description="Namespace to watch; None watches all.")
     autoscale_interval_seconds: float = Field(default=15.0, gt=0, description="Autoscaler timer period.")
     prometheus_url: str = Field(default="http://prometheus-operated.monitoring.svc:9090")
+    prometheus_bearer_token_file: str | None = Field(
+        default=None,
+        description="File holding a bearer token for Prometheus (re-read per query: projected tokens rotate), "
+        "e.g. the ServiceAccount token for OpenShift's thanos-querier.",
+    )
+    prometheus_ca_file: str | None = Field(
+        default=None, description="CA bundle that signed Prometheus' TLS certificate; None uses the system store."
+    )
     field_manager: str = Field(default="kiban", min_length=1, max_length=128)
     vllm_image: str = Field(default=DEFAULT_VLLM_IMAGE, min_length=1)
     monitoring_namespace: str = Field(
@@ -142,6 +150,8 @@ ENV_FIELDS: dict[str, str] = {
     "KIBAN_WATCH_NAMESPACE": "watch_namespace",
     "KIBAN_AUTOSCALE_INTERVAL_SECONDS": "autoscale_interval_seconds",
     "KIBAN_PROMETHEUS_URL": "prometheus_url",
+    "KIBAN_PROMETHEUS_BEARER_TOKEN_FILE": "prometheus_bearer_token_file",
+    "KIBAN_PROMETHEUS_CA_FILE": "prometheus_ca_file",
     "KIBAN_FIELD_MANAGER": "field_manager",
     "KIBAN_VLLM_IMAGE": "vllm_image",
     "KIBAN_MONITORING_NAMESPACE": "monitoring_namespace",

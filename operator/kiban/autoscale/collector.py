@@ -315,21 +315,36 @@ def observation_from(
 # -- I/O ---------------------------------------------------------------------------------------
 
 
+def auth_headers(bearer_token_file: str | None) -> dict[str, str]:
+    """The Authorization header for a token file (never logged); none without a file."""
+    if not bearer_token_file:
+        return {}
+    with open(bearer_token_file, encoding="utf-8") as handle:
+        return {"Authorization": f"Bearer {handle.read().strip()}"}
+
+
 @dataclass
 class PrometheusHttp:
     """PrometheusQuery over the HTTP API (GET /api/v1/query); every failure is PrometheusUnavailable."""
 
     base_url: str
     timeout_s: float = 5.0
+    bearer_token_file: str | None = None  # re-read per query: projected ServiceAccount tokens rotate
+    ca_file: str | None = None  # None: the system trust store
     session: requests.Session = field(default_factory=requests.Session)
 
     def query(self, promql: str, time_s: float) -> list[Sample]:
         url = self.base_url.rstrip("/") + "/api/v1/query"
         try:
-            response = self.session.get(url, params={"query": promql, "time": f"{time_s:.3f}"}, timeout=self.timeout_s)
+            response = self.session.get(url, params={"query": promql, "time": f"{time_s:.3f}"},
+                                        headers=auth_headers(self.bearer_token_file),
+                                        verify=self.ca_file or True, timeout=self.timeout_s)
         except requests.RequestException as exc:
             raise PrometheusUnavailable(UNREACHABLE, f"Prometheus at {self.base_url} is unreachable: "
                                                      f"{type(exc).__name__}") from exc
+        except OSError as exc:  # the token file could not be read (RequestException is an OSError too: caught above)
+            raise PrometheusUnavailable(UNREACHABLE, f"Prometheus token file {self.bearer_token_file} "
+                                                     f"is unreadable: {type(exc).__name__}") from exc
         try:
             payload = response.json()
         except ValueError:

@@ -80,6 +80,8 @@ class AutoscaleSettings:
 
     prometheus_url: str
     interval_s: float = 15.0
+    prometheus_bearer_token_file: str | None = None
+    prometheus_ca_file: str | None = None
     rate_window_s: float | None = None  # None: RATE_WINDOW_INTERVALS x interval_s
     namespace_label: bool = True  # the scrape adds `namespace` (PodMonitor does): match on it
     query_timeout_s: float = 5.0
@@ -102,6 +104,8 @@ class AutoscaleSettings:
         """From OperatorConfig (Prometheus URL, autoscale interval) and the KIBAN_DRIFT_* /
         KIBAN_TOKEN_WINDOW_SECONDS overrides of DRIFT_ENV."""
         return cls(prometheus_url=config.prometheus_url, interval_s=float(config.autoscale_interval_seconds),
+                   prometheus_bearer_token_file=config.prometheus_bearer_token_file,
+                   prometheus_ca_file=config.prometheus_ca_file,
                    **drift_overrides(os.environ if environ is None else environ))
 
 
@@ -352,7 +356,9 @@ class Autoscaler:
 
     @classmethod
     def from_settings(cls, settings: AutoscaleSettings, clock: Callable[[], float] = time.time) -> Autoscaler:
-        prometheus = PrometheusHttp(settings.prometheus_url, timeout_s=settings.query_timeout_s)
+        prometheus = PrometheusHttp(settings.prometheus_url, timeout_s=settings.query_timeout_s,
+                                    bearer_token_file=settings.prometheus_bearer_token_file,
+                                    ca_file=settings.prometheus_ca_file)
         collector = Collector(prometheus, settings.window_s, namespace_label=settings.namespace_label,
                               token_window_s=settings.token_window_s)
         return cls(collector=collector, settings=settings, clock=clock)
