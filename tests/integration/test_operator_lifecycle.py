@@ -9,22 +9,20 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from support import REPO, OperatorProcess, kubectl
+from support import wait_for as _wait_for
+
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
-CRDS = REPO / "crds"
 EXAMPLES = REPO / "examples"
 FM_GROUP, FM_VERSION, FM_PLURAL = "kiban.dev", "v1alpha1", "foundationmodels"
 
@@ -32,28 +30,7 @@ FM_GROUP, FM_VERSION, FM_PLURAL = "kiban.dev", "v1alpha1", "foundationmodels"
 # ----------------------------------------------------------------------------- helpers
 
 
-def wait_for(check: Callable[[], Any], timeout: float = 60.0, interval: float = 0.25, what: str = "") -> Any:
-    """Poll `check` until it returns something truthy; fail naming `what` and the last value."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}; last seen: {last!r}")
-
-
-def kubectl(kubeconfig: Path, *args: str, input_text: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    from kiban.devcluster import tool_path
-
-    done = subprocess.run(
-        [str(tool_path("kubectl")), f"--kubeconfig={kubeconfig}", *args],
-        input=input_text, capture_output=True, text=True, timeout=60,
-    )
-    if check and done.returncode != 0:
-        pytest.fail(f"kubectl {' '.join(args)} failed: {done.stderr}")
-    return done
+wait_for = partial(_wait_for, interval=0.25)  # this file polls every 0.25 s
 
 
 def model_body(name: str, **spec_overrides: Any) -> dict:
@@ -126,66 +103,18 @@ def condition_is(cluster: Cluster, name: str, type_: str, status: str, reason: s
     return check
 
 
-class OperatorProcess:
-    """`python -m kiban run` as a child process, logs to a file, stopped with SIGTERM."""
-
-    def __init__(self, kubeconfig: Path, namespace: str, log_path: Path, *extra: str) -> None:
-        mode = list(extra) if "--peering" in extra else ["--standalone", *extra]
-        self.args = [
-            sys.executable, "-m", "kiban", "run", "-n", namespace,
-            "--metrics-port", "0", "--resync-seconds", "5", *mode,
-        ]
-        self.env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONUNBUFFERED": "1"}
-        self.log_path = log_path
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> OperatorProcess:
-        self.log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self.args, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO)
-        return self
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-        self.proc = None
-
-    def logs(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-
 # ----------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="session")
-def installed_crds(kubeconfig: Path) -> Path:
-    """Every CRD in crds/, applied and Established."""
-    files = sorted(CRDS.glob("*.yaml"))
-    assert files, "crds/ is empty: run `make crds`"
-    for path in files:
-        kubectl(kubeconfig, "apply", "--server-side", "-f", str(path))
-    kubectl(kubeconfig, "wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
-    return kubeconfig
-
-
 @pytest.fixture
-def cluster(kube_api, namespace: str, installed_crds: Path) -> Cluster:
+def cluster(kube_api, namespace: str, crds: Path) -> Cluster:
     return Cluster(kube_api, namespace)
 
 
 @pytest.fixture
-def operator(installed_crds: Path, namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
-    process = OperatorProcess(installed_crds, namespace, tmp_path / "operator.log").start()
-    yield process
-    process.stop()
-    print(process.logs()[-20000:])  # shown by pytest only when the test failed
+def operator(crds: Path, namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
+    with OperatorProcess(crds, namespace, tmp_path / "operator.log") as process:
+        yield process
 
 
 # ----------------------------------------------------------------------------- tests
@@ -254,13 +183,13 @@ def test_edited_child_is_put_back(cluster: Cluster, operator: OperatorProcess):
     )
 
 
-def test_scale_subresource_sets_deployment_replicas(cluster: Cluster, operator: OperatorProcess, installed_crds: Path):
+def test_scale_subresource_sets_deployment_replicas(cluster: Cluster, operator: OperatorProcess, crds: Path):
     cluster.create_model(model_body("scaled"))
     ready_with_running_pods(cluster, "scaled", operator)
-    kubectl(installed_crds, "-n", cluster.namespace, "scale", "fm/scaled", "--replicas=3")
+    kubectl(crds, "-n", cluster.namespace, "scale", "fm/scaled", "--replicas=3")
     wait_for(lambda: cluster.deployment("scaled").spec.replicas == 3, 30, what="Deployment replicas 3")
     wait_for(lambda: cluster.model("scaled")["status"].get("readyReplicas") == 3, 60, what="3 ready replicas")
-    scale = json.loads(kubectl(installed_crds, "-n", cluster.namespace, "get", "--raw",
+    scale = json.loads(kubectl(crds, "-n", cluster.namespace, "get", "--raw",
                                f"/apis/kiban.dev/v1alpha1/namespaces/{cluster.namespace}/foundationmodels/scaled/scale").stdout)
     assert scale["spec"]["replicas"] == 3 and scale["status"]["replicas"] == 3
 
@@ -363,7 +292,7 @@ def static_volumes(cluster: Cluster) -> Iterator[Callable[[int], None]]:
 
 
 def test_every_example_reaches_ready_on_matching_gpu_nodes(
-    cluster: Cluster, operator: OperatorProcess, installed_crds: Path, static_volumes
+    cluster: Cluster, operator: OperatorProcess, crds: Path, static_volumes
 ):
     examples = example_models()
     assert examples, "examples/ holds no FoundationModel"
@@ -376,17 +305,17 @@ def test_every_example_reaches_ready_on_matching_gpu_nodes(
                      "storageClassName": ""},
         })
     for priority_class in {d["spec"].get("scheduling", {}).get("priorityClassName") for _, d in examples} - {None}:
-        kubectl(installed_crds, "apply", "-f", "-", input_text=yaml.safe_dump({
+        kubectl(crds, "apply", "-f", "-", input_text=yaml.safe_dump({
             "apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
             "metadata": {"name": priority_class}, "value": 1000,
         }))
     for path in sorted({p for p, _ in examples}):
-        kubectl(installed_crds, "-n", cluster.namespace, "apply", "-f", str(path))
+        kubectl(crds, "-n", cluster.namespace, "apply", "-f", str(path))
     nodes = {n.metadata.name: n for n in cluster.core.list_node().items}
     for path, doc in examples:
         name = doc["metadata"]["name"]
         if doc["spec"].get("scaling", {}).get("minReplicas") == 0:  # scaled to zero: ask for one
-            kubectl(installed_crds, "-n", cluster.namespace, "scale", f"fm/{name}", "--replicas=1")
+            kubectl(crds, "-n", cluster.namespace, "scale", f"fm/{name}", "--replicas=1")
         ready_with_running_pods(cluster, name, operator, timeout=120)
         deployment = cluster.deployment(cluster.model(name)["status"]["endpoint"].split("//")[1].split(".")[0])
         selector = deployment.spec.template.spec.node_selector or {}
@@ -398,9 +327,9 @@ def test_every_example_reaches_ready_on_matching_gpu_nodes(
             assert all(labels.get(k) == v for k, v in selector.items()), f"{path.name}: {pod.metadata.name} on a wrong node"
 
 
-def test_peering_lets_only_the_highest_priority_replica_act(cluster: Cluster, installed_crds: Path, tmp_path: Path):
-    low = OperatorProcess(installed_crds, cluster.namespace, tmp_path / "low.log", "--peering", "kiban", "--priority", "10")
-    high = OperatorProcess(installed_crds, cluster.namespace, tmp_path / "high.log", "--peering", "kiban", "--priority", "20")
+def test_peering_lets_only_the_highest_priority_replica_act(cluster: Cluster, crds: Path, tmp_path: Path):
+    low = OperatorProcess(crds, cluster.namespace, tmp_path / "low.log", "--peering", "kiban", "--priority", "10")
+    high = OperatorProcess(crds, cluster.namespace, tmp_path / "high.log", "--peering", "kiban", "--priority", "20")
     from kubernetes.client.exceptions import ApiException
 
     def peers() -> dict:

@@ -1,0 +1,24 @@
+"""Fixtures the integration tests share (plain helpers are in support.py).
+
+crds    session: every crds/*.yaml (or $KIBAN_DEV_CRDS) applied server-side and Established;
+        the value is the admin kubeconfig
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from support import CRDS, kubectl
+
+
+@pytest.fixture(scope="session")
+def crds(kubeconfig: Path) -> Path:
+    """Every CRD in crds/, applied and Established."""
+    files = sorted(CRDS.glob("*.yaml"))
+    assert files, f"{CRDS} has no CRDs: run `make crds`"
+    for path in files:
+        kubectl(kubeconfig, "apply", "--server-side", "-f", str(path))
+    kubectl(kubeconfig, "wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
+    return kubeconfig
