@@ -18,6 +18,7 @@ from kiban.devcluster.processes import free_port
 from kiban_serving.loadgen.client import replay
 from kiban_serving.loadgen.trace import TraceRequest
 from kiban_serving.sim.process import SimulatorProcess
+from support import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -32,17 +33,6 @@ WINDOW_S = 10.0
 def even_requests(rate_rps: float, duration_s: float) -> list[TraceRequest]:
     """Requests every 1/rate seconds: a known arrival rate without Poisson noise."""
     return [TraceRequest(i / rate_rps, PROMPT, OUTPUT) for i in range(int(duration_s * rate_rps))]
-
-
-def wait_for(check, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.5)
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
 
 
 @pytest.fixture

@@ -14,14 +14,9 @@ the replicas and set MetricsAvailable=False.
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -30,11 +25,10 @@ from kiban.capacity.profiles import get_profile_by_name
 from kiban_serving.loadgen.client import replay
 from kiban_serving.loadgen.trace import poisson_requests
 from kiban_serving.sim.process import SimulatorProcess
+from support import OperatorProcess, wait_for
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
-CRDS = Path(os.environ.get("KIBAN_DEV_CRDS", REPO / "crds"))
 GROUP, VERSION, PLURAL = "kiban.dev", "v1alpha1", "foundationmodels"
 NAME = "chat"
 PROFILE = "nvidia-l4/8B"
@@ -43,33 +37,6 @@ TTFT_P95_MS = 500
 LOAD_PER_SIM = 1.1  # x one replica's capacity per simulator: two simulators need 3 replicas
 INTERVAL_S = 2
 MAX_REPLICAS = 5
-
-
-def wait_for(check, timeout: float, what: str, interval: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
-
-
-def kubectl(kubeconfig: Path, *args: str) -> None:
-    from kiban.devcluster import tool_path
-
-    done = subprocess.run([str(tool_path("kubectl")), f"--kubeconfig={kubeconfig}", *args],
-                          capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, f"kubectl {' '.join(args)}: {done.stderr}"
-
-
-@pytest.fixture(scope="module")
-def crds(kubeconfig: Path) -> Path:
-    for path in sorted(CRDS.glob("*.yaml")):
-        kubectl(kubeconfig, "apply", "--server-side", "-f", str(path))
-    kubectl(kubeconfig, "wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
-    return kubeconfig
 
 
 @pytest.fixture
@@ -91,24 +58,9 @@ def simulators(tmp_path):
 def operator(crds: Path, namespace: str, prometheus_factory, simulators, tmp_path):
     prometheus = prometheus_factory(scrape_interval="1s")
     prometheus.set_targets("engines", [f"127.0.0.1:{sim.port}" for sim in simulators], {"namespace": namespace})
-    log_path = tmp_path / "operator.log"
-    env = {**os.environ, "KUBECONFIG": str(crds), "PYTHONUNBUFFERED": "1",
-           "KIBAN_PROMETHEUS_URL": prometheus.url, "KIBAN_AUTOSCALE_INTERVAL_SECONDS": str(INTERVAL_S)}
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "kiban", "run", "--standalone", "-n", namespace, "--metrics-port", "0",
-             "--resync-seconds", "5"], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-    try:
-        yield prometheus, process
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        print(log_path.read_text(errors="replace")[-20000:])  # shown when the test failed
+    env = {"KIBAN_PROMETHEUS_URL": prometheus.url, "KIBAN_AUTOSCALE_INTERVAL_SECONDS": str(INTERVAL_S)}
+    with OperatorProcess(crds, namespace, tmp_path / "operator.log", env=env) as process:
+        yield prometheus, process.proc
 
 
 class Model:
