@@ -15,12 +15,9 @@ from __future__ import annotations
 
 import base64
 import os
-import signal
 import subprocess
-import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +25,7 @@ import pytest
 import yaml
 
 from kiban.devcluster.tools import ToolsMissingError, tool_path
+from support import OperatorProcess, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -78,17 +76,6 @@ def by_kind(objects: list[dict]) -> dict[str, list[dict]]:
     for obj in objects:
         kinds.setdefault(obj["kind"], []).append(obj)
     return kinds
-
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}; last seen: {last!r}")
 
 
 # ----------------------------------------------------------------------------- lint and template
@@ -297,35 +284,22 @@ def test_operator_with_the_chart_service_account_reconciles_a_model_to_ready(
 
     watched = release["watch"]
     log_path = tmp_path / "operator.log"
-    env = {**os.environ, "KUBECONFIG": str(operator_kubeconfig), "PYTHONUNBUFFERED": "1"}
-    env.pop("KIBAN_ACCELERATOR_PROFILES", None)
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "kiban", "run", "--namespace", watched, "--peering", release["fullname"],
-             "--metrics-port", "0", "--resync-seconds", "5"],
-            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-        try:
-            kubectl(kubeconfig, "apply", "-n", watched, "-f", str(ROOT / "examples" / "model.yaml"))
-            custom = client.CustomObjectsApi(kube_api)
+    with OperatorProcess(operator_kubeconfig, watched, log_path, "--peering", release["fullname"],
+                         unset=("KIBAN_ACCELERATOR_PROFILES",)) as operator:
+        proc = operator.proc
+        kubectl(kubeconfig, "apply", "-n", watched, "-f", str(ROOT / "examples" / "model.yaml"))
+        custom = client.CustomObjectsApi(kube_api)
 
-            def ready():
-                if proc.poll() is not None:
-                    pytest.fail(f"the operator exited with {proc.returncode}:\n{log_path.read_text()[-5000:]}")
-                body = custom.get_namespaced_custom_object("kiban.dev", "v1alpha1", watched, "foundationmodels", "llama-8b")
-                conditions = {c["type"]: c for c in (body.get("status") or {}).get("conditions") or []}
-                return conditions.get("Ready", {}).get("status") == "True" and body
+        def ready():
+            if proc.poll() is not None:
+                pytest.fail(f"the operator exited with {proc.returncode}:\n{log_path.read_text()[-5000:]}")
+            body = custom.get_namespaced_custom_object("kiban.dev", "v1alpha1", watched, "foundationmodels", "llama-8b")
+            conditions = {c["type"]: c for c in (body.get("status") or {}).get("conditions") or []}
+            return conditions.get("Ready", {}).get("status") == "True" and body
 
-            body = wait_for(ready, 120, "llama-8b Ready=True under the chart's RBAC")
-            assert body["status"]["readyReplicas"] >= 1
-            peering = custom.get_namespaced_custom_object("kopf.dev", "v1", watched, "kopfpeerings", release["fullname"])
-            assert peering["metadata"]["name"] == release["fullname"]
-            logs = log_path.read_text(errors="replace")
-            assert "403" not in logs and "Forbidden" not in logs, logs[-5000:]
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            print(log_path.read_text(errors="replace")[-20000:])
+        body = wait_for(ready, 120, "llama-8b Ready=True under the chart's RBAC")
+        assert body["status"]["readyReplicas"] >= 1
+        peering = custom.get_namespaced_custom_object("kopf.dev", "v1", watched, "kopfpeerings", release["fullname"])
+        assert peering["metadata"]["name"] == release["fullname"]
+        logs = log_path.read_text(errors="replace")
+        assert "403" not in logs and "Forbidden" not in logs, logs[-5000:]
