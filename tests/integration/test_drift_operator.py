@@ -19,15 +19,11 @@ import asyncio
 import os
 import random
 import re
-import signal
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -38,11 +34,10 @@ from kiban.devcluster.processes import free_port
 from kiban_serving.loadgen.client import replay
 from kiban_serving.loadgen.trace import TraceRequest, poisson_requests, read_azure_trace
 from kiban_serving.sim.process import SimulatorProcess
+from support import OperatorProcess, wait_for
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
-CRDS = Path(os.environ.get("KIBAN_DEV_CRDS", REPO / "crds"))
 TRACES = Path(os.environ.get("KIBAN_TRACES", "/work/shared/traces/azure-llm-2023"))
 GROUP, VERSION, PLURAL = "kiban.dev", "v1alpha1", "foundationmodels"
 NAME = "drifty"
@@ -60,33 +55,6 @@ WARM_S = 35.0  # the load runs this long before the model exists (see the test)
 MAX_MODEL_LEN = 8192
 TRACE_ROWS = 2000
 SPEEDUP = 10  # engine time runs 10x faster: conversation requests finish within the window
-
-
-def wait_for(check, timeout: float, what: str, interval: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
-
-
-def kubectl(kubeconfig: Path, *args: str) -> None:
-    from kiban.devcluster import tool_path
-
-    done = subprocess.run([str(tool_path("kubectl")), f"--kubeconfig={kubeconfig}", *args],
-                          capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, f"kubectl {' '.join(args)}: {done.stderr}"
-
-
-@pytest.fixture(scope="module")
-def crds(kubeconfig: Path) -> Path:
-    for path in sorted(CRDS.glob("*.yaml")):
-        kubectl(kubeconfig, "apply", "--server-side", "-f", str(path))
-    kubectl(kubeconfig, "wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
-    return kubeconfig
 
 
 @pytest.fixture
@@ -107,28 +75,12 @@ def operator(crds: Path, namespace: str, prometheus_factory, simulator, tmp_path
     prometheus = prometheus_factory(scrape_interval="1s")
     prometheus.set_targets("engines", [f"127.0.0.1:{simulator.port}"], {"namespace": namespace})
     metrics_port = free_port()
-    log_path = tmp_path / "operator.log"
-    env = {**os.environ, "KUBECONFIG": str(crds), "PYTHONUNBUFFERED": "1",
-           "KIBAN_PROMETHEUS_URL": prometheus.url, "KIBAN_AUTOSCALE_INTERVAL_SECONDS": str(INTERVAL_S),
+    env = {"KIBAN_PROMETHEUS_URL": prometheus.url, "KIBAN_AUTOSCALE_INTERVAL_SECONDS": str(INTERVAL_S),
            "KIBAN_DRIFT_WINDOW_SECONDS": str(DRIFT_WINDOW_S), "KIBAN_DRIFT_MIN_SAMPLES": str(MIN_SAMPLES),
            "KIBAN_DRIFT_PSI_THRESHOLD": str(PSI_THRESHOLD),
            "KIBAN_TOKEN_WINDOW_SECONDS": str(TOKEN_WINDOW_S)}
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "kiban", "run", "--standalone", "-n", namespace,
-             "--metrics-port", str(metrics_port), "--resync-seconds", "5"],
-            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-    try:
-        yield process, f"http://127.0.0.1:{metrics_port}/metrics"
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        print(log_path.read_text(errors="replace")[-20000:])  # shown when the test failed
+    with OperatorProcess(crds, namespace, tmp_path / "operator.log", env=env, metrics_port=metrics_port) as process:
+        yield process.proc, f"http://127.0.0.1:{metrics_port}/metrics"
 
 
 def model_body() -> dict:
