@@ -23,7 +23,7 @@ Structure
   back and status follows pods (scheduled, ready) within a second. The re-list of children
   queues nothing: the models' own re-list covers them.
 - on.event (FoundationModel DELETED): drop its metrics; children go by garbage collection.
-- timer `autoscale` (only when kiban.autoscale.loop provides `tick`): the autoscaler hook,
+- timer `autoscale`: the autoscaler's hook,
   `await tick(body=..., context=OperatorContext, indexes=...)`, every
   config.autoscale_interval_seconds, for the models it has work for (autoscaling on, or
   autoscaler status left to clear: see `autoscale_wanted`); peering keeps it (and everything
@@ -32,8 +32,6 @@ Structure
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -41,6 +39,7 @@ from typing import Any
 import kopf
 
 from kiban.api.v1alpha1 import GROUP, PLURAL, VERSION
+from kiban.autoscale.loop import tick as autoscale_tick
 from kiban.reconcile import observe
 from kiban.reconcile.logfmt import kv
 from kiban.reconcile.queue import WorkQueue
@@ -96,17 +95,6 @@ def autoscale_wanted(spec: Mapping[str, Any], status: Mapping[str, Any]) -> bool
     if (status or {}).get("scaling") is not None:
         return True
     return any(c.get("type") in AUTOSCALER_CONDITIONS for c in (status or {}).get("conditions") or ())
-
-
-def autoscale_tick():
-    """kiban.autoscale.loop.tick when that module exists (written by the autoscaler's author)."""
-    try:
-        module = importlib.import_module("kiban.autoscale.loop")
-    except ModuleNotFoundError as exc:
-        if exc.name == "kiban.autoscale.loop":
-            return None
-        raise
-    return getattr(module, "tick", None)
 
 
 def register(
@@ -192,16 +180,13 @@ def register(
         )(owner_event)
 
     # ---- the autoscaler's hook
-    tick = autoscale_tick()
-    if tick is not None and autoscale_interval_seconds:
+    if autoscale_interval_seconds:
 
         def wanted(spec: kopf.Spec, status: kopf.Status, **_: Any) -> bool:
             return autoscale_wanted(spec, status)
 
         @kopf.timer(*FM, interval=autoscale_interval_seconds, when=wanted, registry=registry)
         async def autoscale(body: kopf.Body, memo: Any, **kwargs: Any) -> None:
-            result = tick(body=body, context=_context(memo), indexes=_indexes(kwargs))
-            if inspect.isawaitable(result):
-                await result
+            await autoscale_tick(body=body, context=_context(memo), indexes=_indexes(kwargs))
 
     return registry
