@@ -31,6 +31,7 @@ from kiban.autoscale.policy import round_tokens_up
 from kiban.capacity.batching import Slo, max_arrival_rate, prompt_mix_from_cv
 from kiban.capacity.profiles import get_profile_by_name
 from kiban.devcluster.processes import free_port
+from kiban.shared_paths import azure_trace_dir
 from kiban_serving.loadgen.client import replay
 from kiban_serving.loadgen.trace import TraceRequest, poisson_requests, read_azure_trace
 from kiban_serving.sim.process import SimulatorProcess
@@ -38,7 +39,7 @@ from support import OperatorProcess, wait_for
 
 pytestmark = pytest.mark.integration
 
-TRACES = Path(os.environ.get("KIBAN_TRACES", "/work/shared/traces/azure-llm-2023"))
+TRACES = Path(os.environ.get("KIBAN_TRACES") or azure_trace_dir())
 GROUP, VERSION, PLURAL = "kiban.dev", "v1alpha1", "foundationmodels"
 NAME = "drifty"
 PROFILE = "nvidia-l4/8B"

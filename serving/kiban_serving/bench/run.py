@@ -16,6 +16,7 @@ from typing import Callable
 import numpy as np
 
 from kiban.capacity.profiles import get_profile_by_name
+from kiban.shared_paths import azure_trace_dir
 from kiban_serving.bench.fleet import FleetConfig, FleetResult, MissBudget, allowed_misses, simulate
 from kiban_serving.bench.oracle import OracleResult, fewest_replicas, oracle
 from kiban_serving.bench.peers import (
@@ -28,7 +29,7 @@ from kiban_serving.bench.peers import (
 )
 from kiban_serving.bench.traces import Trace, concatenate, load_azure_trace, scale_rate
 
-DEFAULT_TRACE_DIR = Path("/work/shared/traces/azure-llm-2023")
+DEFAULT_TRACE_DIR = azure_trace_dir()
 QUICK_DURATION_S = 600.0
 
 # Per-pod targets a user tunes, tried from the cheapest (largest target) down; the first that

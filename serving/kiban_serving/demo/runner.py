@@ -29,6 +29,7 @@ import yaml
 from kiban.devcluster import ControlPlane, PrometheusServer, tool_path
 from kiban.devcluster.processes import Component, free_port, pid_alive, start_component, stop_components
 from kiban.devcluster.prometheus import build_config
+from kiban.shared_paths import trace_path
 from kiban_serving.demo.backer import PodBacker
 from kiban_serving.demo.router import ServiceRouter
 from kiban_serving.demo.schedule import Phase, ScaleEvent, ramp, scale_events, windowed_rate
@@ -39,7 +40,7 @@ from kiban_serving.loadgen.trace import read_azure_trace
 log = logging.getLogger("kiban_serving.demo")
 
 REPO = Path(__file__).resolve().parents[3]
-DEFAULT_TRACE = Path(os.environ.get("KIBAN_DEMO_TRACE", "/work/shared/traces/azure-llm-2023/conv.csv"))
+DEFAULT_TRACE = Path(os.environ.get("KIBAN_DEMO_TRACE") or trace_path("conv.csv"))
 DEFAULT_MODEL = REPO / "examples" / "model.yaml"
 FM_GROUP, FM_VERSION, FM_PLURAL = "kiban.dev", "v1alpha1", "foundationmodels"
 ENGINE_JOB = "vllm"

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 
+from kiban.shared_paths import trace_path
 from kiban_serving.demo.schedule import (
     Phase,
     parse_phases,
@@ -18,7 +18,7 @@ from kiban_serving.demo.schedule import (
 from kiban_serving.loadgen.client import RequestResult
 from kiban_serving.loadgen.trace import TraceRequest, read_azure_trace
 
-CONV = Path("/work/shared/traces/azure-llm-2023/conv.csv")
+CONV = trace_path("conv.csv")
 
 
 def steady_trace(rate_rps: float, seconds: float) -> list[TraceRequest]:

@@ -9,8 +9,9 @@ import pytest
 
 from kiban.drift import cli
 from kiban.drift.evaluate import concatenate, load_azure_trace, window_edges
+from kiban.shared_paths import azure_trace_dir
 
-TRACES = Path("/work/shared/traces/azure-llm-2023")
+TRACES = azure_trace_dir()
 
 
 def _slice(name: str, rows: int, directory: Path) -> Path:
