@@ -6,7 +6,7 @@
   verbs: [get, list, watch, patch]
 - apiGroups: [kiban.dev]
   resources: [foundationmodels/status, foundationmodels/scale]
-  verbs: [get, patch]
+  verbs: [patch]
 # owner references with blockOwnerDeletion (OpenShift enforces OwnerReferencesPermissionEnforcement)
 - apiGroups: [kiban.dev]
   resources: [foundationmodels/finalizers]
@@ -16,8 +16,12 @@
   resources: [deployments]
   verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [""]
-  resources: [services, persistentvolumeclaims]
+  resources: [services]
   verbs: [get, list, watch, create, patch, delete]
+# the model-cache PVC is never deleted by the operator (weights may still be wanted)
+- apiGroups: [""]
+  resources: [persistentvolumeclaims]
+  verbs: [get, list, watch, create, patch]
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
   verbs: [get, list, watch, create, patch, delete]
@@ -37,13 +41,10 @@
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list, watch]
-# Events on FoundationModels (ours and kopf's)
+# Events on FoundationModels (ours and kopf's), core v1 only
 - apiGroups: [""]
   resources: [events]
-  verbs: [create, patch]
-- apiGroups: [events.k8s.io]
-  resources: [events]
-  verbs: [create, patch]
+  verbs: [create]
 # kopf peering in the watched namespace
 - apiGroups: [kopf.dev]
   resources: [kopfpeerings]
