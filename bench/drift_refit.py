@@ -44,8 +44,9 @@ from kiban.drift.histograms import bin_samples, token_count_buckets
 from kiban_serving.bench.fleet import FleetConfig, simulate
 from kiban_serving.bench.observe import FleetObservation
 from kiban_serving.bench.traces import Trace, concatenate, load_azure_trace, scale_rate
+from kiban.shared_paths import azure_trace_dir
 
-TRACES = Path("/work/shared/traces/azure-llm-2023")
+TRACES = azure_trace_dir()
 TOKEN_BUCKETS = token_count_buckets(32768)
 
 

@@ -27,8 +27,9 @@ import numpy as np
 from kiban.capacity.batching import PromptMix, Slo, max_arrival_rate, predict
 from kiban.capacity.profiles import get_profile_by_name
 from kiban_serving.sim.engine import Engine
+from kiban.shared_paths import trace_path
 
-CONV_TRACE = Path("/work/shared/traces/azure-llm-2023/conv.csv")
+CONV_TRACE = trace_path("conv.csv")
 PROFILES = ("nvidia-l4/8B", "nvidia-h100-80gb/8B")
 LOAD_SHARES = (0.30, 0.60, 0.85)
 TARGET_UTILIZATION = 0.75
