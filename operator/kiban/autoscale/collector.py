@@ -25,6 +25,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 import requests
 
@@ -315,6 +316,16 @@ def observation_from(
 # -- I/O ---------------------------------------------------------------------------------------
 
 
+def redact_url(url: str) -> str:
+    """The URL without user:password, for messages that reach status, Events and logs."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 def auth_headers(bearer_token_file: str | None) -> dict[str, str]:
     """The Authorization header for a token file (never logged); none without a file."""
     if not bearer_token_file:
@@ -340,7 +351,7 @@ class PrometheusHttp:
                                         headers=auth_headers(self.bearer_token_file),
                                         verify=self.ca_file or True, timeout=self.timeout_s)
         except requests.RequestException as exc:
-            raise PrometheusUnavailable(UNREACHABLE, f"Prometheus at {self.base_url} is unreachable: "
+            raise PrometheusUnavailable(UNREACHABLE, f"Prometheus at {redact_url(self.base_url)} is unreachable: "
                                                      f"{type(exc).__name__}") from exc
         except OSError as exc:  # the token file could not be read (RequestException is an OSError too: caught above)
             raise PrometheusUnavailable(UNREACHABLE, f"Prometheus token file {self.bearer_token_file} "
@@ -350,7 +361,7 @@ class PrometheusHttp:
         except ValueError:
             raise PrometheusUnavailable(
                 UNREACHABLE if response.status_code >= 500 else QUERY_FAILED,
-                f"Prometheus at {self.base_url} answered HTTP {response.status_code} without JSON",
+                f"Prometheus at {redact_url(self.base_url)} answered HTTP {response.status_code} without JSON",
             ) from None
         return parse_vector(payload)
 

@@ -73,3 +73,14 @@ def test_settings_carry_token_and_ca_from_the_environment():
     settings = AutoscaleSettings.from_config(config, environ={})
     assert settings.prometheus_bearer_token_file == "/var/run/secrets/token"
     assert settings.prometheus_ca_file == "/var/run/secrets/service-ca.crt"
+
+
+def test_messages_never_carry_url_credentials():
+    """A user:password in KIBAN_PROMETHEUS_URL must not reach status or Events."""
+    from kiban.autoscale.collector import redact_url
+
+    assert redact_url("https://kiban:s3cret@prom.example:9091/api") == "https://prom.example:9091/api"
+    assert redact_url("http://prometheus.monitoring.svc:9090") == "http://prometheus.monitoring.svc:9090"
+    with pytest.raises(PrometheusUnavailable) as caught:
+        PrometheusHttp("http://kiban:s3cret@127.0.0.1:9/").query("up", 0.0)
+    assert "s3cret" not in str(caught.value)
