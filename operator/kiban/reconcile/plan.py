@@ -13,7 +13,9 @@ Rules
 - Kinds in KEPT_KINDS (the model-cache PersistentVolumeClaim) are never deleted by a plan,
   even when the spec stops asking for them: downloaded weights are expensive and the user may
   still want them. They go when the FoundationModel goes (garbage collection via the owner
-  reference), or when the user deletes them.
+  reference), or when the user deletes them. Nor are they ever updated once they exist:
+  most of a claim's spec is immutable (accessModes, storageClassName; its size can only
+  grow), so an update would be rejected (422) on every pass; the existing claim is used as is.
 """
 
 from __future__ import annotations
@@ -208,6 +210,8 @@ def plan(
         if not is_owned_by(have, owner_uid):
             conflicts.append(f"{describe(want)} exists but is not owned by this FoundationModel")
             continue
+        if key[1] in KEPT_KINDS:
+            continue  # never updated (see the module docstring)
         reason = _update_reason(want, have)
         if reason is not None:
             updates.append(Action("update", want, reason))

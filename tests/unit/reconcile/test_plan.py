@@ -103,6 +103,25 @@ def test_model_cache_pvc_is_kept_not_deleted():
     assert result.kept == ("PersistentVolumeClaim/llama-cache",)
 
 
+def test_existing_model_cache_pvc_is_never_updated():
+    """accessModes and storageClassName are immutable and a claim cannot shrink: an update is a 422 forever."""
+    def pvc(size: str, mode: str, storage_class: str) -> dict:
+        return stamp_spec_hash(owned(
+            "PersistentVolumeClaim", "llama-cache",
+            spec={"accessModes": [mode], "storageClassName": storage_class,
+                  "resources": {"requests": {"storage": size}}},
+        ))
+
+    have = pvc("100Gi", "ReadWriteOnce", "standard")
+    want = pvc("50Gi", "ReadWriteMany", "fast")
+    assert want["metadata"]["annotations"][SPEC_HASH_ANNOTATION] != have["metadata"]["annotations"][SPEC_HASH_ANNOTATION]
+    result = plan([want], [have], OWNER_UID)
+    assert result.empty
+    assert result.conflicts == ()
+    # still created when missing
+    assert [(a.verb, a.kind) for a in plan([want], [], OWNER_UID).actions] == [("create", "PersistentVolumeClaim")]
+
+
 def test_object_with_our_name_but_not_ours_is_a_conflict_not_a_write():
     want = owned("Service", "llama", spec={"ports": [{"port": 8000}]})
     theirs = copy.deepcopy(want)
