@@ -48,6 +48,9 @@ class WorkQueue:
         self._dirty: dict[ModelRef, str] = {}  # added while active: run again afterwards
         self._indexes: Mapping[str, Any] = {}
         self._tasks: set[asyncio.Task] = set()
+        # drainers still able to take work: decremented in the drainer's own `finally`, so one
+        # that has returned (but whose done-callback has not run yet) is never counted
+        self._draining = 0
         self._timers: dict[ModelRef, asyncio.TimerHandle] = {}
         self._stopped = False
 
@@ -65,8 +68,9 @@ class WorkQueue:
             return
         self._queued[ref] = trigger
         self._order.append(ref)
-        if len(self._tasks) < min(self._workers, len(self._order) + len(self._active)):
+        if self._draining < min(self._workers, len(self._order) + len(self._active)):
             task = asyncio.get_running_loop().create_task(self._drain(), name="kiban-reconcile")
+            self._draining += 1
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
@@ -100,6 +104,12 @@ class WorkQueue:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _drain(self) -> None:
+        try:
+            await self._drain_queue()
+        finally:
+            self._draining -= 1
+
+    async def _drain_queue(self) -> None:
         while self._order:
             ref = self._order.popleft()
             trigger = self._queued.pop(ref)

@@ -140,3 +140,26 @@ def test_forget_cancels_a_pending_retry():
         return triggers
 
     assert run(scenario()) == ["added"]
+
+
+def test_add_while_the_last_drainer_is_returning_still_gets_a_pass():
+    """An add() after a drainer's loop ended but before its done-callback ran must start a drainer."""
+    async def scenario():
+        calls: list[str] = []
+        queue: WorkQueue
+
+        async def work(ref, indexes, trigger):
+            calls.append(ref[1])
+            if ref == A:
+                # runs on the loop right after this drainer returns, before its done-callback
+                asyncio.get_running_loop().call_soon(queue.add, B, None, "late")
+            return False
+
+        queue = WorkQueue(work, workers=1)
+        queue.add(A, trigger="added")
+        for _ in range(20):
+            await asyncio.sleep(0)
+        await queue.stop()
+        return calls
+
+    assert run(scenario()) == ["a", "b"]
