@@ -411,9 +411,11 @@ def decide(
         mean_prompt, mean_output = means
         prompt = round_tokens_up(mean_prompt)
         output = max(1.0, round_tokens_up(mean_output))
-        capacity = capacity_per_replica_rps(profile, prompt, output, slo, utilization, _mix(obs.prompt_mix))
+        fits_kv = prompt + output <= profile.kv_cache_tokens
+        capacity = (capacity_per_replica_rps(profile, prompt, output, slo, utilization, _mix(obs.prompt_mix))
+                    if fits_kv else 0.0)
         slo_text = slo.describe()
-        if capacity <= 0:  # even a lone request misses the SLO: size for utilisation only
+        if capacity <= 0 and fits_kv:  # even a lone request misses the SLO: size for utilisation only
             capacity = capacity_per_replica_rps(profile, prompt, output, Slo(), float(config.target_utilization))
             notes.append(f"{slo_text} is unattainable on {profile.name} even unloaded: sized for utilisation only")
             slo_text = "no latency target"
@@ -424,8 +426,13 @@ def decide(
         queue_hurts = _queue_hurts(obs, slo)
         backlog_rps = (obs.waiting or 0) / config.backlog_drain_s if queue_hurts else 0.0
         sizing_rate = max(forecast, burst) * config.peak_factor + backlog_rps
-        # any traffic at all needs a replica to serve it, however small the rate rounds
-        recommended = max(config.min_replicas, 1, math.ceil(round(sizing_rate / capacity, 9)))
+        if capacity > 0:
+            # any traffic at all needs a replica to serve it, however small the rate rounds
+            recommended = max(config.min_replicas, 1, math.ceil(round(sizing_rate / capacity, 9)))
+        else:  # requests this long do not fit one replica's KV cache: no size helps, so hold
+            recommended = max(config.min_replicas, current, 1)
+            notes.append(f"a request of {prompt:.0f}+{output:.0f} tokens does not fit {profile.name}'s KV cache: "
+                         f"holding {recommended} replicas")
         head = f"λ={rate:.3g} req/s"
         if forecast > rate:
             head += f" (expected {forecast:.3g} req/s in {lookahead_s:.0f} s)"
@@ -490,7 +497,7 @@ def decide(
     target = min(target, limit)
 
     predicted_ttft = predicted_itl = None
-    if rate > 0 and target > 0:
+    if rate > 0 and target > 0 and mean_prompt + mean_output <= profile.kv_cache_tokens:
         per_replica = rate * config.peak_factor / target
         prediction = predict(profile, per_replica, mean_prompt, mean_output, prompt_mix=_mix(obs.prompt_mix))
         predicted_ttft, predicted_itl = prediction.ttft_p95_s, prediction.itl_p95_s

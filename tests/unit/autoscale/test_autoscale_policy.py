@@ -357,3 +357,20 @@ def test_a_long_prompt_tail_lowers_the_capacity():
     assert with_mix.replicas >= mean_only.replicas
     bad, _ = decide(observe(0.0, rate, current=1, prompt_mix=((100.0, 0.0),)), cfg, PolicyState(), PROFILE)
     assert bad.capacity_per_replica_rps == mean_only.capacity_per_replica_rps
+
+
+def test_requests_too_long_for_the_kv_cache_hold_replicas_instead_of_failing():
+    """With no batch slot at all (prompt + output > KV tokens) the capacity is 0: hold, say why."""
+    import dataclasses
+
+    from kiban.autoscale.policy import Observation, PolicyState, ScalingConfig, decide
+    from kiban.capacity.batching import Slo
+    from kiban.capacity.profiles import get_profile_by_name
+
+    tiny_kv = dataclasses.replace(get_profile_by_name("nvidia-l4/8B"), kv_cache_tokens=1000)
+    config = ScalingConfig(min_replicas=1, max_replicas=8, slo=Slo(ttft_ms=500))
+    obs = Observation(time_s=1000.0, metrics_available=True, arrival_rate_rps=2.0, mean_prompt_tokens=4000,
+                      mean_output_tokens=200, running=0, waiting=0, current_replicas=3, ready_replicas=3)
+    decision, _ = decide(obs, config, PolicyState(), tiny_kv)
+    assert decision.replicas == 3
+    assert "does not fit" in decision.reason
