@@ -20,6 +20,8 @@ from typing import Any
 from kubernetes.client import ApiClient
 from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
+from kubernetes.dynamic.exceptions import ResourceNotFoundError, ResourceNotUniqueError
+from urllib3.exceptions import HTTPError
 
 from kiban.api import v1alpha1
 from kiban.reconcile.logfmt import kv
@@ -111,6 +113,13 @@ class Writer:
             log.warning(kv(f"Failed to {action.verb} {action.kind}", name=action.name,
                            namespace=namespace, status=exc.status, reason=exc.reason))
             result.errors.append(message)
+            return result
+        except (ResourceNotFoundError, ResourceNotUniqueError, HTTPError, OSError) as exc:
+            # a kind the server does not serve, or no connection: this child's failure, not the pass's
+            message = f"{action.verb} {describe(action.obj)} failed: {type(exc).__name__}: {exc}"
+            log.warning(kv(f"Failed to {action.verb} {action.kind}", name=action.name,
+                           namespace=namespace, error=f"{type(exc).__name__}: {exc}"))
+            result.errors.append(message[:500])
             return result
         result.written.append(action)
         log.info(kv(f"{_past_tense(action.verb)} {action.kind}", name=action.name,
