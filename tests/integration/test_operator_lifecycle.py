@@ -183,6 +183,27 @@ def test_edited_child_is_put_back(cluster: Cluster, operator: OperatorProcess):
     )
 
 
+def test_unlabelled_user_object_with_a_childs_name_is_refused_and_left_untouched(
+    cluster: Cluster, operator: OperatorProcess
+):
+    """The operator's cache sees only labelled children: its create must not take the user's Service over."""
+    mine = cluster.core.create_namespaced_service(cluster.namespace, {
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "taken"},
+        "spec": {"selector": {"app": "mine"}, "ports": [{"name": "web", "port": 1234, "targetPort": 4321}]},
+    })
+    cluster.create_model(model_body("taken"))
+    cond = wait_for(condition_is(cluster, "taken", "Degraded", "True", "ApplyFailed"), 30, what="ApplyFailed")
+    assert "Service/taken refused" in cond["message"], cond
+    service = cluster.core.read_namespaced_service("taken", cluster.namespace)
+    assert not service.metadata.owner_references
+    assert not (service.metadata.labels or {}).get("app.kubernetes.io/managed-by")
+    assert [(p.name, p.port) for p in service.spec.ports] == [("web", 1234)]
+    assert service.spec.selector == {"app": "mine"}
+    assert service.metadata.resource_version == mine.metadata.resource_version
+    # the model's other children are still created
+    wait_for(lambda: cluster.deployment("taken"), 30, what="the Deployment")
+
+
 def test_scale_subresource_sets_deployment_replicas(cluster: Cluster, operator: OperatorProcess, crds: Path):
     cluster.create_model(model_body("scaled"))
     ready_with_running_pods(cluster, "scaled", operator)

@@ -78,6 +78,25 @@ class Writer:
             serializer=_as_dict,
         )
 
+    def held_by_someone_else(self, obj: Mapping[str, Any], namespace: str) -> bool:
+        """Whether an object of this name exists that `obj`'s owner does not own.
+
+        The plan only sees children carrying our labels, so an unlabelled user object with a
+        child's name looks absent; a forced apply would take it over (and garbage collection
+        would later delete it with the model). Read it first and refuse instead.
+        """
+        resource = self._resource(obj["apiVersion"], obj["kind"])
+        try:
+            current = self.dynamic.get(resource, name=obj["metadata"]["name"], namespace=namespace,
+                                       serializer=_as_dict)
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        ours = {ref.get("uid") for ref in obj.get("metadata", {}).get("ownerReferences") or ()}
+        theirs = {ref.get("uid") for ref in (current.get("metadata") or {}).get("ownerReferences") or ()}
+        return not ours & theirs
+
     def delete(self, obj: Mapping[str, Any], namespace: str) -> None:
         """Delete one child; already gone counts as done. Preconditioned on its uid."""
         resource = self._resource(obj["apiVersion"], obj["kind"])
@@ -106,6 +125,12 @@ class Writer:
         try:
             if action.verb == "delete":
                 self.delete(action.obj, namespace)
+            elif action.verb == "create" and self.held_by_someone_else(action.obj, namespace):
+                message = (f"create {describe(action.obj)} refused: an object of that name exists "
+                           "that this FoundationModel does not own; rename or remove it")
+                log.warning(kv(f"Refused to take over {action.kind}", name=action.name, namespace=namespace))
+                result.errors.append(message)
+                return result
             else:
                 result.returned[describe(action.obj)] = self.apply(action.obj, namespace)
         except ApiException as exc:
