@@ -31,7 +31,9 @@ async def _serve(app: web.Application) -> tuple[web.AppRunner, str]:
 
 def test_router_spreads_streams_over_ready_backends_and_answers_503_without_any():
     async def scenario():
-        config = SimConfig(served_model_name="m", profile=get_profile_by_name("nvidia-l4/1B"), startup_s=0, speedup=50)
+        # engine time = wall time: each 30-token stream lasts ~0.3 s, so the 12 streams sent at
+        # once all overlap whatever the machine's load, and least-outstanding must spread them
+        config = SimConfig(served_model_name="m", profile=get_profile_by_name("nvidia-l4/1B"), startup_s=0, speedup=1)
         sims = [await _serve(create_app(config)) for _ in range(2)]
         backends: list[str] = []
         router = await ServiceRouter(lambda: list(backends)).start()
@@ -41,7 +43,7 @@ def test_router_spreads_streams_over_ready_backends_and_answers_503_without_any(
                     assert r.status == 503
                     assert "no ready endpoints" in (await r.json())["error"]["message"]
             backends.extend(url for _, url in sims)
-            requests = [TraceRequest(0.01 * i, 20, 30) for i in range(12)]
+            requests = [TraceRequest(0.0, 20, 30) for _ in range(12)]
             results = await replay(router.url, "m", requests)
         finally:
             await router.stop()
