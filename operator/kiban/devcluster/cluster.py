@@ -149,7 +149,7 @@ class ControlPlane:
         self.node_pool = dict(node_builders.DEFAULT_POOL if node_pool is None else node_pool)
         self._nodes = node_builders.build_pool(self.node_pool)  # validate early: bad input fails here
         self._own_workdir = workdir is None
-        self._workdir = Path(workdir) if workdir is not None else None
+        self._workdir = Path(workdir).resolve() if workdir is not None else None  # kubeconfig paths must be absolute
         self.startup_timeout = startup_timeout
         self.components: list[Component] = []
         self.started_pids: dict[str, int] = {}  # kept after stop(), so callers can check none survive

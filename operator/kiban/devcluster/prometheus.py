@@ -91,7 +91,8 @@ class PrometheusServer:
         _seconds(scrape_interval)  # a bad interval fails here, naming the field
         self.scrape_interval = scrape_interval
         self._own_workdir = workdir is None
-        self.workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="kiban-prometheus-"))
+        self.workdir = (Path(workdir).resolve() if workdir is not None
+                        else Path(tempfile.mkdtemp(prefix="kiban-prometheus-")))
         self.file_sd_dir = self.workdir / "file_sd"
         self.file_sd_dir.mkdir(parents=True, exist_ok=True)
         self.config_path = self.workdir / "prometheus.yml"
