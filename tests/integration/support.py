@@ -6,16 +6,21 @@ sys.path for the test modules here, as tests/unit/builders does with fm_cases.py
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from kiban_serving.loadgen.client import replay
+from kiban_serving.sim.process import SimulatorProcess
 
 REPO = Path(__file__).resolve().parents[2]
 CRDS = Path(os.environ.get("KIBAN_DEV_CRDS", REPO / "crds"))
@@ -94,3 +99,55 @@ class OperatorProcess:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
         print(self.logs()[-20000:])  # shown by pytest only when the test failed
+
+
+class BackgroundReplay:
+    """kiban-load's replay() of the same requests against each URL, in a thread of its own,
+    until done or stopped: load that runs while the test polls the cluster."""
+
+    def __init__(self, urls: list[str], model: str, requests: list) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.urls, self.model, self.requests = urls, model, requests
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        async def every_url():
+            await asyncio.gather(*(replay(url, self.model, self.requests) for url in self.urls))
+
+        asyncio.set_event_loop(self.loop)
+        self.task = self.loop.create_task(every_url())
+        try:
+            self.loop.run_until_complete(self.task)
+        except asyncio.CancelledError:
+            pass
+        finally:
+            pending = asyncio.all_tasks(self.loop)
+            for task in pending:
+                task.cancel()
+            self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            self.loop.close()
+
+    def start(self) -> BackgroundReplay:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self.thread.is_alive():
+            self.loop.call_soon_threadsafe(lambda: self.task.cancel())
+            self.thread.join(timeout=30)
+
+
+def healthy_simulators(model: str, profile: str, count: int, log_dir: Path, extra_args: tuple[str, ...] = ()):
+    """`count` kiban-sim processes started and healthy; a generator for a fixture to yield from,
+    stopping every one afterwards."""
+    sims = [SimulatorProcess(model, profile, ["--startup-seconds", "0", *extra_args],
+                             log_path=log_dir / f"sim{i}.log") for i in range(count)]
+    for sim in sims:
+        sim.start()
+    try:
+        for sim in sims:
+            sim.wait_healthy()
+        yield sims
+    finally:
+        for sim in sims:
+            sim.stop()

@@ -17,8 +17,7 @@ from kiban.autoscale.collector import NO_SERIES, UNREACHABLE, Collector, Prometh
 from kiban.devcluster.processes import free_port
 from kiban_serving.loadgen.client import replay
 from kiban_serving.loadgen.trace import TraceRequest
-from kiban_serving.sim.process import SimulatorProcess
-from support import wait_for
+from support import healthy_simulators, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -37,17 +36,7 @@ def even_requests(rate_rps: float, duration_s: float) -> list[TraceRequest]:
 
 @pytest.fixture
 def simulators(tmp_path):
-    sims = [SimulatorProcess(MODEL, PROFILE, ["--startup-seconds", "0"], log_path=tmp_path / f"sim{i}.log")
-            for i in range(2)]
-    for sim in sims:
-        sim.start()
-    try:
-        for sim in sims:
-            sim.wait_healthy()
-        yield sims
-    finally:
-        for sim in sims:
-            sim.stop()
+    yield from healthy_simulators(MODEL, PROFILE, 2, tmp_path)
 
 
 @pytest.fixture

@@ -13,8 +13,6 @@ the replicas and set MetricsAvailable=False.
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import time
 from pathlib import Path
 
@@ -22,10 +20,8 @@ import pytest
 
 from kiban.capacity.batching import Slo, max_arrival_rate
 from kiban.capacity.profiles import get_profile_by_name
-from kiban_serving.loadgen.client import replay
 from kiban_serving.loadgen.trace import poisson_requests
-from kiban_serving.sim.process import SimulatorProcess
-from support import OperatorProcess, wait_for
+from support import BackgroundReplay, OperatorProcess, healthy_simulators, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -41,17 +37,7 @@ MAX_REPLICAS = 5
 
 @pytest.fixture
 def simulators(tmp_path):
-    sims = [SimulatorProcess(NAME, PROFILE, ["--startup-seconds", "0"], log_path=tmp_path / f"sim{i}.log")
-            for i in range(2)]
-    for sim in sims:
-        sim.start()
-    try:
-        for sim in sims:
-            sim.wait_healthy()
-        yield sims
-    finally:
-        for sim in sims:
-            sim.stop()
+    yield from healthy_simulators(NAME, PROFILE, 2, tmp_path)
 
 
 @pytest.fixture
@@ -109,41 +95,6 @@ def model_body() -> dict:
     }
 
 
-class PoissonLoad:
-    """kiban-load's replay() against each simulator, in a thread of its own, until stopped."""
-
-    def __init__(self, urls: list[str], rate_rps: float, duration_s: float) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.requests = poisson_requests(rate_rps, duration_s, PROMPT, OUTPUT, seed=7)
-        self.urls = urls
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        async def all_sims():
-            await asyncio.gather(*(replay(url, NAME, self.requests) for url in self.urls))
-
-        self.task = self.loop.create_task(all_sims())
-        try:
-            self.loop.run_until_complete(self.task)
-        except asyncio.CancelledError:
-            pass
-        finally:
-            pending = asyncio.all_tasks(self.loop)
-            for task in pending:
-                task.cancel()
-            self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-            self.loop.close()
-
-    def start(self) -> PoissonLoad:
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self.thread.is_alive():
-            self.loop.call_soon_threadsafe(lambda: self.task.cancel())
-            self.thread.join(timeout=30)
-
-
 def test_load_raises_replicas_with_reason_and_lost_metrics_hold_them(kube_api, namespace, operator, simulators):
     prometheus, process = operator
     model = Model(kube_api, namespace)
@@ -164,7 +115,8 @@ def test_load_raises_replicas_with_reason_and_lost_metrics_hold_them(kube_api, n
 
     # load: Poisson arrivals of 256-token prompts at 1.1 x one replica's capacity on each simulator
     capacity = max_arrival_rate(get_profile_by_name(PROFILE), PROMPT, OUTPUT, Slo(ttft_ms=TTFT_P95_MS), 0.75)
-    load = PoissonLoad([sim.url for sim in simulators], LOAD_PER_SIM * capacity, duration_s=90).start()
+    requests = poisson_requests(LOAD_PER_SIM * capacity, 90, PROMPT, OUTPUT, seed=7)
+    load = BackgroundReplay([sim.url for sim in simulators], NAME, requests).start()
     try:
         def scaled_up():
             alive()

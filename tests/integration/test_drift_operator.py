@@ -15,11 +15,9 @@ Event, export kiban_drift_detected=1, and move the token means the capacity mode
 
 from __future__ import annotations
 
-import asyncio
 import os
 import random
 import re
-import threading
 import time
 import urllib.request
 from dataclasses import replace
@@ -32,10 +30,8 @@ from kiban.capacity.batching import Slo, max_arrival_rate, prompt_mix_from_cv
 from kiban.capacity.profiles import get_profile_by_name
 from kiban.devcluster.processes import free_port
 from kiban.shared_paths import azure_trace_dir
-from kiban_serving.loadgen.client import replay
 from kiban_serving.loadgen.trace import TraceRequest, poisson_requests, read_azure_trace
-from kiban_serving.sim.process import SimulatorProcess
-from support import OperatorProcess, wait_for
+from support import BackgroundReplay, OperatorProcess, healthy_simulators, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -60,15 +56,9 @@ SPEEDUP = 10  # engine time runs 10x faster: conversation requests finish within
 
 @pytest.fixture
 def simulator(tmp_path):
-    sim = SimulatorProcess(NAME, PROFILE, ["--startup-seconds", "0", "--speedup", str(SPEEDUP),
-                                           "--max-model-len", str(MAX_MODEL_LEN)],
-                           log_path=tmp_path / "sim.log")
-    sim.start()
-    try:
-        sim.wait_healthy()
-        yield sim
-    finally:
-        sim.stop()
+    for sims in healthy_simulators(NAME, PROFILE, 1, tmp_path,
+                                   ("--speedup", str(SPEEDUP), "--max-model-len", str(MAX_MODEL_LEN))):
+        yield sims[0]
 
 
 @pytest.fixture
@@ -112,38 +102,6 @@ def trace_mix(name: str, start_s: float, duration_s: float, seed: int) -> list[T
     return out
 
 
-class Load:
-    """kiban-load's replay() in a thread of its own, until done or stopped."""
-
-    def __init__(self, url: str, requests: list[TraceRequest]) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.url, self.requests = url, requests
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.task = self.loop.create_task(replay(self.url, NAME, self.requests))
-        try:
-            self.loop.run_until_complete(self.task)
-        except asyncio.CancelledError:
-            pass
-        finally:
-            pending = asyncio.all_tasks(self.loop)
-            for task in pending:
-                task.cancel()
-            self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-            self.loop.close()
-
-    def start(self) -> Load:
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self.thread.is_alive():
-            self.loop.call_soon_threadsafe(lambda: self.task.cancel())
-            self.thread.join(timeout=30)
-
-
 def metric_value(url: str, name: str, **labels: str) -> float | None:
     text = urllib.request.urlopen(url, timeout=5).read().decode()
     for line in text.splitlines():
@@ -174,7 +132,7 @@ def test_conv_to_code_switch_declares_workload_drift_and_refits_the_capacity_mod
 
     conv = trace_mix("conv", 0.0, CONV_S, seed=1)
     code = trace_mix("code", CONV_S, CODE_S, seed=2)
-    load = Load(simulator.url, conv + code).start()
+    load = BackgroundReplay([simulator.url], NAME, conv + code).start()
     try:
         time.sleep(WARM_S)  # the first drift window then holds a steady conversation mix
         custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, model_body())
