@@ -22,6 +22,7 @@ TOKEN_GRID_RATIO = 1.02  # token means are rounded up to this relative grid for 
 MIN_TREND_SAMPLES = 3
 MIN_TREND_SPAN_S = 30.0
 BURST_FACTOR_WINDOWS = 2  # a missed burst's factor fades over this many burst windows
+TREND_SIGNIFICANCE_Z = 2.0  # a rate trend is extrapolated only when slope > z x its standard error
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -187,8 +188,10 @@ def capacity_per_replica_rps(
     return max_arrival_rate(profile, prompt_tokens, output_tokens, slo, target_utilization, prompt_mix=prompt_mix)
 
 
-def trend_slope_rps_per_s(samples: tuple[tuple[float, float], ...]) -> float:
-    """Least-squares slope of arrival rate over time; 0 without enough history."""
+def trend_slope_rps_per_s(samples: tuple[tuple[float, float], ...], z: float = TREND_SIGNIFICANCE_Z) -> float:
+    """Least-squares slope of arrival rate over time, or 0 when it is not above z standard
+    errors: 0 without enough history, and 0 for the slopes sampling noise draws on a steady
+    stream, which extrapolated over a cold start would buy replicas for load that never comes."""
     if len(samples) < MIN_TREND_SAMPLES or samples[-1][0] - samples[0][0] < MIN_TREND_SPAN_S:
         return 0.0
     n = len(samples)
@@ -197,7 +200,11 @@ def trend_slope_rps_per_s(samples: tuple[tuple[float, float], ...]) -> float:
     var_t = sum((t - mean_t) ** 2 for t, _ in samples)
     if var_t == 0:
         return 0.0
-    return sum((t - mean_t) * (r - mean_r) for t, r in samples) / var_t
+    slope = sum((t - mean_t) * (r - mean_r) for t, r in samples) / var_t
+    intercept = mean_r - slope * mean_t
+    residual = sum((r - intercept - slope * t) ** 2 for t, r in samples)
+    standard_error = math.sqrt(residual / (n - 2) / var_t) if n > 2 else 0.0
+    return slope if slope > z * standard_error else 0.0
 
 
 def forecast_rate_rps(current_rps: float, slope: float, lookahead_s: float, max_factor: float) -> float:
@@ -235,6 +242,32 @@ def beyond_poisson_rps(rate_rps: float, interval_s: float | None) -> float:
     if interval_s is None or not interval_s > 0 or rate_rps <= 0:
         return rate_rps
     return max(0.0, rate_rps - math.sqrt(rate_rps / interval_s))
+
+
+def transient_tolerance(slo_ttft_s: float | None, unloaded_ttft_s: float, sample_s: float | None) -> float:
+    """How far above its saturation throughput a fleet may be driven for one rate sample and
+    still meet the TTFT target: a burst of sample_s at (1 + x) x throughput leaves a queue
+    that the last request waits x x sample_s for, so x may reach the target's slack over an
+    unloaded TTFT, divided by sample_s. 1 (none) without a TTFT target or a sample length."""
+    if slo_ttft_s is None or sample_s is None or not sample_s > 0:
+        return 1.0
+    return 1.0 + max(0.0, slo_ttft_s - unloaded_ttft_s) / sample_s
+
+
+@functools.lru_cache(maxsize=4096)
+def burst_capacity_per_replica_rps(
+    profile: EngineProfile, prompt_tokens: float, output_tokens: float, slo: Slo, sample_s: float | None,
+    prompt_mix: tuple[tuple[float, float], ...] | None = None,
+) -> float:
+    """What one replica absorbs of a burst that lasts one rate sample: its saturation
+    throughput times the transient tolerance. A burst is short, so the steady-state queueing
+    the SLO capacity prices for a whole stream does not build up; what a burst leaves is a
+    backlog the slack of the TTFT target must cover."""
+    if slo.ttft_ms is None:
+        raise ValueError("a burst capacity needs a TTFT target to spend the slack of")
+    saturation = max_arrival_rate(profile, prompt_tokens, output_tokens, Slo(), 1.0, prompt_mix=prompt_mix)
+    unloaded = predict(profile, saturation * 1e-4, prompt_tokens, output_tokens, prompt_mix=prompt_mix).ttft_p95_s
+    return saturation * transient_tolerance(slo.ttft_ms / 1000.0, unloaded, sample_s)
 
 
 def burst_overflow_share(config: ScalingConfig) -> float:
@@ -367,8 +400,8 @@ def decide(
     last_traffic = now if busy else state.last_traffic_time_s
     rate_samples = _prune(state.rate_samples + ((now, rate),), now, config.trend_window_s)
     previous = state.burst_samples[-1][0] if state.burst_samples else None
-    burst_samples = _prune(state.burst_samples + ((now, beyond_poisson_rps(rate, now - previous if previous is not None else None)),),
-                           now, config.burst_window_s)
+    sample_s = now - previous if previous is not None else None
+    burst_samples = _prune(state.burst_samples + ((now, beyond_poisson_rps(rate, sample_s)),), now, config.burst_window_s)
     token_samples = state.token_samples
     if rate > 0:
         token_samples += ((now, rate, float(obs.mean_prompt_tokens), float(obs.mean_output_tokens)),)
@@ -399,6 +432,8 @@ def decide(
         means = windowed_token_means(token_samples)
         if burst > 0 and means is not None:
             mean_prompt, mean_output = means
+            # in a lull no live sample bounds the next burst, so its fleet stays at the steady
+            # capacity (sizing it at the burst capacity here cost code 0.4 % attainment)
             capacity = capacity_per_replica_rps(profile, round_tokens_up(mean_prompt),
                                                 max(1.0, round_tokens_up(mean_output)), slo, utilization)
             if capacity > 0:
@@ -415,20 +450,28 @@ def decide(
         capacity = (capacity_per_replica_rps(profile, prompt, output, slo, utilization, _mix(obs.prompt_mix))
                     if fits_kv else 0.0)
         slo_text = slo.describe()
+        slo_attainable = True
         if capacity <= 0 and fits_kv:  # even a lone request misses the SLO: size for utilisation only
             capacity = capacity_per_replica_rps(profile, prompt, output, Slo(), float(config.target_utilization))
             notes.append(f"{slo_text} is unattainable on {profile.name} even unloaded: sized for utilisation only")
             slo_text = "no latency target"
+            slo_attainable = False
         slope = trend_slope_rps_per_s(rate_samples)
         forecast = forecast_rate_rps(rate, slope, lookahead_s, config.max_lookahead_factor)
         burst = (burst_rate_rps([r for _, r in burst_samples], burst_overflow_share(config))
                  if config.burst_window_s > 0 else 0.0)
         queue_hurts = _queue_hurts(obs, slo)
         backlog_rps = (obs.waiting or 0) / config.backlog_drain_s if queue_hurts else 0.0
-        sizing_rate = max(forecast, burst) * config.peak_factor + backlog_rps
+        sizing_rate = forecast * config.peak_factor + backlog_rps
+        # a burst is sized against what a replica absorbs of one sample's worth of it (above its
+        # steady-state capacity, by the TTFT target's slack); without a TTFT target, the capacity
+        absorbs = capacity
+        if capacity > 0 and burst > 0 and slo_attainable and slo.ttft_ms is not None:
+            absorbs = burst_capacity_per_replica_rps(profile, prompt, output, slo, sample_s, _mix(obs.prompt_mix))
         if capacity > 0:
             # any traffic at all needs a replica to serve it, however small the rate rounds
-            recommended = max(config.min_replicas, 1, math.ceil(round(sizing_rate / capacity, 9)))
+            recommended = max(config.min_replicas, 1, math.ceil(round(sizing_rate / capacity, 9)),
+                              math.ceil(round(burst * config.peak_factor / absorbs, 9)) if absorbs > 0 else 0)
         else:  # requests this long do not fit one replica's KV cache: no size helps, so hold
             recommended = max(config.min_replicas, current, 1)
             notes.append(f"a request of {prompt:.0f}+{output:.0f} tokens does not fit {profile.name}'s KV cache: "
@@ -438,7 +481,7 @@ def decide(
             head += f" (expected {forecast:.3g} req/s in {lookahead_s:.0f} s)"
         if burst > forecast:
             head += f", burst allowance {burst:.3g} req/s (≤ {burst_overflow_share(config):.2%} of the last " \
-                    f"{config.burst_window_s:.0f} s above it)"
+                    f"{config.burst_window_s:.0f} s above it; a replica absorbs {absorbs:.3g} req/s of a burst)"
         if config.peak_factor > 1:
             head += f" × peak {config.peak_factor:g}"
         if backlog_rps > 0:

@@ -15,6 +15,7 @@ from kiban.autoscale.policy import (
     capacity_per_replica_rps,
     decide,
     beyond_poisson_rps,
+    burst_capacity_per_replica_rps,
     burst_overflow_share,
     burst_rate_rps,
     forecast_rate_rps,
@@ -22,6 +23,7 @@ from kiban.autoscale.policy import (
     queue_floor_replicas,
     round_tokens_up,
     sizing_utilization,
+    transient_tolerance,
     trend_slope_rps_per_s,
     windowed_token_means,
 )
@@ -265,6 +267,47 @@ def test_poisson_scatter_is_not_counted_as_burst():
     assert beyond_poisson_rps(16.0, 16.0) == pytest.approx(15.0)
     assert beyond_poisson_rps(16.0, None) == 16.0
     assert beyond_poisson_rps(0.0, 15.0) == 0.0
+
+
+def test_a_trend_inside_sampling_noise_is_not_extrapolated():
+    import random
+
+    rng = random.Random(7)
+    steady = tuple((15.0 * i, 10.0 + rng.gauss(0.0, 0.8)) for i in range(12))  # 180 s at 10 req/s
+    assert trend_slope_rps_per_s(steady, z=0.0) > 0.0  # the raw fit leans up by chance here...
+    assert trend_slope_rps_per_s(steady) == 0.0  # ...and the significance test drops it
+    ramp = tuple((t, r + 0.05 * t) for t, r in steady)  # +9 req/s over the window, noise unchanged
+    assert trend_slope_rps_per_s(ramp) == pytest.approx(0.05, abs=0.02)
+
+
+def test_a_steady_noisy_stream_forecasts_its_current_rate():
+    import random
+
+    rng = random.Random(3)
+    cfg = config(burst_window_s=0.0)
+    state, rate = PolicyState(), 0.0
+    for i in range(12):
+        rate = 4.0 * per_replica() * (1.0 + rng.gauss(0.0, 0.05))
+        decision, state = decide(observe(15.0 * i, rate, current=5), cfg, state, PROFILE)
+    assert decision.forecast_rate_rps == pytest.approx(rate)
+
+
+def test_transient_tolerance_is_the_slack_over_one_sample():
+    assert transient_tolerance(2.0, 0.5, 15.0) == pytest.approx(1.1)
+    assert transient_tolerance(2.0, 0.5, 60.0) == pytest.approx(1.025)
+    assert transient_tolerance(0.4, 0.5, 15.0) == 1.0  # no slack: no tolerance
+    assert transient_tolerance(None, 0.5, 15.0) == 1.0
+    assert transient_tolerance(2.0, 0.5, None) == 1.0
+
+
+def test_a_replica_absorbs_more_of_a_short_burst_than_of_a_steady_stream():
+    slo = Slo(ttft_ms=2000, ttft_percentile=99)
+    steady = capacity_per_replica_rps(PROFILE, 1000.0, 130.0, slo, 1.0)
+    short = burst_capacity_per_replica_rps(PROFILE, 1000.0, 130.0, slo, 15.0)
+    long = burst_capacity_per_replica_rps(PROFILE, 1000.0, 130.0, slo, 120.0)
+    assert short > long > steady > 0
+    with pytest.raises(ValueError, match="TTFT target"):  # no target: no slack to spend
+        burst_capacity_per_replica_rps(PROFILE, 1000.0, 130.0, Slo(), 15.0)
 
 
 def test_utilisation_cap_applies_only_without_a_latency_target():
