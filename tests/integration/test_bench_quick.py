@@ -1,5 +1,6 @@
 """kiban-bench --quick on the real Azure traces (read in place): the JSON contract, the
-oracle below every policy, and identical results for the same seed. About a minute of CPU."""
+oracle below every policy, the clairvoyant reference row and its bar keys, and identical
+results for the same seed. About a minute of CPU."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ from pathlib import Path
 from kiban_serving.bench import cli
 from kiban_serving.bench.run import DEFAULT_TRACE_DIR
 
-FAMILIES = {"oracle", "kiban", "static-peak", "kubeai", "knative-kpa", "production-stack-keda", "aibrix-apa"}
+FAMILIES = {"oracle", "clairvoyant", "kiban", "static-peak", "kubeai", "knative-kpa", "production-stack-keda",
+            "aibrix-apa"}
+BAR_KEYS = {"clairvoyant_gpu_hours", "clairvoyant_attainment", "clairvoyant_over_oracle",
+            "oracle_bar_reachable_with_foresight"}
 
 
 def test_quick_run_on_the_standard_traces(tmp_path: Path) -> None:
@@ -27,6 +31,17 @@ def test_quick_run_on_the_standard_traces(tmp_path: Path) -> None:
         for row in mine:
             if row["complete"]:
                 assert oracle["gpu_hours"] <= row["gpu_hours"], (trace, row["policy"])
+        foresight = [r for r in mine if r["family"] == "clairvoyant"]
+        assert len(foresight) == 1 and foresight[0]["complete"], trace
+        assert foresight[0]["gpu_hours"] >= oracle["gpu_hours"], trace
+        assert [r["family"] for r in mine][:2] == ["oracle", "clairvoyant"]
+    bar = json.loads((out / "bar.json").read_text())
+    assert [b["trace"] for b in bar] == ["conv", "code", "conv+code"]
+    for check in bar:
+        assert BAR_KEYS <= check.keys(), check["trace"]
+        assert check["oracle_bar_reachable_with_foresight"] == (
+            check["clairvoyant_over_oracle"] <= 1.2 and check["clairvoyant_attainment"] >= 0.99)
+        assert "clairvoyant" not in str(check.get("cheapest_peer", ""))
     for name in ("results.md", "bar.json", "gpu_hours_vs_attainment.png", "replicas_conv.png"):
         assert (out / name).stat().st_size > 0
 

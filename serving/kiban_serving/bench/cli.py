@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, KeyError) as exc:
         print(f"kiban-bench: {exc}", file=sys.stderr)
         return 2
-    runs_per_trace = 3 + 1 + sum(len(c) for c in PEER_CANDIDATES.values())
+    # oracle, clairvoyant, about two static-peak tries, kiban, then the peers' targets (an estimate)
+    runs_per_trace = 1 + 1 + 2 + 1 + sum(len(c) for c in PEER_CANDIDATES.values())
     total = len(specs) if bench.jobs > 1 and len(specs) > 1 else len(specs) * runs_per_trace
     started = time.monotonic()
     with tqdm(total=total, desc="kiban-bench", unit="run", file=sys.stderr) as bar:

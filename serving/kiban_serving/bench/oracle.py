@@ -8,15 +8,21 @@ least `attainment` of them. Cost = sum(c_i) x delta x GPUs per replica.
 
 Replays use the same fleet simulation and engine as the policies. Fewer replicas never help
 a window meet its SLO, so c_i is found by walking from the previous interval's count.
+
+`ClairvoyantSchedule` plays those counts on a real fleet, each replica ordered one cold start
+before the interval that needs it: the cost of perfect foresight once replicas take time to
+start, i.e. how close to the oracle any policy could get.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 import numpy as np
 
 from kiban_serving.bench.fleet import FleetConfig, MissBudget, allowed_misses, simulate
+from kiban_serving.bench.observe import FleetObservation
 from kiban_serving.bench.traces import Trace
 
 
@@ -117,3 +123,52 @@ def oracle(
         previous = c
     gpu_seconds = sum(counts) * interval_s * config.gpus_per_replica
     return OracleResult(interval_s=interval_s, counts=tuple(counts), gpu_seconds=gpu_seconds, ttft_s=ttft)
+
+
+def schedule_ahead(counts: tuple[int, ...], interval_s: float, lead_s: float, t: float) -> int:
+    """The most replicas any interval overlapping [t, t + lead_s] needs.
+
+    A replica ordered at t is ready at t + lead_s, so asking now for every interval up to
+    then orders each one exactly a lead before it is needed, and keeps a replica through a
+    dip shorter than a lead (releasing it would only mean ordering it again). Times past the
+    last interval read as the last interval.
+    """
+    if not counts:
+        raise ValueError("counts must not be empty")
+    if interval_s <= 0 or lead_s < 0:
+        raise ValueError(f"need interval_s > 0 and lead_s >= 0, got {interval_s!r}, {lead_s!r}")
+    last = len(counts) - 1
+    first = min(last, max(0, math.floor(t / interval_s + 1e-9)))
+    end = min(last, max(0, math.floor((t + lead_s) / interval_s + 1e-9)))
+    return max(counts[first:end + 1])
+
+
+@dataclass(frozen=True)
+class ClairvoyantSchedule:
+    """The oracle's counts with perfect foresight but real cold starts (a reference, not a peer).
+
+    Asked once per oracle interval, at interval starts; so a lead that is not a whole number
+    of intervals is rounded up to one (the next ask would come too late). Stateless: the
+    answer depends only on the time.
+    """
+
+    counts: tuple[int, ...]
+    interval_s: float
+    lead_s: float
+    name: str = "oracle counts, ordered one cold start ahead (clairvoyant)"
+
+    def __post_init__(self) -> None:
+        if not self.counts:
+            raise ValueError("counts must not be empty")
+        if self.interval_s <= 0 or self.lead_s < 0:
+            raise ValueError(f"need interval_s > 0 and lead_s >= 0, got {self.interval_s!r}, {self.lead_s!r}")
+
+    @property
+    def ordering_lead_s(self) -> float:
+        return math.ceil(self.lead_s / self.interval_s - 1e-9) * self.interval_s
+
+    def at(self, t: float) -> int:
+        return schedule_ahead(self.counts, self.interval_s, self.ordering_lead_s, t)
+
+    def desired_replicas(self, obs: FleetObservation) -> int:
+        return self.at(obs.now_s)

@@ -11,7 +11,11 @@ from pathlib import Path
 
 from kiban_serving.bench.run import BenchConfig, Row
 
-FAMILY_ORDER = ("oracle", "kiban", "static-peak", "kubeai", "knative-kpa", "production-stack-keda", "aibrix-apa")
+FAMILY_ORDER = ("oracle", "clairvoyant", "kiban", "static-peak", "kubeai", "knative-kpa", "production-stack-keda",
+                "aibrix-apa")
+REFERENCES = ("oracle", "clairvoyant")  # yardsticks no user can run: never a peer
+ORACLE_BAR = 1.2  # Kiban may cost at most this times the oracle
+PEER_BAR = 0.85  # ... and at most this times the cheapest peer that meets the SLO
 
 
 def chosen_rows(rows: list[Row], trace: str) -> list[Row]:
@@ -29,10 +33,15 @@ def traces_in(rows: list[Row]) -> list[str]:
 
 def bar_check(rows: list[Row], trace: str, bench: BenchConfig) -> dict[str, object]:
     """The bar: Kiban reaches the attainment, costs <= 0.85x the cheapest peer that also
-    reaches it (static-peak counts as a peer: a user could simply run it), and <= 1.2x the oracle."""
+    reaches it (static-peak counts as a peer: a user could simply run it), and <= 1.2x the oracle.
+
+    Alongside, what the clairvoyant schedule (the oracle's counts with real cold starts) costs
+    over the oracle: when even it is above 1.2x, the oracle bar cannot be met on this trace.
+    """
     picked = {r.family: r for r in chosen_rows(rows, trace)}
-    kiban, best = picked.get("kiban"), picked.get("oracle")
-    peers = [r for f, r in picked.items() if f not in ("kiban", "oracle") and r.ttft_slo_attainment >= bench.attainment]
+    kiban, best, foresight = picked.get("kiban"), picked.get("oracle"), picked.get("clairvoyant")
+    peers = [r for f, r in picked.items()
+             if f != "kiban" and f not in REFERENCES and r.ttft_slo_attainment >= bench.attainment]
     cheapest = min(peers, key=lambda r: r.gpu_hours) if peers else None
     out: dict[str, object] = {"trace": trace}
     if kiban is None:
@@ -42,12 +51,21 @@ def bar_check(rows: list[Row], trace: str, bench: BenchConfig) -> dict[str, obje
     if cheapest is not None:
         out["cheapest_peer"] = cheapest.policy
         out["kiban_over_cheapest_peer"] = round(kiban.gpu_hours / cheapest.gpu_hours, 3)
-        out["beats_peers_by_15pct"] = bool(kiban.gpu_hours <= 0.85 * cheapest.gpu_hours)
+        out["beats_peers_by_15pct"] = bool(kiban.gpu_hours <= PEER_BAR * cheapest.gpu_hours)
     if best is not None and best.gpu_hours > 0:
         out["kiban_over_oracle"] = round(kiban.gpu_hours / best.gpu_hours, 3)
-        out["within_1_2x_oracle"] = bool(kiban.gpu_hours <= 1.2 * best.gpu_hours)
+        out["within_1_2x_oracle"] = bool(kiban.gpu_hours <= ORACLE_BAR * best.gpu_hours)
         complete = [r for r in rows if r.trace == trace and r.complete and r.family != "oracle"]
         out["oracle_below_every_run"] = bool(all(best.gpu_hours <= r.gpu_hours for r in complete))
+        if foresight is not None:
+            out["clairvoyant_gpu_hours"] = foresight.gpu_hours
+            out["clairvoyant_attainment"] = foresight.ttft_slo_attainment
+            ratio = round(foresight.gpu_hours / best.gpu_hours, 3)
+            out["clairvoyant_over_oracle"] = ratio
+            # reachable: within the bar as printed *and* the SLO held (the oracle's counts,
+            # with queues carried between intervals, can miss it)
+            out["oracle_bar_reachable_with_foresight"] = bool(
+                ratio <= ORACLE_BAR and foresight.ttft_slo_attainment >= bench.attainment)
     return out
 
 
@@ -112,7 +130,9 @@ def write_plots(rows: list[Row], bench: BenchConfig, out_dir: Path) -> list[Path
                 continue
             times = [t / 60 for t, _, _ in r.timeline]
             counts = [n for _, n, _ in r.timeline]
-            style = {"linewidth": 2.2} if r.family in ("kiban", "oracle") else {"linewidth": 1.0, "alpha": 0.8}
+            style = ({"linewidth": 2.2} if r.family in ("kiban", "oracle")
+                     else {"linewidth": 1.4, "linestyle": "--"} if r.family == "clairvoyant"
+                     else {"linewidth": 1.0, "alpha": 0.8})
             ax.step(times, counts, where="post", label=r.policy, **style)
         ax.set_xlabel("minutes")
         ax.set_ylabel("replicas (requested)")
@@ -126,7 +146,7 @@ def write_plots(rows: list[Row], bench: BenchConfig, out_dir: Path) -> list[Path
     fig, axes = plt.subplots(1, len(traces), figsize=(4.5 * len(traces), 4), squeeze=False)
     for ax, trace in zip(axes[0], traces):
         for r in [r for r in rows if r.trace == trace and r.complete]:  # stopped runs are partial
-            marker = "*" if r.family == "kiban" else ("s" if r.family == "oracle" else "o")
+            marker = {"kiban": "*", "oracle": "s", "clairvoyant": "D"}.get(r.family, "o")
             ax.scatter(r.gpu_hours, 100 * r.ttft_slo_attainment, marker=marker, s=80 if r.chosen else 20,
                        alpha=1.0 if r.chosen else 0.4)
             if r.chosen:

@@ -1,5 +1,6 @@
-"""One benchmark run: for each trace, the oracle, a peak-sized static fleet, Kiban, and each
-peer at the per-pod target a careful user would pick, all on the same simulated fleet.
+"""One benchmark run: for each trace, the oracle, the oracle's counts played with real cold
+starts (clairvoyant, a reference row), a peak-sized static fleet, Kiban, and each peer at the
+per-pod target a careful user would pick, all on the same simulated fleet.
 
 Pure orchestration over `fleet.simulate` and `oracle.oracle`; no files are written here
 (report.py does that), so a test can run it and inspect the rows.
@@ -18,7 +19,7 @@ import numpy as np
 from kiban.capacity.profiles import get_profile_by_name
 from kiban.shared_paths import azure_trace_dir
 from kiban_serving.bench.fleet import FleetConfig, FleetResult, MissBudget, allowed_misses, simulate
-from kiban_serving.bench.oracle import OracleResult, fewest_replicas, oracle
+from kiban_serving.bench.oracle import ClairvoyantSchedule, OracleResult, fewest_replicas, oracle
 from kiban_serving.bench.peers import (
     AibrixAPAPolicy,
     KedaWaitingPolicy,
@@ -181,6 +182,19 @@ def oracle_row(trace: Trace, result: OracleResult, slo_ttft_s: float, gpus_per_r
     )
 
 
+def clairvoyant_row(trace: Trace, best: OracleResult, bench: BenchConfig) -> Row:
+    """The oracle's counts, each replica ordered one cold start ahead, on a real fleet.
+
+    It needs no history, so it acts from t=0 (no warm-up) and starts with what it asks for
+    then. What it costs over the oracle is the price of cold starts alone, with a perfect
+    forecast; its attainment shows what carrying queues across intervals does to the oracle's
+    counts (the oracle starts every interval empty).
+    """
+    schedule = ClairvoyantSchedule(counts=best.counts, interval_s=best.interval_s, lead_s=bench.cold_start_s)
+    config = replace(bench.fleet(schedule.at(0.0)), warmup_s=0.0)
+    return summarize(simulate(trace, config, schedule), "clairvoyant", bench.slo_ttft_s)
+
+
 def peer_policy(family: str, target: float):
     """A fresh peer policy of this family at this per-pod target."""
     if family == "kubeai":
@@ -263,7 +277,8 @@ def run_trace(trace: Trace, bench: BenchConfig, tick: Callable[[str], None] = la
     fleet = bench.fleet(1)
     best = oracle(trace, fleet, bench.slo_ttft_s, bench.attainment)
     tick("oracle")
-    rows = [oracle_row(trace, best, bench.slo_ttft_s, bench.gpus_per_replica)]
+    rows = [oracle_row(trace, best, bench.slo_ttft_s, bench.gpus_per_replica), clairvoyant_row(trace, best, bench)]
+    tick("clairvoyant")
     initial = warm_start_replicas(trace, bench, hint=best.counts[0])
     rows += find_static_peak(trace, bench, max(best.counts), tick)
     kiban = KibanPolicy(
@@ -276,7 +291,7 @@ def run_trace(trace: Trace, bench: BenchConfig, tick: Callable[[str], None] = la
     for family in PEER_CANDIDATES:
         rows += tune_peer(trace, bench, family, initial, tick)
     for row in rows:
-        if row.family not in ("oracle", "static-peak"):
+        if row.family not in ("oracle", "clairvoyant", "static-peak"):  # those size their own start
             row.warm_start_replicas = initial
     return rows
 
