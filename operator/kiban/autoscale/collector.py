@@ -299,6 +299,7 @@ def observation_from(
         time_s=time_s,
         metrics_available=True,
         arrival_rate_rps=arrival,
+        rate_window_s=window_s,
         mean_prompt_tokens=_finite(values.get("mean_prompt_tokens")),
         mean_output_tokens=_finite(values.get("mean_output_tokens")),
         running=running,

@@ -33,6 +33,9 @@ class Observation:
     metrics_available: bool
     reason_unavailable: str | None = None
     arrival_rate_rps: float | None = None
+    # the window the rate is measured over (the collector's rate window); None: the time since
+    # the previous decision. It sets the Poisson scatter and the length of a burst sample.
+    rate_window_s: float | None = None
     mean_prompt_tokens: float | None = None
     mean_output_tokens: float | None = None
     running: float | None = None
@@ -400,7 +403,8 @@ def decide(
     last_traffic = now if busy else state.last_traffic_time_s
     rate_samples = _prune(state.rate_samples + ((now, rate),), now, config.trend_window_s)
     previous = state.burst_samples[-1][0] if state.burst_samples else None
-    sample_s = now - previous if previous is not None else None
+    sample_s = obs.rate_window_s if _usable(obs.rate_window_s) and obs.rate_window_s > 0 else (
+        now - previous if previous is not None else None)
     burst_samples = _prune(state.burst_samples + ((now, beyond_poisson_rps(rate, sample_s)),), now, config.burst_window_s)
     token_samples = state.token_samples
     if rate > 0:

@@ -92,6 +92,7 @@ class KibanPolicy:
             time_s=obs.now_s,
             metrics_available=True,
             arrival_rate_rps=obs.arrival_rate_rps,
+            rate_window_s=obs.window_s,
             mean_prompt_tokens=obs.mean_prompt_tokens,
             mean_output_tokens=obs.mean_output_tokens,
             running=float(obs.running_total),

@@ -417,3 +417,18 @@ def test_requests_too_long_for_the_kv_cache_hold_replicas_instead_of_failing():
     decision, _ = decide(obs, config, PolicyState(), tiny_kv)
     assert decision.replicas == 3
     assert "does not fit" in decision.reason
+
+
+def test_a_longer_rate_window_gets_less_burst_tolerance():
+    """The operator measures rates over several ticks: a 60 s window's burst is priced as 60 s."""
+    cfg = config(slo=Slo(ttft_ms=2000, ttft_percentile=99), scale_down_stabilization_s=0.0)
+    steady = capacity_per_replica_rps(PROFILE, round_tokens_up(1000.0), round_tokens_up(130.0),
+                                      Slo(ttft_ms=2000, ttft_percentile=99), 1.0)
+
+    def recommended(rate_window_s):  # what the burst allowance asks for after the burst
+        state = PolicyState()
+        for i, rate in enumerate([2.0 * steady] * 20 + [11.5 * steady] + [2.0 * steady] * 4):
+            _, state = decide(observe(15.0 * i, rate, current=12, rate_window_s=rate_window_s), cfg, state, PROFILE)
+        return state.recommendations[-1][1]
+
+    assert recommended(60.0) > recommended(15.0) == recommended(None) > 2

@@ -66,6 +66,7 @@ def test_busy_model_gives_arrival_rate_completions_plus_growth_per_second():
     observation, reason = observe(BUSY)
     assert reason is None and observation.metrics_available
     assert observation.arrival_rate_rps == pytest.approx(3.0 + 6.0 / 30.0)
+    assert observation.rate_window_s == 30.0  # the policy prices bursts over the window measured
     assert (observation.mean_prompt_tokens, observation.mean_output_tokens) == (512.0, 64.0)
     assert (observation.running, observation.waiting, observation.observed_ttft_p95_s) == (10.0, 4.0, 0.8)
     assert (observation.current_replicas, observation.ready_replicas, observation.time_s) == (2, 1, 100.0)
