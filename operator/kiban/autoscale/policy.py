@@ -248,10 +248,10 @@ def beyond_poisson_rps(rate_rps: float, interval_s: float | None) -> float:
 
 
 def transient_tolerance(slo_ttft_s: float | None, unloaded_ttft_s: float, sample_s: float | None) -> float:
-    """How far above its saturation throughput a fleet may be driven for one rate sample and
-    still meet the TTFT target: a burst of sample_s at (1 + x) x throughput leaves a queue
-    that the last request waits x x sample_s for, so x may reach the target's slack over an
-    unloaded TTFT, divided by sample_s. 1 (none) without a TTFT target or a sample length."""
+    """How far above its steady-state capacity a fleet may be driven for one rate sample: a
+    burst of sample_s at (1 + x) x capacity leaves a backlog the last request waits about
+    x x sample_s for, so x may reach the TTFT target's slack over an unloaded request, divided
+    by sample_s. 1 (none) without a TTFT target or a sample length, or without slack."""
     if slo_ttft_s is None or sample_s is None or not sample_s > 0:
         return 1.0
     return 1.0 + max(0.0, slo_ttft_s - unloaded_ttft_s) / sample_s
@@ -262,15 +262,17 @@ def burst_capacity_per_replica_rps(
     profile: EngineProfile, prompt_tokens: float, output_tokens: float, slo: Slo, sample_s: float | None,
     prompt_mix: tuple[tuple[float, float], ...] | None = None,
 ) -> float:
-    """What one replica absorbs of a burst that lasts one rate sample: its saturation
-    throughput times the transient tolerance. A burst is short, so the steady-state queueing
-    the SLO capacity prices for a whole stream does not build up; what a burst leaves is a
-    backlog the slack of the TTFT target must cover."""
+    """What one replica absorbs of a burst that lasts one rate sample: its SLO capacity times
+    the transient tolerance. The SLO capacity prices the queueing of a whole stream at that
+    rate; a burst that lasts one sample only leaves a backlog for the target's slack to cover.
+    A target barely above the unloaded TTFT leaves no slack, and no tolerance."""
     if slo.ttft_ms is None:
         raise ValueError("a burst capacity needs a TTFT target to spend the slack of")
-    saturation = max_arrival_rate(profile, prompt_tokens, output_tokens, Slo(), 1.0, prompt_mix=prompt_mix)
-    unloaded = predict(profile, saturation * 1e-4, prompt_tokens, output_tokens, prompt_mix=prompt_mix).ttft_p95_s
-    return saturation * transient_tolerance(slo.ttft_ms / 1000.0, unloaded, sample_s)
+    steady = capacity_per_replica_rps(profile, prompt_tokens, output_tokens, slo, 1.0, prompt_mix)
+    if not steady > 0:
+        return 0.0
+    unloaded = predict(profile, steady * 1e-4, prompt_tokens, output_tokens, prompt_mix=prompt_mix).ttft_p95_s
+    return steady * transient_tolerance(slo.ttft_ms / 1000.0, unloaded, sample_s)
 
 
 def burst_overflow_share(config: ScalingConfig) -> float:

@@ -300,12 +300,23 @@ def test_transient_tolerance_is_the_slack_over_one_sample():
     assert transient_tolerance(2.0, 0.5, None) == 1.0
 
 
+def unloaded_ttft() -> float:
+    from kiban.capacity.batching import predict
+
+    return predict(PROFILE, 1e-4, 1000.0, 130.0).ttft_p95_s
+
+
 def test_a_replica_absorbs_more_of_a_short_burst_than_of_a_steady_stream():
     slo = Slo(ttft_ms=2000, ttft_percentile=99)
     steady = capacity_per_replica_rps(PROFILE, 1000.0, 130.0, slo, 1.0)
     short = burst_capacity_per_replica_rps(PROFILE, 1000.0, 130.0, slo, 15.0)
     long = burst_capacity_per_replica_rps(PROFILE, 1000.0, 130.0, slo, 120.0)
     assert short > long > steady > 0
+    assert short == pytest.approx(steady * transient_tolerance(2.0, unloaded_ttft(), 15.0))
+    # a target barely above an unloaded request's TTFT leaves no slack: no more than the capacity
+    tight = Slo(ttft_ms=1000 * unloaded_ttft() * 1.02, ttft_percentile=99)
+    tight_steady = capacity_per_replica_rps(PROFILE, 1000.0, 130.0, tight, 1.0)
+    assert burst_capacity_per_replica_rps(PROFILE, 1000.0, 130.0, tight, 15.0) <= tight_steady * 1.01
     with pytest.raises(ValueError, match="TTFT target"):  # no target: no slack to spend
         burst_capacity_per_replica_rps(PROFILE, 1000.0, 130.0, Slo(), 15.0)
 
