@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from pinned_tools import start_or_fail
 
 if TYPE_CHECKING:  # imported lazily below, so unit tests never load the devcluster or the client
     from kubernetes.client import ApiClient
@@ -29,23 +30,13 @@ if TYPE_CHECKING:  # imported lazily below, so unit tests never load the devclus
 NAMESPACE_LABEL = "kiban.dev/test-namespace"
 
 
-def _fail_on_missing_tools(message: str) -> None:
-    pytest.fail(f"integration and e2e tests need the pinned tools: {message}", pytrace=False)
-
-
 @pytest.fixture(scope="session")
 def control_plane() -> Iterator[ControlPlane]:
     """The session's control plane with the default simulated GPU pool."""
-    from kiban.devcluster import ControlPlane, ToolsMissingError
+    from kiban.devcluster import ControlPlane
 
     cluster = ControlPlane()
-    missing = None
-    try:
-        cluster.start()
-    except ToolsMissingError as exc:
-        missing = str(exc)
-    if missing:
-        _fail_on_missing_tools(missing)
+    start_or_fail(cluster.start)
     try:
         yield cluster
     finally:
@@ -112,7 +103,7 @@ def namespace(kube_api, request: pytest.FixtureRequest) -> Iterator[str]:
 @pytest.fixture
 def prometheus_factory(tmp_path: Path) -> Iterator[Callable[..., PrometheusServer]]:
     """factory(config=None, *, scrape_interval="1s", **kwargs) -> a started PrometheusServer."""
-    from kiban.devcluster import PrometheusServer, ToolsMissingError
+    from kiban.devcluster import PrometheusServer
 
     servers: list[PrometheusServer] = []
 
@@ -120,13 +111,7 @@ def prometheus_factory(tmp_path: Path) -> Iterator[Callable[..., PrometheusServe
         kwargs.setdefault("workdir", tmp_path / f"prometheus-{len(servers)}")
         server = PrometheusServer(config, **kwargs)
         servers.append(server)
-        missing = None
-        try:
-            server.start()
-        except ToolsMissingError as exc:
-            missing = str(exc)
-        if missing:
-            _fail_on_missing_tools(missing)
+        start_or_fail(server.start)
         return server
 
     try:

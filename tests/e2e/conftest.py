@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from pinned_tools import start_or_fail
 
 if TYPE_CHECKING:
     from kiban_serving.demo.runner import DemoConfig, DemoStack
@@ -21,7 +22,6 @@ if TYPE_CHECKING:
 def demo_stack_factory(kubeconfig: Path, namespace: str, tmp_path: Path) -> Iterator[Callable[..., DemoStack]]:
     from dataclasses import replace
 
-    from kiban.devcluster import ToolsMissingError
     from kiban_serving.demo.runner import DemoStack
 
     stacks: list[DemoStack] = []
@@ -30,13 +30,7 @@ def demo_stack_factory(kubeconfig: Path, namespace: str, tmp_path: Path) -> Iter
         config = replace(config, namespace=namespace, out_dir=tmp_path / f"demo-{len(stacks)}")
         stack = DemoStack(config, kubeconfig=kubeconfig, create_namespace=False, echo=print)
         stacks.append(stack)
-        missing = None
-        try:
-            stack.__enter__()
-        except ToolsMissingError as exc:
-            missing = str(exc)
-        if missing:
-            pytest.fail(f"e2e tests need the pinned tools: {missing}", pytrace=False)
+        start_or_fail(stack.__enter__)
         return stack
 
     try:
