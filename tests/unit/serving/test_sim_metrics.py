@@ -9,30 +9,7 @@ from kiban.capacity.profiles import PROFILES
 from kiban_serving.sim.engine import Engine
 from kiban_serving.sim.metrics import VllmMetrics, build_1_2_5_buckets
 
-# From docs (shared/reference/vllm.md): family name -> type.
-VLLM_MD_METRICS = {
-    "vllm:num_requests_running": "gauge",
-    "vllm:num_requests_waiting": "gauge",
-    "vllm:kv_cache_usage_perc": "gauge",
-    "vllm:prompt_tokens": "counter",
-    "vllm:generation_tokens": "counter",
-    "vllm:request_success": "counter",
-    "vllm:num_preemptions": "counter",
-    "vllm:prefix_cache_queries": "counter",
-    "vllm:prefix_cache_hits": "counter",
-    "vllm:time_to_first_token_seconds": "histogram",
-    "vllm:inter_token_latency_seconds": "histogram",
-    "vllm:request_time_per_output_token_seconds": "histogram",
-    "vllm:e2e_request_latency_seconds": "histogram",
-    "vllm:request_queue_time_seconds": "histogram",
-    "vllm:request_prefill_time_seconds": "histogram",
-    "vllm:request_decode_time_seconds": "histogram",
-    "vllm:request_inference_time_seconds": "histogram",
-    "vllm:request_prompt_tokens": "histogram",
-    "vllm:request_generation_tokens": "histogram",
-    "vllm:iteration_tokens_total": "histogram",
-    "vllm:request_params_max_tokens": "histogram",
-}
+from vllm_reference import VLLM_MD_METRICS  # tests/vllm_reference.py
 
 
 def exercised_metrics() -> dict:
