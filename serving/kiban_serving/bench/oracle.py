@@ -125,6 +125,14 @@ def oracle(
     return OracleResult(interval_s=interval_s, counts=tuple(counts), gpu_seconds=gpu_seconds, ttft_s=ttft)
 
 
+def check_schedule(counts: tuple[int, ...], interval_s: float, lead_s: float) -> None:
+    """A schedule needs counts, a positive interval and a lead that is not negative."""
+    if not counts:
+        raise ValueError("counts must not be empty")
+    if interval_s <= 0 or lead_s < 0:
+        raise ValueError(f"need interval_s > 0 and lead_s >= 0, got {interval_s!r}, {lead_s!r}")
+
+
 def schedule_ahead(counts: tuple[int, ...], interval_s: float, lead_s: float, t: float) -> int:
     """The most replicas any interval overlapping [t, t + lead_s] needs.
 
@@ -133,10 +141,7 @@ def schedule_ahead(counts: tuple[int, ...], interval_s: float, lead_s: float, t:
     dip shorter than a lead (releasing it would only mean ordering it again). Times past the
     last interval read as the last interval.
     """
-    if not counts:
-        raise ValueError("counts must not be empty")
-    if interval_s <= 0 or lead_s < 0:
-        raise ValueError(f"need interval_s > 0 and lead_s >= 0, got {interval_s!r}, {lead_s!r}")
+    check_schedule(counts, interval_s, lead_s)
     last = len(counts) - 1
     first = min(last, max(0, math.floor(t / interval_s + 1e-9)))
     end = min(last, max(0, math.floor((t + lead_s) / interval_s + 1e-9)))
@@ -158,10 +163,7 @@ class ClairvoyantSchedule:
     name: str = "oracle counts, ordered one cold start ahead (clairvoyant)"
 
     def __post_init__(self) -> None:
-        if not self.counts:
-            raise ValueError("counts must not be empty")
-        if self.interval_s <= 0 or self.lead_s < 0:
-            raise ValueError(f"need interval_s > 0 and lead_s >= 0, got {self.interval_s!r}, {self.lead_s!r}")
+        check_schedule(self.counts, self.interval_s, self.lead_s)
 
     @property
     def ordering_lead_s(self) -> float:
