@@ -310,7 +310,6 @@ def create_app(config: SimConfig) -> web.Application:
     """The aiohttp application for one simulated vLLM server (run in-process or via main)."""
     sim = Simulator(config)
     app = web.Application(middlewares=[_json_errors])
-    app["simulator"] = sim
     app.on_startup.append(sim.start)
     app.on_cleanup.append(sim.stop)
     model = config.served_model_name
