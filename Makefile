@@ -7,17 +7,25 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST := $(PY) -m pytest
 
-.PHONY: all venv tools crds check-crds chart check-chart test test-unit test-integration test-e2e bench bench-operator demo dev-cluster kind-e2e clean
+.PHONY: all venv lock tools crds check-crds chart check-chart test test-unit test-integration test-e2e bench bench-operator demo dev-cluster kind-e2e clean
 
 all: test
 
-$(STAMP): pyproject.toml
+# The runtime closure comes from the operator image's lock first (exact versions, hashes), so the
+# tests run on what the image runs; then the two distributions, editable.
+$(STAMP): pyproject.toml operator/pyproject.toml operator/requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --require-hashes -r operator/requirements.lock
+	$(PY) -m pip install --quiet -e ./operator -e '.[test]'
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+## lock: re-pin the operator image's dependency closure (operator/requirements.lock) from operator/pyproject.toml
+lock: $(STAMP)
+	$(PY) -m pip install --quiet 'uv==0.13.9'
+	$(VENV)/bin/uv pip compile operator/pyproject.toml --python-version 3.11 --generate-hashes --no-header --quiet --output-file operator/requirements.lock
 
 ## tools: pinned kube-apiserver, controller-manager, scheduler, kubectl, kwok, helm, etcd, prometheus into a cache outside the repo
 tools:
@@ -58,11 +66,11 @@ bench: $(STAMP)
 
 ## bench-operator: 200 and 1,000 FoundationModels applied at once on the dev cluster
 bench-operator: $(STAMP) tools
-	$(PY) -m bench.operator_scale
+	$(PY) -m kiban_dev.operator_bench
 
 ## demo: the README's first command; local control plane, simulated GPUs, Prometheus, autoscaling under a real trace
 demo: $(STAMP) tools
-	$(PY) -m kiban_serving.demo
+	$(PY) -m kiban_dev.demo
 
 ## dev-cluster: a local control plane with simulated GPU nodes, in the foreground
 dev-cluster: $(STAMP) tools

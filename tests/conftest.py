@@ -25,7 +25,7 @@ from pinned_tools import start_or_fail
 if TYPE_CHECKING:  # imported lazily below, so unit tests never load the devcluster or the client
     from kubernetes.client import ApiClient
 
-    from kiban.devcluster import ControlPlane, PrometheusServer
+    from kiban_dev.devcluster import ControlPlane, PrometheusServer
 
 NAMESPACE_LABEL = "kiban.dev/test-namespace"
 
@@ -33,7 +33,7 @@ NAMESPACE_LABEL = "kiban.dev/test-namespace"
 @pytest.fixture(scope="session")
 def control_plane() -> Iterator[ControlPlane]:
     """The session's control plane with the default simulated GPU pool."""
-    from kiban.devcluster import ControlPlane
+    from kiban_dev.devcluster import ControlPlane
 
     cluster = ControlPlane()
     start_or_fail(cluster.start)
@@ -103,7 +103,7 @@ def namespace(kube_api, request: pytest.FixtureRequest) -> Iterator[str]:
 @pytest.fixture
 def prometheus_factory(tmp_path: Path) -> Iterator[Callable[..., PrometheusServer]]:
     """factory(config=None, *, scrape_interval="1s", **kwargs) -> a started PrometheusServer."""
-    from kiban.devcluster import PrometheusServer
+    from kiban_dev.devcluster import PrometheusServer
 
     servers: list[PrometheusServer] = []
 

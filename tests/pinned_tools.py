@@ -14,7 +14,7 @@ import pytest
 def start_or_fail(start: Callable[[], object]) -> None:
     """Call start(); a ToolsMissingError fails the test, outside the except block so the report
     is the hint alone, not a chained traceback."""
-    from kiban.devcluster import ToolsMissingError  # lazily: unit tests never load the devcluster
+    from kiban_dev.devcluster import ToolsMissingError  # lazily: unit tests never load the devcluster
 
     missing = None
     try:

@@ -25,11 +25,11 @@ import requests
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "operator"), str(ROOT / "serving")]
 
-from kiban.devcluster import PrometheusServer  # noqa: E402
-from kiban.devcluster.processes import free_port  # noqa: E402
-from kiban.devcluster.prometheus import build_config  # noqa: E402
+from kiban_dev.devcluster import PrometheusServer  # noqa: E402
+from kiban_dev.devcluster.processes import free_port  # noqa: E402
+from kiban_dev.devcluster.prometheus import build_config  # noqa: E402
 from kiban.metrics import ModelKey, OperatorMetrics  # noqa: E402
-from kiban.observability.render import render_model_dashboard  # noqa: E402
+from kiban_dev.chartgen.render import render_model_dashboard  # noqa: E402
 from kiban_serving.sim.process import SimulatorProcess  # noqa: E402
 
 MODEL = "llama-8b"

@@ -6,8 +6,8 @@
 
 Generated parts of charts/kiban:
   crds/*.yaml                    copies of crds/ (generated from the pydantic API by `make crds`)
-  files/dashboards/*.json        kiban.observability.dashboards
-  files/rules/kiban.rules.yaml   kiban.observability.rules (the PrometheusRule's spec, promtool-tested)
+  files/dashboards/*.json        kiban_dev.chartgen.dashboards
+  files/rules/kiban.rules.yaml   kiban_dev.chartgen.rules (the PrometheusRule's spec, promtool-tested)
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "operator"))
 
-from kiban.observability import dashboards, rules  # noqa: E402
+from kiban_dev.chartgen import dashboards, rules  # noqa: E402
 
 CHART = ROOT / "charts" / "kiban"
 

@@ -25,7 +25,7 @@ export KUBECONFIG="${KUBECONFIG_PATH}"
 # Give the workers the labels, taints and nvidia.com capacities of the simulated node kinds.
 mapfile -t workers < <(kubectl get nodes -l '!node-role.kubernetes.io/control-plane' -o name | sed 's|^node/||' | sort)
 [[ ${#workers[@]} -eq 4 ]] || { echo "expected 4 kind workers, found ${#workers[@]}" >&2; exit 1; }
-"${PY}" -m kiban.devcluster.kind_nodes \
+"${PY}" -m kiban_dev.devcluster.kind_nodes \
   "${workers[0]}=h100" "${workers[1]}=l4" "${workers[2]}=a100-mig" "${workers[3]}=cpu"
 kubectl get nodes -L nvidia.com/gpu.product,kiban.dev/node-kind
 

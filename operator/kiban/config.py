@@ -5,7 +5,7 @@ frozen `OperatorConfig` and merges accelerator profiles from the YAML file named
 KIBAN_ACCELERATOR_PROFILES over the built-in ones (a profile with the same name replaces the
 built-in). Bad values raise `ConfigError` naming the variable or profile field.
 
-The built-in profiles match the simulated GPU nodes of the local dev cluster (kiban.devcluster):
+The built-in profiles match the simulated GPU nodes of the local dev cluster (kiban_dev.devcluster):
 same node labels, same extended resource names, same GPUs per node.
 """
 

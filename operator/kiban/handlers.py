@@ -23,8 +23,8 @@ Structure
   back and status follows pods (scheduled, ready) within a second. The re-list of children
   queues nothing: the models' own re-list covers them.
 - on.event (FoundationModel DELETED): drop its metrics; children go by garbage collection.
-- timer `autoscale`: the autoscaler's hook,
-  `await tick(body=..., context=OperatorContext, indexes=...)`, every
+- timer `autoscale`: one pass of the operator's Autoscaler (OperatorContext.autoscaler,
+  kiban.autoscale.model_pass) for the model, every
   config.autoscale_interval_seconds, for the models it has work for (autoscaling on, or
   autoscaler status left to clear: see `autoscale_wanted`); peering keeps it (and everything
   else) on one replica.
@@ -39,7 +39,6 @@ from typing import Any
 import kopf
 
 from kiban.api.v1alpha1 import GROUP, PLURAL, VERSION
-from kiban.autoscale.loop import tick as autoscale_tick
 from kiban.reconcile import observe
 from kiban.reconcile.logfmt import kv
 from kiban.reconcile.queue import WorkQueue
@@ -100,16 +99,11 @@ def autoscale_wanted(spec: Mapping[str, Any], status: Mapping[str, Any]) -> bool
 def register(
     registry: kopf.OperatorRegistry,
     *,
-    resync_seconds: float = 60.0,
     autoscale_interval_seconds: float | None = None,
     workers: int = RECONCILE_WORKERS,
 ) -> kopf.OperatorRegistry:
-    """Register every handler of the operator into `registry` and return it.
-
-    `resync_seconds` is honoured by the watch settings (kiban.operator_cli.operator_settings);
-    it is accepted here so callers keep one place to say it.
-    """
-    del resync_seconds  # the re-list period: settings.watching.server_timeout
+    """Register every handler of the operator into `registry` and return it (the resync period
+    is a watch setting: kiban.operator_cli.operator_settings)."""
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -187,6 +181,8 @@ def register(
 
         @kopf.timer(*FM, interval=autoscale_interval_seconds, when=wanted, registry=registry)
         async def autoscale(body: kopf.Body, memo: Any, **kwargs: Any) -> None:
-            await autoscale_tick(body=body, context=_context(memo), indexes=_indexes(kwargs))
+            context = _context(memo)
+            if context.autoscaler is not None:
+                await context.autoscaler.run_once(context, body, _indexes(kwargs))
 
     return registry

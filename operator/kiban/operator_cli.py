@@ -23,6 +23,7 @@ from kiban.metrics import OperatorMetrics
 
 log = logging.getLogger("kiban.operator")
 DEFAULT_METRICS_PORT = 8080
+DEFAULT_RESYNC_SECONDS = 300.0  # the chart's operator.resyncSeconds default too (a test keeps them equal)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -38,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--priority", type=int, default=None, help="peering priority (default: random)")
     parser.add_argument("--metrics-port", type=int, default=DEFAULT_METRICS_PORT, help="0 disables /metrics")
     parser.add_argument("--liveness", metavar="URL", help="kopf liveness endpoint, e.g. http://0.0.0.0:8081/healthz")
-    parser.add_argument("--resync-seconds", type=float, default=300.0,
+    parser.add_argument("--resync-seconds", type=float, default=DEFAULT_RESYNC_SECONDS,
                         help="period of the level-based resync (every watch is re-listed this often)")
     parser.add_argument("--workers", type=int, default=10_000, help="most reconcile passes in flight at once")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -53,7 +54,7 @@ def _namespaces(args: argparse.Namespace, watch_namespace: str | None) -> list[s
     return [watch_namespace] if watch_namespace else []
 
 
-def operator_settings(resync_seconds: float = 300.0) -> kopf.OperatorSettings:
+def operator_settings(resync_seconds: float = DEFAULT_RESYNC_SECONDS) -> kopf.OperatorSettings:
     """kopf settings for many models: no per-handler success Events, short batching, and
     watches that end every `resync_seconds`, because kopf re-lists a resource each time it
     reopens its watch: that re-list is the operator's level-based resync (kiban.handlers).
@@ -78,10 +79,12 @@ def operator_settings(resync_seconds: float = 300.0) -> kopf.OperatorSettings:
 
 
 def build_context(config: Any, metrics: OperatorMetrics):
-    """The per-operator context: one ApiClient (bigger pool), the writer, discovery, metrics."""
+    """The per-operator context: one ApiClient (bigger pool), the writer, discovery, metrics,
+    and the autoscaler."""
     from kubernetes import client as k8s
     from kubernetes import config as k8s_config
 
+    from kiban.autoscale.model_pass import Autoscaler, AutoscaleSettings
     from kiban.reconcile.apply import Writer
     from kiban.reconcile.observe import ApiDiscovery
     from kiban.reconcile.run import IO_THREADS, OperatorContext
@@ -98,6 +101,7 @@ def build_context(config: Any, metrics: OperatorMetrics):
         writer=Writer(api, field_manager=config.field_manager),
         discovery=ApiDiscovery(api),
         metrics=metrics,
+        autoscaler=Autoscaler.from_settings(AutoscaleSettings.from_config(config)),
     )
 
 
@@ -122,7 +126,6 @@ def run(args: argparse.Namespace) -> int:
     context = build_context(config, metrics)
     registry = handlers.register(
         kopf.OperatorRegistry(),
-        resync_seconds=args.resync_seconds,
         autoscale_interval_seconds=config.autoscale_interval_seconds,
         workers=args.workers,
     )

@@ -15,14 +15,15 @@ import pytest
 from pinned_tools import start_or_fail
 
 if TYPE_CHECKING:
-    from kiban_serving.demo.runner import DemoConfig, DemoStack
+    from kiban_dev.demo.record import DemoConfig
+    from kiban_dev.demo.runner import DemoStack
 
 
 @pytest.fixture
 def demo_stack_factory(kubeconfig: Path, namespace: str, tmp_path: Path) -> Iterator[Callable[..., DemoStack]]:
     from dataclasses import replace
 
-    from kiban_serving.demo.runner import DemoStack
+    from kiban_dev.demo.runner import DemoStack
 
     stacks: list[DemoStack] = []
 

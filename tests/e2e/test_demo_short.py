@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from kiban_serving.demo.runner import DemoConfig
-from kiban_serving.demo.schedule import Phase
+from kiban_dev.demo.record import DemoConfig
+from kiban_dev.demo.schedule import Phase
 
 pytestmark = pytest.mark.e2e
 

@@ -40,7 +40,7 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: floa
 
 def kubectl(kubeconfig: Path, *args: str, input_text: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
     """The pinned kubectl on `kubeconfig`; fails the test on a non-zero exit unless check=False."""
-    from kiban.devcluster import tool_path
+    from kiban_dev.devcluster import tool_path
 
     done = subprocess.run(
         [str(tool_path("kubectl")), f"--kubeconfig={kubeconfig}", *args],

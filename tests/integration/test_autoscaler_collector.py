@@ -14,7 +14,7 @@ import time
 import pytest
 
 from kiban.autoscale.collector import NO_SERIES, UNREACHABLE, Collector, PrometheusHttp
-from kiban.devcluster.processes import free_port
+from kiban_dev.devcluster.processes import free_port
 from kiban_serving.loadgen.client import replay
 from kiban_serving.loadgen.trace import TraceRequest
 from support import healthy_simulators, wait_for

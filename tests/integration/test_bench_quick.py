@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from kiban_serving.bench import cli
-from kiban_serving.bench.run import DEFAULT_TRACE_DIR
+from kiban_dev.benchmark import cli
+from kiban_dev.benchmark.run import DEFAULT_TRACE_DIR
 
 FAMILIES = {"oracle", "clairvoyant", "kiban", "static-peak", "kubeai", "knative-kpa", "production-stack-keda",
             "aibrix-apa"}

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import yaml
 
-from kiban.devcluster.tools import ToolsMissingError, tool_path
+from kiban_dev.devcluster.tools import ToolsMissingError, tool_path
 from support import OperatorProcess, wait_for
 
 pytestmark = pytest.mark.integration

@@ -4,15 +4,14 @@ garbage collection, RBAC with TokenRequest tokens, and a clean stop."""
 from __future__ import annotations
 
 import shutil
-import time
-from collections.abc import Callable
 
 import pytest
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from kiban.devcluster import ControlPlane, ControlPlaneError
-from kiban.devcluster.processes import pid_alive
+from kiban_dev.devcluster import ControlPlane, ControlPlaneError
+from kiban_dev.devcluster.processes import pid_alive
+from support import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -20,17 +19,6 @@ H100 = "NVIDIA-H100-80GB-HBM3"
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 WAIT_SECONDS = 60
 
-
-def wait_for(what: str, probe: Callable[[], object], timeout: float = WAIT_SECONDS) -> object:
-    """Poll `probe` until it returns something truthy; fail naming `what` and the last value seen."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(0.2)
-    pytest.fail(f"timed out waiting for {what}; last seen: {last!r}")
 
 
 def pod_body(name: str, resources: dict, node_selector: dict | None = None) -> dict:
@@ -60,13 +48,13 @@ def test_gpu_deployment_runs_on_h100_nodes(kube_api, namespace):
         pods = core.list_namespaced_pod(namespace, label_selector="app=llm").items
         return pods if len(pods) == 2 and all(is_ready(p) and p.status.pod_ip for p in pods) else None
 
-    pods = wait_for("2 Ready llm pods with IPs", ready_pods)
+    pods = wait_for(ready_pods, WAIT_SECONDS, "2 Ready llm pods with IPs")
     for pod in pods:
         assert pod.status.phase == "Running"
         node = core.read_node(pod.spec.node_name)
         assert node.metadata.labels["nvidia.com/gpu.product"] == H100
-    deployment = wait_for("Deployment ready replicas",
-                          lambda: (d := apps.read_namespaced_deployment("llm", namespace)).status.ready_replicas == 2 and d)
+    deployment = wait_for(lambda: (d := apps.read_namespaced_deployment("llm", namespace)).status.ready_replicas == 2 and d,
+                          WAIT_SECONDS, "Deployment ready replicas")
     assert deployment.status.available_replicas == 2
 
 
@@ -81,7 +69,7 @@ def test_pod_asking_for_too_many_gpus_stays_pending(kube_api, namespace):
                 return condition
         return None
 
-    condition = wait_for("PodScheduled=False on greedy", unschedulable_condition)
+    condition = wait_for(unschedulable_condition, WAIT_SECONDS, "PodScheduled=False on greedy")
     assert condition.reason == "Unschedulable"
     assert "Insufficient nvidia.com/gpu" in condition.message
     pod = core.read_namespaced_pod("greedy", namespace)
@@ -91,7 +79,8 @@ def test_pod_asking_for_too_many_gpus_stays_pending(kube_api, namespace):
 def test_mig_pod_lands_on_the_mig_node(kube_api, namespace):
     core = client.CoreV1Api(kube_api)
     core.create_namespaced_pod(namespace, pod_body("small", {"nvidia.com/mig-1g.10gb": "1"}))
-    pod = wait_for("small Ready", lambda: (p := core.read_namespaced_pod("small", namespace)) and is_ready(p) and p)
+    pod = wait_for(lambda: (p := core.read_namespaced_pod("small", namespace)) and is_ready(p) and p, WAIT_SECONDS,
+                   "small Ready")
     node = core.read_node(pod.spec.node_name)
     assert node.metadata.labels["nvidia.com/mig.strategy"] == "mixed"
     assert node.status.allocatable["nvidia.com/mig-1g.10gb"] == "14"
@@ -111,7 +100,7 @@ def test_deleting_an_owner_garbage_collects_its_dependents(kube_api, namespace):
         except ApiException as exc:
             return exc.status == 404
 
-    wait_for("the garbage collector to delete the dependent", dependent_gone)
+    wait_for(dependent_gone, WAIT_SECONDS, "the garbage collector to delete the dependent")
 
 
 def test_service_account_without_role_is_refused_by_rbac(kube_api, namespace):
@@ -148,7 +137,7 @@ def test_service_account_without_role_is_refused_by_rbac(kube_api, namespace):
                     raise
                 return False
 
-        wait_for("the RoleBinding to take effect", allowed)
+        wait_for(allowed, WAIT_SECONDS, "the RoleBinding to take effect")
 
 
 def test_stop_leaves_no_process_behind():
@@ -182,8 +171,8 @@ def test_start_retries_when_another_process_takes_a_port(monkeypatch):
     """Ports are picked then bound by the child; if someone else binds one first, start() tries again."""
     import socket
 
-    import kiban.devcluster.cluster as cluster_module
-    from kiban.devcluster.processes import free_port
+    import kiban_dev.devcluster.cluster as cluster_module
+    from kiban_dev.devcluster.processes import free_port
 
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", 0))

@@ -7,9 +7,9 @@ import time
 import pytest
 from prometheus_client import CollectorRegistry, Counter, start_http_server
 
-from kiban.devcluster import PrometheusError
-from kiban.devcluster.processes import free_port, pid_alive
-from kiban.devcluster.prometheus import build_config, file_sd_scrape_config
+from kiban_dev.devcluster import PrometheusError
+from kiban_dev.devcluster.processes import free_port, pid_alive
+from kiban_dev.devcluster.prometheus import build_config, file_sd_scrape_config
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,7 @@ The Prometheus (the pinned binary) scrapes two real endpoints and loads the char
   pass and the autoscaler do, for the kiban_* series.
 Recording rules (kiban:ttft_slo_errors:*) are evaluated by Prometheus from that data, so the
 SLO-attainment panels are tested through the rules too. The per-model panels are also rendered
-to a PNG through kiban.observability.render.
+to a PNG through kiban_dev.chartgen.render.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 import requests
 
-from kiban.devcluster import PrometheusServer, ToolsMissingError
-from kiban.devcluster.processes import free_port
-from kiban.devcluster.prometheus import build_config
+from kiban_dev.devcluster import PrometheusServer, ToolsMissingError
+from kiban_dev.devcluster.processes import free_port
+from kiban_dev.devcluster.prometheus import build_config
 from kiban.metrics import ModelKey, OperatorMetrics
-from kiban.observability import dashboards, render
+from kiban_dev.chartgen import dashboards, render
 from kiban_serving.sim.process import SimulatorProcess
 
 pytestmark = pytest.mark.integration

@@ -26,10 +26,11 @@ from pathlib import Path
 import pytest
 
 from kiban.autoscale.policy import round_tokens_up
-from kiban.capacity.batching import Slo, max_arrival_rate, prompt_mix_from_cv
+from kiban.capacity.batching import Slo, max_arrival_rate
+from prompt_mixes import prompt_mix_from_cv  # tests/prompt_mixes.py
 from kiban.capacity.profiles import get_profile_by_name
-from kiban.devcluster.processes import free_port
-from kiban.shared_paths import azure_trace_dir
+from kiban_dev.devcluster.processes import free_port
+from kiban_dev.shared_paths import azure_trace_dir
 from kiban_serving.loadgen.trace import TraceRequest, poisson_requests, read_azure_trace
 from support import BackgroundReplay, OperatorProcess, healthy_simulators, wait_for
 

@@ -550,6 +550,12 @@ class ScalingSpec(KibanModel):
         ),
     )
 
+    def desired_replicas(self) -> int:
+        """What the workload runs: `replicas` (the scale subresource: kubectl scale, an HPA, Kiban's
+        autoscaler) within minReplicas..maxReplicas, else minReplicas."""
+        wanted = self.min_replicas if self.replicas is None else self.replicas
+        return max(self.min_replicas, min(self.max_replicas, wanted))
+
 
 # --------------------------------------------------------------------------- spec: the rest
 
@@ -881,12 +887,12 @@ class ObjectMeta(BaseModel):
     annotations: dict[str, str] = Field(default_factory=dict)
 
 
-def _plain(value: Any) -> Any:
-    """Mapping views (kopf bodies) to plain dicts and lists, for pydantic."""
+def plain(value: Any) -> Any:
+    """Mapping views (kopf bodies, index entries) to plain dicts and lists."""
     if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     return value
 
 
@@ -904,7 +910,7 @@ class FoundationModel(BaseModel):
     @classmethod
     def from_object(cls, obj: Mapping[str, Any]) -> FoundationModel:
         """Parse a dict or kopf body; raises pydantic.ValidationError naming the bad field."""
-        return cls.model_validate(_plain(obj))
+        return cls.model_validate(plain(obj))
 
     @property
     def name(self) -> str:

@@ -31,7 +31,7 @@ import requests
 
 from kiban.autoscale.policy import Observation
 from kiban.drift.histograms import bin_midpoints
-from kiban.drift.operator import histogram_from_increase
+from kiban.drift.tracker import histogram_from_increase
 
 # Machine-readable reasons for metrics_available=False (also the MetricsAvailable condition's reason).
 UNREACHABLE = "PrometheusUnreachable"
@@ -130,7 +130,7 @@ def build_queries(selector: str, window_s: float, token_window_s: float | None =
     """The PromQL for one model, by the field of the Observation it feeds (pure).
 
     Token means and the prompt mix use `token_window_s` (default: the rate window): a longer
-    window gives the capacity model steadier means, and drift re-fitting (kiban.drift.operator)
+    window gives the capacity model steadier means, and drift re-fitting (kiban.drift.tracker)
     covers the time such a window needs to follow a real change of mix. `ttft_percentiles`
     (the SLO's, e.g. 99 for ttftP99Ms) add `ttft_key(p)` queries; 95 is always there. Optional
     queries (optional_query) come last.

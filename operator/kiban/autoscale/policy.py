@@ -148,23 +148,6 @@ class Decision:
     metrics_ok: bool
     forecast_rate_rps: float | None = None
 
-    def as_status(self) -> dict[str, object]:
-        """JSON-safe view for status.scaling (infinities become None)."""
-
-        def finite(value: float | None) -> float | None:
-            return round(value, 6) if value is not None and math.isfinite(value) else None
-
-        return {
-            "desiredReplicas": self.replicas,
-            "reason": self.reason,
-            "predictedTtftP95Seconds": finite(self.predicted_ttft_p95_s),
-            "predictedItlP95Seconds": finite(self.predicted_itl_p95_s),
-            "capacityPerReplicaRps": finite(self.capacity_per_replica_rps),
-            "forecastRateRps": finite(self.forecast_rate_rps),
-            "limited": self.limited,
-            "metricsOk": self.metrics_ok,
-        }
-
 
 # -- pure helpers ------------------------------------------------------------------------------
 

@@ -9,9 +9,9 @@ from collections.abc import Collection
 from typing import Any
 
 from kiban.api.v1alpha1 import FoundationModel
-from kiban.builders.deployment import build_deployment, desired_replicas
+from kiban.builders.deployment import build_deployment
 from kiban.builders.labels import common_labels, selector_labels, selector_string
-from kiban.builders.monitor import MONITORING_API_VERSION, build_pod_monitor, build_service_monitor
+from kiban.builders.monitor import MONITORING_API_VERSION, build_pod_monitor
 from kiban.builders.names import cache_claim_name, workload_name
 from kiban.builders.networkpolicy import build_network_policy
 from kiban.builders.pdb import build_pdb
@@ -34,7 +34,7 @@ def build_children(
 
     sizing: from resolve_sizing (computed here when None). The caller decides what to do when
       sizing.fits is False (the Deployment is still built, with the largest GPU count tried).
-    replicas: overrides desired_replicas(fm.spec).
+    replicas: overrides fm.spec.scaling.desired_replicas().
     available_apis: group/versions the cluster serves; PodMonitor needs monitoring.coreos.com/v1,
       Route needs route.openshift.io/v1.
     Raises kiban.config.ConfigError when spec.accelerator.profile is unknown.
@@ -64,10 +64,8 @@ __all__ = [
     "build_pod_monitor",
     "build_route",
     "build_service",
-    "build_service_monitor",
     "cache_claim_name",
     "common_labels",
-    "desired_replicas",
     "endpoint_url",
     "selector_labels",
     "selector_string",

@@ -1,7 +1,7 @@
 """The vLLM Deployment of a FoundationModel (pure: spec, config and sizing in, a dict out).
 
 Decisions, so the reconciler and readers need not rediscover them:
-- Replicas are always set, from `desired_replicas(spec)` unless the caller passes a number.
+- Replicas are always set, from `spec.scaling.desired_replicas()` unless the caller passes a number.
   The autoscaler never writes the Deployment: it writes spec.scaling.replicas through the
   FoundationModel's scale subresource (as KubeAI does), so the operator is the Deployment's
   only writer and nothing fights over its replicas.
@@ -47,12 +47,6 @@ HEALTH_PATH = "/health"
 STARTUP_PERIOD_SECONDS = 10
 MAX_LORAS_PER_BATCH = 4  # --max-loras: adapter slots per batch; more adapters wait in the CPU cache
 
-
-def desired_replicas(spec: FoundationModelSpec) -> int:
-    """spec.scaling.replicas (the scale subresource's value) within min..max, else minReplicas."""
-    scaling = spec.scaling
-    wanted = scaling.min_replicas if scaling.replicas is None else scaling.replicas
-    return max(scaling.min_replicas, min(scaling.max_replicas, wanted))
 
 
 def pvc_source(uri: str) -> tuple[str, str]:
@@ -261,7 +255,7 @@ def build_deployment(
         "kind": "Deployment",
         "metadata": object_meta(fm, workload_name(fm.name)),
         "spec": {
-            "replicas": desired_replicas(fm.spec) if replicas is None else replicas,
+            "replicas": fm.spec.scaling.desired_replicas() if replicas is None else replicas,
             "selector": {"matchLabels": selector_labels(fm)},
             "revisionHistoryLimit": 3,
             "progressDeadlineSeconds": config.startup_timeout_seconds + 600,

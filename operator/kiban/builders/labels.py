@@ -11,7 +11,10 @@ ACCELERATOR_PROFILE_ANNOTATION = "kiban.dev/accelerator-profile"
 MODEL_PARAMETERS_ANNOTATION = "kiban.dev/model-parameters"
 SERVED_MODEL_NAME_ANNOTATION = "kiban.dev/served-model-name"
 COMPONENT = "model-server"
-MANAGED_BY = "kiban"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGED_BY_VALUE = "kiban"
+INSTANCE_LABEL = "app.kubernetes.io/instance"
+PART_OF_LABEL = "app.kubernetes.io/part-of"
 
 
 def selector_labels(fm: FoundationModel) -> dict[str, str]:
@@ -23,9 +26,9 @@ def common_labels(fm: FoundationModel) -> dict[str, str]:
     """Recommended app.kubernetes.io labels plus the selector labels."""
     return {
         "app.kubernetes.io/name": "vllm",
-        "app.kubernetes.io/instance": label_value(fm.name),
-        "app.kubernetes.io/managed-by": MANAGED_BY,
-        "app.kubernetes.io/part-of": "kiban",
+        INSTANCE_LABEL: label_value(fm.name),
+        MANAGED_BY_LABEL: MANAGED_BY_VALUE,
+        PART_OF_LABEL: "kiban",
         **selector_labels(fm),
     }
 

@@ -1,8 +1,5 @@
-"""Prometheus Operator scrape objects (monitoring.coreos.com/v1), built only where that API exists.
-
-The reconciler uses the PodMonitor (every engine pod scraped directly, no dependency on the
-Service); the ServiceMonitor is for installations whose Prometheus selects only ServiceMonitors.
-"""
+"""The Prometheus Operator PodMonitor (monitoring.coreos.com/v1), built only where that API exists:
+every engine pod scraped directly, with no dependency on the Service."""
 
 from __future__ import annotations
 
@@ -19,10 +16,6 @@ MONITORING_API_VERSION = "monitoring.coreos.com/v1"
 SCRAPE_INTERVAL = "15s"
 
 
-def _endpoint() -> dict[str, Any]:
-    return {"port": PORT_NAME, "path": "/metrics", "interval": SCRAPE_INTERVAL, "scheme": "http"}
-
-
 def build_pod_monitor(fm: FoundationModel, config: OperatorConfig) -> dict[str, Any]:
     monitor = {
         "apiVersion": MONITORING_API_VERSION,
@@ -30,20 +23,9 @@ def build_pod_monitor(fm: FoundationModel, config: OperatorConfig) -> dict[str, 
         "metadata": object_meta(fm, workload_name(fm.name), labels=dict(config.monitor_labels)),
         "spec": {
             "selector": {"matchLabels": selector_labels(fm)},
-            "podMetricsEndpoints": [_endpoint()],
-        },
-    }
-    return with_spec_hash(monitor)
-
-
-def build_service_monitor(fm: FoundationModel, config: OperatorConfig) -> dict[str, Any]:
-    monitor = {
-        "apiVersion": MONITORING_API_VERSION,
-        "kind": "ServiceMonitor",
-        "metadata": object_meta(fm, workload_name(fm.name), labels=dict(config.monitor_labels)),
-        "spec": {
-            "selector": {"matchLabels": selector_labels(fm)},
-            "endpoints": [_endpoint()],
+            "podMetricsEndpoints": [
+                {"port": PORT_NAME, "path": "/metrics", "interval": SCRAPE_INTERVAL, "scheme": "http"}
+            ],
         },
     }
     return with_spec_hash(monitor)

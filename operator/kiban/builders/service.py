@@ -33,7 +33,6 @@ def build_service(fm: FoundationModel) -> dict[str, Any]:
     return with_spec_hash(service)
 
 
-def endpoint_url(fm: FoundationModel, namespace: str | None = None) -> str:
-    """OpenAI base URL inside the cluster, for status.endpoint."""
-    ns = namespace or fm.namespace or "default"
-    return f"http://{workload_name(fm.name)}.{ns}.svc:{HTTP_PORT}/v1"
+def endpoint_url(service_name: str, namespace: str) -> str:
+    """The in-cluster OpenAI-compatible base URL of a model's Service (status.endpoint)."""
+    return f"http://{service_name}.{namespace}.svc:{HTTP_PORT}/v1"

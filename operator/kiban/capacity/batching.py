@@ -163,19 +163,6 @@ def prompt_atoms(mean_prompt_tokens: float, prompt_mix: PromptMix | None = None)
     return tuple(sorted((t * scale, p / total) for t, p in pairs if p > 0))
 
 
-def prompt_mix_from_cv(coefficient_of_variation: float, points: int = 16) -> PromptMix:
-    """A gamma-shaped prompt mix (mean 1, to be rescaled) for when only mean and CV are known:
-    `points` equal-probability quantiles of a gamma law with that coefficient of variation."""
-    from scipy.stats import gamma  # the dev extra; only this helper needs it
-
-    if not coefficient_of_variation > 0:
-        raise ValueError(f"coefficient_of_variation must be > 0, got {coefficient_of_variation!r}")
-    shape = 1.0 / coefficient_of_variation**2
-    quantiles = (np.arange(points) + 0.5) / points
-    values = gamma.ppf(quantiles, shape, scale=1.0 / shape)
-    return tuple((float(v), 1.0 / points) for v in values)
-
-
 # -- step and request times --------------------------------------------------------------------
 
 

@@ -14,7 +14,7 @@ import threading
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from kubernetes.client import ApiClient
@@ -24,8 +24,9 @@ from kubernetes.dynamic.exceptions import ResourceNotFoundError, ResourceNotUniq
 from urllib3.exceptions import HTTPError
 
 from kiban.api import v1alpha1
+from kiban.clock import rfc3339
 from kiban.reconcile.logfmt import kv
-from kiban.reconcile.plan import Action, Plan, describe
+from kiban.reconcile.plan import Action, describe
 
 FIELD_MANAGER = "kiban"
 REPORTING_COMPONENT = "kiban-operator"
@@ -112,13 +113,6 @@ class Writer:
             if exc.status not in (404, 409):
                 raise
 
-    def execute(self, plan: Plan, namespace: str) -> ApplyResult:
-        """Carry out a plan in order: applies first, deletes last; one failure does not stop the rest."""
-        result = ApplyResult()
-        for action in plan.actions:
-            self.execute_one(action, namespace, result)
-        return result
-
     def execute_one(self, action: Action, namespace: str, result: ApplyResult | None = None) -> ApplyResult:
         """One action (the unit run.py runs in parallel); an API error is recorded, not raised."""
         result = result if result is not None else ApplyResult()
@@ -198,7 +192,7 @@ class Writer:
     ) -> None:
         """A core/v1 Event on the FoundationModel, for `kubectl describe fm` readers."""
         metadata = fm["metadata"]
-        stamp = (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        stamp = rfc3339(now)
         event = {
             "apiVersion": "v1",
             "kind": "Event",

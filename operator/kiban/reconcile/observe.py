@@ -20,8 +20,11 @@ from kubernetes.client import ApiClient, ApisApi
 from kubernetes.client.exceptions import ApiException
 
 from kiban.api import v1alpha1
+from kiban.api.v1alpha1 import plain
+from kiban.builders.common import stamped_spec_hash
+from kiban.builders.labels import INSTANCE_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE
 from kiban.reconcile.logfmt import kv
-from kiban.reconcile.plan import INSTANCE_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE
+from kiban.reconcile.plan import child_key
 
 log = logging.getLogger("kiban.observe")
 
@@ -81,14 +84,14 @@ def project_child(body: Mapping[str, Any]) -> dict[str, Any]:
             for key in ("name", "namespace", "uid", "generation", "labels", "annotations", "ownerReferences")
             if key in metadata
         },
-        "spec": _plain(body.get("spec") or {}),
-        "status": _plain(body.get("status") or {}),
+        "spec": plain(body.get("spec") or {}),
+        "status": plain(body.get("status") or {}),
     }
 
 
 def project_model(body: Mapping[str, Any]) -> dict[str, Any]:
     """A FoundationModel as passes and the autoscaler read it: all but metadata.managedFields."""
-    model = _plain(body)
+    model = plain(body)
     (model.get("metadata") or {}).pop("managedFields", None)
     return model
 
@@ -102,17 +105,9 @@ def project_pod(body: Mapping[str, Any]) -> dict[str, Any]:
         "spec": {"nodeName": (body.get("spec") or {}).get("nodeName")},
         "status": {
             "phase": status.get("phase"),
-            "conditions": _plain(status.get("conditions") or []),
+            "conditions": plain(status.get("conditions") or []),
         },
     }
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
 
 
 def from_index(index: Mapping[ModelRef, Iterable[Any]] | None, ref: ModelRef) -> list[dict[str, Any]]:
@@ -141,14 +136,10 @@ def overlay_applied(
     server returned from our apply stands in. Without this, every pass triggered before the
     watch delivers our own write would apply the same objects again.
     """
-    from kiban.reconcile.plan import SPEC_HASH_ANNOTATION, child_key
-
     merged = {child_key(c): dict(c) for c in cached}
     for key, ours in applied.items():
         theirs = merged.get(key)
-        our_hash = (ours.get("metadata", {}).get("annotations") or {}).get(SPEC_HASH_ANNOTATION)
-        their_hash = ((theirs or {}).get("metadata", {}).get("annotations") or {}).get(SPEC_HASH_ANNOTATION)
-        if theirs is None or their_hash != our_hash:
+        if theirs is None or stamped_spec_hash(theirs) != stamped_spec_hash(ours):
             merged[key] = dict(ours)
     return list(merged.values())
 
@@ -156,13 +147,8 @@ def overlay_applied(
 def settled(cached: Iterable[Mapping[str, Any]], applied: Mapping[Any, Mapping[str, Any]]) -> list[Any]:
     """Keys of our writes the cache has caught up with (same spec-hash): overlay_applied no longer
     needs them, and dropping them keeps a second copy of every child out of memory."""
-    from kiban.reconcile.plan import SPEC_HASH_ANNOTATION, child_key
-
-    def spec_hash(obj: Mapping[str, Any] | None) -> str | None:
-        return ((obj or {}).get("metadata", {}).get("annotations") or {}).get(SPEC_HASH_ANNOTATION)
-
-    seen = {child_key(c): spec_hash(c) for c in cached}
-    return [key for key, ours in applied.items() if key in seen and seen[key] == spec_hash(ours)]
+    seen = {child_key(c): stamped_spec_hash(c) for c in cached}
+    return [key for key, ours in applied.items() if key in seen and seen[key] == stamped_spec_hash(ours)]
 
 
 def find_kind(children: Iterable[Mapping[str, Any]], kind: str) -> Mapping[str, Any] | None:

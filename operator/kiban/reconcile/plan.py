@@ -20,18 +20,15 @@ Rules
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from kubernetes.utils.quantity import parse_quantity
 
-MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
-MANAGED_BY_VALUE = "kiban"
-INSTANCE_LABEL = "app.kubernetes.io/instance"
-SPEC_HASH_ANNOTATION = "kiban.dev/spec-hash"
+from kiban.builders.common import stamped_spec_hash
+from kiban.builders.labels import MANAGED_BY_LABEL, MANAGED_BY_VALUE
+
 KEPT_KINDS = frozenset({"PersistentVolumeClaim"})
 
 Verb = Literal["create", "update", "delete"]
@@ -97,27 +94,6 @@ def describe(obj: Mapping[str, Any]) -> str:
     return f"{kind}/{name}"
 
 
-def spec_hash(obj: Mapping[str, Any]) -> str:
-    """A short, stable hash of an object's content (ignoring any spec-hash already on it)."""
-    stripped = json.loads(json.dumps(obj, sort_keys=True, default=str))
-    metadata = stripped.get("metadata")
-    if isinstance(metadata, dict) and isinstance(metadata.get("annotations"), dict):
-        metadata["annotations"].pop(SPEC_HASH_ANNOTATION, None)
-        if not metadata["annotations"]:
-            del metadata["annotations"]
-        if not metadata:
-            del stripped["metadata"]
-    canonical = json.dumps(stripped, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
-
-
-def stamp_spec_hash(obj: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy of `obj` carrying its own spec hash in metadata.annotations."""
-    stamped = json.loads(json.dumps(obj, default=str))
-    metadata = stamped.setdefault("metadata", {})
-    metadata.setdefault("annotations", {})[SPEC_HASH_ANNOTATION] = spec_hash(obj)
-    return stamped
-
 
 def is_owned_by(obj: Mapping[str, Any], owner_uid: str) -> bool:
     """True only for a child that names `owner_uid` as controller AND carries our managed-by label."""
@@ -179,8 +155,7 @@ def first_difference(desired: Any, observed: Any, path: str = "") -> str | None:
 
 
 def _update_reason(desired: Mapping[str, Any], observed: Mapping[str, Any]) -> str | None:
-    want = (desired.get("metadata", {}).get("annotations") or {}).get(SPEC_HASH_ANNOTATION)
-    have = (observed.get("metadata", {}).get("annotations") or {}).get(SPEC_HASH_ANNOTATION)
+    want, have = stamped_spec_hash(desired), stamped_spec_hash(observed)
     if want is not None and want != have:
         return f"spec-hash changed from {have or 'none'} to {want}"
     differing = first_difference(desired, observed)

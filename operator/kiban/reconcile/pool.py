@@ -48,9 +48,6 @@ class PriorityExecutor(Executor):
             self._queue.put((priority, next(self._order), future, fn, args, kwargs))
         return future
 
-    def pending(self) -> int:
-        return self._queue.qsize()
-
     def _run(self) -> None:
         while True:
             _, _, future, fn, args, kwargs = self._queue.get()

@@ -1,12 +1,12 @@
 """One reconcile pass for one FoundationModel, and the per-operator context it runs in.
 
-Entry point: `await reconcile(context, ref, indexes, fallback_body=body, trigger=...)`.
+Entry point: `await reconcile(context, ref, indexes, trigger=...)`.
 Every kopf handler (create, update, resume, the resync timer, a child's or pod's change) calls
 it; passes for the same model are serialised and coalesced by `ReconcileGate`, and a pass always
 reads the newest FoundationModel body kopf has seen (the models index), never a stale one.
 
-A pass: parse the spec -> size GPUs -> build the desired children (builders, pure) -> stamp
-ownership -> plan against the cached children (pure) -> apply (writes, in a worker thread) ->
+A pass: parse the spec -> size GPUs -> build the desired children (builders, pure, already
+owned and spec-hashed) -> plan against the cached children (pure) -> apply (writes, in a worker thread) ->
 rebuild status from the world (pure) and patch it when it changed -> Events and metrics.
 
 Replica ownership: the FoundationModel's spec.scaling.replicas (its scale subresource) is the
@@ -27,23 +27,16 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from kiban.api.v1alpha1 import API_VERSION, KIND, FoundationModel
+from kiban.api.v1alpha1 import FoundationModel
 from kiban.builders.names import label_value
+from kiban.clock import rfc3339
 from kiban.config import ConfigError, OperatorConfig
 from kiban.metrics import ModelKey, OperatorMetrics
 from kiban.reconcile import observe
 from kiban.reconcile.apply import ApplyResult, Writer
 from kiban.reconcile.logfmt import kv
 from kiban.reconcile.pool import BEST_EFFORT, NORMAL, URGENT, PriorityExecutor
-from kiban.reconcile.plan import (
-    MANAGED_BY_LABEL,
-    MANAGED_BY_VALUE,
-    Plan,
-    child_key,
-    describe,
-    plan,
-    stamp_spec_hash,
-)
+from kiban.reconcile.plan import Plan, child_key, describe, plan
 from kiban.reconcile.status import (
     Sizing,
     World,
@@ -56,7 +49,6 @@ log = logging.getLogger("kiban.reconcile")
 
 ModelRef = tuple[str, str]
 IO_THREADS = 32  # blocking API calls in flight at once (the ApiClient's pool holds as many connections)
-PART_OF_LABEL = "app.kubernetes.io/part-of"
 # Condition transitions a user wants to see as Events: (type, status) -> event type
 EVENT_WORTHY = {
     ("Scheduled", "False"): "Warning",
@@ -107,6 +99,8 @@ class OperatorContext:
     applied: dict[ModelRef, dict[Any, dict[str, Any]]] = field(default_factory=dict)
     # the operator-wide reconcile queue (kiban.reconcile.queue.WorkQueue), set by kiban.handlers
     queue: Any = None
+    # the per-operator kiban.autoscale.model_pass.Autoscaler; None: autoscaling is off operator-wide
+    autoscaler: Any = None
 
     def forget(self, ref: ModelRef) -> None:
         """Drop per-model state of a deleted FoundationModel."""
@@ -150,42 +144,6 @@ class Outcome:
     skipped: bool = False
 
 
-def owner_reference(fm: Mapping[str, Any]) -> dict[str, Any]:
-    metadata = fm["metadata"]
-    return {
-        "apiVersion": API_VERSION,
-        "kind": KIND,
-        "name": metadata["name"],
-        "uid": metadata["uid"],
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
-
-
-def own(child: Mapping[str, Any], fm: Mapping[str, Any]) -> dict[str, Any]:
-    """A child stamped as ours: controller owner reference, managed-by label, spec-hash annotation.
-
-    The builders already set the app.kubernetes.io/* labels; this makes ownership certain
-    whatever a builder did, because plan() deletes only what carries both marks.
-    """
-    stamped = dict(child)
-    metadata = dict(stamped.get("metadata") or {})
-    labels = dict(metadata.get("labels") or {})
-    labels[MANAGED_BY_LABEL] = MANAGED_BY_VALUE
-    labels.setdefault(PART_OF_LABEL, "kiban")
-    metadata["labels"] = labels
-    metadata["ownerReferences"] = [owner_reference(fm)]
-    metadata["namespace"] = fm["metadata"]["namespace"]
-    stamped["metadata"] = metadata
-    return stamp_spec_hash(stamped)
-
-
-def desired_replicas(model: FoundationModel) -> int:
-    """spec.scaling.replicas (the scale subresource) else minReplicas, kept within the bounds."""
-    scaling = model.spec.scaling
-    wanted = scaling.replicas if scaling.replicas is not None else scaling.min_replicas
-    return max(scaling.min_replicas, min(scaling.max_replicas, wanted))
-
 
 def selector_string(deployment: Mapping[str, Any] | None) -> str:
     labels = ((deployment or {}).get("spec") or {}).get("selector", {}).get("matchLabels") or {}
@@ -206,7 +164,7 @@ def resolved_status(model: FoundationModel, config: OperatorConfig, sizing: Any)
 
 
 def _now(context: OperatorContext) -> str:
-    return context.clock().strftime("%Y-%m-%dT%H:%M:%SZ")
+    return rfc3339(context.clock())
 
 
 async def reconcile(
@@ -214,7 +172,6 @@ async def reconcile(
     ref: ModelRef,
     indexes: Mapping[str, Any],
     *,
-    fallback_body: Mapping[str, Any] | None = None,
     trigger: str = "",
 ) -> Outcome:
     """Reconcile one FoundationModel (the exact entry point every handler calls)."""
@@ -222,7 +179,7 @@ async def reconcile(
     async def work() -> Outcome:
         started = time.perf_counter()
         try:
-            outcome = await _pass(context, ref, indexes, fallback_body, trigger)
+            outcome = await _pass(context, ref, indexes, trigger)
         except Exception:
             context.metrics.record_reconcile(succeeded=False, seconds=time.perf_counter() - started)
             raise
@@ -239,19 +196,15 @@ async def reconcile_for_queue(context: OperatorContext, ref: ModelRef, indexes: 
     return bool(outcome.errors)
 
 
-def _latest_body(indexes: Mapping[str, Any], ref: ModelRef, fallback: Mapping[str, Any] | None):
-    cached = observe.from_index(indexes.get(observe.MODELS_INDEX), ref)
-    return cached[0] if cached else (observe._plain(fallback) if fallback is not None else None)
-
 
 async def _pass(
     context: OperatorContext,
     ref: ModelRef,
     indexes: Mapping[str, Any],
-    fallback_body: Mapping[str, Any] | None,
     trigger: str,
 ) -> Outcome:
-    body = _latest_body(indexes, ref, fallback_body)
+    cached_models = observe.from_index(indexes.get(observe.MODELS_INDEX), ref)
+    body = cached_models[0] if cached_models else None
     if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
         return Outcome(skipped=True)  # gone or going: garbage collection removes the children
     namespace, name = ref
@@ -276,7 +229,7 @@ async def _pass(
     from kiban.sizing import resolve_sizing
 
     gpu = resolve_sizing(model.spec, profile)
-    replicas = desired_replicas(model)
+    replicas = model.spec.scaling.desired_replicas()
     if not gpu.fits:
         # nothing is created or deleted: the user fixes the spec, the running children stay
         world = World(
@@ -381,10 +334,7 @@ def desired_for(
     cached = context.desired_cache.get(ref)
     if cached is not None and cached[0] == key:
         return cached[1]
-    desired = [
-        own(child, body)
-        for child in build_desired(model, context.config, gpu, replicas=replicas, served_groups=served)
-    ]
+    desired = build_desired(model, context.config, gpu, replicas=replicas, served_groups=served)
     context.desired_cache[ref] = (key, desired)
     return desired
 

@@ -13,8 +13,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from kiban.builders.service import endpoint_url
+
 CONDITION_TYPES = ("Ready", "Progressing", "Degraded", "Scheduled")
-SERVING_PORT = 8000
 
 
 @dataclass(frozen=True)
@@ -42,11 +43,6 @@ class World:
     conflicts: Sequence[str] = ()
     apply_errors: Sequence[str] = field(default=())
     resolved: Mapping[str, Any] | None = None  # status.resolved: GPUs, tensor parallel, image
-
-
-def endpoint_url(service_name: str, namespace: str, port: int = SERVING_PORT) -> str:
-    """The in-cluster OpenAI-compatible base URL of a model's Service."""
-    return f"http://{service_name}.{namespace}.svc:{port}/v1"
 
 
 def condition(type_: str, status: bool | None, reason: str, message: str, generation: int) -> dict:

@@ -214,13 +214,6 @@ def test_config_validation_names_the_field(overrides, field):
         config(**overrides)
 
 
-def test_decision_status_is_json_safe():
-    decision, _ = decide(observe(0.0, 2.0, current=0), config(max_replicas=1, min_replicas=0), PolicyState(), PROFILE)
-    status = decision.as_status()
-    assert status["desiredReplicas"] == decision.replicas and status["metricsOk"] is True
-    assert all(not (isinstance(v, float) and not math.isfinite(v)) for v in status.values())
-
-
 @settings(max_examples=30, deadline=None)
 @given(rate=st.floats(0.0, 500.0), extra=st.floats(0.0, 200.0), current=st.integers(0, 40))
 def test_more_load_never_fewer_replicas(rate, extra, current):

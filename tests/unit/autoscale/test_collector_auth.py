@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from kiban.autoscale.collector import PrometheusHttp, PrometheusUnavailable, auth_headers
-from kiban.autoscale.loop import AutoscaleSettings
+from kiban.autoscale.model_pass import AutoscaleSettings
 from kiban.config import load_config
 
 

@@ -14,9 +14,9 @@ from kiban.autoscale.collector import (
     build_queries,
     drift_series_from,
 )
-from kiban.autoscale.loop import AutoscaleSettings, drift_overrides, drift_status_patch
+from kiban.autoscale.model_pass import AutoscaleSettings, drift_overrides, drift_status_patch
 from kiban.config import ConfigError
-from kiban.drift import operator as drift
+from kiban.drift import tracker as drift
 from kiban.drift.detector import DriftAssessment
 
 SELECTOR = 'model_name="llama",namespace="team-a"'

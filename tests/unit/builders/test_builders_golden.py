@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from kiban.api.crd import dump_yaml
-from kiban.builders import build_children, build_service_monitor
+from kiban.builders import build_children
 from kiban.config import load_config
 
 from fm_cases import ALL_APIS, CASES, load_fm
@@ -26,7 +26,7 @@ def rendered(case: str) -> dict[str, str]:
     """golden file name -> YAML text, for one case."""
     fm = load_fm(CASES[case])
     config = load_config({"KIBAN_MONITOR_LABELS": "release=prometheus"})
-    objects = build_children(fm, config, available_apis=ALL_APIS) + [build_service_monitor(fm, config)]
+    objects = build_children(fm, config, available_apis=ALL_APIS)
     return {f"{case}/{obj['kind'].lower()}.yaml": dump_yaml(obj) for obj in objects}
 
 

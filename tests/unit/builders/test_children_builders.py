@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from fm_cases import ALL_APIS, with_spec
+from fm_cases import ALL_APIS, CASES, TEST_NAMESPACE, TEST_UID, load_fm, with_spec
 from kiban.builders import (
     build_cache_pvc,
     build_children,
@@ -18,8 +18,10 @@ from kiban.builders import (
     endpoint_url,
     selector_string,
 )
+from kiban.builders.common import spec_hash, stamped_spec_hash
 from kiban.builders.names import cache_claim_name, dns_label, label_value, workload_name
 from kiban.config import load_config
+from kiban.reconcile.plan import is_owned_by
 
 DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
@@ -31,6 +33,16 @@ def kinds(objects):
 
 def test_children_of_the_minimal_example(minimal, config):
     assert kinds(build_children(minimal, config)) == ["Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy"]
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_every_child_is_built_owned_and_spec_hashed(case, config):
+    """What a builder returns is what the reconciler applies: it must carry both marks plan()
+    requires before it touches a child, the model's namespace, and its own spec hash."""
+    for child in build_children(load_fm(CASES[case]), config, available_apis=ALL_APIS):
+        assert is_owned_by(child, TEST_UID), child["kind"]
+        assert child["metadata"]["namespace"] == TEST_NAMESPACE
+        assert stamped_spec_hash(child) == spec_hash(child), child["kind"]
 
 
 def test_optional_apis_add_monitor_and_route_only_when_served(full, config):
@@ -70,7 +82,7 @@ def test_service_exposes_port_8000_named_http(minimal, full):
 
 
 def test_endpoint_and_selector_string(minimal):
-    assert endpoint_url(minimal) == "http://llama-8b.models.svc:8000/v1"
+    assert endpoint_url("llama-8b", "models") == "http://llama-8b.models.svc:8000/v1"
     assert selector_string(minimal) == "app.kubernetes.io/component=model-server,kiban.dev/model=llama-8b"
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from fm_cases import CASES, REPO, load_fm, with_spec
-from kiban.builders import build_children, build_deployment, desired_replicas
+from kiban.builders import build_children, build_deployment
 from kiban.builders.deployment import engine_args
 from kiban.config import load_config
 from kiban.sizing.gpu import resolve_sizing
@@ -219,7 +219,7 @@ def test_engine_image_defaults_to_config_and_can_be_overridden(minimal, full):
 )
 def test_desired_replicas(minimal, scaling, expected):
     fm = with_spec(minimal, scaling={**scaling, "slo": {"ttftP95Ms": 500}})
-    assert desired_replicas(fm.spec) == expected
+    assert fm.spec.scaling.desired_replicas() == expected
     assert deployment_of(fm)["spec"]["replicas"] == expected
 
 

@@ -17,7 +17,6 @@ from kiban.capacity.batching import (
     predict,
     prefill_alone_ms,
     prompt_atoms,
-    prompt_mix_from_cv,
     replicas_needed,
     service_rate_rps,
     step_ms,
@@ -26,6 +25,7 @@ from kiban.capacity.batching import (
 from kiban.capacity.engine_profile import EngineProfile
 from kiban.capacity.founding import mm1
 from kiban_serving.sim.engine import Engine
+from prompt_mixes import prompt_mix_from_cv  # tests/prompt_mixes.py
 
 
 def make_profile(**overrides) -> EngineProfile:

@@ -1,7 +1,7 @@
 """The capacity model against the simulator engine, both in simulated time (no clock is read).
 
 The engine (kiban_serving.sim.engine) is stepped through Poisson arrivals with fixed seeds by
-the harness in bench/model_vs_engine.py, at 30 %, 60 % and 85 % of the model's own capacity
+the harness in kiban_dev.benchmark.model_vs_engine, at 30 %, 60 % and 85 % of the model's own capacity
 at 75 % utilisation. Before the step chain, p95 TTFT came out 35-65 % under the engine's (an
 arrival waiting out another prompt's prefill step was not modelled); these tolerances are
 what the model now holds, with room for the sampling noise of a few thousand requests.
@@ -9,32 +9,19 @@ what the model now holds, with room for the sampling noise of a few thousand req
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
 from kiban.capacity.batching import Slo, max_arrival_rate, predict
 from kiban.capacity.profiles import get_profile_by_name
+from kiban_dev.benchmark import model_vs_engine as harness
 from kiban_serving.sim.engine import Engine
 
-HARNESS_PATH = Path(__file__).resolve().parents[3] / "bench" / "model_vs_engine.py"
 REQUESTS = 3000  # per load point; the first 10 % warm the engine up
 TTFT_P50_TOLERANCE = 0.10
 TTFT_P95_TOLERANCE = 0.12
 ITL_P95_TOLERANCE = 0.15
 
 
-def load_harness():
-    spec = importlib.util.spec_from_file_location("model_vs_engine", HARNESS_PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("model_vs_engine", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-harness = load_harness()
 CASES = [(profile, "fixed", share) for profile in harness.PROFILES for share in range(3)] + [
     (profile, "conv", 1) for profile in harness.PROFILES  # the trace's mix at 60 %
 ]

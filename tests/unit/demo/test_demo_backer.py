@@ -16,7 +16,7 @@ from kiban.api.v1alpha1 import FoundationModel
 from kiban.builders.deployment import build_deployment
 from kiban.config import load_config
 from kiban.sizing.gpu import resolve_sizing
-from kiban_serving.demo.backer import (
+from kiban_dev.demo.backer import (
     BackingError,
     arg_value,
     backing_for_pod,

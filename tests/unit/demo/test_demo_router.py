@@ -8,7 +8,7 @@ import aiohttp
 from aiohttp import web
 
 from kiban.capacity.profiles import get_profile_by_name
-from kiban_serving.demo.router import ServiceRouter, pick_backend
+from kiban_dev.demo.router import ServiceRouter, pick_backend
 from kiban_serving.loadgen.client import replay
 from kiban_serving.loadgen.trace import TraceRequest
 from kiban_serving.sim.server import SimConfig, create_app

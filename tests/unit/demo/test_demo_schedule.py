@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from kiban.shared_paths import trace_path
-from kiban_serving.demo.schedule import (
+from kiban_dev.shared_paths import trace_path
+from kiban_dev.demo.schedule import (
     Phase,
     parse_phases,
     ramp,

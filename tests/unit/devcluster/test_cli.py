@@ -4,7 +4,7 @@ import argparse
 
 import pytest
 
-from kiban.devcluster import cli
+from kiban_dev.devcluster import cli
 
 
 def parse(argv):

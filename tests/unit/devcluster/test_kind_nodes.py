@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from kiban.devcluster.kind_nodes import kubectl_commands, parse_assignments
+from kiban_dev.devcluster.kind_nodes import kubectl_commands, parse_assignments
 
 
 def test_h100_commands_label_taint_and_advertise_gpus():

@@ -2,7 +2,7 @@
 
 import pytest
 
-from kiban.devcluster.nodes import DEFAULT_POOL, build_node, build_pool
+from kiban_dev.devcluster.nodes import DEFAULT_POOL, build_node, build_pool
 
 GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pinned_tools import start_or_fail
 
-from kiban.devcluster import ToolsMissingError
+from kiban_dev.devcluster import ToolsMissingError
 
 
 def test_a_missing_tool_fails_with_the_hint_and_is_not_a_skip():

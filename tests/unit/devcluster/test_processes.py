@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from kiban.devcluster.processes import ComponentError, group_pids, pid_alive, start_component, stop_components
+from kiban_dev.devcluster.processes import ComponentError, group_pids, pid_alive, start_component, stop_components
 
 
 def test_a_component_that_dies_reports_its_log_tail(tmp_path):

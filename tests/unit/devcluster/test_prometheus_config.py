@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from kiban.devcluster.prometheus import build_config, file_sd_scrape_config, file_sd_targets
+from kiban_dev.devcluster.prometheus import build_config, file_sd_scrape_config, file_sd_targets
 
 
 def test_build_config_uses_the_scrape_interval_for_timeout_and_evaluation():

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from kiban.devcluster import tools
-from kiban.devcluster.tools import (
+from kiban_dev.devcluster import tools
+from kiban_dev.devcluster.tools import (
     ToolsMissingError,
     cache_root,
     expected_path,

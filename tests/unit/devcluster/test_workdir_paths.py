@@ -6,8 +6,8 @@ path against the kubeconfig's own folder: a relative workdir doubled the path an
 
 from pathlib import Path
 
-from kiban.devcluster.cluster import ControlPlane
-from kiban.devcluster.prometheus import PrometheusServer
+from kiban_dev.devcluster.cluster import ControlPlane
+from kiban_dev.devcluster.prometheus import PrometheusServer
 
 
 def test_control_plane_workdir_is_absolute(tmp_path, monkeypatch):

@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 
 from kiban.api.v1alpha1 import Condition, DriftSpec, DriftStatus
 from kiban.autoscale.policy import Observation, PolicyState
-from kiban.drift import operator as drift
+from kiban.drift import tracker as drift
 from kiban.drift.histograms import bin_samples, cumulative_buckets, itl_seconds_buckets, token_count_buckets
 from kiban.metrics import ModelKey, OperatorMetrics
 

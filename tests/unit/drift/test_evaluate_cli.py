@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from kiban.drift import cli
-from kiban.drift.evaluate import concatenate, load_azure_trace, window_edges
-from kiban.shared_paths import azure_trace_dir
+from kiban_dev.drift_eval import cli
+from kiban_dev.drift_eval.evaluate import concatenate, load_azure_trace, window_edges
+from kiban_dev.shared_paths import azure_trace_dir
 
 TRACES = azure_trace_dir()
 

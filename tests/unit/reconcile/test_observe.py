@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from kiban.reconcile.observe import overlay_applied, owner_model, project_child, project_pod
-from kiban.reconcile.plan import SPEC_HASH_ANNOTATION, child_key
+from kiban.builders.labels import SPEC_HASH_ANNOTATION
+from kiban.reconcile.plan import child_key
 
 
 def child(kind: str, name: str, spec_hash: str, **spec) -> dict:

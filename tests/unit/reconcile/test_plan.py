@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import copy
 
-from kiban.reconcile.plan import (
-    SPEC_HASH_ANNOTATION,
-    first_difference,
-    is_owned_by,
-    plan,
-    spec_hash,
-    stamp_spec_hash,
-)
+from kiban.builders.common import spec_hash
+from kiban.builders.common import with_spec_hash as stamp_spec_hash
+from kiban.builders.labels import SPEC_HASH_ANNOTATION
+from kiban.reconcile.plan import first_difference, is_owned_by, plan
 
 OWNER_UID = "0f1e2d3c-uid"
 

@@ -7,7 +7,6 @@ from kiban.reconcile.status import (
     World,
     build_status,
     changed_conditions,
-    endpoint_url,
     merge_conditions,
     status_changed,
 )
@@ -137,10 +136,6 @@ def test_last_transition_time_kept_while_status_unchanged():
 def test_merge_conditions_stamps_new_types():
     merged = merge_conditions([{"type": "Ready", "status": "True"}], [], T1)
     assert merged == [{"type": "Ready", "status": "True", "lastTransitionTime": T1}]
-
-
-def test_endpoint_url_shape():
-    assert endpoint_url("m", "ns") == "http://m.ns.svc:8000/v1"
 
 
 def test_pods_that_cannot_be_created_are_reported():

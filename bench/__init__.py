@@ -1,1 +1,0 @@
-"""Benchmarks: scripts run by make targets, not tests."""

@@ -1,0 +1,104 @@
+"""kiban-bench: GPU-hours each autoscaler spends to hold a TTFT SLO on real LLM traces.
+
+  kiban-bench --out bench/results                  the three standard traces, table + JSON + plots
+  kiban-bench --trace a.csv [--trace b.csv] --slo-ttft-ms 2000 --json out.json
+                                                    any Azure-format trace(s), played back to back
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from kiban_dev.benchmark import report
+from kiban_dev.benchmark.run import (
+    DEFAULT_TRACE_DIR,
+    PEER_CANDIDATES,
+    BenchConfig,
+    TraceSpec,
+    run_benchmark,
+    standard_traces,
+)
+
+log = logging.getLogger("kiban.bench")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = BenchConfig()
+    p = argparse.ArgumentParser(prog="kiban-bench", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--trace", action="append", default=[], metavar="FILE",
+                   help="Azure-format CSV (TIMESTAMP, ContextTokens, GeneratedTokens); repeat to play several in turn. "
+                        f"Default: conv, code and conv+code from {DEFAULT_TRACE_DIR}")
+    p.add_argument("--slo-ttft-ms", type=float, default=defaults.slo_ttft_ms, help="TTFT target (ms)")
+    p.add_argument("--attainment", type=float, default=defaults.attainment,
+                   help="share of requests that must meet the TTFT target (default 0.99)")
+    p.add_argument("--profile", default=defaults.profile, help="engine profile '<gpu>/<size>B'")
+    p.add_argument("--rate-factor", type=float, default=defaults.rate_factor,
+                   help="multiply each trace's arrival rate by this (seeded replication)")
+    p.add_argument("--cold-start-s", type=float, default=defaults.cold_start_s,
+                   help="seconds from requesting a replica to it serving (billed, serves nothing)")
+    p.add_argument("--warmup-s", type=float, default=defaults.warmup_s,
+                   help="policies observe from t=0 but act from here (they start with history)")
+    p.add_argument("--max-replicas", type=int, default=defaults.max_replicas)
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--quick", action="store_true", help="only the first 10 minutes of each trace")
+    p.add_argument("--jobs", type=int, default=defaults.jobs, help="traces simulated in parallel processes")
+    p.add_argument("--json", type=Path, help="write the result rows as a JSON list here")
+    p.add_argument("--out", type=Path, help="write results.md, results.json, bar.json and PNG plots here")
+    return p
+
+
+def specs_from(paths: list[str]) -> list[TraceSpec]:
+    if not paths:
+        return standard_traces()
+    missing = [p for p in paths if not Path(p).is_file()]
+    if missing:
+        raise ValueError(f"--trace: no such file: {', '.join(missing)}")
+    return [TraceSpec("+".join(Path(p).stem for p in paths), tuple(paths))]
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        bench = BenchConfig(
+            profile=args.profile, slo_ttft_ms=args.slo_ttft_ms, attainment=args.attainment,
+            cold_start_s=args.cold_start_s, warmup_s=args.warmup_s, rate_factor=args.rate_factor, seed=args.seed,
+            max_replicas=args.max_replicas, quick=args.quick, jobs=args.jobs,
+        )
+        specs = specs_from(args.trace)
+    except (ValueError, KeyError) as exc:
+        print(f"kiban-bench: {exc}", file=sys.stderr)
+        return 2
+    # oracle, clairvoyant, about two static-peak tries, kiban, then the peers' targets (an estimate)
+    runs_per_trace = 1 + 1 + 2 + 1 + sum(len(c) for c in PEER_CANDIDATES.values())
+    total = len(specs) if bench.jobs > 1 and len(specs) > 1 else len(specs) * runs_per_trace
+    started = time.monotonic()
+    with tqdm(total=total, desc="kiban-bench", unit="run", file=sys.stderr) as bar:
+        def tick(label: str) -> None:
+            bar.set_postfix_str(label[:40])
+            bar.update(1)
+
+        rows = run_benchmark(specs, bench, tick)
+        bar.total = bar.n
+        bar.refresh()
+    log.info("Ran benchmark traces=%s rows=%d seconds=%.1f", ",".join(s.name for s in specs), len(rows),
+             time.monotonic() - started)
+    if args.json:
+        report.write_json(rows, args.json)
+        log.info("Wrote results path=%s", args.json)
+    if args.out:
+        written = report.write_all(rows, bench, args.out)
+        log.info("Wrote results dir=%s files=%s", args.out, ",".join(p.name for p in written.values()))
+    print(report.markdown(rows, bench))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

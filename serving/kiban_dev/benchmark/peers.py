@@ -1,0 +1,278 @@
+"""Autoscaling policies for the benchmark: Kiban's own, its peers' re-implemented from their
+documented behaviour (reference/peers.md; no peer code copied), and a fixed fleet.
+
+Every policy sees the same `FleetObservation` at its own polling period and returns a
+replica count; the fleet clamps it to [min, max] and applies it. Each policy object is
+stateful and used for one run only (make a fresh one per run).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+from kiban.autoscale.policy import Observation, PolicyState, ScalingConfig, decide
+from kiban.capacity.batching import Slo
+from kiban.capacity.engine_profile import EngineProfile
+from kiban_dev.benchmark.observe import FleetObservation
+
+
+class _Windowed:
+    """Time-stamped samples kept for the longest window a policy needs."""
+
+    def __init__(self, keep_s: float) -> None:
+        self.keep_s = keep_s
+        self.samples: deque[tuple[float, float]] = deque()
+
+    def add(self, now_s: float, value: float) -> None:
+        self.samples.append((now_s, value))
+        while self.samples and now_s - self.samples[0][0] >= self.keep_s:
+            self.samples.popleft()
+
+    def mean(self, now_s: float, window_s: float) -> float:
+        values = [v for t, v in self.samples if now_s - t < window_s]
+        return sum(values) / len(values) if values else 0.0
+
+
+@dataclass
+class StaticPolicy:
+    """A fixed fleet: the count never changes (sized for the peak by the runner's search)."""
+
+    replicas: int
+    interval_s: float = 60.0
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if self.replicas < 1:
+            raise ValueError(f"replicas must be >= 1, got {self.replicas!r}")
+        self.name = self.name or f"static-peak ({self.replicas})"
+
+    def desired_replicas(self, obs: FleetObservation) -> int:
+        return self.replicas
+
+
+def ttft_quantile_s(obs: FleetObservation, q: float) -> float | None:
+    """histogram_quantile of the window's TTFT, as the operator's collector reads it from Prometheus."""
+    return obs.ttft_quantile_s(q)
+
+
+@dataclass
+class KibanPolicy:
+    """Kiban's real policy (kiban.autoscale.policy.decide), fed what its collector would read.
+
+    The FoundationModel equivalent: the TTFT SLO at p99 (the benchmark's bar is 99 % of
+    requests), look-ahead = the fleet's cold start, the replica's engine profile.
+    """
+
+    profile: EngineProfile
+    slo_ttft_ms: float
+    cold_start_s: float
+    min_replicas: int = 1
+    max_replicas: int = 64
+    gpus_per_replica: int = 1
+    interval_s: float = 15.0
+    name: str = "kiban"
+    config: ScalingConfig = field(init=False)
+    state: PolicyState = field(init=False)
+    last_reason: str = field(init=False, default="")
+
+    def __post_init__(self) -> None:
+        self.config = ScalingConfig(
+            min_replicas=self.min_replicas,
+            max_replicas=self.max_replicas,
+            slo=Slo(ttft_ms=self.slo_ttft_ms, ttft_percentile=99),
+            startup_s=self.cold_start_s,
+            gpus_per_replica=self.gpus_per_replica,
+        )
+        self.state = PolicyState()
+
+    def desired_replicas(self, obs: FleetObservation) -> int:
+        observation = Observation(
+            time_s=obs.now_s,
+            metrics_available=True,
+            arrival_rate_rps=obs.arrival_rate_rps,
+            rate_window_s=obs.window_s,
+            mean_prompt_tokens=obs.mean_prompt_tokens,
+            mean_output_tokens=obs.mean_output_tokens,
+            running=float(obs.running_total),
+            waiting=float(obs.waiting_total + obs.front_queue),
+            observed_ttft_p95_s=ttft_quantile_s(obs, 0.95),
+            observed_ttft_slo_percentile_s=ttft_quantile_s(obs, self.config.slo.ttft_percentile / 100.0),
+            current_replicas=obs.replicas,
+            ready_replicas=obs.ready_replicas,
+        )
+        decision, self.state = decide(observation, self.config, self.state, self.profile)
+        self.last_reason = decision.reason
+        return decision.replicas
+
+
+@dataclass
+class KubeAIPolicy:
+    """KubeAI: replicas = ceil(moving average of proxy in-flight requests / targetRequests).
+
+    Sampled every 10 s (its default), averaged over a 10-minute window (60 samples; until
+    60 samples exist, over those there are), scaled up at once, scaled down only after
+    scaleDownDelaySeconds of consecutive "down" decisions. KubeAI's default targetRequests
+    is 100; the runner also tries the smaller values a careful user would.
+    """
+
+    target_requests: float = 100.0
+    interval_s: float = 10.0
+    window_s: float = 600.0
+    scale_down_delay_s: float = 30.0
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.target_requests > 0:
+            raise ValueError(f"target_requests must be > 0, got {self.target_requests!r}")
+        self.name = self.name or f"kubeai (targetRequests={self.target_requests:g})"
+        self._samples: deque[float] = deque(maxlen=max(1, round(self.window_s / self.interval_s)))
+        self._down_since: float | None = None
+
+    def desired_replicas(self, obs: FleetObservation) -> int:
+        self._samples.append(float(obs.proxy_inflight))
+        average = sum(self._samples) / len(self._samples)
+        desired = max(1, math.ceil(round(average / self.target_requests, 9)))
+        current = obs.replicas
+        if desired >= current:
+            self._down_since = None
+            return desired
+        if self._down_since is None:
+            self._down_since = obs.now_s
+        if obs.now_s - self._down_since + self.interval_s >= self.scale_down_delay_s:
+            self._down_since = None
+            return desired
+        return current
+
+
+@dataclass
+class KnativeKPAPolicy:
+    """Knative KPA (KServe serverless): concurrency per pod against a target.
+
+    Ticks every 2 s (the autoscaler's tick); each sample is the time-averaged in-flight
+    requests over the tick. Stable mode: ceil(60 s average / target). Panic mode, entered when
+    the 6 s average asks for >= 2x the ready pods, scales on the 6 s average and never scales
+    down until 60 s pass without that condition. Scale-down is at most 2x per tick (Knative's
+    max-scale-down-rate). Knative's default target is 100 x 0.7 utilisation = 70.
+    """
+
+    target_concurrency: float = 70.0
+    interval_s: float = 2.0
+    stable_window_s: float = 60.0
+    panic_window_s: float = 6.0
+    panic_threshold: float = 2.0
+    max_scale_down_rate: float = 2.0
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.target_concurrency > 0:
+            raise ValueError(f"target_concurrency must be > 0, got {self.target_concurrency!r}")
+        self.name = self.name or f"knative-kpa (target={self.target_concurrency:g})"
+        self._samples = _Windowed(self.stable_window_s)
+        self._panic_since: float | None = None
+        self._panic_last = -math.inf
+        self._panic_max = 0
+
+    def desired_replicas(self, obs: FleetObservation) -> int:
+        now = obs.now_s
+        self._samples.add(now, obs.proxy_inflight_avg)
+        stable = self._samples.mean(now, self.stable_window_s) / self.target_concurrency
+        panic = self._samples.mean(now, self.panic_window_s) / self.target_concurrency
+        ready = max(1, obs.ready_replicas)
+        if panic / ready >= self.panic_threshold:
+            if self._panic_since is None:
+                self._panic_since = now
+            self._panic_last = now
+        elif self._panic_since is not None and now - self._panic_last >= self.stable_window_s:
+            self._panic_since, self._panic_max = None, 0
+        if self._panic_since is not None:
+            desired = max(math.ceil(round(panic, 9)), self._panic_max, obs.replicas)
+            self._panic_max = desired
+            return desired
+        desired = max(1, math.ceil(round(stable, 9)))
+        return max(desired, math.ceil(ready / self.max_scale_down_rate))
+
+
+@dataclass
+class KedaWaitingPolicy:
+    """vLLM production-stack's KEDA ScaledObject on sum(vllm:num_requests_waiting).
+
+    KEDA feeds the HPA an external metric with an AverageValue target (the threshold, 5 by
+    default), polled every 15 s; the HPA's rules then apply: desired = ceil(current x
+    (metric / current) / threshold) = ceil(metric / threshold), kept when within 10 % of the
+    current ratio, scale-up limited to max(2x, +4 pods) per 15 s, scale-down to the highest
+    recommendation of the last 300 s (the stabilisation window). minReplicaCount is 1 here.
+    """
+
+    threshold: float = 5.0
+    interval_s: float = 15.0
+    stabilization_s: float = 300.0
+    tolerance: float = 0.1
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.threshold > 0:
+            raise ValueError(f"threshold must be > 0, got {self.threshold!r}")
+        self.name = self.name or f"production-stack-keda (waiting>{self.threshold:g})"
+        self._recommendations: deque[tuple[float, int]] = deque()
+
+    def desired_replicas(self, obs: FleetObservation) -> int:
+        current = max(1, obs.replicas)
+        waiting = obs.waiting_total + obs.front_queue
+        ratio = waiting / (self.threshold * current)
+        if abs(ratio - 1.0) <= self.tolerance:
+            raw = current
+        else:
+            raw = max(1, math.ceil(round(waiting / self.threshold, 9)))
+        now = obs.now_s
+        self._recommendations.append((now, raw))
+        while now - self._recommendations[0][0] >= self.stabilization_s:
+            self._recommendations.popleft()
+        if raw < current:
+            return min(current, max(r for _, r in self._recommendations))
+        return min(raw, max(2 * current, current + 4))
+
+
+@dataclass
+class AibrixAPAPolicy:
+    """AIBrix APA on vLLM's KV-cache usage per pod (its documented example metric).
+
+    Every 15 s: the per-pod mean KV usage, averaged over a 180 s window (and a 60 s panic
+    window for scaling up); desired = ceil(current x metric / target) when the ratio leaves
+    the +-10 % band; at most 2x up or 2x down per step; no scale-down within 300 s of the
+    last scaling change (the cooldown). The user picks the target; the runner tries a few.
+    """
+
+    target_kv_usage: float = 0.3
+    interval_s: float = 15.0
+    window_s: float = 180.0
+    panic_window_s: float = 60.0
+    tolerance: float = 0.1
+    max_rate: float = 2.0
+    scale_down_cooldown_s: float = 300.0
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.target_kv_usage <= 1:
+            raise ValueError(f"target_kv_usage must be in (0, 1], got {self.target_kv_usage!r}")
+        self.name = self.name or f"aibrix-apa (kv target={self.target_kv_usage:g})"
+        self._samples = _Windowed(self.window_s)
+        self._last_change_s = -math.inf
+
+    def desired_replicas(self, obs: FleetObservation) -> int:
+        now, current = obs.now_s, max(1, obs.replicas)
+        self._samples.add(now, obs.kv_usage_mean)
+        stable = self._samples.mean(now, self.window_s) / self.target_kv_usage
+        panic = self._samples.mean(now, self.panic_window_s) / self.target_kv_usage
+        # the metric is a mean over ready pods, so the ratio scales the ready count
+        ready = max(1, obs.ready_replicas)
+        desired = current
+        up = max(stable, panic)
+        if up > 1 + self.tolerance:
+            desired = min(max(current, math.ceil(ready * up)), math.floor(current * self.max_rate))
+        elif stable < 1 - self.tolerance and now - self._last_change_s >= self.scale_down_cooldown_s:
+            desired = min(current, max(math.ceil(ready * stable), math.ceil(current / self.max_rate), 1))
+        if desired != current:
+            self._last_change_s = now
+        return desired

@@ -1,0 +1,175 @@
+"""Benchmark output: a markdown table with the bar's ratios, a JSON list, and PNG plots.
+
+The only module in the benchmark that writes files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from kiban_dev.benchmark.run import BenchConfig, Row
+
+FAMILY_ORDER = ("oracle", "clairvoyant", "kiban", "static-peak", "kubeai", "knative-kpa", "production-stack-keda",
+                "aibrix-apa")
+REFERENCES = ("oracle", "clairvoyant")  # yardsticks no user can run: never a peer
+ORACLE_BAR = 1.2  # Kiban may cost at most this times the oracle
+PEER_BAR = 0.85  # ... and at most this times the cheapest peer that meets the SLO
+
+
+def chosen_rows(rows: list[Row], trace: str) -> list[Row]:
+    picked = [r for r in rows if r.trace == trace and r.chosen]
+    return sorted(picked, key=lambda r: FAMILY_ORDER.index(r.family) if r.family in FAMILY_ORDER else 99)
+
+
+def traces_in(rows: list[Row]) -> list[str]:
+    seen: list[str] = []
+    for row in rows:
+        if row.trace not in seen:
+            seen.append(row.trace)
+    return seen
+
+
+def bar_check(rows: list[Row], trace: str, bench: BenchConfig) -> dict[str, object]:
+    """The bar: Kiban reaches the attainment, costs <= 0.85x the cheapest peer that also
+    reaches it (static-peak counts as a peer: a user could simply run it), and <= 1.2x the oracle.
+
+    Alongside, what the clairvoyant schedule (the oracle's counts with real cold starts) costs
+    over the oracle: when even it is above 1.2x, the oracle bar cannot be met on this trace.
+    """
+    picked = {r.family: r for r in chosen_rows(rows, trace)}
+    kiban, best, foresight = picked.get("kiban"), picked.get("oracle"), picked.get("clairvoyant")
+    peers = [r for f, r in picked.items()
+             if f != "kiban" and f not in REFERENCES and r.ttft_slo_attainment >= bench.attainment]
+    cheapest = min(peers, key=lambda r: r.gpu_hours) if peers else None
+    out: dict[str, object] = {"trace": trace}
+    if kiban is None:
+        return out
+    out["kiban_attainment"] = kiban.ttft_slo_attainment
+    out["kiban_meets_slo"] = bool(kiban.ttft_slo_attainment >= bench.attainment)
+    if cheapest is not None:
+        out["cheapest_peer"] = cheapest.policy
+        out["kiban_over_cheapest_peer"] = round(kiban.gpu_hours / cheapest.gpu_hours, 3)
+        out["beats_peers_by_15pct"] = bool(kiban.gpu_hours <= PEER_BAR * cheapest.gpu_hours)
+    if best is not None and best.gpu_hours > 0:
+        out["kiban_over_oracle"] = round(kiban.gpu_hours / best.gpu_hours, 3)
+        out["within_1_2x_oracle"] = bool(kiban.gpu_hours <= ORACLE_BAR * best.gpu_hours)
+        complete = [r for r in rows if r.trace == trace and r.complete and r.family != "oracle"]
+        out["oracle_below_every_run"] = bool(all(best.gpu_hours <= r.gpu_hours for r in complete))
+        if foresight is not None:
+            out["clairvoyant_gpu_hours"] = foresight.gpu_hours
+            out["clairvoyant_attainment"] = foresight.ttft_slo_attainment
+            ratio = round(foresight.gpu_hours / best.gpu_hours, 3)
+            out["clairvoyant_over_oracle"] = ratio
+            # reachable: within the bar as printed *and* the SLO held (the oracle's counts,
+            # with queues carried between intervals, can miss it)
+            out["oracle_bar_reachable_with_foresight"] = bool(
+                ratio <= ORACLE_BAR and foresight.ttft_slo_attainment >= bench.attainment)
+    return out
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    return f"{value:.{digits}f}"
+
+
+def markdown(rows: list[Row], bench: BenchConfig) -> str:
+    lines = [
+        f"# Autoscaling benchmark: TTFT SLO {bench.slo_ttft_ms:g} ms for {bench.attainment:.0%} of requests",
+        "",
+        f"Engine profile {bench.profile}, cold start {bench.cold_start_s:g} s, trace rate x{bench.rate_factor:g} "
+        f"(seed {bench.seed}){', quick mode (first 10 minutes)' if bench.quick else ''}. "
+        "GPU-hours include cold starts and draining. Per-pod targets of peers were tuned (tuning runs listed below).",
+        "",
+    ]
+    for trace in traces_in(rows):
+        picked = chosen_rows(rows, trace)
+        kiban = next((r for r in picked if r.family == "kiban"), None)
+        start = kiban.warm_start_replicas if kiban is not None else None
+        lines += [f"## {trace}", "", f"Every autoscaler started from {start} warm replicas." if start else "",
+                  "",
+                  "| policy | GPU-hours | × Kiban | TTFT SLO met | p95 TTFT s | p99 TTFT s | p95 TPOT s | scale events | max / mean replicas |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in picked:
+            ratio = r.gpu_hours / kiban.gpu_hours if kiban and kiban.gpu_hours else math.nan
+            lines.append(
+                f"| {r.policy} | {r.gpu_hours:.2f} | {_fmt(ratio)} | {r.ttft_slo_attainment:.2%} | {_fmt(r.p95_ttft_s)} "
+                f"| {_fmt(r.p99_ttft_s)} | {_fmt(r.p95_tpot_s, 3)} | {r.scale_events} | {r.max_replicas} / {r.mean_replicas:.1f} |"
+            )
+        check = bar_check(rows, trace, bench)
+        lines += ["", "Bar: " + ", ".join(f"{k}={v}" for k, v in check.items() if k != "trace"), ""]
+        tuning = [r for r in rows if r.trace == trace and not r.chosen]
+        if tuning:
+            lines += ["Runs not picked: " + "; ".join(
+                f"{r.policy}: " + (f"{r.gpu_hours:.2f} GPU-h, {r.ttft_slo_attainment:.2%}" if r.complete
+                                   else "stopped early, below the bar") for r in tuning), ""]
+    return "\n".join(lines) + "\n"
+
+
+def write_json(rows: list[Row], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps([r.public() for r in rows], indent=1) + "\n")
+
+
+def write_plots(rows: list[Row], bench: BenchConfig, out_dir: Path) -> list[Path]:
+    """Replicas over time per policy (one PNG per trace) and GPU-hours vs attainment."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    traces = traces_in(rows)
+    for trace in traces:
+        fig, ax = plt.subplots(figsize=(9, 4.2))
+        for r in chosen_rows(rows, trace):
+            if not r.timeline:
+                continue
+            times = [t / 60 for t, _, _ in r.timeline]
+            counts = [n for _, n, _ in r.timeline]
+            style = ({"linewidth": 2.2} if r.family in ("kiban", "oracle")
+                     else {"linewidth": 1.4, "linestyle": "--"} if r.family == "clairvoyant"
+                     else {"linewidth": 1.0, "alpha": 0.8})
+            ax.step(times, counts, where="post", label=r.policy, **style)
+        ax.set_xlabel("minutes")
+        ax.set_ylabel("replicas (requested)")
+        ax.set_title(f"{trace}: replicas over time")
+        ax.legend(fontsize=7, loc="upper left")
+        fig.tight_layout()
+        path = out_dir / f"replicas_{trace.replace('+', '_')}.png"
+        fig.savefig(path, dpi=80)
+        plt.close(fig)
+        written.append(path)
+    fig, axes = plt.subplots(1, len(traces), figsize=(4.5 * len(traces), 4), squeeze=False)
+    for ax, trace in zip(axes[0], traces):
+        for r in [r for r in rows if r.trace == trace and r.complete]:  # stopped runs are partial
+            marker = {"kiban": "*", "oracle": "s", "clairvoyant": "D"}.get(r.family, "o")
+            ax.scatter(r.gpu_hours, 100 * r.ttft_slo_attainment, marker=marker, s=80 if r.chosen else 20,
+                       alpha=1.0 if r.chosen else 0.4)
+            if r.chosen:
+                ax.annotate(r.family, (r.gpu_hours, 100 * r.ttft_slo_attainment), fontsize=7)
+        ax.axhline(100 * bench.attainment, color="grey", linestyle="--", linewidth=0.8)
+        ax.set_xlabel("GPU-hours")
+        ax.set_ylabel("% requests within TTFT SLO")
+        ax.set_title(trace)
+    fig.tight_layout()
+    path = out_dir / "gpu_hours_vs_attainment.png"
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    written.append(path)
+    return written
+
+
+def write_all(rows: list[Row], bench: BenchConfig, out_dir: Path) -> dict[str, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = out_dir / "results.md"
+    table.write_text(markdown(rows, bench))
+    data = out_dir / "results.json"
+    write_json(rows, data)
+    checks = out_dir / "bar.json"
+    checks.write_text(json.dumps([bar_check(rows, t, bench) for t in traces_in(rows)], indent=1) + "\n")
+    plots = write_plots(rows, bench, out_dir)
+    return {"table": table, "json": data, "bar": checks, **{p.stem: p for p in plots}}

@@ -1,0 +1,64 @@
+"""The demo's picture: load, replicas and TTFT p95 against the SLO over time (matplotlib, no display)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from kiban_dev.demo.record import DemoResult
+
+
+def plot_demo(result: DemoResult, path: Path, window_s: float = 10.0) -> Path:
+    """Three panels sharing the time axis; written as PNG to `path`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from kiban_dev.demo.schedule import ttft_p95_by_window, windowed_rate
+
+    samples = result.samples
+    end = max([s.time_s for s in samples] + [result.config.load_seconds])
+    grid = [window_s * i for i in range(1, int(end // window_s) + 2)]
+    fig, (load_ax, replica_ax, ttft_ax) = plt.subplots(3, 1, figsize=(10, 8.5), sharex=True)
+    fig.suptitle(f"Kiban demo: {result.model} on simulated NVIDIA L4, Azure conversation trace", fontsize=12)
+
+    load_ax.plot(grid, [windowed_rate(result.offered_arrivals_s, t, window_s) for t in grid],
+                 drawstyle="steps-post", color="tab:blue", label=f"offered load ({window_s:g} s windows)")
+    seen = [(s.time_s, s.observed_rps) for s in samples if s.observed_rps is not None]
+    if seen:
+        load_ax.plot(*zip(*seen), "o-", ms=3, color="tab:orange", label="arrival rate the autoscaler saw")
+    load_ax.set_ylabel("requests / s")
+    load_ax.legend(loc="upper left", fontsize=8)
+    load_ax.grid(alpha=0.3)
+
+    times = [s.time_s for s in samples]
+    replica_ax.plot(times, [s.desired_replicas or 0 for s in samples], drawstyle="steps-post", lw=2,
+                    color="tab:purple", label="Deployment replicas (operator)")
+    replica_ax.plot(times, [s.sims_ready for s in samples], drawstyle="steps-post", color="tab:green",
+                    label="ready (simulator /health 200)")
+    replica_ax.set_ylabel("replicas")
+    replica_ax.yaxis.get_major_locator().set_params(integer=True)
+    replica_ax.legend(loc="upper left", fontsize=8)
+    replica_ax.grid(alpha=0.3)
+
+    client = ttft_p95_by_window(result.results, window_s)
+    if client:
+        ttft_ax.plot([c[0] for c in client], [c[1] for c in client], drawstyle="steps-pre", color="tab:red",
+                     label=f"TTFT p95, client ({window_s:g} s windows)")
+    prom = [(s.time_s, s.prom_ttft_p95_ms) for s in samples if s.prom_ttft_p95_ms is not None]
+    if prom:
+        ttft_ax.plot(*zip(*prom), ".", color="tab:gray", label="TTFT p95, Prometheus (engines, 30 s rate)")
+    if not math.isnan(result.slo_ttft_ms):
+        ttft_ax.axhline(result.slo_ttft_ms, color="black", ls="--", lw=1, label=f"SLO {result.slo_ttft_ms:g} ms")
+    ttft_ax.set_ylabel("TTFT p95 (ms)")
+    ttft_ax.set_xlabel("seconds since the load started")
+    ttft_ax.set_yscale("log")
+    ttft_ax.legend(loc="upper left", fontsize=8)
+    ttft_ax.grid(alpha=0.3, which="both")
+
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
