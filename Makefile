@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST := $(PY) -m pytest
 
-.PHONY: all venv lock tools crds check-crds chart check-chart test test-unit test-integration test-e2e bench bench-operator demo dev-cluster kind-e2e clean
+.PHONY: all venv lock tools crds check-crds chart check-chart docs test test-unit test-integration test-e2e bench bench-operator demo dev-cluster kind-e2e clean
 
 all: test
 
@@ -42,6 +42,10 @@ check-crds: $(STAMP)
 ## chart: copy crds/ into the chart and regenerate its dashboards and rules
 chart: $(STAMP)
 	$(PY) hack/chart/sync.py
+
+## docs: rewrite the generated blocks of README.md and docs/ (reason strings, status examples) by running the policy
+docs: $(STAMP)
+	$(PY) -m kiban_dev.docsnippets
 
 ## check-chart: fail when the chart's CRDs, dashboards or rules are stale
 check-chart: $(STAMP)

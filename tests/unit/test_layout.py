@@ -133,6 +133,44 @@ def test_simulator_and_load_generator_import_no_developer_tooling():
     assert leaks == []
 
 
+# What each part may import of the project (docs/architecture.md's module maps say the same).
+# A part is kiban.<first component>, or kiban_serving.<x> / kiban_dev.<x>.
+ALLOWED = {
+    "kiban.api": set(),
+    "kiban.clock": set(),
+    "kiban.metrics": set(),
+    "kiban.capacity": set(),
+    "kiban.config": {"kiban.api"},
+    "kiban.sizing": {"kiban.api", "kiban.config"},
+    "kiban.builders": {"kiban.api", "kiban.config", "kiban.sizing"},
+    "kiban.reconcile": {"kiban.api", "kiban.builders", "kiban.clock", "kiban.config", "kiban.metrics", "kiban.sizing"},
+    "kiban.drift": {"kiban.autoscale", "kiban.clock"},
+    "kiban.autoscale": {"kiban.api", "kiban.capacity", "kiban.clock", "kiban.config", "kiban.drift", "kiban.metrics",
+                        "kiban.reconcile", "kiban.sizing"},
+    "kiban.handlers": {"kiban.api", "kiban.reconcile"},
+    "kiban.operator_cli": {"kiban.autoscale", "kiban.config", "kiban.handlers", "kiban.metrics", "kiban.reconcile"},
+    "kiban.cli": set(),  # subcommands are imported by name (importlib), not statically
+    "kiban.__main__": {"kiban.cli"},
+    "kiban_serving.sim": {"kiban.capacity"},
+    "kiban_serving.loadgen": {"kiban_serving.sim"},
+}
+
+
+def part(module: str) -> str:
+    pieces = module.split(".")
+    return ".".join(pieces[:2]) if len(pieces) > 1 else pieces[0]
+
+
+def test_each_part_imports_only_what_the_architecture_allows():
+    graph = import_graph()
+    unexpected = sorted({(part(m), part(t)) for m, targets in graph.items() for t in targets
+                         if part(m) != part(t) and part(m) in ALLOWED and part(t) not in ALLOWED[part(m)]})
+    assert unexpected == [], "update the code, or ALLOWED here and docs/architecture.md together"
+    unknown = sorted({part(m) for m in graph if not m.startswith("kiban_dev") and part(m) not in ALLOWED}
+                     - {"kiban", "kiban_serving"})  # the packages themselves
+    assert unknown == [], "a new part: say what it may import in ALLOWED and docs/architecture.md"
+
+
 def runtime_requirements() -> list[Requirement]:
     project = tomllib.loads((REPO / "operator" / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     return [Requirement(text) for text in project["dependencies"]]

@@ -29,7 +29,7 @@
   resources: [networkpolicies]
   verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [monitoring.coreos.com]
-  resources: [servicemonitors, podmonitors]
+  resources: [podmonitors]
   verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [route.openshift.io]
   resources: [routes]

@@ -1,8 +1,9 @@
 """Workload and service-time drift from vLLM's Prometheus histograms (pure; no I/O).
 
 `histograms` turns two scrapes of cumulative buckets into a window's per-bin counts,
-`stats` scores two windows, `detector` keeps the reference and declares drift,
-`evaluate` measures the detector on real traces (`kiban drift eval`).
+`stats` scores two windows, `detector` keeps the reference and declares drift, `tracker` is
+the autoscaler's per-model drift step (windows in; condition, status, Events and re-fit out).
+Measuring the detector on real traces is developer tooling: kiban_dev.drift_eval.
 """
 
 from kiban.drift.detector import (

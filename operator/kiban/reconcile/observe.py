@@ -4,7 +4,7 @@ Children and pods are seen through kopf indexes (an in-memory informer cache fil
 watches), so a reconcile pass costs no list calls: the pass that runs after a write sees the
 write when its watch event arrives, and the child's event itself triggers that pass. The
 projections here keep only the fields plan and status read, to keep memory flat at 1,000 models.
-Which optional APIs exist (ServiceMonitor, PodMonitor, Route) is read from discovery and cached.
+Which optional APIs exist (PodMonitor, Route) is read from discovery and cached.
 """
 
 from __future__ import annotations
@@ -51,7 +51,6 @@ CHILD_RESOURCES: tuple[ChildResource, ...] = (
     ChildResource("", "v1", "persistentvolumeclaims"),
     ChildResource("policy", "v1", "poddisruptionbudgets"),
     ChildResource("networking.k8s.io", "v1", "networkpolicies"),
-    ChildResource("monitoring.coreos.com", "v1", "servicemonitors", optional=True),
     ChildResource("monitoring.coreos.com", "v1", "podmonitors", optional=True),
     ChildResource("route.openshift.io", "v1", "routes", optional=True),
 )
