@@ -23,6 +23,12 @@ MIN_TREND_SAMPLES = 3
 MIN_TREND_SPAN_S = 30.0
 BURST_FACTOR_WINDOWS = 2  # a missed burst's factor fades over this many burst windows
 TREND_SIGNIFICANCE_Z = 2.0  # a rate trend is extrapolated only when slope > z x its standard error
+# No model is fed more than this: a larger rate is a broken exporter or Prometheus (the collector
+# checks per engine; this is the policy's own guard), and must never enter the policy's memory.
+MAX_ARRIVAL_RPS = 1e6
+MAX_TOKENS = 1e7  # a token mean above this is no request any model takes
+MIX_GRID = 1 / 64  # prompt-mix tail shares are rounded up to this grid, so the capacity cache hits
+CACHE_SIZE = 16_384  # capacity and latency results kept (about 16 per model at 1,000 models)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -133,6 +139,7 @@ class PolicyState:
     burst_samples: tuple[tuple[float, float], ...] = ()  # (time_s, arrival_rate_rps) for the burst allowance
     token_samples: tuple[tuple[float, float, float, float], ...] = ()  # (time_s, rate, prompt, output)
     burst_factors: tuple[tuple[float, float], ...] = ()  # (time_s, factor) missed bursts asked for
+    last_replicas: int | None = None  # current_replicas at the previous call: a rise from 0 is traffic
 
 
 @dataclass(frozen=True)
@@ -156,6 +163,12 @@ def _usable(value: float | None) -> bool:
     return value is not None and isinstance(value, (int, float)) and math.isfinite(value) and value >= 0
 
 
+def woke_from_zero(state: PolicyState, current_replicas: int) -> bool:
+    """The model was at zero replicas at the previous call and is not now: someone (a user's
+    `kubectl scale`, a gateway holding a request) woke it, which is traffic by any other name."""
+    return state.last_replicas == 0 and current_replicas > 0
+
+
 def round_tokens_up(tokens: float) -> float:
     """Round a token mean up onto a 2 % geometric grid: cacheable, and never optimistic."""
     if tokens <= 1:
@@ -164,7 +177,7 @@ def round_tokens_up(tokens: float) -> float:
     return round(TOKEN_GRID_RATIO**step, 6)
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=CACHE_SIZE)
 def capacity_per_replica_rps(
     profile: EngineProfile, prompt_tokens: float, output_tokens: float, slo: Slo, target_utilization: float,
     prompt_mix: tuple[tuple[float, float], ...] | None = None,
@@ -240,7 +253,7 @@ def transient_tolerance(slo_ttft_s: float | None, unloaded_ttft_s: float, sample
     return 1.0 + max(0.0, slo_ttft_s - unloaded_ttft_s) / sample_s
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=CACHE_SIZE)
 def burst_capacity_per_replica_rps(
     profile: EngineProfile, prompt_tokens: float, output_tokens: float, slo: Slo, sample_s: float | None,
     prompt_mix: tuple[tuple[float, float], ...] | None = None,
@@ -348,6 +361,50 @@ def _prune(items: tuple[tuple[float, object], ...], now_s: float, window_s: floa
     return tuple(item for item in items if now_s - item[0] <= window_s)
 
 
+def round_rate_up(rate_rps: float) -> float:
+    """A per-replica rate rounded up onto the 2 % geometric grid (never optimistic): the
+    predicted latency is then cached per grid point instead of per exact rate."""
+    if rate_rps <= 0:
+        return 0.0
+    step = math.ceil(math.log(rate_rps) / math.log(TOKEN_GRID_RATIO) - 1e-9)
+    return TOKEN_GRID_RATIO**step
+
+
+@functools.lru_cache(maxsize=CACHE_SIZE)
+def predicted_latency_s(
+    profile: EngineProfile, per_replica_rps: float, prompt_tokens: float, output_tokens: float,
+    prompt_mix: tuple[tuple[float, float], ...] | None = None,
+) -> tuple[float, float]:
+    """(TTFT p95, ITL p95) one replica expects at this rate, memoised (pure, hashable inputs).
+
+    The rate and token means are rounded up onto their grids first, so steady traffic hits the
+    cache on every pass instead of solving the model again for each model and tick."""
+    prediction = predict(profile, round_rate_up(per_replica_rps), round_tokens_up(prompt_tokens),
+                         max(1.0, round_tokens_up(output_tokens)), prompt_mix=prompt_mix)
+    return prediction.ttft_p95_s, prediction.itl_p95_s
+
+
+def quantize_mix(pairs: tuple[tuple[float, float], ...], grid: float = MIX_GRID) -> tuple[tuple[float, float], ...]:
+    """A prompt mix with its tail shares rounded up onto `grid`: for each length, the share of
+    prompts at least that long is rounded up (never optimistic about the long-prompt tail),
+    and the shares are their differences. Windows whose mix differs only by sampling noise
+    below the grid give the same mix, so the capacity cache hits across passes."""
+    ordered = sorted(pairs)
+    total = sum(p for _, p in ordered)
+    if not total > 0:
+        return ()
+    out: list[tuple[float, float]] = []
+    above = 0.0  # the rounded share of prompts longer than the current one
+    tail = 0.0
+    for tokens, share in reversed(ordered):
+        tail += share / total
+        rounded = min(1.0, math.ceil(round(tail / grid, 9)) * grid)
+        if rounded > above:
+            out.append((tokens, round(rounded - above, 12)))
+            above = rounded
+    return tuple(sorted(out))
+
+
 def _fail_safe(obs: Observation, config: ScalingConfig, state: PolicyState, why: str) -> tuple[Decision, PolicyState]:
     """Keep the current size (within min/max and budget); never scale down for lack of data."""
     limit, limited_by = replica_limit(config)
@@ -360,7 +417,9 @@ def _fail_safe(obs: Observation, config: ScalingConfig, state: PolicyState, why:
     decision = Decision(keep, reason, None, None, None, limited, metrics_ok=False)
     if state.first_seen_time_s is None:
         state = replace(state, first_seen_time_s=obs.time_s)
-    return decision, state
+    if woke_from_zero(state, obs.current_replicas):  # no data yet, but a wake is traffic
+        state = replace(state, last_traffic_time_s=obs.time_s)
+    return decision, replace(state, last_replicas=obs.current_replicas)
 
 
 # -- the policy ---------------------------------------------------------------------------------
@@ -375,16 +434,19 @@ def decide(
     if not obs.metrics_available:
         return _fail_safe(obs, config, state, obs.reason_unavailable or "collector reported none")
     rate = obs.arrival_rate_rps
-    if not _usable(rate):
+    if not _usable(rate) or rate > MAX_ARRIVAL_RPS:
         return _fail_safe(obs, config, state, f"arrival_rate_rps is {rate!r}")
     if rate > 0:
         for name in ("mean_prompt_tokens", "mean_output_tokens"):
-            if not _usable(getattr(obs, name)):
+            if not _usable(getattr(obs, name)) or getattr(obs, name) > MAX_TOKENS:
                 return _fail_safe(obs, config, state, f"{name} is {getattr(obs, name)!r}")
+    for name in ("running", "waiting"):
+        if getattr(obs, name) is not None and not _usable(getattr(obs, name)):
+            return _fail_safe(obs, config, state, f"{name} is {getattr(obs, name)!r}")
 
     now = obs.time_s
     first_seen = state.first_seen_time_s if state.first_seen_time_s is not None else now
-    busy = rate > 0 or (obs.running or 0) > 0 or (obs.waiting or 0) > 0
+    busy = rate > 0 or (obs.running or 0) > 0 or (obs.waiting or 0) > 0 or woke_from_zero(state, obs.current_replicas)
     last_traffic = now if busy else state.last_traffic_time_s
     rate_samples = _prune(state.rate_samples + ((now, rate),), now, config.trend_window_s)
     previous = state.burst_samples[-1][0] if state.burst_samples else None
@@ -507,9 +569,9 @@ def decide(
     recommendations = _prune(state.recommendations + ((now, recommended),), now, config.scale_down_stabilization_s)
 
     target = recommended
-    if recommended == 0 and rate == 0:
-        pass  # scale-to-zero already waited out its own idle window
-    elif recommended < current and now - first_seen < config.scale_down_stabilization_s:
+    # scale-to-zero waits out its idle window and then, like every scale-down, the stabilisation
+    # window (a model woken by hand is not sent straight back to zero)
+    if recommended < current and now - first_seen < config.scale_down_stabilization_s:
         notes.append(f"held at {current}: less than one {config.scale_down_stabilization_s:.0f} s "
                      "scale-down window of history yet")
         target = current
@@ -531,8 +593,8 @@ def decide(
     predicted_ttft = predicted_itl = None
     if rate > 0 and target > 0 and mean_prompt + mean_output <= profile.kv_cache_tokens:
         per_replica = rate * config.peak_factor / target
-        prediction = predict(profile, per_replica, mean_prompt, mean_output, prompt_mix=_mix(obs.prompt_mix))
-        predicted_ttft, predicted_itl = prediction.ttft_p95_s, prediction.itl_p95_s
+        predicted_ttft, predicted_itl = predicted_latency_s(profile, per_replica, mean_prompt, mean_output,
+                                                            _mix(obs.prompt_mix))
     elif rate > 0:
         predicted_ttft = math.inf
 
@@ -546,6 +608,7 @@ def decide(
         burst_samples=burst_samples,
         token_samples=token_samples,
         burst_factors=burst_factors,
+        last_replicas=current,
     )
     decision = Decision(target, reason, predicted_ttft, predicted_itl, capacity, limited,
                         metrics_ok=True, forecast_rate_rps=forecast)
@@ -559,7 +622,7 @@ def _mix(prompt_mix: tuple[tuple[float, float], ...] | None) -> tuple[tuple[floa
     pairs = tuple((float(t), float(p)) for t, p in prompt_mix)
     if not all(math.isfinite(v) and v >= 0 for pair in pairs for v in pair) or not sum(p for _, p in pairs) > 0:
         return None
-    return pairs
+    return quantize_mix(pairs) or None
 
 
 def _queue_hurts(obs: Observation, slo: Slo) -> bool:
