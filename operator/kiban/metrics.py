@@ -94,6 +94,39 @@ class OperatorMetrics:
             ["namespace", "foundationmodel", "model_name", "direction"],
             registry=self.registry,
         )
+        # the operator's own health: the autoscaler's one pass, Prometheus, the event loop, leadership
+        self.autoscaler_pass_duration_seconds = Histogram(
+            "kiban_autoscaler_pass_duration_seconds",
+            "Time of one autoscaler pass over every model.",
+            registry=self.registry,
+            buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0, 60.0),
+        )
+        self.autoscaler_pass_models = Gauge(
+            "kiban_autoscaler_pass_models", "Models the last autoscaler pass decided for.", registry=self.registry,
+        )
+        self.prometheus_query_duration_seconds = Histogram(
+            "kiban_prometheus_query_duration_seconds",
+            "Latency of one Prometheus query, by outcome.",
+            ["result"],
+            registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+        )
+        self.event_loop_lag_seconds = Histogram(
+            "kiban_event_loop_lag_seconds",
+            "How late the operator's event loop ran a timer (CPU work on the loop shows here).",
+            registry=self.registry,
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+        )
+        self.leader = Gauge("kiban_leader", "1 while this operator replica holds the leader Lease.",
+                            registry=self.registry)
+        self.api_writes_total = Counter(
+            "kiban_api_writes_total", "Writes to the Kubernetes API, by field manager.", ["field_manager"],
+            registry=self.registry,
+        )
+        self.resyncs_total = Counter(
+            "kiban_resyncs_total", "Periodic re-reads of every model and child from the API.", ["result"],
+            registry=self.registry,
+        )
         self._gauges: dict[str, Gauge] = {}
         for attribute, (name, help_text, extra) in _MODEL_GAUGES.items():
             gauge = Gauge(name, help_text, [*MODEL_LABELS, *extra], registry=self.registry)

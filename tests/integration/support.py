@@ -52,19 +52,19 @@ def kubectl(kubeconfig: Path, *args: str, input_text: str | None = None, check: 
 
 
 class OperatorProcess:
-    """`python -m kiban run` as a child process, logs to a file, stopped with SIGTERM.
+    """`python -m kiban run -n NAMESPACE` as a child process, logs to a file, stopped with SIGTERM.
 
-    --standalone unless `extra` has --peering; `env` is added to os.environ (with KUBECONFIG and
-    PYTHONUNBUFFERED), `unset` names variables removed from it. As a context manager it starts on
-    enter and, on exit, stops and prints the log's tail (shown by pytest when the test failed).
+    Default flags but a 5 s resync (leader election is always on: the Lease lives in the watched
+    namespace); `env` is added to os.environ (with KUBECONFIG and PYTHONUNBUFFERED), `unset`
+    names variables removed from it. As a context manager it starts on enter and, on exit, stops
+    and prints the log's tail (shown by pytest when the test failed).
     """
 
     def __init__(self, kubeconfig: Path, namespace: str, log_path: Path, *extra: str,
                  env: dict[str, str] | None = None, unset: tuple[str, ...] = (), metrics_port: int = 0) -> None:
-        mode = list(extra) if "--peering" in extra else ["--standalone", *extra]
         self.args = [
             sys.executable, "-m", "kiban", "run", "-n", namespace,
-            "--metrics-port", str(metrics_port), "--resync-seconds", "5", *mode,
+            "--metrics-port", str(metrics_port), "--resync-seconds", "5", *extra,
         ]
         self.env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONUNBUFFERED": "1", **(env or {})}
         for name in unset:
@@ -76,6 +76,15 @@ class OperatorProcess:
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.args, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO)
         return self
+
+    def kill(self) -> None:
+        """kill -9: no cleanup, no Lease release (as a node failure or an OOM kill)."""
+        if self.proc is None:
+            return
+        self.proc.kill()
+        self.proc.wait()
+        self.log.close()
+        self.proc = None
 
     def stop(self) -> None:
         if self.proc is None:

@@ -90,7 +90,12 @@ def test_helm_lint_passes_strict(values):
 def test_default_values_render_no_openshift_or_monitoring_objects_without_those_apis():
     kinds = by_kind(template())
     assert set(kinds) == {"ServiceAccount", "ConfigMap", "ClusterRole", "ClusterRoleBinding", "Service",
-                          "Deployment", "NetworkPolicy", "PodDisruptionBudget"}
+                          "Deployment", "NetworkPolicy", "PodDisruptionBudget", "Role", "RoleBinding"}
+    (lease_role,) = kinds["Role"]  # the leader Lease: exactly its verbs, in the release namespace only
+    assert lease_role["metadata"]["namespace"] == "kiban-system"
+    assert lease_role["rules"] == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                                    "verbs": ["get", "create", "update"]}]
+    assert not any("kopf.dev" in r["apiGroups"] for r in kinds["ClusterRole"][0]["rules"])
     dashboards = [c for c in kinds["ConfigMap"] if c["metadata"]["labels"].get("grafana_dashboard") == "1"]
     assert sorted(next(iter(c["data"])) for c in dashboards) == ["kiban-fleet.json", "kiban-model.json"]
 
@@ -123,7 +128,10 @@ def test_operator_pod_is_restricted_without_a_fixed_uid(values):
     assert security["seccompProfile"] == {"type": "RuntimeDefault"}
     assert "runAsUser" not in security and "runAsUser" not in pod["securityContext"]
     assert deployment["spec"]["replicas"] == 2
-    assert any(a.startswith("--peering=") for a in container["args"])
+    assert "--lease-namespace=kiban-system" in container["args"] and "--lease-name=kiban" in container["args"]
+    assert not any(a.startswith(("--peering", "--standalone")) for a in container["args"])
+    env = {e["name"]: e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") for e in container["env"]}
+    assert env["KIBAN_POD_NAME"] == "metadata.name" and env["KIBAN_OPERATOR_NAMESPACE"] == "metadata.namespace"
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert "--liveness=http://0.0.0.0:8081/healthz" in container["args"]
 
@@ -161,8 +169,7 @@ def test_watch_namespace_narrows_rbac_to_a_role_and_cluster_reads_kopf_needs():
         {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["get", "list", "watch"]},
         {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
     ]
-    (role,) = kinds["Role"]
-    assert role["metadata"]["namespace"] == "models"
+    (role,) = [r for r in kinds["Role"] if r["metadata"]["namespace"] == "models"]
     assert kinds["RoleBinding"][0]["subjects"][0]["namespace"] == "kiban-system"
     pods = next(r for r in role["rules"] if r["resources"] == ["pods"])
     assert pods["verbs"] == ["get", "list", "watch"]
@@ -265,6 +272,9 @@ def test_service_account_is_refused_outside_its_rules(operator_kubeconfig, relea
     assert can_i(sa, "patch", "deployments.apps", "-n", watched)
     assert can_i(sa, "patch", "foundationmodels.kiban.dev", "--subresource=status", "-n", watched)
     assert can_i(sa, "list", "customresourcedefinitions.apiextensions.k8s.io")
+    assert can_i(sa, "update", "leases.coordination.k8s.io", "-n", other)
+    assert not can_i(sa, "update", "leases.coordination.k8s.io", "-n", watched)
+    assert not can_i(sa, "delete", "leases.coordination.k8s.io", "-n", other)
     for denied in (
         ("list", "secrets", "--all-namespaces"), ("get", "secrets", "-n", watched), ("delete", "nodes"),
         ("delete", "pods", "-n", watched), ("create", "deployments.apps", "-n", other),
@@ -284,8 +294,8 @@ def test_operator_with_the_chart_service_account_reconciles_a_model_to_ready(
 
     watched = release["watch"]
     log_path = tmp_path / "operator.log"
-    with OperatorProcess(operator_kubeconfig, watched, log_path, "--peering", release["fullname"],
-                         unset=("KIBAN_ACCELERATOR_PROFILES",)) as operator:
+    with OperatorProcess(operator_kubeconfig, watched, log_path, "--lease-namespace", release["namespace"],
+                         "--lease-name", release["fullname"], unset=("KIBAN_ACCELERATOR_PROFILES",)) as operator:
         proc = operator.proc
         kubectl(kubeconfig, "apply", "-n", watched, "-f", str(ROOT / "examples" / "model.yaml"))
         custom = client.CustomObjectsApi(kube_api)
@@ -299,7 +309,7 @@ def test_operator_with_the_chart_service_account_reconciles_a_model_to_ready(
 
         body = wait_for(ready, 120, "llama-8b Ready=True under the chart's RBAC")
         assert body["status"]["readyReplicas"] >= 1
-        peering = custom.get_namespaced_custom_object("kopf.dev", "v1", watched, "kopfpeerings", release["fullname"])
-        assert peering["metadata"]["name"] == release["fullname"]
+        lease = client.CoordinationV1Api(kube_api).read_namespaced_lease(release["fullname"], release["namespace"])
+        assert lease.spec.holder_identity and lease.spec.lease_duration_seconds == 10
         logs = log_path.read_text(errors="replace")
         assert "403" not in logs and "Forbidden" not in logs, logs[-5000:]

@@ -148,7 +148,9 @@ ALLOWED = {
     "kiban.autoscale": {"kiban.api", "kiban.capacity", "kiban.clock", "kiban.config", "kiban.drift", "kiban.metrics",
                         "kiban.reconcile", "kiban.sizing"},
     "kiban.handlers": {"kiban.api", "kiban.reconcile"},
-    "kiban.operator_cli": {"kiban.autoscale", "kiban.config", "kiban.handlers", "kiban.metrics", "kiban.reconcile"},
+    "kiban.tasks": {"kiban.reconcile"},
+    "kiban.operator_cli": {"kiban.autoscale", "kiban.config", "kiban.handlers", "kiban.metrics", "kiban.reconcile",
+                           "kiban.tasks"},
     "kiban.cli": set(),  # subcommands are imported by name (importlib), not statically
     "kiban.__main__": {"kiban.cli"},
     "kiban_serving.sim": {"kiban.capacity"},

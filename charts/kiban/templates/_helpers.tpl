@@ -43,8 +43,8 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 {{- end -}}
 
-{{- define "kiban.peeringName" -}}
-{{- default (include "kiban.fullname" .) .Values.peeringName -}}
+{{- define "kiban.leaseName" -}}
+{{- default (include "kiban.fullname" .) .Values.leaseName -}}
 {{- end -}}
 
 {{/* The accelerator-profiles file as config.parse_profiles reads it. */}}

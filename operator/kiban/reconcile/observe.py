@@ -9,11 +9,12 @@ Which optional APIs exist (PodMonitor, Route) is read from discovery and cached.
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import threading
 import time
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from kubernetes.client import ApiClient, ApisApi
@@ -95,11 +96,27 @@ def project_model(body: Mapping[str, Any]) -> dict[str, Any]:
     return model
 
 
+def _container_state(state: Mapping[str, Any] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for kind in ("waiting", "terminated"):
+        part = (state or {}).get(kind)
+        if part:
+            out[kind] = {k: (str(part[k])[:500] if k == "message" else part[k])
+                         for k in ("reason", "message", "exitCode") if part.get(k) is not None}
+    return out
+
+
 def project_pod(body: Mapping[str, Any]) -> dict[str, Any]:
-    """The parts of a pod status needs: name, node, phase and conditions."""
+    """The parts of a pod status needs: name, node, phase, conditions and, per container, why it
+    is not running (waiting/terminated reason, message, exit code, restarts)."""
     metadata = body.get("metadata") or {}
     status = body.get("status") or {}
-    return {
+    containers = [
+        {"name": c.get("name"), "restartCount": c.get("restartCount", 0),
+         "state": _container_state(c.get("state")), "lastState": _container_state(c.get("lastState"))}
+        for c in status.get("containerStatuses") or ()
+    ]
+    projected = {
         "metadata": {"name": metadata.get("name"), "uid": metadata.get("uid")},
         "spec": {"nodeName": (body.get("spec") or {}).get("nodeName")},
         "status": {
@@ -107,6 +124,9 @@ def project_pod(body: Mapping[str, Any]) -> dict[str, Any]:
             "conditions": plain(status.get("conditions") or []),
         },
     }
+    if containers:
+        projected["status"]["containerStatuses"] = plain(containers)
+    return projected
 
 
 def from_index(index: Mapping[ModelRef, Iterable[Any]] | None, ref: ModelRef) -> list[dict[str, Any]]:
@@ -179,3 +199,110 @@ class ApiDiscovery:
                     raise
                 log.warning(kv("Failed to read API discovery; kept the last answer", status=exc.status))
             return self._groups
+
+
+# -- the resync's fresh reads (kiban.reconcile.resync) -----------------------------------------
+
+LIST_PAGE = 500  # objects per list call (paginated with `continue`)
+LIST_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True)
+class View:
+    """One model as a fresh list saw it: its body (None: gone), its children and pods."""
+
+    body: dict[str, Any] | None
+    children: list[dict[str, Any]]
+    pods: list[dict[str, Any]]
+
+
+@dataclass
+class ListedWorld:
+    """Every model, child and pod in the watched namespaces, grouped by owning model."""
+
+    models: dict[ModelRef, dict[str, Any]] = field(default_factory=dict)
+    children: dict[ModelRef, list[dict[str, Any]]] = field(default_factory=dict)
+    pods: dict[ModelRef, list[dict[str, Any]]] = field(default_factory=dict)
+    child_count: int = 0
+
+    def view(self, ref: ModelRef) -> View:
+        from kiban.builders.names import label_value
+
+        pods = self.pods.get((ref[0], label_value(ref[1])), [])  # pods are keyed by their instance label
+        return View(self.models.get(ref), self.children.get(ref, []), pods)
+
+
+def in_scope(namespace: str, patterns: Sequence[str]) -> bool:
+    """Whether the operator watches `namespace` (no patterns: every namespace; globs allowed)."""
+    return not patterns or any(fnmatch.fnmatchcase(namespace, p) for p in patterns)
+
+
+class Lister:
+    """Paginated lists through one ApiClient (reads only), for the resync."""
+
+    def __init__(self, api: ApiClient) -> None:
+        self.api = api
+        self._dynamic = None
+        self._lock = threading.Lock()
+
+    @property
+    def dynamic(self):
+        from kubernetes.dynamic import DynamicClient
+
+        with self._lock:
+            if self._dynamic is None:
+                self._dynamic = DynamicClient(self.api)
+            return self._dynamic
+
+    def _list(self, api_version: str, kind: str, namespaces: Sequence[str], labels: str | None) -> list[dict]:
+        from kubernetes.dynamic.exceptions import ResourceNotFoundError
+
+        try:
+            resource = self.dynamic.resources.get(api_version=api_version, kind=kind)
+        except ResourceNotFoundError:
+            return []  # an optional API this cluster does not serve
+        exact = [ns for ns in namespaces if not any(ch in ns for ch in "*?[")]
+        targets: list[str | None] = exact if namespaces and len(exact) == len(namespaces) else [None]
+        items: list[dict] = []
+        for namespace in targets:
+            token = None
+            while True:
+                page = self.dynamic.get(resource, namespace=namespace, label_selector=labels, limit=LIST_PAGE,
+                                        _continue=token, serializer=lambda _c, data: data,
+                                        _request_timeout=LIST_TIMEOUT_S)
+                items.extend(i for i in page.get("items") or ()
+                             if in_scope((i.get("metadata") or {}).get("namespace", ""), namespaces))
+                token = (page.get("metadata") or {}).get("continue")
+                if not token:
+                    break
+        for item in items:  # list items carry no apiVersion/kind
+            item.setdefault("apiVersion", api_version)
+            item.setdefault("kind", kind)
+        return items
+
+    def list_world(self, namespaces: Sequence[str]) -> ListedWorld:
+        world = ListedWorld()
+        for body in self._list(v1alpha1.API_VERSION, v1alpha1.KIND, namespaces, None):
+            metadata = body.get("metadata") or {}
+            world.models[(metadata.get("namespace", ""), metadata.get("name", ""))] = project_model(body)
+        selector = ",".join(f"{k}={v}" for k, v in MANAGED_LABELS.items())
+        for resource in CHILD_RESOURCES:
+            api_version = f"{resource.group}/{resource.version}" if resource.group else resource.version
+            kind = _KINDS[resource.plural]
+            for body in self._list(api_version, kind, namespaces, selector):
+                ref = owner_model(body)
+                if ref is not None:
+                    world.children.setdefault(ref, []).append(project_child(body))
+                    world.child_count += 1
+        for body in self._list("v1", "Pod", namespaces, selector):
+            ref = owner_model(body)
+            if ref is not None:
+                world.pods.setdefault(ref, []).append(project_pod(body))
+        return world
+
+
+_KINDS = {
+    "deployments": "Deployment", "services": "Service", "persistentvolumeclaims": "PersistentVolumeClaim",
+    "poddisruptionbudgets": "PodDisruptionBudget", "networkpolicies": "NetworkPolicy",
+    "podmonitors": "PodMonitor", "routes": "Route",
+}

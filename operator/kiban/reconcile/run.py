@@ -7,7 +7,11 @@ reads the newest FoundationModel body kopf has seen (the models index), never a 
 
 A pass: parse the spec -> size GPUs -> build the desired children (builders, pure, already
 owned and spec-hashed) -> plan against the cached children (pure) -> apply (writes, in a worker thread) ->
-rebuild status from the world (pure) and patch it when it changed -> Events and metrics.
+rebuild status from the world (pure) and apply the reconciler's part of it (server-side apply
+on /status as field manager `kiban`, only its own fields and conditions) when it changed ->
+Events and metrics. After a resync (kiban.reconcile.resync) the pass reads the model, children
+and pods the resync listed instead of kopf's cache, which can hold a child deleted while a
+watch was down.
 
 Replica ownership: the FoundationModel's spec.scaling.replicas (its scale subresource) is the
 one replica knob. `kubectl scale fm/x`, an HPA, and Kiban's own autoscaler all write it; the
@@ -25,6 +29,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from kiban.api.v1alpha1 import FoundationModel
@@ -33,7 +38,7 @@ from kiban.clock import rfc3339
 from kiban.config import ConfigError, OperatorConfig
 from kiban.metrics import ModelKey, OperatorMetrics
 from kiban.reconcile import observe
-from kiban.reconcile.apply import ApplyResult, Writer
+from kiban.reconcile.apply import ApplyResult, Writer, api_error_message
 from kiban.reconcile.logfmt import kv
 from kiban.reconcile.pool import BEST_EFFORT, NORMAL, URGENT, PriorityExecutor
 from kiban.reconcile.plan import Plan, child_key, describe, plan
@@ -42,6 +47,7 @@ from kiban.reconcile.status import (
     World,
     build_status,
     changed_conditions,
+    own_conditions,
     status_changed,
 )
 
@@ -101,12 +107,20 @@ class OperatorContext:
     queue: Any = None
     # the per-operator kiban.autoscale.model_pass.Autoscaler; None: autoscaling is off operator-wide
     autoscaler: Any = None
+    # fresh reads for the resync (observe.Lister) and what it listed, per model, for its next pass
+    lister: Any = None
+    listed: dict[ModelRef, observe.View] = field(default_factory=dict)
+    # kopf's live indexes, kept by the startup handler for the background tasks (resync, autoscaler)
+    indexes: Mapping[str, Any] = field(default_factory=dict)
+    # whether this replica holds the leader Lease (kiban.reconcile.leader): only the leader writes
+    leading: bool = False
 
     def forget(self, ref: ModelRef) -> None:
         """Drop per-model state of a deleted FoundationModel."""
         self.gate.forget(ref)
         self.applied.pop(ref, None)
         self.desired_cache.pop(ref, None)
+        self.listed.pop(ref, None)
         if self.queue is not None:
             self.queue.forget(ref)
 
@@ -191,7 +205,11 @@ async def reconcile(
 
 
 async def reconcile_for_queue(context: OperatorContext, ref: ModelRef, indexes: Mapping[str, Any], trigger: str) -> bool:
-    """The WorkQueue's unit of work: one pass; True asks for a retry (an API write failed)."""
+    """The WorkQueue's unit of work: one pass; True asks for a retry (an API write failed).
+    A replica that is not the leader writes nothing (its queue is paused; this is the guard
+    for a pass that was already taken when leadership went)."""
+    if not context.leading:
+        return False
     outcome = await reconcile(context, ref, indexes, trigger=trigger)
     return bool(outcome.errors)
 
@@ -203,18 +221,22 @@ async def _pass(
     indexes: Mapping[str, Any],
     trigger: str,
 ) -> Outcome:
-    cached_models = observe.from_index(indexes.get(observe.MODELS_INDEX), ref)
-    body = cached_models[0] if cached_models else None
+    namespace, name = ref
+    listed = context.listed.pop(ref, None)  # a resync's fresh view wins over kopf's cache
+    if listed is not None:
+        body, cached, pods = listed.body, listed.children, listed.pods
+    else:
+        cached_models = observe.from_index(indexes.get(observe.MODELS_INDEX), ref)
+        body = cached_models[0] if cached_models else None
+        cached = observe.observed_children(indexes, ref)
+        pods = observe.from_index(indexes.get(observe.PODS_INDEX), (namespace, label_value(name)))
     if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
         return Outcome(skipped=True)  # gone or going: garbage collection removes the children
-    namespace, name = ref
     generation = int(body["metadata"].get("generation") or 0)
-    cached = observe.observed_children(indexes, ref)
     mine = context.applied.get(ref)
     children = observe.overlay_applied(cached, mine or {})
     for key in observe.settled(cached, mine or {}):
         del mine[key]  # type: ignore[union-attr]
-    pods = observe.from_index(indexes.get(observe.PODS_INDEX), (namespace, label_value(name)))
     deployment = observe.find_kind(children, "Deployment")
 
     try:
@@ -263,6 +285,7 @@ async def _pass(
         conflicts=the_plan.conflicts,
         apply_errors=result.errors,
         resolved=resolved_status(model, context.config, gpu),
+        unserved=unserved_requests(model, served),
     )
     outcome = Outcome(plan=the_plan, errors=list(result.errors))
     for action in result.written:
@@ -270,6 +293,18 @@ async def _pass(
             verb = "Created" if action.verb == "create" else "Updated"
             context.post_event_later(body, "Normal", verb, f"{verb} Deployment {action.name}: {action.reason}")
     return await _finish(context, body, world, outcome, model=model, gpus=gpu.gpus_per_replica)
+
+
+ROUTE_API = "route.openshift.io/v1"
+
+
+def unserved_requests(model: FoundationModel, served: frozenset[str]) -> list[str]:
+    """What the spec asks for that this cluster's APIs cannot give (said in Degraded, never
+    silently dropped)."""
+    if model.spec.exposure.route and ROUTE_API not in served:
+        return [f"spec.exposure.route is true but {ROUTE_API} is not served by this cluster (it is "
+                "OpenShift's): no Route was created; the model is reachable in the cluster at its Service"]
+    return []
 
 
 def write_stages(the_plan: Plan) -> list[Plan]:
@@ -365,11 +400,16 @@ async def _finish(
     """Write status when it changed, post Events for transitions, refresh per-model gauges."""
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
     current = body.get("status") or {}
-    previous_conditions = current.get("conditions") or []
+    previous_conditions = own_conditions(current.get("conditions"))
     status = build_status(world, previous_conditions, _now(context))
     outcome.status = status
     if status_changed(current, status):
-        await context.io(context.writer.patch_status, namespace, name, status)
+        try:
+            await context.io(context.writer.apply_status, namespace, name, status, context.writer.field_manager)
+        except ApiException as exc:
+            outcome.errors.append(f"status: {api_error_message(exc)}")
+            log.warning(kv("Failed to apply status", name=name, namespace=namespace, error=api_error_message(exc)))
+            return outcome
         log.info(kv("Updated status", name=name, namespace=namespace,
                     conditions={c["type"]: c["status"] for c in status["conditions"]}))
     for cond in changed_conditions(previous_conditions, status["conditions"]):
