@@ -38,7 +38,8 @@ from kiban.api.v1alpha1 import GROUP, PLURAL, VERSION
 from kiban.reconcile import observe
 from kiban.reconcile.logfmt import kv
 from kiban.reconcile.queue import WorkQueue
-from kiban.reconcile.run import OperatorContext, reconcile_for_queue
+from kiban.reconcile.plan import child_key
+from kiban.reconcile.run import OperatorContext, forget_write, reconcile_for_queue
 
 log = logging.getLogger("kiban.handlers")
 
@@ -160,6 +161,8 @@ def register(
         indexes = _indexes(kwargs)
         if not observe.from_index(indexes.get(observe.MODELS_INDEX), ref):
             return  # the owner is gone or not ours to watch
+        if type == "DELETED" and body.get("kind") != "Pod":
+            forget_write(_context(memo), ref, child_key(body))
         _queue(memo, workers).add(ref, indexes, f"{body.get('kind', 'child')} {type}")
 
     for resource in (*observe.CHILD_RESOURCES, observe.ChildResource("", "v1", "pods")):

@@ -90,6 +90,9 @@ def operator_settings() -> kopf.OperatorSettings:
     settings.watching.server_timeout = WATCH_TIMEOUT_S
     settings.watching.client_timeout = WATCH_TIMEOUT_S + 30
     settings.batching.batch_window = 0.02  # per-object debounce before a handler sees an event
+    # never give up on the API server: kopf's default backoffs end after ~90 s of errors, and an
+    # outage longer than that would end its watches (retry every 10 s for about a day instead)
+    settings.networking.error_backoffs = [1, 1, 2, 3, 5, 8] + [10] * 8640
     return settings
 
 

@@ -30,6 +30,7 @@ from kiban.reconcile.resync import resync_once
 log = logging.getLogger("kiban.tasks")
 
 LAG_PROBE_S = 0.5  # the lag monitor's timer
+FRESH_START_S = 30.0  # leading this soon after start: kopf's own first list is as fresh as a resync
 RESYNC_RETRY_S = (1.0, 30.0)  # a failed resync is tried again after 1 s, doubling up to 30 s
 
 
@@ -44,6 +45,7 @@ class OperatorTasks:
         self.autoscale_interval_s = autoscale_interval_s
         self.elector = LeaderElector(context.writer, lease, identity=identity, on_started=self._lead,
                                      on_stopped=self._follow, on_renewed_after_failure=self._after_outage)
+        self._started = time.monotonic()
         self._always: list[asyncio.Task] = []
         self._leading: list[asyncio.Task] = []
         self._resync_now = asyncio.Event()
@@ -74,7 +76,8 @@ class OperatorTasks:
         context = self.context
         context.leading = True
         context.metrics.leader.set(1)
-        self._resync_now.set()  # the first resync queues every model with a fresh view
+        if time.monotonic() - self._started > FRESH_START_S:
+            self._resync_now.set()  # a standby's cache may have missed events: resync at once
         self._leading = [asyncio.create_task(self._resync_loop(), name="kiban-resync")]
         if context.autoscaler is not None and self.autoscale_interval_s:
             self._leading.append(asyncio.create_task(self._autoscale_loop(), name="kiban-autoscaler"))

@@ -6,6 +6,7 @@ crds    session: every crds/*.yaml (or $KIBAN_DEV_CRDS) applied server-side and 
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -20,5 +21,11 @@ def crds(kubeconfig: Path) -> Path:
     assert files, f"{CRDS} has no CRDs: run `make crds`"
     for path in files:
         kubectl(kubeconfig, "apply", "--server-side", "-f", str(path))
-    kubectl(kubeconfig, "wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
+    for attempt in range(10):  # a CRD just applied may have no status yet: kubectl wait then errors out
+        done = kubectl(kubeconfig, "wait", "--for=condition=Established", "--timeout=60s", "crd", "--all", check=False)
+        if done.returncode == 0:
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail(f"the CRDs never became Established: {done.stderr}")
     return kubeconfig

@@ -160,3 +160,125 @@ def healthy_simulators(model: str, profile: str, count: int, log_dir: Path, extr
     finally:
         for sim in sims:
             sim.stop()
+
+
+class StandInPrometheus:
+    """A stand-in for Prometheus's query API on loopback (NOT Prometheus): it answers the
+    collector's PromQL from a table of values by the metric each query reads, with labels for
+    one model, and can be switched into garbage modes a real Prometheus (or a proxy in front of
+    one) may produce: down, 5xx, invalid JSON, NaN, Inf, negative, absurd, empty, stale.
+
+    Real Prometheus is what the other tests use; a stand-in is needed only to produce garbage on
+    demand."""
+
+    MODES = ("sane", "down", "5xx", "invalid-json", "nan", "inf", "negative", "absurd", "empty", "stale")
+
+    def __init__(self, namespace: str, model_name: str, values: dict[str, float]) -> None:
+        import http.server
+
+        self.labels = {"namespace": namespace, "model_name": model_name}
+        self.values = dict(values)
+        self.mode = "sane"
+        self.queries = 0
+        stand_in = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                from urllib.parse import parse_qs, urlsplit
+
+                params = parse_qs(urlsplit(self.path).query)
+                code, body = stand_in.answer(params.get("query", [""])[0], float(params.get("time", ["0"])[0]))
+                data = body.encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def metric(self, promql: str) -> str:
+        """Which value a query reads (works for the per-model and the batched PromQL alike)."""
+        if "histogram_quantile" in promql:
+            return "ttft"
+        if "delta(" in promql:
+            return "growth"
+        if "request_success_total" in promql:
+            return "completions"
+        if "request_prompt_tokens_sum" in promql:
+            return "prompt"
+        if "request_generation_tokens_sum" in promql:
+            return "output"
+        if "_bucket" in promql:
+            return "buckets"
+        if "cache_usage" in promql:
+            return "kv"
+        if "avg_over_time" in promql:
+            return "batch"
+        if "inter_token_latency" in promql:
+            return "itl"
+        if "count" in promql:
+            return "engines"
+        if "num_requests_waiting" in promql:
+            return "waiting"
+        return "running"
+
+    def answer(self, promql: str, time_s: float) -> tuple[int, str]:
+        import json as _json
+
+        self.queries += 1
+        mode, metric = self.mode, self.metric(promql)
+        if mode == "5xx":
+            return 503, "overloaded"
+        if mode == "invalid-json":
+            return 200, '{"status": "success", "data": {"resultType": "vector", "result": [{'
+        value = self.values.get(metric, 0.0)
+        text = repr(float(value))
+        if mode == "nan":
+            text = "NaN"
+        elif mode == "inf":
+            text = "+Inf"
+        elif mode == "negative" and metric in ("completions", "running", "prompt"):
+            text = "-5"
+        elif mode == "absurd" and metric == "completions":
+            text = "1.22e+14"
+        stamp = time_s - 3600 if mode == "stale" else time_s
+        if mode == "empty":
+            result = []
+        elif metric == "buckets":
+            result = [{"metric": {**self.labels, "le": le}, "value": [stamp, text if mode != "sane" else repr(c)]}
+                      for le, c in (("128", 0.0), ("512", value), ("+Inf", value))]
+        elif metric in ("batch", "itl"):
+            result = [{"metric": {**self.labels, "instance": "10.0.0.1:8000"}, "value": [stamp, text]}]
+        else:
+            result = [{"metric": dict(self.labels), "value": [stamp, text]}]
+        return 200, _json.dumps({"status": "success", "data": {"resultType": "vector", "result": result}})
+
+    def set_mode(self, mode: str) -> None:
+        if mode not in self.MODES:
+            raise ValueError(f"mode {mode!r} is not one of {self.MODES}")
+        if mode == "down" and self.mode != "down":
+            self.server.shutdown()
+            self.server.server_close()
+        elif mode != "down" and self.mode == "down":
+            self._restart()
+        self.mode = mode
+
+    def _restart(self) -> None:
+        import http.server
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), self.server.RequestHandlerClass)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        if self.mode != "down":
+            self.server.shutdown()
+            self.server.server_close()

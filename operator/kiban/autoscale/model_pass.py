@@ -343,8 +343,8 @@ def transition_events(
             events.append(("Normal", "MetricsAvailable", cond["message"]))
         elif cond["type"] == SCALING_LIMITED and cond["status"] == "True":
             events.append(("Warning", "ScalingLimited", cond["message"]))
-        elif cond["type"] == SCALING_ACTIVE and cond["status"] == "False":
-            events.append(("Warning", cond["reason"], cond["message"]))
+        elif cond["type"] == SCALING_ACTIVE and cond["status"] == "False" and cond["reason"] != SCALING_FAILED:
+            events.append(("Warning", cond["reason"], cond["message"]))  # a failed scale posts its own, each time
     return events
 
 
@@ -791,9 +791,10 @@ class Autoscaler:
             else:  # the scale did not happen: the policy must not remember it as done
                 result.error = error
                 state = previous.state if previous else seed_state(now, current)
-                active = scaling_active_condition(
-                    SCALING_FAILED, f"scaling from {current} to {decision.replicas} replicas failed: {error}",
-                    item.generation)
+                message = f"scaling from {current} to {decision.replicas} replicas failed: {error}"
+                active = scaling_active_condition(SCALING_FAILED, message, item.generation)
+                # every attempt, as the HPA's FailedRescale: the recorder counts repeats on one Event
+                context.post_event_later(item.body, "Warning", SCALING_FAILED, message)
         elif not decision.metrics_ok:
             log.debug(kv("Held replicas: metrics unavailable", name=ref[1], namespace=ref[0],
                          replicas=current, reason=decision.reason))

@@ -214,6 +214,7 @@ class View:
     body: dict[str, Any] | None
     children: list[dict[str, Any]]
     pods: list[dict[str, Any]]
+    listed_at: float = 0.0  # time.monotonic() when the list began
 
 
 @dataclass
@@ -224,12 +225,13 @@ class ListedWorld:
     children: dict[ModelRef, list[dict[str, Any]]] = field(default_factory=dict)
     pods: dict[ModelRef, list[dict[str, Any]]] = field(default_factory=dict)
     child_count: int = 0
+    listed_at: float = 0.0
 
     def view(self, ref: ModelRef) -> View:
         from kiban.builders.names import label_value
 
         pods = self.pods.get((ref[0], label_value(ref[1])), [])  # pods are keyed by their instance label
-        return View(self.models.get(ref), self.children.get(ref, []), pods)
+        return View(self.models.get(ref), self.children.get(ref, []), pods, self.listed_at)
 
 
 def in_scope(namespace: str, patterns: Sequence[str]) -> bool:
@@ -281,7 +283,7 @@ class Lister:
         return items
 
     def list_world(self, namespaces: Sequence[str]) -> ListedWorld:
-        world = ListedWorld()
+        world = ListedWorld(listed_at=time.monotonic())
         for body in self._list(v1alpha1.API_VERSION, v1alpha1.KIND, namespaces, None):
             metadata = body.get("metadata") or {}
             world.models[(metadata.get("namespace", ""), metadata.get("name", ""))] = project_model(body)

@@ -101,8 +101,10 @@ class OperatorContext:
     # blocking API calls; the Deployment's apply first, Events last (kiban.reconcile.pool)
     executor: PriorityExecutor = field(default_factory=lambda: PriorityExecutor(IO_THREADS, "kiban-io"))
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
-    # what our own writes returned, per model, until the watch delivers them (observe.overlay_applied)
+    # what our own writes returned, per model, until the watch delivers them (observe.overlay_applied),
+    # and when each was written (a resync's list taken later supersedes it)
     applied: dict[ModelRef, dict[Any, dict[str, Any]]] = field(default_factory=dict)
+    applied_at: dict[ModelRef, dict[Any, float]] = field(default_factory=dict)
     # the operator-wide reconcile queue (kiban.reconcile.queue.WorkQueue), set by kiban.handlers
     queue: Any = None
     # the per-operator kiban.autoscale.model_pass.Autoscaler; None: autoscaling is off operator-wide
@@ -119,6 +121,7 @@ class OperatorContext:
         """Drop per-model state of a deleted FoundationModel."""
         self.gate.forget(ref)
         self.applied.pop(ref, None)
+        self.applied_at.pop(ref, None)
         self.desired_cache.pop(ref, None)
         self.listed.pop(ref, None)
         if self.queue is not None:
@@ -234,9 +237,14 @@ async def _pass(
         return Outcome(skipped=True)  # gone or going: garbage collection removes the children
     generation = int(body["metadata"].get("generation") or 0)
     mine = context.applied.get(ref)
+    if listed is not None and mine:  # the list was read after these writes: it knows better
+        forget_writes_before(context, ref, listed.listed_at)
     children = observe.overlay_applied(cached, mine or {})
     for key in observe.settled(cached, mine or {}):
         del mine[key]  # type: ignore[union-attr]
+    log.debug(kv("Pass", name=name, namespace=namespace, trigger=trigger, listed=listed is not None,
+                 cached=sorted(f"{c.get('kind')}/{(c.get('metadata') or {}).get('name')}" for c in cached),
+                 pending=sorted(str(k) for k in (mine or {}))))
     deployment = observe.find_kind(children, "Deployment")
 
     try:
@@ -338,12 +346,32 @@ async def execute(context: OperatorContext, the_plan: Plan, namespace: str) -> A
 
 def _remember_writes(context: OperatorContext, ref: ModelRef, result: ApplyResult) -> None:
     mine = context.applied.setdefault(ref, {})
+    stamps = context.applied_at.setdefault(ref, {})
+    now = time.monotonic()
     for action in result.written:
         key = child_key(action.obj)
         if action.verb == "delete":
             mine.pop(key, None)
+            stamps.pop(key, None)
         elif (returned := result.returned.get(describe(action.obj))) is not None:
             mine[key] = observe.project_child(returned)
+            stamps[key] = now
+
+
+def forget_writes_before(context: OperatorContext, ref: ModelRef, moment: float) -> None:
+    """Drop the remembered writes older than `moment` (monotonic): what was listed after them, or
+    a watch event that says the child is gone, is the truth. Without this, a write the watch
+    never echoed (an apply that changed nothing) could hide the child's later deletion."""
+    mine, stamps = context.applied.get(ref) or {}, context.applied_at.get(ref) or {}
+    for key in [k for k in mine if stamps.get(k, float("-inf")) < moment]:
+        mine.pop(key, None)
+        stamps.pop(key, None)
+
+
+def forget_write(context: OperatorContext, ref: ModelRef, key: Any) -> None:
+    """A child's DELETED event: whatever we wrote to it before is gone with it."""
+    (context.applied.get(ref) or {}).pop(key, None)
+    (context.applied_at.get(ref) or {}).pop(key, None)
 
 
 def desired_for(

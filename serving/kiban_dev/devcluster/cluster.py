@@ -194,6 +194,78 @@ class ControlPlane:
         self.start()
         return self
 
+    # ---- one component at a time (fault tests) -----------------------------------------------
+    RESTARTABLE = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+
+    def _component(self, name: str) -> Component:
+        if name not in self.RESTARTABLE:
+            raise ControlPlaneError(f"component {name!r} is not one of {', '.join(self.RESTARTABLE)}")
+        for component in self.components:
+            if component.name == name:
+                return component
+        raise ControlPlaneError(f"component {name!r} is not running")
+
+    def stop_component(self, name: str, grace_seconds: float = 2.0) -> None:
+        """Stop one component (its whole process group; SIGKILL after `grace_seconds`), keeping its
+        data and ports: an outage, as a crashed or restarted control-plane node gives."""
+        component = self._component(name)
+        stop_components([component], grace_seconds=grace_seconds)
+        log.info("Stopped component", extra={"component": name})
+
+    def start_component(self, name: str, timeout: float = 60.0) -> None:
+        """Start a stopped component again with the same arguments, ports and data; return once
+        it is healthy (etcd /health, kube-apiserver /readyz, the others: running)."""
+        old = self._component(name)
+        if old.running():
+            raise ControlPlaneError(f"component {name!r} is still running")
+        component = start_component(name, old.argv, old.log_path.parent)
+        self.components[self.components.index(old)] = component
+        self.started_pids[name] = component.pid
+        deadline = time.monotonic() + timeout
+        if name == "etcd":
+            port = next(a.rsplit(":", 1)[1] for a in old.argv if a.startswith("--listen-client-urls="))
+            self._wait(component, deadline, "did not report healthy after a restart",
+                       lambda: _http_ok(f"http://127.0.0.1:{port}/health"))
+        elif name == "kube-apiserver":
+            tls = _client_tls(self._pki)
+            self._wait(component, deadline, "did not become ready (/readyz) after a restart",
+                       lambda: _http_ok(f"{self.api_server_url}/readyz", tls))
+        else:
+            time.sleep(0.5)
+            component.check_alive()
+        log.info("Restarted component", extra={"component": name, "pid": component.pid})
+
+    def wait_controllers(self, timeout: float = 90.0) -> float:
+        """Block until the controllers act again (a probe namespace gets its default
+        ServiceAccount): after an API server or etcd restart their watches take tens of seconds
+        to come back. Returns the seconds waited."""
+        import uuid
+
+        from kubernetes import client, config
+        from kubernetes.client.exceptions import ApiException
+
+        started = time.monotonic()
+        name = f"kiban-probe-{uuid.uuid4().hex[:6]}"
+        with config.new_client_from_config(config_file=str(self.kubeconfig)) as api_client:
+            core = client.CoreV1Api(api_client)
+            self._retry_api(lambda: core.create_namespace({"metadata": {"name": name}}), started + timeout,
+                            self._component("kube-apiserver"))
+            try:
+                while time.monotonic() - started < timeout:
+                    try:
+                        core.read_namespaced_service_account("default", name)
+                        return time.monotonic() - started
+                    except ApiException as exc:
+                        if exc.status != 404:
+                            raise
+                    time.sleep(0.5)
+                raise ControlPlaneError(f"the controllers did not act within {timeout:.0f}s")
+            finally:
+                try:
+                    core.delete_namespace(name)
+                except ApiException:
+                    pass
+
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
