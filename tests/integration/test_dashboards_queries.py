@@ -55,6 +55,12 @@ def populate(metrics: OperatorMetrics) -> None:
     metrics.count_scale_event(KEY, "up")
     metrics.record_reconcile(succeeded=True, seconds=0.02)
     metrics.record_reconcile(succeeded=False, seconds=0.3)
+    metrics.autoscaler_pass_duration_seconds.observe(0.8)
+    metrics.autoscaler_pass_models.set(1)
+    metrics.prometheus_query_duration_seconds.labels(result="ok").observe(0.01)
+    metrics.event_loop_lag_seconds.observe(0.002)
+    metrics.leader.set(1)
+    metrics.api_writes_total.labels(field_manager="kiban").inc()
 
 
 def send_load(url: str, stop: threading.Event, max_requests: int = 3000) -> None:

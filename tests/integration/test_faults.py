@@ -197,61 +197,67 @@ class Churn(threading.Thread):
         self.join(10)
 
 
+@pytest.mark.timeout(1500)
 def test_kill_9_at_random_points_leaves_no_duplicates_or_orphans_and_converges_after_each_restart(
         kube_api, crds: Path, namespace: str, tmp_path: Path):
-    """20 rounds: the operator runs a random 0.2-6 s while models churn, then kill -9. After
-    each restart the churn pauses and the fleet must converge within 30 s. The Lease is 3 s
-    here (the default 10 s would only add waiting for the dead holder's Lease per round)."""
+    """20 kills at random points while models churn: most while the operator serves the churn
+    (0.2-6 s after it converged), every fourth during its start-up (0.2-3 s after launch:
+    imports, the Lease, the first list). After each kill the operator is restarted with the churn
+    paused, and the fleet must converge within 30 s. The Lease is 3 s here (the default 10 s only
+    adds waiting for the dead holder's Lease to every round)."""
     api = Api(kube_api, namespace)
     rng = random.Random(20261201)
     churn = Churn(api, rng)
     for _ in range(30):
         churn.create()
     operator = OperatorProcess(crds, namespace, tmp_path / "operator.log", "--lease-duration", "3")
-    operator.start()  # the fleet exists and is reconciled before the faults begin
-    wait_for(lambda: converged(api)[0] or None, 180, f"the first 30 models reconciled: {converged(api)[1]}")
-    operator.kill()
     convergence: list[float] = []
     from_launch: list[float] = []
-    kill_after: list[float] = []
-    churn.start()
+    kills: list[str] = []
+
+    def restart_and_converge() -> None:
+        before = operator.logs().count('"Starting"')
+        operator.start()
+        launched = time.monotonic()
+        # the clock starts when the operator is up (interpreter and imports: 2-3 s idle, up to 25 s
+        # on this shared 2-core machine under load); launch-to-converged is reported too
+        wait_for(lambda: operator.logs().count('"Starting"') > before, 90, "the operator up", interval=0.1)
+        started = time.monotonic()
+        wait_for(lambda: converged(api)[0] or None, 30,
+                 f"convergence after restart {len(convergence) + 1}: {converged(api)[1]}", interval=0.25)
+        convergence.append(round(time.monotonic() - started, 2))
+        from_launch.append(round(time.monotonic() - launched, 2))
+
     try:
-        for _ in range(20):
-            churn.resume()
-            operator.start()
-            delay = rng.uniform(0.2, 6.0)
-            kill_after.append(round(delay, 2))
+        operator.start()  # the fleet exists and is reconciled before the faults begin
+        wait_for(lambda: converged(api)[0] or None, 180, f"the first 30 models reconciled: {converged(api)[1]}")
+        churn.start()
+        for round_ in range(20):
+            if round_ % 4 == 3:  # during start-up: launch, kill before it has settled
+                operator.kill()
+                operator.start()
+                delay = rng.uniform(0.2, 3.0)
+                kills.append(f"start+{delay:.1f}")
+            else:
+                delay = rng.uniform(0.2, 6.0)
+                kills.append(f"{delay:.1f}")
             time.sleep(delay)
             operator.kill()
             churn.pause()
-            before = operator.logs().count('"Starting"')
-            operator.start()  # the restart: the fleet must converge within 30 s of it
-            launched = time.monotonic()
-            # the clock starts when the operator is up (its interpreter and imports done: up to 25 s
-            # on this shared 2-core machine under load, 2-3 s idle); launch-to-converged is reported too
-            wait_for(lambda: operator.logs().count('"Starting"') > before, 90, "the operator up", interval=0.1)
-            started = time.monotonic()
-            wait_for(lambda: converged(api)[0] or None, 30, f"convergence after restart {len(convergence) + 1}: "
-                     f"{converged(api)[1]}", interval=0.25)
-            convergence.append(round(time.monotonic() - started, 2))
-            from_launch.append(round(time.monotonic() - launched, 2))
-            operator.kill()
+            restart_and_converge()
+            churn.resume()
         churn.stop()
-        operator.start()
         wait_for(lambda: converged(api)[0] or None, 30, "final convergence", interval=0.25)
-        ok, summary = converged(api)
-        assert ok, summary
     finally:
         churn.stop()
         operator.stop()
-        print(operator.logs()[-3000:])
     assert not churn.errors, churn.errors[:5]
     convergence.sort()
     from_launch.sort()
-    print(f"FIGURES kill-9: {len(convergence)} restarts, killed after {kill_after} s; "
-          f"ops {dict(churn.ops)}; converged after the restarted operator was up in median "
-          f"{convergence[len(convergence) // 2]} s, max {convergence[-1]} s (from launch: median "
-          f"{from_launch[len(from_launch) // 2]} s, max {from_launch[-1]} s); 0 duplicates, 0 orphans")
+    print(f"FIGURES kill-9: {len(kills)} kills at {kills} s; churn {dict(churn.ops)}; converged after the "
+          f"restarted operator was up in median {convergence[len(convergence) // 2]} s, max {convergence[-1]} s "
+          f"(from launch: median {from_launch[len(from_launch) // 2]} s, max {from_launch[-1]} s); "
+          "0 duplicate children, 0 orphans")
 
 
 # ----------------------------------------------------------------------------- control-plane outages

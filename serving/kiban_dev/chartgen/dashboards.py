@@ -113,6 +113,25 @@ def fleet_panels() -> list[PanelSpec]:
                    Query("histogram_quantile(0.95, sum by (le) (rate(kiban_reconcile_duration_seconds_bucket"
                          "[$__rate_interval])))", "p95 duration (s)")),
                   width=12),
+        PanelSpec("Autoscaler pass over every model",
+                  (Query("histogram_quantile(0.99, sum by (le) (rate(kiban_autoscaler_pass_duration_seconds_bucket"
+                         "[$__rate_interval])))", "p99 pass (s)"),
+                   Query("max(kiban_autoscaler_pass_models)", "models per pass")),
+                  width=12, description="One task decides for every model each interval (leader only); a pass "
+                                        "longer than the interval delays the next."),
+        PanelSpec("Prometheus query latency and event-loop lag",
+                  (Query("histogram_quantile(0.99, sum by (le, result) (rate("
+                         "kiban_prometheus_query_duration_seconds_bucket[$__rate_interval])))", "query p99 {{result}}"),
+                   Query("histogram_quantile(0.99, sum by (le) (rate(kiban_event_loop_lag_seconds_bucket"
+                         "[$__rate_interval])))", "event-loop lag p99")),
+                  unit="s", width=12,
+                  description="Queries run on the autoscaler's own executor behind a circuit breaker; lag on the "
+                              "event loop delays every handler and the leader Lease's renewal."),
+        PanelSpec("Leader and writes by field manager",
+                  (Query("max(kiban_leader)", "a leader holds the Lease"),
+                   Query("sum by (field_manager) (rate(kiban_api_writes_total[$__rate_interval]))",
+                         "writes/s {{field_manager}}")),
+                  width=12, description="Exactly one replica leads and writes; a standby's write rate stays 0."),
     ]
 
 

@@ -1,0 +1,214 @@
+"""Autoscaler.run_pass with a fake API and a fake Prometheus: one batched collection for every
+model, failures said out loud, memory by UID, capacity maths in a worker process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from kubernetes.client.exceptions import ApiException
+
+from kiban.autoscale.collector import Collector, Sample
+from kiban.autoscale.model_pass import (
+    ACTIVE,
+    NO_ENGINE_PROFILE,
+    SCALING_ACTIVE,
+    SCALING_FAILED,
+    AutoscaleSettings,
+    Autoscaler,
+    DecideJob,
+    Decider,
+    _Memory,
+    decide_all,
+    seed_state,
+)
+from kiban.autoscale.policy import Observation
+from kiban.config import AcceleratorProfile, OperatorConfig
+from kiban.metrics import OperatorMetrics
+from kiban.reconcile import observe
+
+
+def body(name: str, uid: str, replicas: int = 2, profile: str = "nvidia-l4", **scaling) -> dict:
+    return {
+        "apiVersion": "kiban.dev/v1alpha1", "kind": "FoundationModel",
+        "metadata": {"name": name, "namespace": "ns", "uid": uid, "generation": 1},
+        "spec": {"model": {"uri": "hf://meta-llama/Llama-3.1-8B-Instruct", "parameters": "8B"},
+                 "accelerator": {"profile": profile},
+                 "scaling": {"minReplicas": 1, "maxReplicas": 8, "replicas": replicas, "slo": {"ttftP95Ms": 500},
+                             "stabilizationWindowSeconds": 0, **scaling}},
+        "status": {},
+    }
+
+
+class Prometheus:
+    """Answers every batched query with a value per model (by the metric it reads); counts queries."""
+
+    def __init__(self, rates: dict[str, float]):
+        self.rates, self.asked = rates, []
+
+    def query(self, promql, time_s):
+        self.asked.append(promql)
+        out = []
+        for name, rate in self.rates.items():
+            labels = {"namespace": "ns", "model_name": name}
+            if "_bucket" in promql and "histogram_quantile" not in promql:
+                out += [Sample({**labels, "le": "512"}, rate * 60), Sample({**labels, "le": "+Inf"}, rate * 60)]
+                continue
+            value = {"count": 1.0, "request_success_total": rate, "delta(": 0.0, "request_prompt_tokens_sum": 256.0,
+                     "request_generation_tokens_sum": 16.0, "histogram_quantile": 0.3}
+            picked = next((v for k, v in value.items() if k in promql), 1.0)
+            if "delta(" in promql:
+                picked = 0.0
+            elif "histogram_quantile" in promql:
+                picked = 0.3
+            out.append(Sample(labels, picked))
+        return out
+
+
+class Writer:
+    def __init__(self, refuse_scale: bool = False):
+        self.scales, self.applies, self.refuse_scale = [], [], refuse_scale
+
+    def scale_foundation_model(self, namespace, name, replicas, manager):
+        if self.refuse_scale:
+            exc = ApiException(status=422, reason="Unprocessable Entity")
+            exc.body = json.dumps({"message": "denied request: replicas are frozen"})
+            raise exc
+        self.scales.append((name, replicas, manager))
+
+    def apply_status(self, namespace, name, status, manager):
+        self.applies.append((name, manager, status))
+
+
+class Context:
+    def __init__(self, writer: Writer, profiles=()):
+        config = OperatorConfig()
+        self.config = config.model_copy(update={"accelerator_profiles": {**config.accelerator_profiles,
+                                                                         **{p.name: p for p in profiles}}})
+        self.writer, self.metrics, self.events = writer, OperatorMetrics(), []
+
+    async def io(self, fn, *args, priority=None):
+        return fn(*args)
+
+    def post_event_later(self, fm, event_type, reason, message):
+        self.events.append((fm["metadata"]["name"], event_type, reason, message))
+
+
+def indexes(*bodies: dict) -> dict:
+    return {observe.MODELS_INDEX: {("ns", b["metadata"]["name"]): [b] for b in bodies}}
+
+
+def autoscaler(prometheus) -> Autoscaler:
+    settings = AutoscaleSettings("http://p", interval_s=15)
+    clock = iter(range(1_000_000, 2_000_000, 15)).__next__
+    return Autoscaler(collector=Collector(prometheus, settings.window_s), settings=settings, clock=lambda: clock())
+
+
+def test_one_query_per_signal_for_the_whole_fleet():
+    few, many = Prometheus({"m0": 1.0}), Prometheus({f"m{i}": 1.0 for i in range(40)})
+    asyncio.run(autoscaler(few).run_pass(Context(Writer()), indexes(body("m0", "u0"))))
+    summary = asyncio.run(autoscaler(many).run_pass(
+        Context(Writer()), indexes(*(body(f"m{i}", f"u{i}") for i in range(40)))))
+    assert summary.decided == 40
+    assert len(many.asked) == len(few.asked) < 20  # the same queries for 1 model or 40
+
+
+def test_a_refused_scale_is_scaling_failed_with_the_servers_words_and_the_state_is_not_advanced():
+    prometheus = Prometheus({"m0": 30.0})  # far more than 2 replicas sustain
+    scaler, writer = autoscaler(prometheus), Writer(refuse_scale=True)
+    context = Context(writer)
+    model = body("m0", "u0", replicas=2)
+    before = seed_state(0.0, 2)
+    scaler.memory["u0"] = _Memory(before, 0.0)
+    summary = asyncio.run(scaler.run_pass(context, indexes(model)))
+    result = summary.results[("ns", "m0")]
+    assert result.error and "replicas are frozen" in result.error and result.scaled_to is None
+    assert scaler.memory["u0"].state == before  # the scale did not happen: nothing remembered as done
+    (name, manager, status), = writer.applies
+    active = next(c for c in status["conditions"] if c["type"] == SCALING_ACTIVE)
+    assert (active["status"], active["reason"]) == ("False", SCALING_FAILED)
+    assert "from 2 to" in active["message"] and "422 Unprocessable Entity: denied request" in active["message"]
+    assert "lastScaleTime" not in status.get("scaling", {})
+    assert ("m0", "Warning", SCALING_FAILED, active["message"]) in context.events
+
+
+def test_memory_is_by_uid_so_a_model_recreated_under_its_name_starts_afresh():
+    prometheus = Prometheus({"m0": 1.0})
+    scaler, context = autoscaler(prometheus), Context(Writer())
+    asyncio.run(scaler.run_pass(context, indexes(body("m0", "old-uid"))))
+    assert set(scaler.memory) == {"old-uid"}
+    asyncio.run(scaler.run_pass(context, indexes(body("m0", "new-uid"))))
+    assert set(scaler.memory) == {"new-uid"}  # the deleted one's memory went with it
+    scaler.forget("new-uid")
+    assert scaler.memory == {} and not any(k[0] == "new-uid" for k in scaler.applied)
+
+
+def test_an_accelerator_profile_without_an_engine_profile_is_held_out_loud():
+    l40s = AcceleratorProfile(name="nvidia-l40s", node_selector={"gpu": "l40s"}, resource_name="nvidia.com/gpu",
+                              gpu_memory_gib=48, gpus_per_node=8)
+    writer = Writer()
+    context = Context(writer, profiles=[l40s])
+    summary = asyncio.run(autoscaler(Prometheus({})).run_pass(context, indexes(body("m0", "u0", profile="nvidia-l40s"))))
+    assert "'nvidia-l40s' has no engine profile" in summary.results[("ns", "m0")].skipped
+    (name, manager, status), = writer.applies
+    (active,) = status["conditions"]
+    assert (active["type"], active["status"], active["reason"]) == (SCALING_ACTIVE, "False", NO_ENGINE_PROFILE)
+    assert "replicas stay at 2" in active["message"] and not writer.scales
+    assert context.events and context.events[0][1:3] == ("Warning", NO_ENGINE_PROFILE)
+
+
+def test_switching_autoscaling_off_removes_the_autoscalers_fields_with_an_empty_apply():
+    writer = Writer()
+    model = body("m0", "u0", autoscaling=False)
+    model["status"] = {"scaling": {"desiredReplicas": 2},
+                       "conditions": [{"type": "MetricsAvailable", "status": "True", "reason": "MetricsCollected",
+                                       "message": "", "lastTransitionTime": "T"},
+                                      {"type": "Ready", "status": "True", "reason": "ReplicasReady", "message": "",
+                                       "lastTransitionTime": "T"}]}
+    asyncio.run(autoscaler(Prometheus({})).run_pass(Context(writer), indexes(model)))
+    assert writer.applies == [("m0", "kiban-autoscaler", {})]
+
+
+def test_a_healthy_pass_says_scaling_is_active():
+    writer = Writer()
+    asyncio.run(autoscaler(Prometheus({"m0": 1.0})).run_pass(Context(writer), indexes(body("m0", "u0"))))
+    (_, manager, status), = writer.applies
+    assert manager == "kiban-autoscaler" and set(status) == {"scaling", "conditions"}
+    types = {c["type"]: c for c in status["conditions"]}
+    assert set(types) == {"MetricsAvailable", "ScalingLimited", SCALING_ACTIVE}
+    assert types[SCALING_ACTIVE]["reason"] == ACTIVE
+
+
+def test_the_capacity_maths_gives_the_same_answers_in_a_worker_process():
+    from kiban.autoscale.model_pass import engine_profile_for, scaling_configs
+    from kiban.api.v1alpha1 import FoundationModel
+
+    fm = FoundationModel.from_object(body("m0", "u0"))
+    configs, profile = scaling_configs(fm, 1), engine_profile_for(fm)
+    jobs = [DecideJob(Observation(time_s=100.0 + i, metrics_available=True, arrival_rate_rps=1.0 + i,
+                                  mean_prompt_tokens=256.0, mean_output_tokens=16.0, running=1.0, waiting=0.0,
+                                  current_replicas=2), configs, seed_state(0.0, 2), profile, {}) for i in range(3)]
+    decider = Decider(1)
+    try:
+        remote = asyncio.run(decider.run(jobs))
+    finally:
+        decider.shutdown()
+    assert [d.replicas for d, _ in remote] == [d.replicas for d, _ in decide_all(jobs)]
+    assert [d.reason for d, _ in remote] == [d.reason for d, _ in decide_all(jobs)]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), 1e14, -3.0])
+def test_a_job_that_cannot_be_decided_costs_only_itself(bad):
+    from kiban.autoscale.model_pass import engine_profile_for, scaling_configs
+    from kiban.api.v1alpha1 import FoundationModel
+
+    fm = FoundationModel.from_object(body("m0", "u0"))
+    good = DecideJob(Observation(time_s=1.0, metrics_available=True, arrival_rate_rps=1.0, mean_prompt_tokens=256.0,
+                                 mean_output_tokens=16.0, current_replicas=2),
+                     scaling_configs(fm, 1), seed_state(0.0, 2), engine_profile_for(fm), {})
+    broken = DecideJob(Observation(time_s=1.0, metrics_available=True, arrival_rate_rps=bad, current_replicas=-1),
+                       good.configs, good.state, good.profile, {})
+    first, second = decide_all([broken, good])
+    assert isinstance(first, str) and "current_replicas" in first
+    assert second[0].replicas >= 1
