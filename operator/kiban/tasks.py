@@ -128,7 +128,8 @@ class OperatorTasks:
             started = time.monotonic()
             try:
                 summary = await autoscaler.run_pass(self.context, self.context.indexes)
-                log.info(kv("Autoscaler pass", models=summary.decided, seconds=round(summary.seconds, 2)))
+                log.info(kv("Autoscaler pass", models=summary.decided, seconds=round(summary.seconds, 2),
+                            **summary.phases))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - one bad pass must not end autoscaling

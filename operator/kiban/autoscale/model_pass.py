@@ -50,6 +50,7 @@ import logging
 import math
 import multiprocessing
 import os
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -113,6 +114,10 @@ DRIFT_ENV = {
 LIMIT_REASONS = ("MaxReplicas", "GpuBudget")
 DEFAULT_PARAMETERS_B = 8.0  # engine profile size when spec.model.parameters is not given
 RATE_WINDOW_INTERVALS = 4  # default rate window: this many autoscale intervals
+# default window of the token means and the prompt mix: the policy's own token_window_s (it
+# rate-weights token means over 300 s anyway); a rate window's worth of requests (60 s) gives a
+# low-traffic model a mix so noisy that the capacity model had to be solved again on most passes
+DEFAULT_TOKEN_WINDOW_S = 300.0
 FORGET_AFTER_S = 3600.0  # state of a model not seen for this long is dropped (deleted models)
 
 ModelRef = tuple[str, str]
@@ -144,7 +149,7 @@ class AutoscaleSettings:
 
     @property
     def tokens_window_s(self) -> float:
-        return self.token_window_s if self.token_window_s is not None else self.window_s
+        return self.token_window_s if self.token_window_s is not None else max(DEFAULT_TOKEN_WINDOW_S, self.window_s)
 
     @classmethod
     def from_config(cls, config: Any, environ: Mapping[str, str] | None = None,
@@ -410,6 +415,49 @@ def applied_status(fields: Mapping[str, Any], conditions: Sequence[Mapping[str, 
     return out
 
 
+STATUS_REFRESH_S = 300.0  # the autoscaler's numbers in status are at most this old...
+MATERIAL_CHANGE = 0.10  # ...or within this relative change of the live ones (kiban_* gauges are live)
+_NUMBER = re.compile(r"[-+]?\d[\d.,]*(?:e[-+]?\d+)?")
+
+
+def _shape(value: Any) -> Any:
+    """A status value with the numbers in its strings blanked out (what a reader sees change)."""
+    if isinstance(value, str):
+        return _NUMBER.sub("#", value)
+    if isinstance(value, float):  # measured numbers; counts (int: replicas, generations) stay exact
+        return "#"
+    if isinstance(value, Mapping):
+        return {k: _shape(v) for k, v in value.items() if k != "lastTransitionTime"}
+    if isinstance(value, (list, tuple)):
+        return [_shape(v) for v in value]
+    return value
+
+
+def material_change(before: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool:
+    """Whether a status apply would tell a reader something new: a replica count, a scale time,
+    a condition's status or reason, wording that is not just numbers, or a number that moved
+    more than MATERIAL_CHANGE. Writing every pass's fresh λ for every model cost the API server
+    a write per model per interval (67/s at 1,000 models) for numbers the metrics carry anyway."""
+    if _shape(before) != _shape(wanted):
+        return True
+
+    def numbers(value: Any) -> list[float]:
+        if isinstance(value, float):
+            return [value]
+        if isinstance(value, str):
+            return [float(x.replace(",", "")) for x in _NUMBER.findall(value) if x.replace(",", "").strip("+-.")]
+        if isinstance(value, Mapping):
+            return [n for k, v in sorted(value.items()) if k != "lastTransitionTime" for n in numbers(v)]
+        if isinstance(value, (list, tuple)):
+            return [n for v in value for n in numbers(v)]
+        return []
+
+    old, new = numbers(before), numbers(wanted)
+    if len(old) != len(new):
+        return True
+    return any(abs(a - b) > MATERIAL_CHANGE * max(abs(a), abs(b), 1e-9) for a, b in zip(old, new))
+
+
 @dataclass(frozen=True)
 class Prepared:
     """A model the pass decides for: everything read from the cache and the spec (pure)."""
@@ -521,6 +569,15 @@ def decide_all(jobs: Sequence[DecideJob]) -> list[tuple[Decision, PolicyState] |
     return out
 
 
+def decide_all_counted(jobs: Sequence[DecideJob]) -> tuple[list[tuple[Decision, PolicyState] | str], int]:
+    """decide_all and how many capacity-model solves it took (cache misses: the costly part)."""
+    from kiban.autoscale.policy import capacity_cache_misses
+
+    before = capacity_cache_misses()
+    out = decide_all(jobs)
+    return out, capacity_cache_misses() - before
+
+
 class Decider:
     """Runs decide_all for a whole pass in one call off the event loop: in a worker process
     (`workers` >= 1; its capacity caches stay warm between passes), else in a thread. A worker
@@ -529,6 +586,7 @@ class Decider:
     def __init__(self, workers: int = 1) -> None:
         self.workers = workers
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self.last_solves = 0  # capacity-model solves (cache misses) of the last run
 
     def _process_pool(self) -> concurrent.futures.ProcessPoolExecutor:
         if self._pool is None:
@@ -543,11 +601,13 @@ class Decider:
         if self.workers > 0:
             loop = asyncio.get_running_loop()
             try:
-                return await loop.run_in_executor(self._process_pool(), decide_all, list(jobs))
+                out, self.last_solves = await loop.run_in_executor(self._process_pool(), decide_all_counted, list(jobs))
+                return out
             except concurrent.futures.process.BrokenProcessPool:
                 log.warning(kv("Capacity worker died; deciding this pass in a thread"))
                 self.shutdown()
-        return await asyncio.to_thread(decide_all, list(jobs))
+        out, self.last_solves = await asyncio.to_thread(decide_all_counted, list(jobs))
+        return out
 
     def shutdown(self) -> None:
         if self._pool is not None:
@@ -585,6 +645,7 @@ class PassSummary:
     results: dict[ModelRef, PassResult] = field(default_factory=dict)
     seconds: float = 0.0
     decided: int = 0
+    phases: dict[str, float] = field(default_factory=dict)  # seconds in collect, decide, write
 
 
 @dataclass
@@ -599,6 +660,7 @@ class Autoscaler:
     # per (uid, field manager): what our last status apply sent, so an identical one is skipped
     # while the watch has not delivered it yet
     applied: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    applied_at: dict[tuple[str, str], float] = field(default_factory=dict)
     decider: Decider = field(default_factory=lambda: Decider(0))
     executor: concurrent.futures.ThreadPoolExecutor = field(
         default_factory=lambda: concurrent.futures.ThreadPoolExecutor(PROMETHEUS_THREADS, "kiban-prometheus"))
@@ -611,7 +673,7 @@ class Autoscaler:
                                     ca_file=settings.prometheus_ca_file)
         guarded = GuardedPrometheus(prometheus, CircuitBreaker(cooldown_s=max(settings.interval_s, 5.0)))
         collector = Collector(guarded, settings.window_s, namespace_label=settings.namespace_label,
-                              token_window_s=settings.token_window_s, namespace=settings.namespace)
+                              token_window_s=settings.tokens_window_s, namespace=settings.namespace)
         return cls(collector=collector, settings=settings, clock=clock, decider=Decider(settings.capacity_workers))
 
     def forget(self, uid: str) -> None:
@@ -619,6 +681,7 @@ class Autoscaler:
         self.memory.pop(uid, None)
         for key in [k for k in self.applied if k[0] == uid]:
             del self.applied[key]
+            self.applied_at.pop(key, None)
 
     def shutdown(self) -> None:
         self.decider.shutdown()
@@ -687,8 +750,12 @@ class Autoscaler:
         for uid in [u for u in self.memory if u not in seen_uids]:  # deleted while nobody watched
             self.forget(uid)
 
+        mark = time.perf_counter()
+        summary.phases["prepare"] = round(mark - started, 3)
         collected = await self.collector.collect_all_async([p.target() for p in prepared], time_s=now, run=self._query)
         drifts = await self._drift_windows(prepared, collected, now)
+        summary.phases["collect"] = round(time.perf_counter() - mark, 3)
+        mark = time.perf_counter()
 
         jobs, states = [], []
         for item in prepared:
@@ -703,6 +770,9 @@ class Autoscaler:
             jobs.append(DecideJob(got.observation, item.configs, state, item.profile, dict(got.ttft_slo_s)))
             states.append((got, drift_memory, outcome))
         decisions = await self.decider.run(jobs)
+        summary.phases["decide"] = round(time.perf_counter() - mark, 3)
+        summary.phases["solves"] = self.decider.last_solves
+        mark = time.perf_counter()
 
         for item, (got, drift_memory, outcome), answer in zip(prepared, states, decisions):
             if isinstance(answer, str):
@@ -713,6 +783,7 @@ class Autoscaler:
             writes.append(self._act(context, item, got, answer, drift_memory, outcome, now, summary))
         if writes:
             await asyncio.gather(*writes)
+        summary.phases["write"] = round(time.perf_counter() - mark, 3)
         summary.seconds = time.perf_counter() - started
         if self.metrics is not None:
             self.metrics.autoscaler_pass_duration_seconds.observe(summary.seconds)
@@ -853,6 +924,10 @@ class Autoscaler:
         before = own_status(current_status, field_names, types)
         if wanted == before or self.applied.get(slot) == wanted:
             return False
+        written_at = self.applied_at.get(slot)
+        recent = written_at is not None and self.clock() - written_at < STATUS_REFRESH_S
+        if recent and before and not material_change(before, wanted):
+            return False  # numbers only moved a little: status refreshes at least every STATUS_REFRESH_S
         try:
             await context.io(context.writer.apply_status, metadata["namespace"], metadata["name"], wanted, manager)
         except ApiException as exc:
@@ -864,6 +939,7 @@ class Autoscaler:
                            field_manager=manager, error=f"{type(exc).__name__}: {exc}"[:300]))
             return False
         self.applied[slot] = wanted
+        self.applied_at[slot] = self.clock()
         events = transition_events(existing, own) if manager == self.settings.field_manager else []
         for event_type, reason, message in events:
             context.post_event_later(body, event_type, reason, message)

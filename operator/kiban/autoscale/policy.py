@@ -27,7 +27,8 @@ TREND_SIGNIFICANCE_Z = 2.0  # a rate trend is extrapolated only when slope > z x
 # checks per engine; this is the policy's own guard), and must never enter the policy's memory.
 MAX_ARRIVAL_RPS = 1e6
 MAX_TOKENS = 1e7  # a token mean above this is no request any model takes
-MIX_GRID = 1 / 64  # prompt-mix tail shares are rounded up to this grid, so the capacity cache hits
+MIX_GRID = 1 / 32  # prompt-mix tail shares are rounded up to this grid, so the capacity cache hits
+PREDICTION_GRID_RATIO = 1.05  # the predicted latency is solved at rates on a 5 % grid, rounded up
 CACHE_SIZE = 16_384  # capacity and latency results kept (about 16 per model at 1,000 models)
 
 
@@ -140,6 +141,9 @@ class PolicyState:
     token_samples: tuple[tuple[float, float, float, float], ...] = ()  # (time_s, rate, prompt, output)
     burst_factors: tuple[tuple[float, float], ...] = ()  # (time_s, factor) missed bursts asked for
     last_replicas: int | None = None  # current_replicas at the previous call: a rise from 0 is traffic
+    # the capacity model's last inputs (prompt tokens, output tokens, prompt mix) on their grids,
+    # kept while they still cover the new ones: the capacity cache's key (sticky_inputs)
+    capacity_inputs: tuple | None = None
 
 
 @dataclass(frozen=True)
@@ -361,16 +365,16 @@ def _prune(items: tuple[tuple[float, object], ...], now_s: float, window_s: floa
     return tuple(item for item in items if now_s - item[0] <= window_s)
 
 
-def round_rate_up(rate_rps: float) -> float:
-    """A per-replica rate rounded up onto the 2 % geometric grid (never optimistic): the
-    predicted latency is then cached per grid point instead of per exact rate."""
+def round_rate_up(rate_rps: float, ratio: float = PREDICTION_GRID_RATIO) -> float:
+    """A per-replica rate rounded up onto a geometric grid (never optimistic): the predicted
+    latency, which status and the dashboards show but no decision reads, is then cached per grid
+    point instead of solved again for every model's exact, noisy rate on every pass."""
     if rate_rps <= 0:
         return 0.0
-    step = math.ceil(math.log(rate_rps) / math.log(TOKEN_GRID_RATIO) - 1e-9)
-    return TOKEN_GRID_RATIO**step
+    step = math.ceil(math.log(rate_rps) / math.log(ratio) - 1e-9)
+    return ratio**step
 
 
-@functools.lru_cache(maxsize=CACHE_SIZE)
 def predicted_latency_s(
     profile: EngineProfile, per_replica_rps: float, prompt_tokens: float, output_tokens: float,
     prompt_mix: tuple[tuple[float, float], ...] | None = None,
@@ -379,9 +383,21 @@ def predicted_latency_s(
 
     The rate and token means are rounded up onto their grids first, so steady traffic hits the
     cache on every pass instead of solving the model again for each model and tick."""
-    prediction = predict(profile, round_rate_up(per_replica_rps), round_tokens_up(prompt_tokens),
-                         max(1.0, round_tokens_up(output_tokens)), prompt_mix=prompt_mix)
+    return _predicted_latency_s(profile, round_rate_up(per_replica_rps), round_tokens_up(prompt_tokens),
+                                max(1.0, round_tokens_up(output_tokens)), prompt_mix)
+
+
+@functools.lru_cache(maxsize=CACHE_SIZE)
+def _predicted_latency_s(profile: EngineProfile, per_replica_rps: float, prompt_tokens: float, output_tokens: float,
+                         prompt_mix: tuple[tuple[float, float], ...] | None) -> tuple[float, float]:
+    prediction = predict(profile, per_replica_rps, prompt_tokens, output_tokens, prompt_mix=prompt_mix)
     return prediction.ttft_p95_s, prediction.itl_p95_s
+
+
+def capacity_cache_misses() -> int:
+    """Capacity-model solves so far in this process (each a miss of one of the caches above)."""
+    return (capacity_per_replica_rps.cache_info().misses + burst_capacity_per_replica_rps.cache_info().misses
+            + _predicted_latency_s.cache_info().misses)
 
 
 def quantize_mix(pairs: tuple[tuple[float, float], ...], grid: float = MIX_GRID) -> tuple[tuple[float, float], ...]:
@@ -403,6 +419,97 @@ def quantize_mix(pairs: tuple[tuple[float, float], ...], grid: float = MIX_GRID)
             out.append((tokens, round(rounded - above, 12)))
             above = rounded
     return tuple(sorted(out))
+
+
+STICKY_STEPS = 3  # kept inputs may over-state the new ones by at most this many grid steps
+
+
+def _tail_shares(mix: tuple[tuple[float, float], ...] | None) -> dict[float, float]:
+    """Share of prompts at least each length long (1.0 at the shortest)."""
+    shares, tail = {}, 0.0
+    for tokens, share in sorted(mix or (), reverse=True):
+        tail += share
+        shares[tokens] = tail
+    return shares
+
+
+def _covers(kept: tuple[tuple[float, float], ...] | None, new: tuple[tuple[float, float], ...] | None) -> bool:
+    """Whether the kept mix is at least as long-tailed as the new one at every length, and not more
+    than STICKY_STEPS grid steps more (so it is conservative without staying pessimistic)."""
+    if kept is None or new is None:
+        return kept is None and new is None
+    old, fresh = _tail_shares(kept), _tail_shares(new)
+    lengths = sorted(set(old) | set(fresh))
+
+    def tail(shares: dict[float, float], tokens: float) -> float:
+        return max((v for t, v in shares.items() if t >= tokens), default=0.0)
+
+    for tokens in lengths:
+        gap = tail(old, tokens) - tail(fresh, tokens)
+        if gap < -1e-9 or gap > STICKY_STEPS * MIX_GRID + 1e-9:
+            return False
+    return True
+
+
+def sticky_inputs(kept: tuple | None, prompt: float, output: float,
+                  mix: tuple[tuple[float, float], ...] | None) -> tuple[float, float, tuple | None]:
+    """The capacity model's inputs for this decision: the kept ones while they still cover the new
+    ones (token means at least as long, the mix at least as long-tailed, each by at most
+    STICKY_STEPS grid steps), else the new ones. Sampling noise in a window's means and mix
+    moves them across grid lines on most passes; keeping what still covers them stays on the
+    safe side and lets the capacity cache hit (a miss costs a bisection of the batching model,
+    0.1-1 s with a mix, per model)."""
+    if kept is not None:
+        old_prompt, old_output, old_mix = kept
+        slack = TOKEN_GRID_RATIO ** STICKY_STEPS
+        if (prompt <= old_prompt <= prompt * slack + 1e-9 and output <= old_output <= output * slack + 1e-9
+                and _covers(old_mix, mix)):
+            return old_prompt, old_output, old_mix
+    return prompt, output, mix
+
+
+NEAR_STEPS = 8  # a new mix this close to the kept one (tail shares within 8 grid steps) ...
+NEAR_TOKENS = 1.10  # ... and token means within 10 % may reuse the kept capacity when it decides alike
+DECISIVE_MARGIN = 0.8  # the kept capacity decides alike if 80 % of it gives the same replica count
+
+
+def _near(kept: tuple, new: tuple) -> bool:
+    (p0, o0, m0), (p1, o1, m1) = kept, new
+    if not (p0 / NEAR_TOKENS <= p1 <= p0 * NEAR_TOKENS and o0 / NEAR_TOKENS <= o1 <= o0 * NEAR_TOKENS):
+        return False
+    if (m0 is None) != (m1 is None):
+        return False
+    if m0 is None:
+        return True
+    old, fresh = _tail_shares(m0), _tail_shares(m1)
+    lengths = sorted(set(old) | set(fresh))
+
+    def tail(shares: dict[float, float], tokens: float) -> float:
+        return max((v for t, v in shares.items() if t >= tokens), default=0.0)
+
+    return all(abs(tail(old, t) - tail(fresh, t)) <= NEAR_STEPS * MIX_GRID + 1e-9 for t in lengths)
+
+
+def decisive_inputs(kept: tuple, new: tuple, profile: EngineProfile, slo: Slo, utilization: float,
+                    demand_rps: float, min_replicas: int) -> tuple:
+    """Solve the capacity model again for `new` inputs only when it could change the answer.
+
+    `kept` inputs' capacity is cached. When the new inputs are near them (NEAR_*) and the
+    demand (the rate x peak factor x the most the forecast may add) needs the same replica
+    count at 80 % of the kept capacity as at all of it, the exact capacity of the new mix
+    cannot change the decision: keep the kept inputs (no solve). A model far from a replica
+    boundary (most of a fleet) then never pays for the noise in its window's mix."""
+    if not _near(kept, new):
+        return new
+    prompt, output, mix = kept
+    if prompt + output > profile.kv_cache_tokens:
+        return new
+    capacity = capacity_per_replica_rps(profile, prompt, output, slo, utilization, mix)
+    if not capacity > 0:
+        return new
+    replicas = max(min_replicas, 1, math.ceil(round(demand_rps / capacity, 9)))
+    margin = max(min_replicas, 1, math.ceil(round(demand_rps / (DECISIVE_MARGIN * capacity), 9)))
+    return kept if replicas == margin else new
 
 
 def _fail_safe(obs: Observation, config: ScalingConfig, state: PolicyState, why: str) -> tuple[Decision, PolicyState]:
@@ -465,6 +572,7 @@ def decide(
     notes: list[str] = []
 
     capacity = forecast = None
+    capacity_inputs = state.capacity_inputs
     mean_prompt, mean_output = obs.mean_prompt_tokens, obs.mean_output_tokens
     if rate == 0:
         idle_since = last_traffic if last_traffic is not None else first_seen
@@ -495,10 +603,18 @@ def decide(
     elif rate > 0:
         means = windowed_token_means(token_samples) or (mean_prompt, mean_output)
         mean_prompt, mean_output = means
-        prompt = round_tokens_up(mean_prompt)
-        output = max(1.0, round_tokens_up(mean_output))
+        prompt, output, mix = sticky_inputs(state.capacity_inputs, round_tokens_up(mean_prompt),
+                                            max(1.0, round_tokens_up(mean_output)), _mix(obs.prompt_mix))
+        if state.capacity_inputs is not None and (prompt, output, mix) != state.capacity_inputs:
+            recent_burst = (burst_rate_rps([r for _, r in burst_samples], burst_overflow_share(config))
+                            if config.burst_window_s > 0 else 0.0)
+            demand = config.peak_factor * max(rate * config.max_lookahead_factor, recent_burst) \
+                + (obs.waiting or 0) / config.backlog_drain_s
+            prompt, output, mix = decisive_inputs(state.capacity_inputs, (prompt, output, mix), profile, slo,
+                                                  utilization, demand, config.min_replicas)
+        capacity_inputs = (prompt, output, mix)
         fits_kv = prompt + output <= profile.kv_cache_tokens
-        capacity = (capacity_per_replica_rps(profile, prompt, output, slo, utilization, _mix(obs.prompt_mix))
+        capacity = (capacity_per_replica_rps(profile, prompt, output, slo, utilization, mix)
                     if fits_kv else 0.0)
         slo_text = slo.describe()
         slo_attainable = True
@@ -518,7 +634,7 @@ def decide(
         # steady-state capacity, by the TTFT target's slack); without a TTFT target, the capacity
         absorbs = capacity
         if capacity > 0 and burst > 0 and slo_attainable and slo.ttft_ms is not None:
-            absorbs = burst_capacity_per_replica_rps(profile, prompt, output, slo, sample_s, _mix(obs.prompt_mix))
+            absorbs = burst_capacity_per_replica_rps(profile, prompt, output, slo, sample_s, mix)
         if capacity > 0:
             # any traffic at all needs a replica to serve it, however small the rate rounds
             recommended = max(config.min_replicas, 1, math.ceil(round(sizing_rate / capacity, 9)),
@@ -593,8 +709,8 @@ def decide(
     predicted_ttft = predicted_itl = None
     if rate > 0 and target > 0 and mean_prompt + mean_output <= profile.kv_cache_tokens:
         per_replica = rate * config.peak_factor / target
-        predicted_ttft, predicted_itl = predicted_latency_s(profile, per_replica, mean_prompt, mean_output,
-                                                            _mix(obs.prompt_mix))
+        kept = capacity_inputs if capacity_inputs is not None else (mean_prompt, mean_output, _mix(obs.prompt_mix))
+        predicted_ttft, predicted_itl = predicted_latency_s(profile, per_replica, kept[0], kept[1], kept[2])
     elif rate > 0:
         predicted_ttft = math.inf
 
@@ -609,6 +725,7 @@ def decide(
         token_samples=token_samples,
         burst_factors=burst_factors,
         last_replicas=current,
+        capacity_inputs=capacity_inputs,
     )
     decision = Decision(target, reason, predicted_ttft, predicted_itl, capacity, limited,
                         metrics_ok=True, forecast_rate_rps=forecast)

@@ -489,3 +489,30 @@ def test_a_longer_rate_window_gets_less_burst_tolerance():
         return state.recommendations[-1][1]
 
     assert recommended(60.0) > recommended(15.0) == recommended(None) > 2
+
+
+def test_capacity_inputs_stick_while_they_still_cover_the_new_ones():
+    from kiban.autoscale.policy import MIX_GRID, sticky_inputs
+
+    kept = (256.0, 64.0, ((100.0, 0.75), (1000.0, 0.25)))
+    lighter = ((100.0, 0.77), (1000.0, 0.23))  # a shorter tail, within a few grid steps
+    assert sticky_inputs(kept, 250.0, 63.0, lighter) == kept
+    heavier = ((100.0, 0.70), (1000.0, 0.30))  # a longer tail: never keep an optimistic key
+    assert sticky_inputs(kept, 250.0, 63.0, heavier) == (250.0, 63.0, heavier)
+    longer = sticky_inputs(kept, 300.0, 64.0, lighter)
+    assert longer[0] == 300.0  # longer prompts than kept: the new means
+    much_lighter = ((100.0, 1.0 - 0.25 + 4 * MIX_GRID), (1000.0, 0.25 - 4 * MIX_GRID))
+    assert sticky_inputs(kept, 256.0, 64.0, much_lighter)[2] == much_lighter  # not pessimistic for ever
+
+
+def test_the_capacity_is_solved_again_only_when_it_could_change_the_replica_count():
+    from kiban.autoscale.policy import capacity_per_replica_rps, decisive_inputs
+
+    kept = (256.0, 16.0, ((100.0, 0.75), (1000.0, 0.25)))
+    new = (256.0, 16.0, ((100.0, 0.70), (1000.0, 0.30)))
+    slo = Slo(ttft_ms=500)
+    capacity = capacity_per_replica_rps(PROFILE, 256.0, 16.0, slo, 1.0, kept[2])
+    assert decisive_inputs(kept, new, PROFILE, slo, 1.0, 0.3 * capacity, 1) == kept  # one replica either way
+    assert decisive_inputs(kept, new, PROFILE, slo, 1.0, 1.9 * capacity, 1) == new  # near the 2 -> 3 boundary
+    far = (256.0, 16.0, ((100.0, 0.2), (1000.0, 0.8)))
+    assert decisive_inputs(kept, far, PROFILE, slo, 1.0, 0.3 * capacity, 1) == far  # a real change of mix

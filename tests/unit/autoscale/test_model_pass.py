@@ -214,3 +214,27 @@ def test_each_slo_variant_sees_the_observed_ttft_at_its_own_percentile(monkeypat
         real(obs, config, state, profile))[1])
     decide_strictest(busy(0, 6.0, 1), configs, seed_state(0, 1), engine_profile_for(fm), {95: 0.3, 99: 0.9})
     assert seen == [(95, 0.3), (99, 0.9)]
+
+
+def test_status_is_rewritten_for_what_a_reader_would_see_not_for_every_wobble_of_the_numbers():
+    from kiban.autoscale.model_pass import material_change
+
+    cond = {"type": "MetricsAvailable", "status": "True", "reason": "MetricsCollected",
+            "message": "λ=1.02 req/s from 2 engine(s) in Prometheus", "lastTransitionTime": "T0"}
+    before = {"scaling": {"desiredReplicas": 2, "arrivalRateRps": 1.02, "reason": "λ=1.02 req/s → 2 replicas"},
+              "conditions": [cond]}
+    wobble = {"scaling": {"desiredReplicas": 2, "arrivalRateRps": 1.07, "reason": "λ=1.07 req/s → 2 replicas"},
+              "conditions": [{**cond, "message": "λ=1.07 req/s from 2 engine(s) in Prometheus"}]}
+    assert not material_change(before, wobble)  # 5 %: the gauges carry it
+    moved = {"scaling": {**wobble["scaling"], "arrivalRateRps": 1.3, "reason": "λ=1.3 req/s → 2 replicas"},
+             "conditions": wobble["conditions"]}
+    assert material_change(before, moved)  # 27 %
+    scaled = {"scaling": {**wobble["scaling"], "desiredReplicas": 3}, "conditions": wobble["conditions"]}
+    assert material_change(before, scaled)
+    lost = {"scaling": wobble["scaling"], "conditions": [{**cond, "status": "False", "reason": "NoMetrics"}]}
+    assert material_change(before, lost)
+    worded = {"scaling": {**wobble["scaling"], "reason": "λ=1.07 req/s → 2 replicas; capped at 2 by maxReplicas"},
+              "conditions": wobble["conditions"]}
+    assert material_change(before, worded)
+    eleven = {"scaling": {**wobble["scaling"], "desiredReplicas": 11}, "conditions": wobble["conditions"]}
+    assert material_change({**wobble, "scaling": {**wobble["scaling"], "desiredReplicas": 10}}, eleven)
