@@ -101,6 +101,7 @@ NO_ENGINE_PROFILE = "NoEngineProfile"
 SCALING_FAILED = "ScalingFailed"
 INVALID_SCALING = "InvalidScalingSpec"
 PROMETHEUS_THREADS = 4  # Prometheus queries in flight at once (the autoscaler's own executor)
+SOLVE_BUDGET_SHARE = 0.2  # of the interval, spent at most on new models' first decisions per pass
 CAPACITY_WORKERS_ENV = "KIBAN_CAPACITY_WORKERS"  # processes for the capacity maths; 0: a thread
 # Operator-wide overrides (tests, development): the drift window below the CRD's 60 s minimum,
 # fewer samples per window with a PSI threshold to match (binned noise grows as samples shrink;
@@ -557,24 +558,40 @@ class DecideJob:
     ttft_slo_s: Mapping[float, float | None]
 
 
-def decide_all(jobs: Sequence[DecideJob]) -> list[tuple[Decision, PolicyState] | str]:
+DEFERRED = "deferred"  # decide_all's answer for a model left for the next pass (the solve budget ran out)
+
+
+def decide_all(jobs: Sequence[DecideJob], budget_s: float | None = None) -> list[tuple[Decision, PolicyState] | str]:
     """decide_strictest for every job; a job that raises gives its error text (one bad model
-    never costs the others their decision)."""
-    out: list[tuple[Decision, PolicyState] | str] = []
-    for job in jobs:
+    never costs the others their decision).
+
+    `budget_s`: once this much time is spent, a model never decided before (its first decision
+    may need fresh capacity solves, 0.1-1 s each) is left for the next pass (DEFERRED), while
+    models already decided are still decided (their inputs are mostly cached). A thousand new
+    models then get their first decisions over a few passes instead of one pass of minutes that
+    would stop autoscaling for everyone else. Jobs run warm first, then cold, in order."""
+    started = time.perf_counter()
+    order = sorted(range(len(jobs)), key=lambda i: jobs[i].state.capacity_inputs is None)
+    out: list[tuple[Decision, PolicyState] | str] = [DEFERRED] * len(jobs)
+    for index in order:
+        job = jobs[index]
+        cold = job.state.capacity_inputs is None and job.observation.metrics_available
+        if cold and budget_s is not None and time.perf_counter() - started > budget_s:
+            continue
         try:
-            out.append(decide_strictest(job.observation, job.configs, job.state, job.profile, dict(job.ttft_slo_s)))
+            out[index] = decide_strictest(job.observation, job.configs, job.state, job.profile, dict(job.ttft_slo_s))
         except Exception as exc:  # noqa: BLE001 - reported per model by the pass
-            out.append(f"{type(exc).__name__}: {exc}")
+            out[index] = f"{type(exc).__name__}: {exc}"
     return out
 
 
-def decide_all_counted(jobs: Sequence[DecideJob]) -> tuple[list[tuple[Decision, PolicyState] | str], int]:
+def decide_all_counted(jobs: Sequence[DecideJob],
+                       budget_s: float | None = None) -> tuple[list[tuple[Decision, PolicyState] | str], int]:
     """decide_all and how many capacity-model solves it took (cache misses: the costly part)."""
     from kiban.autoscale.policy import capacity_cache_misses
 
     before = capacity_cache_misses()
-    out = decide_all(jobs)
+    out = decide_all(jobs, budget_s)
     return out, capacity_cache_misses() - before
 
 
@@ -595,18 +612,20 @@ class Decider:
                 self.workers, mp_context=multiprocessing.get_context("spawn"))
         return self._pool
 
-    async def run(self, jobs: Sequence[DecideJob]) -> list[tuple[Decision, PolicyState] | str]:
+    async def run(self, jobs: Sequence[DecideJob],
+                  budget_s: float | None = None) -> list[tuple[Decision, PolicyState] | str]:
         if not jobs:
             return []
         if self.workers > 0:
             loop = asyncio.get_running_loop()
             try:
-                out, self.last_solves = await loop.run_in_executor(self._process_pool(), decide_all_counted, list(jobs))
+                out, self.last_solves = await loop.run_in_executor(self._process_pool(), decide_all_counted,
+                                                                   list(jobs), budget_s)
                 return out
             except concurrent.futures.process.BrokenProcessPool:
                 log.warning(kv("Capacity worker died; deciding this pass in a thread"))
                 self.shutdown()
-        out, self.last_solves = await asyncio.to_thread(decide_all_counted, list(jobs))
+        out, self.last_solves = await asyncio.to_thread(decide_all_counted, list(jobs), budget_s)
         return out
 
     def shutdown(self) -> None:
@@ -645,6 +664,7 @@ class PassSummary:
     results: dict[ModelRef, PassResult] = field(default_factory=dict)
     seconds: float = 0.0
     decided: int = 0
+    deferred: int = 0  # models whose first decision waits for the next pass (decide_all's budget)
     phases: dict[str, float] = field(default_factory=dict)  # seconds in collect, decide, write
 
 
@@ -769,12 +789,17 @@ class Autoscaler:
                 got = replace(got, observation=drift.observation_with_refit(got.observation, drift_memory.refit))
             jobs.append(DecideJob(got.observation, item.configs, state, item.profile, dict(got.ttft_slo_s)))
             states.append((got, drift_memory, outcome))
-        decisions = await self.decider.run(jobs)
+        decisions = await self.decider.run(jobs, budget_s=self.settings.interval_s * SOLVE_BUDGET_SHARE)
         summary.phases["decide"] = round(time.perf_counter() - mark, 3)
         summary.phases["solves"] = self.decider.last_solves
+        summary.phases["deferred"] = summary.deferred
         mark = time.perf_counter()
 
         for item, (got, drift_memory, outcome), answer in zip(prepared, states, decisions):
+            if answer == DEFERRED:
+                summary.deferred += 1
+                summary.results[item.ref] = PassResult(skipped="deferred to the next pass (first decision)")
+                continue
             if isinstance(answer, str):
                 log.warning(kv("Skipped autoscaling", name=item.ref[1], namespace=item.ref[0], error=answer))
                 summary.results[item.ref] = PassResult(skipped=answer)

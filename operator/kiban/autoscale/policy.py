@@ -490,6 +490,39 @@ def _near(kept: tuple, new: tuple) -> bool:
     return all(abs(tail(old, t) - tail(fresh, t)) <= NEAR_STEPS * MIX_GRID + 1e-9 for t in lengths)
 
 
+SHARED_CANDIDATES = 256  # solved inputs remembered per (profile, SLO, utilisation) for other models to reuse
+_SOLVED: dict[tuple, dict[tuple, None]] = {}  # a memo beside the lru caches: which inputs were solved
+
+
+def note_solved(profile: EngineProfile, slo: Slo, utilization: float, inputs: tuple) -> None:
+    """Remember that `inputs` were solved for this class, newest last, at most SHARED_CANDIDATES."""
+    solved = _SOLVED.setdefault((profile, slo, utilization), {})
+    solved.pop(inputs, None)
+    solved[inputs] = None
+    while len(solved) > SHARED_CANDIDATES:
+        del solved[next(iter(solved))]
+
+
+def solved_inputs(profile: EngineProfile, slo: Slo, utilization: float) -> list[tuple]:
+    """Inputs already solved for this class, newest first."""
+    return list(reversed(_SOLVED.get((profile, slo, utilization), {})))
+
+
+def reusable_inputs(kept: tuple | None, new: tuple, profile: EngineProfile, slo: Slo, utilization: float,
+                    demand_rps: float, min_replicas: int) -> tuple:
+    """The inputs to solve with: `new` when already solved; else the model's kept inputs, or any
+    other model's solved inputs of the same class, that decide alike (decisive_inputs), so a
+    model that is new to this operator (or whose window's mix only wobbled) costs no solve when
+    a similar model's answer is already known; else `new`."""
+    if new in _SOLVED.get((profile, slo, utilization), {}):
+        return new
+    for candidate in ([kept] if kept is not None else []) + solved_inputs(profile, slo, utilization):
+        if candidate != new and decisive_inputs(candidate, new, profile, slo, utilization, demand_rps,
+                                                min_replicas) == candidate:
+            return candidate
+    return new
+
+
 def decisive_inputs(kept: tuple, new: tuple, profile: EngineProfile, slo: Slo, utilization: float,
                     demand_rps: float, min_replicas: int) -> tuple:
     """Solve the capacity model again for `new` inputs only when it could change the answer.
@@ -605,14 +638,16 @@ def decide(
         mean_prompt, mean_output = means
         prompt, output, mix = sticky_inputs(state.capacity_inputs, round_tokens_up(mean_prompt),
                                             max(1.0, round_tokens_up(mean_output)), _mix(obs.prompt_mix))
-        if state.capacity_inputs is not None and (prompt, output, mix) != state.capacity_inputs:
+        if (prompt, output, mix) != state.capacity_inputs:
             recent_burst = (burst_rate_rps([r for _, r in burst_samples], burst_overflow_share(config))
                             if config.burst_window_s > 0 else 0.0)
             demand = config.peak_factor * max(rate * config.max_lookahead_factor, recent_burst) \
                 + (obs.waiting or 0) / config.backlog_drain_s
-            prompt, output, mix = decisive_inputs(state.capacity_inputs, (prompt, output, mix), profile, slo,
+            prompt, output, mix = reusable_inputs(state.capacity_inputs, (prompt, output, mix), profile, slo,
                                                   utilization, demand, config.min_replicas)
         capacity_inputs = (prompt, output, mix)
+        if prompt + output <= profile.kv_cache_tokens:
+            note_solved(profile, slo, utilization, capacity_inputs)
         fits_kv = prompt + output <= profile.kv_cache_tokens
         capacity = (capacity_per_replica_rps(profile, prompt, output, slo, utilization, mix)
                     if fits_kv else 0.0)

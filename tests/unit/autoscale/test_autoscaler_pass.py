@@ -212,3 +212,22 @@ def test_a_job_that_cannot_be_decided_costs_only_itself(bad):
     first, second = decide_all([broken, good])
     assert isinstance(first, str) and "current_replicas" in first
     assert second[0].replicas >= 1
+
+
+def test_when_the_solve_budget_is_spent_new_models_wait_a_pass_and_known_ones_are_still_decided():
+    from dataclasses import replace as _replace
+
+    from kiban.api.v1alpha1 import FoundationModel
+    from kiban.autoscale.model_pass import DEFERRED, engine_profile_for, scaling_configs
+
+    fm = FoundationModel.from_object(body("m0", "u0"))
+    configs, profile = scaling_configs(fm, 1), engine_profile_for(fm)
+    obs = Observation(time_s=100.0, metrics_available=True, arrival_rate_rps=1.0, mean_prompt_tokens=256.0,
+                      mean_output_tokens=16.0, running=1.0, waiting=0.0, current_replicas=2)
+    (_, warm_state), = decide_all([DecideJob(obs, configs, seed_state(0.0, 2), profile, {})])
+    assert warm_state.capacity_inputs is not None
+    cold = DecideJob(_replace(obs, arrival_rate_rps=1.5), configs, seed_state(0.0, 2), profile, {})
+    warm = DecideJob(_replace(obs, time_s=115.0), configs, warm_state, profile, {})
+    first, second = decide_all([cold, warm], budget_s=0.0)
+    assert first == DEFERRED and second[0].replicas >= 1  # the known model is decided, in its place
+    assert decide_all([cold], budget_s=None)[0][0].replicas >= 1
