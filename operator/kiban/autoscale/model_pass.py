@@ -792,7 +792,6 @@ class Autoscaler:
         decisions = await self.decider.run(jobs, budget_s=self.settings.interval_s * SOLVE_BUDGET_SHARE)
         summary.phases["decide"] = round(time.perf_counter() - mark, 3)
         summary.phases["solves"] = self.decider.last_solves
-        summary.phases["deferred"] = summary.deferred
         mark = time.perf_counter()
 
         for item, (got, drift_memory, outcome), answer in zip(prepared, states, decisions):
@@ -806,6 +805,7 @@ class Autoscaler:
                 continue
             summary.decided += 1
             writes.append(self._act(context, item, got, answer, drift_memory, outcome, now, summary))
+        summary.phases["deferred"] = summary.deferred
         if writes:
             await asyncio.gather(*writes)
         summary.phases["write"] = round(time.perf_counter() - mark, 3)

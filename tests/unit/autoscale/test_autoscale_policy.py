@@ -516,3 +516,17 @@ def test_the_capacity_is_solved_again_only_when_it_could_change_the_replica_coun
     assert decisive_inputs(kept, new, PROFILE, slo, 1.0, 1.9 * capacity, 1) == new  # near the 2 -> 3 boundary
     far = (256.0, 16.0, ((100.0, 0.2), (1000.0, 0.8)))
     assert decisive_inputs(kept, far, PROFILE, slo, 1.0, 0.3 * capacity, 1) == far  # a real change of mix
+
+
+def test_a_new_model_reuses_another_models_solved_inputs_only_when_they_decide_alike():
+    from kiban.autoscale.policy import capacity_per_replica_rps, note_solved, reusable_inputs
+
+    slo = Slo(ttft_ms=450)
+    other = (512.0, 32.0, ((100.0, 0.75), (1000.0, 0.25)))
+    new = (512.0, 32.0, ((100.0, 0.72), (1000.0, 0.28)))  # near the other model's mix
+    assert reusable_inputs(None, new, PROFILE, slo, 1.0, 0.1, 1) == new  # nothing solved in this class yet
+    capacity = capacity_per_replica_rps(PROFILE, *other[:2], slo, 1.0, other[2])
+    note_solved(PROFILE, slo, 1.0, other)
+    assert reusable_inputs(None, new, PROFILE, slo, 1.0, 0.3 * capacity, 1) == other  # one replica either way
+    assert reusable_inputs(None, new, PROFILE, slo, 1.0, 1.9 * capacity, 1) == new  # near a boundary: solve
+    assert reusable_inputs(None, new, PROFILE, Slo(ttft_ms=900), 1.0, 0.3 * capacity, 1) == new  # another SLO
