@@ -103,6 +103,7 @@ MODELS: dict[float, ModelSpec] = {
     3.0: ModelSpec("Llama-3.2-3B", 3.21, layers=28, kv_heads=8, head_dim=128),
     8.0: ModelSpec("Llama-3.1-8B", 8.03, layers=32, kv_heads=8, head_dim=128),
     70.0: ModelSpec("Llama-3.1-70B", 70.6, layers=80, kv_heads=8, head_dim=128),
+    405.0: ModelSpec("Llama-3.1-405B", 405.9, layers=126, kv_heads=8, head_dim=128),
 }
 
 # (gpu, nominal size in B) -> tensor-parallel degree the profile assumes.
@@ -114,9 +115,22 @@ PROFILE_TENSOR_PARALLEL: dict[tuple[str, float], int] = {
     ("nvidia-a100-80gb", 70.0): 4,  # 141 GB of weights need >= 2 GPUs; 4 leaves room for KV
     ("nvidia-h100-80gb", 8.0): 1,
     ("nvidia-h100-80gb", 70.0): 4,
+    ("nvidia-a100-80gb", 405.0): 8,  # 812 GB of weights: two nodes of 8 (kiban.sizing), one stage each
+    ("nvidia-h100-80gb", 405.0): 8,
     ("nvidia-mig-1g.10gb", 1.0): 1,
     ("nvidia-mig-1g.10gb", 3.0): 1,
     ("nvidia-mig-1g.10gb", 8.0): 1,  # does not fit: derive_profile refuses it (kept out below)
+}
+
+
+# (gpu, nominal size in B) -> pipeline stages (one per node) of a profile bigger than one node.
+# A token passes the stages one after another, each streaming its share of the weights over TP
+# GPUs: step times (alpha, beta, delta) are those of TP alone, while KV capacity and the
+# per-GPU load time count every GPU. The pipeline bubble and the hop between nodes are not
+# modelled (an extrapolation; the online re-fit corrects it).
+PROFILE_PIPELINE_PARALLEL: dict[tuple[str, float], int] = {
+    ("nvidia-a100-80gb", 405.0): 2,
+    ("nvidia-h100-80gb", 405.0): 2,
 }
 
 
@@ -150,10 +164,12 @@ def startup_seconds(model: ModelSpec, tp: int) -> float:
     return round(STARTUP_COMPILE_S + model.weight_bytes / tp / (STARTUP_LOAD_GBPS * 1e9), 1)
 
 
-def derive_profile(gpu_name: str, size_b: float, tp: int) -> EngineProfile:
-    """Build one EngineProfile from the datasheet, the architecture and measured efficiencies."""
+def derive_profile(gpu_name: str, size_b: float, tp: int, pp: int = 1) -> EngineProfile:
+    """Build one EngineProfile from the datasheet, the architecture and measured efficiencies
+    (pp > 1: pipeline stages across nodes, see PROFILE_PIPELINE_PARALLEL)."""
     gpu, model = GPUS[gpu_name], MODELS[size_b]
     alpha = decode_alpha_ms(gpu, model, tp)
+    stages = f", pipeline parallel {pp} (one stage per node)" if pp > 1 else ""
     return EngineProfile(
         name=profile_key(gpu_name, size_b),
         gpu=gpu_name,
@@ -163,10 +179,10 @@ def derive_profile(gpu_name: str, size_b: float, tp: int) -> EngineProfile:
         gamma_ms=round(alpha, 3),
         delta_ms=round(prefill_delta_ms(gpu, model, tp), 5),
         max_num_seqs=DEFAULT_MAX_NUM_SEQS,
-        kv_cache_tokens=kv_cache_tokens(gpu, model, tp),
-        startup_s=startup_seconds(model, tp),
+        kv_cache_tokens=kv_cache_tokens(gpu, model, tp * pp),
+        startup_s=startup_seconds(model, tp * pp),
         source=(
-            f"{model.name} bf16, tensor parallel {tp}. {gpu.datasheet}. Decode alpha at MBU "
+            f"{model.name} bf16, tensor parallel {tp}{stages}. {gpu.datasheet}. Decode alpha at MBU "
             f"{MBU_DECODE} and beta {BETA_REF_MS} ms/seq from J. Musgrave's vLLM 0.23 A100 "
             f"sweep (Llama-3.1-8B), beta scaled by KV bytes and bandwidth; prefill at an "
             f"assumed MFU {MFU_PREFILL}; derivation in kiban/capacity/profiles.py."
@@ -183,7 +199,7 @@ def _build_profiles() -> dict[str, EngineProfile]:
     profiles = {}
     for (gpu_name, size_b), tp in PROFILE_TENSOR_PARALLEL.items():
         try:
-            profile = derive_profile(gpu_name, size_b, tp)
+            profile = derive_profile(gpu_name, size_b, tp, PROFILE_PIPELINE_PARALLEL.get((gpu_name, size_b), 1))
         except ValueError:
             continue  # the model does not fit this GPU: no profile, get_profile says so
         profiles[profile.name] = profile
