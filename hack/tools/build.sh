@@ -92,14 +92,17 @@ copy_module_files() {
   log "${module}: copied $# files to ${dest}"
 }
 
-# LeaderWorkerSet: the controller manager (with its webhooks) and the two CRDs it needs. v0.9.0
-# starts a DisaggregatedSet controller too and exits when that CRD is missing.
+# LeaderWorkerSet: the controller manager (with its webhooks), the two CRDs it needs (v0.9.0
+# starts a DisaggregatedSet controller too and exits when that CRD is missing) and the webhook
+# configurations controller-gen wrote for them (kiban_dev.devcluster.leaderworkerset points them
+# at 127.0.0.1).
 build_lws() {
   GO_LDFLAGS_EXTRA="-X sigs.k8s.io/lws/pkg/version.GitVersion=${LWS_VERSION}" \
     build_go lws "${LWS_VERSION}" lws lws-controller=sigs.k8s.io/lws/cmd
   copy_module_files lws sigs.k8s.io/lws "${CACHE}/lws-${LWS_VERSION}/crds" \
     config/crd/bases/leaderworkerset.x-k8s.io_leaderworkersets.yaml \
     config/crd/bases/disaggregatedset.x-k8s.io_disaggregatedsets.yaml
+  copy_module_files lws sigs.k8s.io/lws "${CACHE}/lws-${LWS_VERSION}/webhook" config/webhook/manifests.yaml
 }
 
 # Prometheus from Debian: a distribution-maintained, signed build of a pinned version.
@@ -133,7 +136,8 @@ main() {
   if ! all_present "${CACHE}/kubernetes-${KUBERNETES_VERSION}" kube-apiserver kube-controller-manager kube-scheduler kubectl \
     || ! all_present "${CACHE}/kwok-${KWOK_VERSION}" kwok || [[ ! -s "${CACHE}/kwok-${KWOK_VERSION}/stages/default.yaml" ]] \
     || ! all_present "${CACHE}/helm-${HELM_VERSION}" helm || ! all_present "${CACHE}/etcd-${ETCD_VERSION}" etcd \
-    || ! all_present "${CACHE}/lws-${LWS_VERSION}" lws-controller || [[ -z "$(ls -A "${CACHE}/lws-${LWS_VERSION}/crds" 2>/dev/null)" ]]; then
+    || ! all_present "${CACHE}/lws-${LWS_VERSION}" lws-controller || [[ ! -s "${CACHE}/lws-${LWS_VERSION}/webhook/manifests.yaml" ]] \
+    || [[ -z "$(ls -A "${CACHE}/lws-${LWS_VERSION}/crds" 2>/dev/null)" ]]; then
     check_pin kubernetes k8s.io/kubernetes "${KUBERNETES_VERSION}"
     check_pin kwok sigs.k8s.io/kwok "${KWOK_VERSION}"
     check_pin helm helm.sh/helm/v3 "${HELM_VERSION}"

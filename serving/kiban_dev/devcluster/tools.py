@@ -120,3 +120,11 @@ def lws_crd_paths() -> list[Path]:
         if not path.is_file():
             raise _missing(path, "the LeaderWorkerSet CRDs")
     return paths
+
+
+def lws_webhook_manifests_path() -> Path:
+    """controller-gen's webhook configurations of the pinned sigs.k8s.io/lws (config/webhook/manifests.yaml)."""
+    path = tool_dir("LWS_VERSION", load_versions(), cache_root()) / "webhook" / "manifests.yaml"
+    if not path.is_file():
+        raise _missing(path, "the LeaderWorkerSet webhook manifests")
+    return path
