@@ -213,13 +213,12 @@ def size_gpus(
             f"{_arithmetic(largest, per_gpu)} ({pins.describe()})",
         )
     largest = max(layouts, key=lambda l: l.gpus)
-    most = "the most one replica of"
     limit = f" (at most {max_nodes} nodes per replica, {MAX_NODES_SETTING})" if largest.nodes > 1 else ""
     return result(
         largest, False, SizingReason.model_does_not_fit,
         f"needs {required_gib(weights, largest.gpus):.1f} GiB (weights {weights:.1f} + KV reserve {kv:.1f} "
-        f"+ overhead) but {_arithmetic(largest, per_gpu)} = {usable(largest):.1f} GiB is {most} "
-        f"{profile.name} can get{limit}",
+        f"+ overhead) but {_arithmetic(largest, per_gpu)} = {usable(largest):.1f} GiB is the most one replica "
+        f"of {profile.name} can get{limit}",
     )
 
 
