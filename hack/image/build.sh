@@ -132,7 +132,7 @@ build_base_tarball() { # key -> the tarball path on stdout
   local started=${SECONDS} staging="${dir}/.staging-${key}.tar" recipe mirrors
   mapfile -t recipe < <(base_recipe)
   mapfile -t mirrors < <(base_mirrors)
-  log "base: mmdebstrap ${recipe[*]} (recipe ${key}; about a minute)"
+  log "base: mmdebstrap ${recipe[*]} (recipe ${key}; minutes)"
   rm -f "${staging}"
   mmdebstrap --quiet "${recipe[@]}" "${staging}" "${mirrors[@]}" >"${dir}/mmdebstrap.log" 2>&1 \
     || die "mmdebstrap failed (log ${dir}/mmdebstrap.log): $(tail -5 "${dir}/mmdebstrap.log")"

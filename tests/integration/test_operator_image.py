@@ -1,8 +1,8 @@
 """The operator image, really built and really run (ARCHITECTURE.md habit 12: what runs in the
 cluster ships alone).
 
-The image is built through hack/image/build.sh, the script `make image` runs (warm: about 15 s;
-cold, with mmdebstrap and every wheel downloaded: several minutes, docs/image.md), and then:
+The image is built through hack/image/build.sh, the script `make image` runs (warm: 15-25 s;
+cold, with mmdebstrap and every wheel downloaded: about 7 minutes, docs/image.md), and then:
 
 - its contents: under a size bound; the runtime distribution `kiban` (`import kiban.cli` and every
   module of it import) in a small layer of its own on top of exactly the pinned closure of
