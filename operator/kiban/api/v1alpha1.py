@@ -649,7 +649,7 @@ class ScalingSpec(KibanModel):
 class RolloutSpec(KibanModel):
     """How a spec change replaces running replicas (for a multi-node model: whole groups)."""
 
-    max_surge: int = Field(
+    max_surge: StrictInt = Field(
         default=1,
         ge=0,
         le=1000,
@@ -658,7 +658,7 @@ class RolloutSpec(KibanModel):
             "model each is a whole group of nodesPerReplica nodes."
         ),
     )
-    max_unavailable: int = Field(
+    max_unavailable: StrictInt = Field(
         default=0,
         ge=0,
         le=1000,

@@ -57,6 +57,18 @@ WORKER_INDEX = "$(LWS_WORKER_INDEX)"  # 1 .. size-1 on workers
 HOSTNAME_TOPOLOGY = "kubernetes.io/hostname"
 
 
+SINGLE_NODE_ACCESS_MODES = ("ReadWriteOnce", "ReadWriteOncePod")
+
+
+def shared_cache_problem(fm: FoundationModel) -> str | None:
+    """Why the model cache cannot serve a group whose pods sit on different nodes, or None."""
+    cache = fm.spec.cache
+    if cache.type == "pvc" and cache.access_mode in SINGLE_NODE_ACCESS_MODES:
+        return (f"spec.cache.accessMode {cache.access_mode} mounts on one node only, and a replica of this model "
+                "spans nodes (one pod per node): use ReadWriteMany or an emptyDir cache")
+    return None
+
+
 def leader_selector(fm: FoundationModel) -> dict[str, str]:
     """The pods that serve the API of a multi-node model: its group leaders."""
     return {**selector_labels(fm), ROLE_LABEL: LEADER}

@@ -28,7 +28,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from kiban.api.v1alpha1 import FoundationModel
-from kiban.builders.leaderworkerset import LWS_API_VERSION
+from kiban.builders.leaderworkerset import LWS_API_VERSION, shared_cache_problem
 from kiban.builders.names import label_value
 from kiban.clock import rfc3339
 from kiban.config import ConfigError, OperatorConfig
@@ -174,6 +174,19 @@ def missing_workload_api(sizing: Any, served: frozenset[str]) -> str | None:
             "install LeaderWorkerSet (sigs.k8s.io/lws), or pin a layout that fits one node")
 
 
+def workload_blocked(model: FoundationModel, sizing: Any, served: frozenset[str]) -> tuple[str, str] | None:
+    """(reason, message) when a replica spanning nodes cannot run here, else None."""
+    if not sizing.multi_node:
+        return None
+    missing = missing_workload_api(sizing, served)
+    if missing:
+        return "LeaderWorkerSetNotServed", missing
+    cache = shared_cache_problem(model)
+    if cache:
+        return "CacheNotShareable", cache
+    return None
+
+
 def _now(context: OperatorContext) -> str:
     return rfc3339(context.clock())
 
@@ -250,10 +263,10 @@ async def _pass(
         return await _finish(context, body, world, Outcome(), model=model)
 
     served = await context.io(context.discovery.served_groups, priority=URGENT)  # cached: rarely a call
-    missing = missing_workload_api(gpu, served)
-    if missing:  # as above: say why, change nothing
-        world = World(generation, Sizing(False, missing, "LeaderWorkerSetNotServed"), replicas, deployment, pods,
-                      namespace=namespace)
+    blocked = workload_blocked(model, gpu, served)
+    if blocked:  # as above: say why, change nothing
+        reason, message = blocked
+        world = World(generation, Sizing(False, message, reason), replicas, deployment, pods, namespace=namespace)
         return await _finish(context, body, world, Outcome(), model=model)
     desired = desired_for(context, ref, body, model, gpu, replicas, served)
     the_plan = plan(desired, children, body["metadata"]["uid"])

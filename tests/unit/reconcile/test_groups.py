@@ -94,6 +94,25 @@ def test_a_multi_node_model_without_the_lws_api_is_refused_with_the_numbers():
     assert missing_workload_api(sizing("70B"), frozenset()) is None  # one node: a Deployment needs nothing
 
 
+def test_a_single_node_cache_cannot_serve_a_group_spread_over_nodes():
+    from kiban.api.v1alpha1 import FoundationModel
+    from kiban.reconcile.run import workload_blocked
+
+    def fm(cache: dict) -> FoundationModel:
+        return FoundationModel.from_object({
+            "apiVersion": "kiban.dev/v1alpha1", "kind": "FoundationModel", "metadata": {"name": "big"},
+            "spec": {"model": {"uri": "hf://o/m", "parameters": "405B"}, "accelerator": {"profile": "nvidia-h100-80gb"},
+                     "scaling": {"autoscaling": False}, "cache": cache}})
+
+    rwo = fm({"type": "pvc", "size": "1Ti", "accessMode": "ReadWriteOnce"})
+    reason, message = workload_blocked(rwo, sizing("405B"), LWS_API)
+    assert reason == "CacheNotShareable" and "spec.cache.accessMode ReadWriteOnce" in message
+    assert workload_blocked(fm({"type": "pvc", "size": "1Ti", "accessMode": "ReadWriteMany"}), sizing("405B"), LWS_API) is None
+    assert workload_blocked(fm({}), sizing("405B"), LWS_API) is None  # an emptyDir per pod
+    assert workload_blocked(rwo, sizing("70B"), frozenset()) is None  # one node: no group
+    assert workload_blocked(fm({}), sizing("405B"), frozenset())[0] == "LeaderWorkerSetNotServed"
+
+
 def test_the_lws_api_is_discovered_and_indexed_as_an_optional_child():
     resource = next(c for c in observe.CHILD_RESOURCES if c.plural == "leaderworkersets")
     assert (resource.group, resource.version, resource.optional) == ("leaderworkerset.x-k8s.io", "v1", True)
