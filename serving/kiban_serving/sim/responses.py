@@ -173,7 +173,7 @@ def final_usage_chunk(rid: str, created: int, model: str, chat: bool, usage_body
             "model": model, "choices": [], "usage": usage_body, "system_fingerprint": fingerprint}
 
 
-def model_card(served_name: str, root: str, max_model_len: int, created: int, permission_id: str) -> dict:
+def model_card(served_name: str, root: str, max_model_len: int | None, created: int, permission_id: str) -> dict:
     """openai/models/serving.py show_available_models: one ModelCard per served name."""
     return {"id": served_name, "object": "model", "created": created, "owned_by": "vllm", "root": root,
             "parent": None, "max_model_len": max_model_len,

@@ -9,6 +9,14 @@ API server's HTTP metrics (http_metrics.py). Automatic prefix caching is on, as 
 (--no-enable-prefix-caching turns it off). It is a simulator: no model runs and the text is
 placeholder words (tokens.py has the tokenisation rule).
 
+API key: with --api-key or VLLM_API_KEY (the flag wins), every path under /v1, /v2, /inference
+and /cohere needs `Authorization: Bearer <key>` (401 `{"error": "Unauthorized"}` otherwise), and
+nothing else is guarded: /invocations (SageMaker's route), /health and /metrics stay open, as
+vLLM 0.33's AuthenticationMiddleware (entrypoints/serve/middleware/authenticate.py) does.
+LoRA adapters (--lora-modules NAME=PATH) are served by the base model's engine under their own
+name: a model card each (root the path, parent the base model), and `model` in a response is
+the name the request used (openai/models/serving.py).
+
 Time: the engine runs on engine time = (wall seconds since start) x speedup. With --speedup K a
 step the profile says takes 70 ms holds the HTTP stream for 70/K ms of wall time. Everything
 the server reports (/metrics histograms, startup) is in engine seconds, i.e. what the simulated
@@ -27,9 +35,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
+import hmac
 import json
 import logging
 import math
+import os
 import random
 import secrets
 import sys
@@ -75,6 +86,7 @@ log = logging.getLogger("kiban_serving.sim")
 DEFAULT_MAX_MODEL_LEN = 8192
 DEFAULT_MEAN_OUTPUT_TOKENS = 128
 ABORT_POLL_S = 0.25  # how often a non-streaming handler checks that its client is still there
+GUARDED_PREFIXES = ("/v1", "/v2", "/inference", "/cohere")  # vLLM 0.33's AuthenticationMiddleware
 
 
 @dataclass(frozen=True)
@@ -98,6 +110,12 @@ class SimConfig:
     extra_served_names: tuple[str, ...] = ()  # further --served-model-name aliases
     enable_log_requests: bool = False
     enable_prompt_tokens_details: bool = False
+    api_key: str | None = None  # guards GUARDED_PREFIXES only, as in vLLM
+    lora_modules: tuple[tuple[str, str], ...] = ()  # (name, path): served beside the base model (same engine)
+
+    @property
+    def adapters(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.lora_modules)
 
     def effective_max_model_len(self) -> int:
         return self.max_model_len or min(DEFAULT_MAX_MODEL_LEN, self.profile.kv_cache_tokens)
@@ -108,6 +126,20 @@ class SimConfig:
     @property
     def served_names(self) -> list[str]:
         return [self.served_model_name, *self.extra_served_names]
+
+    @property
+    def accepted_names(self) -> list[str]:
+        return [*self.served_names, *self.adapters]
+
+
+def key_allows(path: str, authorization: str | None, api_key: str | None) -> bool:
+    """vLLM's rule: without a key everything passes; with one, guarded paths need the Bearer token."""
+    if not api_key or not path.startswith(GUARDED_PREFIXES):
+        return True
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(hashlib.sha256(token.encode()).digest(), hashlib.sha256(api_key.encode()).digest())
 
 
 def random_uuid() -> str:
@@ -296,8 +328,9 @@ class Generation:
     """The samples of one completions/chat request, fanned out to the engine as vLLM does
     (one engine request per prompt and sample, v1/engine/parallel_sampling.py), and their output."""
 
-    def __init__(self, sim: Simulator, request: GenerationRequest, base_id: str) -> None:
+    def __init__(self, sim: Simulator, request: GenerationRequest, base_id: str, model: str | None = None) -> None:
         self.sim, self.request = sim, request
+        self.model = model if model in sim.config.adapters else sim.config.served_model_name
         self.rid = ("chatcmpl-" if request.chat else "cmpl-") + base_id
         self.created = int(time.time())
         self.queue: asyncio.Queue = asyncio.Queue()
@@ -361,7 +394,7 @@ class Generation:
 
     def body(self) -> dict:
         """The non-streaming response (completion/serving.py request_output_to_completion_response)."""
-        request, model = self.request, self.sim.config.served_model_name
+        request, model = self.request, self.model
         choices = []
         for sample in self.samples:
             text = sample.full_text(sample.tokens)
@@ -384,7 +417,7 @@ class Generation:
 
     def chunks_for(self, sample: _Sample, previous_tokens: int, done: FinishedRequest | None) -> list[dict]:
         """The chunk(s) for one engine output of `sample` (the tokens since previous_tokens)."""
-        request, model = self.request, self.sim.config.served_model_name
+        request, model = self.request, self.model
         out: list[dict] = []
         if request.chat and not any(s.started for s in self.samples):
             for index in range(len(self.samples)):  # n role chunks at the request's first output
@@ -430,8 +463,8 @@ class Generation:
         body = self.usage()
         if not self.request.chat:
             body = {k: v for k, v in body.items() if v is not None}  # exclude_none
-        return rsp.final_usage_chunk(self.rid, self.created, self.sim.config.served_model_name, self.request.chat,
-                                     body, self.sim.fingerprint)
+        return rsp.final_usage_chunk(self.rid, self.created, self.model, self.request.chat, body,
+                                     self.sim.fingerprint)
 
 
 # ------------------------------------------------------------------ HTTP handlers
@@ -451,7 +484,16 @@ def _sse(obj: Any, compact: bool = True) -> bytes:
 def create_app(config: SimConfig) -> web.Application:
     """The aiohttp application for one simulated vLLM server (run in-process or via main)."""
     sim = Simulator(config)
-    app = web.Application(middlewares=[sim.http_metrics.middleware(), _json_errors])
+
+    @web.middleware
+    async def authenticate(request: web.Request, handler) -> web.StreamResponse:
+        if request.method != "OPTIONS" and not key_allows(request.path, request.headers.get("Authorization"),
+                                                          config.api_key):
+            return _json({"error": "Unauthorized"}, status=401)
+        return await handler(request)
+
+    # the instrumentator sits inside authentication: a 401 is not counted (vLLM's middleware order)
+    app = web.Application(middlewares=[authenticate, sim.http_metrics.middleware(), _json_errors])
     app.on_startup.append(sim.start)
     app.on_cleanup.append(sim.stop)
     model = config.served_model_name
@@ -476,6 +518,9 @@ def create_app(config: SimConfig) -> web.Application:
         root = config.model or model
         cards = [rsp.model_card(name, root, sim.max_model_len, created, f"modelperm-{random_uuid()}")
                  for name in config.served_names]
+        for name, path in config.lora_modules:
+            card = rsp.model_card(name, path, None, created, f"modelperm-{random_uuid()}")
+            cards.append({**card, "parent": model})
         return _json({"object": "list", "data": cards})
 
     async def read_body(request: web.Request) -> Any:
@@ -483,9 +528,9 @@ def create_app(config: SimConfig) -> web.Application:
 
     def check_model(body: dict) -> None:
         requested = body.get("model") if isinstance(body, dict) else None
-        if requested is not None and requested not in config.served_names:
+        if requested is not None and requested not in config.accepted_names:
             raise ApiError(404, f"The model `{requested}` does not exist. Valid aliases: "
-                                f"{', '.join(config.served_names)}.", "model")
+                                f"{', '.join(config.accepted_names)}.", "model")
 
     async def tokenize(request: web.Request) -> web.Response:
         """serve/tokenize/serving.py create_tokenize: completion or chat style."""
@@ -524,16 +569,29 @@ def create_app(config: SimConfig) -> web.Application:
     async def chat_completions(request: web.Request) -> web.StreamResponse:
         return await _generate(request, chat=True)
 
-    async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
+    async def invocations(request: web.Request) -> web.StreamResponse:
+        """serve/sagemaker/api_router.py: the body as a chat request, else a completion request."""
+        body = await read_body(request)
+        for chat in (True, False):
+            try:
+                return await _generate(request, chat, body)
+            except ApiError as exc:
+                if exc.kind != "Bad Request":  # it validated as this kind: its own error stands
+                    raise
+        raise ApiError(400, "Cannot find suitable handler for request. Expected one of: "
+                            "['ChatCompletionRequest', 'CompletionRequest']")
+
+    async def _generate(request: web.Request, chat: bool, body: Any = None) -> web.StreamResponse:
         if not sim.ready():
             raise ApiError(503, "The engine is currently starting; try again later.")
-        body = await read_body(request)
-        parsed = parse_generation_request(body, chat=chat, served_model_names=config.served_names,
+        if body is None:
+            body = await read_body(request)
+        parsed = parse_generation_request(body, chat=chat, served_model_names=config.accepted_names,
                                           max_model_len=sim.max_model_len, max_logprobs=config.max_logprobs)
         base = request.headers.get("X-Request-Id") or parsed.request_id or random_uuid()
         if parsed.deferred_error is not None and not parsed.stream:
             raise parsed.deferred_error
-        generation = Generation(sim, parsed, base)
+        generation = Generation(sim, parsed, base, body.get("model") if isinstance(body, dict) else None)
         if parsed.stream:
             return await _stream(request, generation)
         generation.start()
@@ -592,6 +650,7 @@ def create_app(config: SimConfig) -> web.Application:
     app.router.add_post("/detokenize", detokenize_handler)
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/invocations", invocations)
     return app
 
 
@@ -633,6 +692,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--step-jitter", type=float, default=0.0, help="uniform +/- fraction on each step time")
     parser.add_argument("--mean-output-tokens", type=int, default=DEFAULT_MEAN_OUTPUT_TOKENS)
+    parser.add_argument("--api-key", default=None, help="guard /v1 paths with this key (default: $VLLM_API_KEY)")
+    parser.add_argument("--lora-modules", nargs="+", default=[], metavar="NAME=PATH",
+                        help="LoRA adapters served under NAME (the simulator serves them with the base model's engine)")
     parser.add_argument("--log-level", default="INFO")
     return parser
 
@@ -657,6 +719,8 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         seed=args.seed,
         step_jitter=args.step_jitter,
         mean_output_tokens=args.mean_output_tokens,
+        api_key=args.api_key or os.environ.get("VLLM_API_KEY") or None,
+        lora_modules=tuple((m.split("=", 1)[0], m.split("=", 1)[1] if "=" in m else m) for m in args.lora_modules),
     )
 
 
