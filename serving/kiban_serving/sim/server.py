@@ -163,14 +163,41 @@ class _Sample:
     sent_chars: int = 0
     done: FinishedRequest | None = None
     started: bool = False
+    _text: list[str] = field(default_factory=list)  # the detokenized pieces so far (grown, never rebuilt)
+    _chars: int = 0
 
     def full_text(self, tokens: int) -> str:
         """The text of the first `tokens` generated tokens, as the detokenizer leaves it."""
-        shown = tokens - 1 if self.eos_last and tokens == self.target else tokens
-        text = "".join(placeholder_token(i) for i in range(shown))
+        self._extend(tokens)
+        text = "".join(self._text)
         if self.text_length is not None and tokens == self.target:
             text = text[: self.text_length]
         return text
+
+    def _extend(self, tokens: int) -> None:
+        shown = tokens - 1 if self.eos_last and tokens == self.target else tokens
+        while len(self._text) < shown:
+            piece = placeholder_token(len(self._text))
+            self._text.append(piece)
+            self._chars += len(piece)
+
+    def text_between(self, start_char: int, end_char: int) -> str:
+        """Characters [start_char, end_char) of the text so far (cheap for the last few pieces)."""
+        out, position = [], self._chars
+        for piece in reversed(self._text):
+            if position <= start_char:
+                break
+            position -= len(piece)
+            out.append(piece)
+        joined = "".join(reversed(out))
+        return joined[start_char - position:end_char - position]
+
+    def visible_chars(self, tokens: int) -> int:
+        """Length of the text after `tokens` tokens (a stop string's cut applied at the end)."""
+        self._extend(tokens)
+        if self.text_length is not None and tokens == self.target:
+            return min(self._chars, self.text_length)
+        return self._chars
 
     def token_ids(self, start: int, end: int) -> list[int]:
         return [EOS_TOKEN_ID if self.eos_last and i == self.target - 1 else placeholder_token_id(i)
@@ -429,12 +456,12 @@ class Generation:
         first = not sample.started
         sample.started = True
         finished = done is not None
-        full = sample.full_text(sample.tokens)
+        length = sample.visible_chars(sample.tokens)
         holdback = 0
         if request.stop and not request.include_stop_str_in_output and not finished:
             holdback = max(len(s) for s in request.stop) - 1
-        visible = max(sample.sent_chars, len(full) - holdback)
-        delta = full[sample.sent_chars:visible]
+        visible = max(sample.sent_chars, length - holdback)
+        delta = sample.text_between(sample.sent_chars, visible)
         sample.sent_chars = visible
         if first and request.echo:
             delta = sample.prompt.text + delta
