@@ -260,14 +260,15 @@ def draw_compare_chart(results, slo, path: str) -> str:
         raise ValueError(CHART_NEEDS) from None
     feasible = [r for r in results if r.feasible and r.predicted_ttft_p95_ms is not None]
     fig, ax = plt.subplots(figsize=(8, 5))
-    for r in feasible:
+    for index, r in enumerate(feasible):
         ax.scatter(r.predicted_ttft_p95_ms, r.cost_per_day, s=40)
         ax.annotate(f"{r.model}\n{r.accelerator} x{r.gpus}", (r.predicted_ttft_p95_ms, r.cost_per_day),
-                    fontsize=7, xytext=(4, 4), textcoords="offset points")
+                    fontsize=7, xytext=(5, 6 if index % 2 else -18), textcoords="offset points")
+    ax.set_xscale("log")
     if slo.ttft_ms is not None:
         ax.axvline(slo.ttft_ms, color="black", ls="--", lw=1, label=f"SLO TTFT p{slo.ttft_percentile} {slo.ttft_ms:g} ms")
         ax.legend(fontsize=8)
-    ax.set_xlabel("predicted TTFT p95 at the planned replicas (ms)")
+    ax.set_xlabel("predicted TTFT p95 at the planned replicas (ms, log scale)")
     ax.set_ylabel("cost per day (USD)")
     ax.set_title("kiban capacity compare: cost against latency")
     ax.grid(alpha=0.3)
