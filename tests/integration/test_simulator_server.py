@@ -244,3 +244,28 @@ def test_unknown_profile_exits_with_message(tmp_path):
     proc = SimulatorProcess(MODEL, "nvidia-l4/999B", log_path=tmp_path / "sim.log").start()
     assert proc.process.wait(timeout=30) == 2
     assert "nvidia-l4/8B" in (tmp_path / "sim.log").read_text()
+
+
+def test_a_client_that_goes_away_is_aborted_quietly(sim):
+    """vLLM aborts the request (its KV freed, nothing in request_success) and logs nothing by
+    default (v1/engine/async_llm.py abort: INFO lines only with --enable-log-requests)."""
+    before = scrape(sim.url)
+
+    def finished(families):
+        return sum(s.value for s in families["vllm:request_success"].samples if s.name == "vllm:request_success_total")
+
+    body = {"model": MODEL, "prompt": "a b c", "max_tokens": 4000, "ignore_eos": True, "stream": True}
+    with requests.post(sim.url + "/v1/completions", json=body, stream=True, timeout=10) as response:
+        lines = response.iter_lines()
+        assert next(line for line in lines if line).startswith(b"data: {")
+    # the connection is closed mid-stream; the simulator notices at its next write
+    for _ in range(100):
+        running = [s.value for s in scrape(sim.url)["vllm:num_requests_running"].samples]
+        if running == [0.0]:
+            break
+        asyncio.run(asyncio.sleep(0.05))
+    after = scrape(sim.url)
+    assert [s.value for s in after["vllm:num_requests_running"].samples] == [0.0]
+    assert finished(after) == finished(before)
+    log = sim.log_path.read_text()
+    assert "Traceback" not in log and "Aborted" not in log and "Error handling request" not in log, log[-2000:]
