@@ -383,13 +383,14 @@ class Generation:
         return all(s.done is not None for s in self.samples)
 
     async def next_event(self) -> tuple[_Sample, int, FinishedRequest | None]:
+        """(sample, tokens it had before this output, its FinishedRequest when this output ends it)."""
         engine_id, tokens, done = await self.queue.get()
         sample = self.by_engine_id[engine_id]
-        sample.tokens = tokens
+        previous, sample.tokens = sample.tokens, tokens
         if done is not None:
             sample.done = done
             self._parent_done(sample)
-        return sample, tokens, done
+        return sample, previous, done
 
     def _parent_done(self, sample: _Sample) -> None:
         """vllm:request_params_n and _max_num_generation_tokens once per prompt, after its last sample."""
@@ -646,10 +647,8 @@ def create_app(config: SimConfig) -> web.Application:
             else:
                 generation.start()
                 while not generation.finished:
-                    sample = None
-                    previous = {s.engine_id: s.tokens for s in generation.samples}
-                    sample, tokens, done = await generation.next_event()
-                    for chunk in generation.chunks_for(sample, previous[sample.engine_id], done):
+                    sample, previous, done = await generation.next_event()
+                    for chunk in generation.chunks_for(sample, previous, done):
                         await response.write(_sse(chunk))
                 if parsed.include_usage:
                     await response.write(_sse(generation.final_usage_chunk()))

@@ -24,8 +24,10 @@ which a real tokenizer also turns into roughly n tokens, so the same trace drive
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import struct
 import re
 import zlib
 from collections.abc import Iterable, Sequence
@@ -53,6 +55,7 @@ class PromptError(ValueError):
         self.param = param
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def word_id(word: str) -> int:
     """The token id of one word (see the module doc)."""
     fixed = _WORD_IDS.get(word)
@@ -188,7 +191,7 @@ def block_hashes(token_ids: Sequence[int], block_size: int, extra: bytes = b"") 
         digest = hashlib.sha256(parent)
         if start == 0 and extra:
             digest.update(extra)
-        digest.update(b",".join(str(t).encode() for t in token_ids[start:start + block_size]))
+        digest.update(struct.pack(f"<{block_size}q", *token_ids[start:start + block_size]))
         parent = digest.digest()
         out.append(parent)
     return out
