@@ -232,3 +232,50 @@ def get_profile_by_name(name: str) -> EngineProfile:
         raise KeyError(
             f"unknown engine profile {name!r}; profiles exist for: {', '.join(sorted(PROFILES))}"
         ) from None
+
+
+def nearest_architecture(params_b: float) -> ModelSpec:
+    """The Llama 3.x architecture nearest in size (log scale): its KV geometry stands in for an
+    unlisted model's (KV bytes per token are not in a FoundationModel's spec)."""
+    if not (isinstance(params_b, (int, float)) and params_b > 0 and math.isfinite(params_b)):
+        raise ValueError(f"params_b must be a positive number, got {params_b!r}")
+    return min(MODELS.values(), key=lambda m: (abs(math.log(m.params_b / params_b)), m.params_b))
+
+
+def derive_profile_for(gpu_name: str, params_b: float, tp: int, bytes_per_parameter: float = BF16_BYTES,
+                       gpu_memory_utilization: float = GPU_MEMORY_UTILIZATION) -> EngineProfile:
+    """An engine profile for any model size, precision and tensor-parallel degree on a known GPU.
+
+    The catalogue's formulas (module doc) with the stated parameter count and weight bytes per
+    parameter (quantized weights stream faster and leave more KV cache; prefill FLOPs are the
+    same 2 per parameter per token) and the KV geometry of `nearest_architecture`.
+    """
+    if gpu_name not in GPUS:
+        raise KeyError(f"no datasheet figures for gpu {gpu_name!r}; known: {', '.join(sorted(GPUS))}")
+    if tp < 1:
+        raise ValueError(f"tensor parallel degree must be >= 1, got {tp!r}")
+    gpu, arch = GPUS[gpu_name], nearest_architecture(params_b)
+    weight_bytes = params_b * 1e9 * bytes_per_parameter
+    alpha = weight_bytes / tp / (gpu.bandwidth_gbps * 1e9 * MBU_DECODE) * 1e3
+    kv_scale = (arch.kv_bytes_per_token / tp) / BETA_REF_KV_BYTES_PER_TOKEN
+    beta = BETA_REF_MS * kv_scale * BETA_REF_BANDWIDTH_GBPS / gpu.bandwidth_gbps
+    delta = 2 * params_b * 1e9 / (tp * gpu.bf16_dense_tflops * 1e12 * MFU_PREFILL) * 1e3
+    free_bytes = tp * gpu.memory_gb * 1e9 * gpu_memory_utilization - weight_bytes
+    if free_bytes <= 0:
+        raise ValueError(f"{params_b:g}B weights ({weight_bytes / 1e9:.1f} GB) leave no KV cache on {tp} x {gpu_name}")
+    precision = {2.0: "16-bit", 1.0: "8-bit", 0.5: "4-bit"}.get(bytes_per_parameter, f"{bytes_per_parameter:g} B/param")
+    return EngineProfile(
+        name=f"{gpu_name}/{params_b:g}B" + (f"-tp{tp}" if tp > 1 else "") + ("" if bytes_per_parameter == BF16_BYTES
+                                                                             else f"-{precision}"),
+        gpu=gpu_name,
+        model_params_b=params_b,
+        alpha_ms=round(alpha, 3),
+        beta_ms=round(beta, 4),
+        gamma_ms=round(alpha, 3),
+        delta_ms=round(delta, 5),
+        max_num_seqs=DEFAULT_MAX_NUM_SEQS,
+        kv_cache_tokens=int(free_bytes // arch.kv_bytes_per_token),
+        startup_s=round(STARTUP_COMPILE_S + weight_bytes / tp / (STARTUP_LOAD_GBPS * 1e9), 1),
+        source=(f"{params_b:g}B at {precision} weights, tensor parallel {tp}, KV geometry of {arch.name}. "
+                f"{gpu.datasheet}. Same formulas as the catalogue (kiban/capacity/profiles.py)."),
+    )

@@ -57,7 +57,7 @@ def test_minimal_resource_parses_with_documented_defaults():
 def test_round_trip_uses_camel_case():
     dumped = FoundationModel.from_object(MINIMAL).model_dump(mode="json", exclude_none=True)
     assert dumped["apiVersion"] == "kiban.dev/v1alpha1"
-    assert dumped["spec"]["scaling"]["slo"] == {"ttftP95Ms": 500}
+    assert dumped["spec"]["scaling"]["slo"] == {"ttftP95Ms": 3000}  # examples/model.yaml
     assert "minReplicas" in dumped["spec"]["scaling"]
     assert FoundationModel.from_object(dumped).spec == FoundationModel.from_object(MINIMAL).spec
 
