@@ -99,7 +99,7 @@ def compare_pair(model: ModelCandidate, accelerator: AcceleratorCandidate, load:
                       f"{', '.join(sorted(GPUS))}", gpus_per_replica=sizing.gpus_per_replica)
     try:
         profile = derive_profile_for(gpu, model.params_b, sizing.tensor_parallel_size, model.bytes_per_parameter,
-                                     gpu_memory_utilization)
+                                     gpu_memory_utilization, pp=sizing.pipeline_parallel_size)
         capacity = max_arrival_rate(profile, load.prompt_tokens, load.output_tokens, slo, target_utilization,
                                     prompt_mix=load.prompt_mix)
     except ValueError as exc:

@@ -38,7 +38,7 @@ activation workspace is not subtracted, so real vLLM reports somewhat fewer toke
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from kiban.capacity.engine_profile import EngineProfile
 
@@ -73,10 +73,11 @@ class ModelSpec:
     layers: int
     kv_heads: int
     head_dim: int
+    bytes_per_parameter: float = BF16_BYTES  # weights; KV stays 16-bit
 
     @property
     def weight_bytes(self) -> float:
-        return self.params_b * 1e9 * BF16_BYTES
+        return self.params_b * 1e9 * self.bytes_per_parameter
 
     @property
     def kv_bytes_per_token(self) -> int:
@@ -151,11 +152,13 @@ def prefill_delta_ms(gpu: GpuSpec, model: ModelSpec, tp: int) -> float:
     return flops_per_token / (tp * gpu.bf16_dense_tflops * 1e12 * MFU_PREFILL) * 1e3
 
 
-def kv_cache_tokens(gpu: GpuSpec, model: ModelSpec, tp: int) -> int:
-    """Tokens of KV cache left after the weights, at vLLM's default memory utilisation."""
-    free_bytes = tp * gpu.memory_gb * 1e9 * GPU_MEMORY_UTILIZATION - model.weight_bytes
+def kv_cache_tokens(gpu: GpuSpec, model: ModelSpec, gpus: int,
+                    gpu_memory_utilization: float = GPU_MEMORY_UTILIZATION) -> int:
+    """Tokens of KV cache left after the weights on `gpus` GPUs (vLLM's default memory utilisation)."""
+    free_bytes = gpus * gpu.memory_gb * 1e9 * gpu_memory_utilization - model.weight_bytes
     if free_bytes <= 0:
-        raise ValueError(f"{model.name} does not fit on {tp} x GPU with {gpu.memory_gb} GB")
+        raise ValueError(f"{model.name} weights ({model.weight_bytes / 1e9:.1f} GB) leave no KV cache on "
+                         f"{gpus} x GPU with {gpu.memory_gb:g} GB")
     return int(free_bytes // model.kv_bytes_per_token)
 
 
@@ -243,39 +246,37 @@ def nearest_architecture(params_b: float) -> ModelSpec:
 
 
 def derive_profile_for(gpu_name: str, params_b: float, tp: int, bytes_per_parameter: float = BF16_BYTES,
-                       gpu_memory_utilization: float = GPU_MEMORY_UTILIZATION) -> EngineProfile:
+                       gpu_memory_utilization: float = GPU_MEMORY_UTILIZATION, pp: int = 1) -> EngineProfile:
     """An engine profile for any model size, precision and tensor-parallel degree on a known GPU.
 
-    The catalogue's formulas (module doc) with the stated parameter count and weight bytes per
-    parameter (quantized weights stream faster and leave more KV cache; prefill FLOPs are the
-    same 2 per parameter per token) and the KV geometry of `nearest_architecture`.
+    The catalogue's formulas (the functions above) with the stated parameter count and weight
+    bytes per parameter (quantized weights stream faster and leave more KV cache; prefill FLOPs
+    are the same 2 per parameter per token) and the KV geometry of `nearest_architecture`.
+    `pp` > 1: pipeline stages across nodes, as PROFILE_PIPELINE_PARALLEL (step times of TP
+    alone, KV cache over every GPU; the bubble and the hop between nodes are not modelled).
     """
     if gpu_name not in GPUS:
         raise KeyError(f"no datasheet figures for gpu {gpu_name!r}; known: {', '.join(sorted(GPUS))}")
-    if tp < 1:
-        raise ValueError(f"tensor parallel degree must be >= 1, got {tp!r}")
+    if tp < 1 or pp < 1:
+        raise ValueError(f"tensor and pipeline parallel degrees must be >= 1, got {tp!r} and {pp!r}")
     gpu, arch = GPUS[gpu_name], nearest_architecture(params_b)
-    weight_bytes = params_b * 1e9 * bytes_per_parameter
-    alpha = weight_bytes / tp / (gpu.bandwidth_gbps * 1e9 * MBU_DECODE) * 1e3
-    kv_scale = (arch.kv_bytes_per_token / tp) / BETA_REF_KV_BYTES_PER_TOKEN
-    beta = BETA_REF_MS * kv_scale * BETA_REF_BANDWIDTH_GBPS / gpu.bandwidth_gbps
-    delta = 2 * params_b * 1e9 / (tp * gpu.bf16_dense_tflops * 1e12 * MFU_PREFILL) * 1e3
-    free_bytes = tp * gpu.memory_gb * 1e9 * gpu_memory_utilization - weight_bytes
-    if free_bytes <= 0:
-        raise ValueError(f"{params_b:g}B weights ({weight_bytes / 1e9:.1f} GB) leave no KV cache on {tp} x {gpu_name}")
+    model = replace(arch, name=f"{params_b:g}B", params_b=params_b, bytes_per_parameter=bytes_per_parameter)
+    alpha = decode_alpha_ms(gpu, model, tp)
     precision = {2.0: "16-bit", 1.0: "8-bit", 0.5: "4-bit"}.get(bytes_per_parameter, f"{bytes_per_parameter:g} B/param")
+    suffix = (f"-tp{tp}" if tp > 1 else "") + (f"-pp{pp}" if pp > 1 else "")
     return EngineProfile(
-        name=f"{gpu_name}/{params_b:g}B" + (f"-tp{tp}" if tp > 1 else "") + ("" if bytes_per_parameter == BF16_BYTES
-                                                                             else f"-{precision}"),
+        name=f"{gpu_name}/{params_b:g}B{suffix}" + ("" if bytes_per_parameter == BF16_BYTES else f"-{precision}"),
         gpu=gpu_name,
         model_params_b=params_b,
         alpha_ms=round(alpha, 3),
-        beta_ms=round(beta, 4),
+        beta_ms=round(decode_beta_ms(gpu, model, tp), 4),
         gamma_ms=round(alpha, 3),
-        delta_ms=round(delta, 5),
+        delta_ms=round(prefill_delta_ms(gpu, model, tp), 5),
         max_num_seqs=DEFAULT_MAX_NUM_SEQS,
-        kv_cache_tokens=int(free_bytes // arch.kv_bytes_per_token),
-        startup_s=round(STARTUP_COMPILE_S + weight_bytes / tp / (STARTUP_LOAD_GBPS * 1e9), 1),
-        source=(f"{params_b:g}B at {precision} weights, tensor parallel {tp}, KV geometry of {arch.name}. "
-                f"{gpu.datasheet}. Same formulas as the catalogue (kiban/capacity/profiles.py)."),
+        kv_cache_tokens=kv_cache_tokens(gpu, model, tp * pp, gpu_memory_utilization),
+        startup_s=startup_seconds(model, tp * pp),
+        source=(f"{params_b:g}B at {precision} weights, tensor parallel {tp}"
+                + (f", pipeline parallel {pp} (one stage per node)" if pp > 1 else "")
+                + f", KV geometry of {arch.name}. {gpu.datasheet}. Same formulas as the catalogue "
+                "(kiban/capacity/profiles.py)."),
     )

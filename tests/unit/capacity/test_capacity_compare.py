@@ -18,6 +18,17 @@ L4 = AcceleratorCandidate(PROFILES["nvidia-l4"], 0.80)
 LOOSE = Slo(ttft_ms=60_000)
 
 
+def test_a_model_bigger_than_a_node_is_priced_across_nodes():
+    """70B bf16 needs 130.4 x 1.25 + 1 = 164 GiB, more than one L4 node (4 x 24 x 0.9 = 86.4 GiB):
+    two nodes, tensor parallel 4 x pipeline parallel 2 = 8 GPUs per replica; the KV cache counts all
+    eight GPUs: (8 x 24e9 x 0.9 - 140e9) / (2 x 80 layers x 8 heads x 128 x 2 B = 327680 B) = 100097."""
+    result = compare_pair(ModelCandidate("llama-70b", 70.0), L4, Load(1.0, 512, 128), LOOSE)
+    assert result.feasible, result.reason
+    assert result.gpus_per_replica == 8 and result.gpus == 8 * result.replicas
+    assert result.engine_profile.kv_cache_tokens == 100097
+    assert result.engine_profile.name == "nvidia-l4/70B-tp4-pp2"
+
+
 def test_llama_8b_on_l4_by_hand():
     """8B parameters, bf16, on NVIDIA L4 at $0.80/GPU-hour; 2 req/s of 512 prompt / 128 output tokens.
 
@@ -51,8 +62,10 @@ def test_llama_8b_on_l4_by_hand():
 
 
 def test_pairs_that_cannot_serve_say_why():
-    big = compare_pair(ModelCandidate("llama-70b", 70.0), L4, Load(1.0, 512, 128), LOOSE)
-    assert not big.feasible and big.reason.startswith("ModelDoesNotFit")
+    # 405e9 x 2 B = 754.4 GiB of weights, x 1.25 + 1 = 944 GiB and more; four L4 nodes of 4 x 24 GiB
+    # x 0.9 hold 345.6 GiB: no layout up to the default 4 nodes fits
+    big = compare_pair(ModelCandidate("llama-405b", 405.0), L4, Load(1.0, 512, 128), LOOSE)
+    assert not big.feasible and big.reason.startswith("ModelDoesNotFit") and "345.6 GiB" in big.reason
     strict = compare_pair(ModelCandidate("llama-8b", 8.0), L4, Load(1.0, 4096, 128), Slo(ttft_ms=100))
     assert not strict.feasible and "unattainable on nvidia-l4/8B even unloaded" in strict.reason
     # a lone 4096-token prompt prefills in about 4096 x 0.26446 + 2 x 69.264 ms > 1 s
@@ -68,7 +81,8 @@ def test_quantized_weights_are_smaller_and_faster():
 
 def test_cheapest_feasible_first_then_the_rest():
     h100 = AcceleratorCandidate(PROFILES["nvidia-h100-80gb"], 3.5)
-    results = compare([ModelCandidate("a", 8.0), ModelCandidate("b", 70.0)], [L4, h100], Load(2.0, 512, 128), LOOSE)
+    # 405B cannot fit 4 L4 nodes (345.6 GiB) but fits 2 H100 nodes: one infeasible pair, listed last
+    results = compare([ModelCandidate("a", 8.0), ModelCandidate("b", 405.0)], [L4, h100], Load(2.0, 512, 128), LOOSE)
     feasible = [r for r in results if r.feasible]
     assert [r.cost_per_day for r in feasible] == sorted(r.cost_per_day for r in feasible)
     assert not results[-1].feasible
