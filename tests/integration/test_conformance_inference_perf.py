@@ -35,8 +35,14 @@ from kiban_dev.conformance import (
 from kiban_serving.sim.process import SimulatorProcess
 
 from pinned_tools import start_or_fail
+from support import wait_for
 
 MODEL = "llama-sim"
+# inference-perf asks for rate(...[D])[D:D] at the end of a run of D seconds (18 s here): a
+# subquery aligned to multiples of D, so its one point can lie up to D before the end and its
+# window up to 2D. Prometheus must have scraped the simulator that long before the load starts,
+# or the rates are empty for want of two samples, depending on the wall clock alone.
+WARM_UP_SCRAPES = 40
 NOT_EXPORTED_BY_DEFAULT = re.compile(r"vllm:(corrupted_requests|kv_block_(lifetime|idle_before_evict|reuse_gap)_seconds)")
 
 
@@ -64,6 +70,9 @@ def test_inference_perf_runs_clean_against_the_simulator(inference_perf, tmp_pat
         start_or_fail(prometheus.start)
         try:
             prometheus.set_targets("sim", [f"{sim.host}:{sim.port}"])
+            history = f'count_over_time(vllm:num_requests_running{{model_name="{MODEL}"}}[2m])'
+            wait_for(lambda: any(float(r["value"][1]) >= WARM_UP_SCRAPES for r in prometheus.query(history)),
+                     120, what=f"{WARM_UP_SCRAPES} scrapes of the simulator in Prometheus")
             tokenizer = write_tokenizer(tmp_path / "tokenizer", max_model_len=8192)
             config = inference_perf_config(sim.url, MODEL, prometheus.url, tokenizer, tmp_path / "reports",
                                            rate=4.0, duration_s=12.0)
