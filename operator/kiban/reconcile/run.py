@@ -160,6 +160,7 @@ def resolved_status(model: FoundationModel, config: OperatorConfig, sizing: Any)
         "servedModelName": model.served_model_name,
         "sizingReason": str(sizing.reason),
         "sizingMessage": sizing.message,
+        "gateway": model.spec.exposure.through_gateway(config.gateway_default),
     }
 
 
@@ -263,6 +264,8 @@ async def _pass(
         conflicts=the_plan.conflicts,
         apply_errors=result.errors,
         resolved=resolved_status(model, context.config, gpu),
+        gateway_url=(context.config.gateway_url
+                     if model.spec.exposure.through_gateway(context.config.gateway_default) else None),
     )
     outcome = Outcome(plan=the_plan, errors=list(result.errors))
     for action in result.written:

@@ -43,6 +43,7 @@ class World:
     conflicts: Sequence[str] = ()
     apply_errors: Sequence[str] = field(default=())
     resolved: Mapping[str, Any] | None = None  # status.resolved: GPUs, tensor parallel, image
+    gateway_url: str | None = None  # through the Kiban gateway: status.endpoint is the gateway's
 
 
 def condition(type_: str, status: bool | None, reason: str, message: str, generation: int) -> dict:
@@ -200,7 +201,9 @@ def build_status(world: World, previous_conditions: Iterable[Mapping[str, Any]],
     }
     if world.resolved is not None:
         status["resolved"] = dict(world.resolved)
-    if world.service_name:
+    if world.gateway_url:
+        status["endpoint"] = world.gateway_url.rstrip("/") + "/v1"
+    elif world.service_name:
         status["endpoint"] = endpoint_url(world.service_name, world.namespace)
     return status
 
