@@ -11,6 +11,12 @@ the server reports (/metrics histograms, startup) is in engine seconds, i.e. wha
 GPU would report; a client measuring wall time sees latencies K times smaller.
 --startup-seconds is engine seconds too: /health answers 503 for startup/K wall seconds.
 
+API key: with --api-key or VLLM_API_KEY (the flag wins), every path under /v1, /v2, /inference
+and /cohere needs `Authorization: Bearer <key>` (401 `{"error": "Unauthorized"}` otherwise), and
+nothing else is guarded: /invocations (SageMaker's route, serving chat or completions by the
+body's shape), /health and /metrics stay open, exactly as vLLM 0.33's AuthenticationMiddleware
+does. That gap is why the operator puts a NetworkPolicy and the Kiban gateway in front.
+
 Output length: with `ignore_eos: true` a request produces exactly max_tokens tokens (finish
 reason "length"), as in vLLM. Otherwise the simulator draws a seeded "end of sequence" length
 (geometric, mean --mean-output-tokens), clamped to [min_tokens, max_tokens] (reason "stop"
@@ -21,9 +27,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
+import hmac
 import json
 import logging
 import math
+import os
 import random
 import sys
 import time
@@ -49,6 +58,7 @@ from kiban_serving.sim.tokens import (
 log = logging.getLogger("kiban_serving.sim")
 
 DEFAULT_MAX_MODEL_LEN = 8192
+GUARDED_PREFIXES = ("/v1", "/v2", "/inference", "/cohere")  # vLLM 0.33's AuthenticationMiddleware
 DEFAULT_MEAN_OUTPUT_TOKENS = 128
 
 
@@ -66,6 +76,7 @@ class SimConfig:
     seed: int = 0
     step_jitter: float = 0.0
     mean_output_tokens: int = DEFAULT_MEAN_OUTPUT_TOKENS
+    api_key: str | None = None  # guards GUARDED_PREFIXES only, as in vLLM
 
     def effective_max_model_len(self) -> int:
         return self.max_model_len or min(DEFAULT_MAX_MODEL_LEN, self.profile.kv_cache_tokens)
@@ -306,10 +317,28 @@ def chat_chunk(rid: str, created: int, model: str, delta: dict, finish: str | No
 # ------------------------------------------------------------------ HTTP handlers
 
 
+def key_allows(path: str, authorization: str | None, api_key: str | None) -> bool:
+    """vLLM's rule: without a key everything passes; with one, guarded paths need the Bearer token."""
+    if not api_key or not path.startswith(GUARDED_PREFIXES):
+        return True
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(hashlib.sha256(token.encode()).digest(), hashlib.sha256(api_key.encode()).digest())
+
+
 def create_app(config: SimConfig) -> web.Application:
     """The aiohttp application for one simulated vLLM server (run in-process or via main)."""
     sim = Simulator(config)
-    app = web.Application(middlewares=[_json_errors])
+
+    @web.middleware
+    async def authenticate(request: web.Request, handler) -> web.StreamResponse:
+        if request.method != "OPTIONS" and not key_allows(request.path, request.headers.get("Authorization"),
+                                                          config.api_key):
+            return web.json_response({"error": "Unauthorized"}, status=401)
+        return await handler(request)
+
+    app = web.Application(middlewares=[authenticate, _json_errors])
     app.on_startup.append(sim.start)
     app.on_cleanup.append(sim.stop)
     model = config.served_model_name
@@ -337,6 +366,14 @@ def create_app(config: SimConfig) -> web.Application:
 
     async def chat_completions(request: web.Request) -> web.StreamResponse:
         return await _generate(request, chat=True)
+
+    async def invocations(request: web.Request) -> web.StreamResponse:
+        """SageMaker's route: chat when the body has messages, else a completion (vLLM tries chat first)."""
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ApiError(400, "request body is not valid JSON") from None
+        return await _generate(request, chat=isinstance(body, dict) and "messages" in body)
 
     async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
         if not sim.ready():
@@ -413,6 +450,7 @@ def create_app(config: SimConfig) -> web.Application:
     app.router.add_get("/v1/models", models)
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/invocations", invocations)
     return app
 
 
@@ -454,6 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--step-jitter", type=float, default=0.0, help="uniform +/- fraction on each step time")
     parser.add_argument("--mean-output-tokens", type=int, default=DEFAULT_MEAN_OUTPUT_TOKENS)
+    parser.add_argument("--api-key", default=None, help="guard /v1 paths with this key (default: $VLLM_API_KEY)")
     parser.add_argument("--log-level", default="INFO")
     return parser
 
@@ -470,6 +509,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         seed=args.seed,
         step_jitter=args.step_jitter,
         mean_output_tokens=args.mean_output_tokens,
+        api_key=args.api_key or os.environ.get("VLLM_API_KEY") or None,
     )
 
 
