@@ -71,6 +71,12 @@ def template(*args: str, namespace: str = "kiban-system", release: str = "kiban"
     return [doc for doc in yaml.safe_load_all(text) if doc]
 
 
+def component(objects: list[dict], name: str) -> dict:
+    """The one object of the app.kubernetes.io/component `name` (operator or gateway)."""
+    (found,) = [o for o in objects if o["metadata"]["labels"].get("app.kubernetes.io/component") == name]
+    return found
+
+
 def by_kind(objects: list[dict]) -> dict[str, list[dict]]:
     kinds: dict[str, list[dict]] = {}
     for obj in objects:
@@ -114,7 +120,7 @@ def test_openshift_values_add_a_console_link_to_the_fleet_dashboard():
 
 @pytest.mark.parametrize("values", [[], ["-f", str(OPENSHIFT_VALUES)]], ids=["default", "openshift"])
 def test_operator_pod_is_restricted_without_a_fixed_uid(values):
-    (deployment,) = by_kind(template(*values))["Deployment"]
+    deployment = component(by_kind(template(*values))["Deployment"], "operator")
     pod = deployment["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     security = container["securityContext"]
@@ -136,7 +142,7 @@ def test_accelerator_profiles_from_values_reach_the_file_the_operator_reads(tmp_
         "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-L40S"}, "resourceName": "nvidia.com/gpu",
         "gpuMemoryGiB": 48, "gpusPerNode": 8}}}))
     kinds = by_kind(template("-f", str(values)))
-    (deployment,) = kinds["Deployment"]
+    deployment = component(kinds["Deployment"], "operator")
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     env = {e["name"]: e.get("value") for e in container["env"]}
     mount = next(m for m in container["volumeMounts"] if m["name"] == "accelerator-profiles")
@@ -161,9 +167,9 @@ def test_watch_namespace_narrows_rbac_to_a_role_and_cluster_reads_kopf_needs():
         {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["get", "list", "watch"]},
         {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
     ]
-    (role,) = kinds["Role"]
+    role = component(kinds["Role"], "operator")
     assert role["metadata"]["namespace"] == "models"
-    assert kinds["RoleBinding"][0]["subjects"][0]["namespace"] == "kiban-system"
+    assert component(kinds["RoleBinding"], "operator")["subjects"][0]["namespace"] == "kiban-system"
     pods = next(r for r in role["rules"] if r["resources"] == ["pods"])
     assert pods["verbs"] == ["get", "list", "watch"]
     assert not any("secrets" in r["resources"] or "*" in r["verbs"] for r in role["rules"])
@@ -210,16 +216,18 @@ def release(kubeconfig, namespace, watched_namespace) -> Iterator[dict]:
              kubeconfig=kubeconfig, check=False, timeout=120)
 
 
-def test_helm_install_schedules_both_operator_pods(kube_api, release):
+def test_helm_install_schedules_both_operator_pods_and_both_gateway_pods(kube_api, release):
     from kubernetes import client
 
-    pods = client.CoreV1Api(kube_api).list_namespaced_pod(
-        release["namespace"], label_selector=f"app.kubernetes.io/instance={release['name']}").items
-    assert len(pods) == 2
-    for pod in pods:
-        assert pod.status.phase == "Running"
-        assert pod.spec.node_name.startswith("kiban-cpu-"), pod.spec.node_name
-        assert pod.spec.service_account_name == release["fullname"]
+    core = client.CoreV1Api(kube_api)
+    for component_name, account in (("operator", release["fullname"]), ("gateway", release["fullname"] + "-gateway")):
+        pods = core.list_namespaced_pod(release["namespace"], label_selector=(
+            f"app.kubernetes.io/instance={release['name']},app.kubernetes.io/component={component_name}")).items
+        assert len(pods) == 2, component_name
+        for pod in pods:
+            assert pod.status.phase == "Running"
+            assert pod.spec.node_name.startswith("kiban-cpu-"), pod.spec.node_name
+            assert pod.spec.service_account_name == account
 
 
 def token_kubeconfig(admin: Path, token: str, out: Path) -> Path:

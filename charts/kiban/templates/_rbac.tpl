@@ -37,6 +37,9 @@
 - apiGroups: [route.openshift.io]
   resources: [routes/custom-host]
   verbs: [create]
+- apiGroups: [inference.networking.k8s.io]
+  resources: [inferencepools]
+  verbs: [get, list, watch, create, patch, delete]
 # pods: read only (status follows scheduling and readiness)
 - apiGroups: [""]
   resources: [pods]

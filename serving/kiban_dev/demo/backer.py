@@ -68,6 +68,7 @@ class Backing:
     host: str = "127.0.0.1"  # the pod's IP
     port: int = 8000  # the engine container's port
     api_key_secret: tuple[str, str] | None = None  # (Secret, key) the engine's VLLM_API_KEY comes from
+    lora_modules: tuple[str, ...] = ()  # --lora-modules NAME=PATH values of the pod's args
 
     @property
     def key(self) -> str:
@@ -150,8 +151,22 @@ def backing_for_pod(pod: Mapping) -> Backing:
     return Backing(
         namespace=meta["namespace"], pod=meta["name"], uid=meta.get("uid", ""), foundation_model=model,
         served_model_name=served, engine_profile=profile, max_num_seqs=int(seqs) if seqs else None,
-        host=host, port=int(port), api_key_secret=api_key_secret(engine),
+        host=host, port=int(port), api_key_secret=api_key_secret(engine), lora_modules=lora_modules(args),
     )
+
+
+def lora_modules(args: Sequence[str]) -> tuple[str, ...]:
+    """The NAME=PATH values after --lora-modules in a vLLM argument list."""
+    out: list[str] = []
+    taking = False
+    for arg in args:
+        if arg == "--lora-modules":
+            taking = True
+        elif arg.startswith("-"):
+            taking = False
+        elif taking:
+            out.append(arg)
+    return tuple(out)
 
 
 def target_labels(backing: Backing) -> dict[str, str]:
@@ -346,6 +361,8 @@ class PodBacker:
                 "--seed", str(seed_for(backing)), "--log-level", "WARNING", *self.extra_sim_args]
         if backing.max_num_seqs is not None:
             args += ["--max-num-seqs", str(backing.max_num_seqs)]
+        if backing.lora_modules:
+            args += ["--lora-modules", *backing.lora_modules]
         env = dict(os.environ)
         env.pop("VLLM_API_KEY", None)
         if backing.api_key_secret is not None:

@@ -77,6 +77,7 @@ class SimConfig:
     step_jitter: float = 0.0
     mean_output_tokens: int = DEFAULT_MEAN_OUTPUT_TOKENS
     api_key: str | None = None  # guards GUARDED_PREFIXES only, as in vLLM
+    adapters: tuple[str, ...] = ()  # --lora-modules names: served beside the base model (same engine)
 
     def effective_max_model_len(self) -> int:
         return self.max_model_len or min(DEFAULT_MAX_MODEL_LEN, self.profile.kv_cache_tokens)
@@ -217,12 +218,13 @@ class ParsedRequest:
     include_usage: bool
 
 
-def parse_generation_request(body: Any, *, chat: bool, model_name: str, max_model_len: int) -> ParsedRequest:
+def parse_generation_request(body: Any, *, chat: bool, model_name: str, max_model_len: int,
+                             adapters: tuple[str, ...] = ()) -> ParsedRequest:
     """Validate an OpenAI completions/chat body; raise ApiError naming the bad field."""
     if not isinstance(body, dict):
         raise ApiError(400, "request body must be a JSON object")
     model = body.get("model")
-    if model is not None and model != model_name:
+    if model is not None and model != model_name and model not in adapters:
         raise ApiError(404, f"The model `{model}` does not exist.", "model")
     try:
         if chat:
@@ -359,7 +361,8 @@ def create_app(config: SimConfig) -> web.Application:
             "id": model, "object": "model", "created": created, "owned_by": "vllm", "root": model,
             "parent": None, "max_model_len": sim.max_model_len, "permission": [],
         }  # fmt: skip
-        return web.json_response({"object": "list", "data": [card]})
+        cards = [card] + [{**card, "id": name, "root": name, "parent": model} for name in config.adapters]
+        return web.json_response({"object": "list", "data": cards})
 
     async def completions(request: web.Request) -> web.StreamResponse:
         return await _generate(request, chat=False)
@@ -382,7 +385,8 @@ def create_app(config: SimConfig) -> web.Application:
             body = await request.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise ApiError(400, "request body is not valid JSON") from None
-        parsed = parse_generation_request(body, chat=chat, model_name=model, max_model_len=sim.max_model_len)
+        parsed = parse_generation_request(body, chat=chat, model_name=model, max_model_len=sim.max_model_len,
+                                          adapters=config.adapters)
         max_out, stop_at = sim.output_length(parsed.max_tokens, parsed.min_tokens, parsed.ignore_eos)
         try:
             request_id, queue = sim.submit(parsed.prompt_tokens, max_out, stop_at)
@@ -493,6 +497,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--step-jitter", type=float, default=0.0, help="uniform +/- fraction on each step time")
     parser.add_argument("--mean-output-tokens", type=int, default=DEFAULT_MEAN_OUTPUT_TOKENS)
     parser.add_argument("--api-key", default=None, help="guard /v1 paths with this key (default: $VLLM_API_KEY)")
+    parser.add_argument("--lora-modules", nargs="+", default=[], metavar="NAME=PATH",
+                        help="LoRA adapters served under NAME (the simulator serves them with the base model's engine)")
     parser.add_argument("--log-level", default="INFO")
     return parser
 
@@ -510,6 +516,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         step_jitter=args.step_jitter,
         mean_output_tokens=args.mean_output_tokens,
         api_key=args.api_key or os.environ.get("VLLM_API_KEY") or None,
+        adapters=tuple(module.split("=", 1)[0] for module in args.lora_modules),
     )
 
 
