@@ -49,6 +49,7 @@ MODELS_PATH = "/v1/models"
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
                         "trailers", "transfer-encoding", "upgrade", "host", "content-length", "proxy-connection"})
 KEY_TTL_S = 30.0
+KEY_RETRY_S = 2.0  # a failed read is retried this soon (a Secret created a moment ago, an API blip)
 EJECT_S = 2.0
 RETRY_AFTER_S = 5
 MAX_BODY_BYTES = 32 * 1024 * 1024
@@ -236,7 +237,7 @@ class Gateway:
         cache_key = (entry.namespace, *entry.key_secret)
         cached = self.keys.get(cache_key)
         now = time.monotonic()
-        if cached is not None and now - cached[0] < self.settings.key_ttl_s:
+        if cached is not None and now - cached[0] < (self.settings.key_ttl_s if cached[1] else KEY_RETRY_S):
             return cached[1], cached[2]
         digest, why = None, None
         if self.api is None:
