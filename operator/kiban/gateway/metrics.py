@@ -19,6 +19,15 @@ class GatewayMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        self._children: dict[tuple[int, tuple[str, ...]], object] = {}
+
+    def child(self, metric, *labels: str):
+        """metric.labels(*labels), cached: the lookup is most of a counter's cost per request."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> GatewayMetrics:
@@ -69,6 +78,11 @@ class GatewayMetrics:
 
     def forget(self, namespace: str, model_name: str) -> None:
         """Drop a model's series once the gateway no longer serves it."""
+        self._children = {k: v for k, v in self._children.items() if k[1][:2] != (namespace, model_name)}
+        for metric, extra in ((self.requests, "code"), (self.decisions, "decision"),
+                              (self.upstream_errors, "kind"), (self.rejected, "reason")):
+            for labels in [key for key in list(metric._metrics) if key[:2] == (namespace, model_name)]:
+                metric.remove(*labels)
         for metric in (self.in_flight, self.queued, self.held, self.wait, self.first_byte, self.duration,
                        self.endpoints):
             try:

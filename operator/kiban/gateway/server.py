@@ -319,8 +319,8 @@ class Gateway:
             return refusal
         labels = (entry.namespace, entry.served_name)
         response = await self._route_and_forward(request, entry, requested, parsed, body, arrived, labels)
-        self.metrics.requests.labels(*labels, str(response.status)).inc()
-        self.metrics.duration.labels(*labels).observe(time.monotonic() - arrived)
+        self.metrics.child(self.metrics.requests, *labels, str(response.status)).inc()
+        self.metrics.child(self.metrics.duration, *labels).observe(time.monotonic() - arrived)
         return response
 
     async def _route_and_forward(self, request: web.Request, entry: ModelEntry, requested: str, parsed: dict,
@@ -343,7 +343,7 @@ class Gateway:
             endpoint, decision = routing.choose(candidates, self.load, parsed, entry.policy,
                                                 state.ring if len(candidates) == len(state.endpoints) else None)
             assert endpoint is not None
-            self.metrics.decisions.labels(*labels, "retry" if tried else decision).inc()
+            self.metrics.child(self.metrics.decisions, *labels, "retry" if tried else decision).inc()
             if held_once:
                 self.metrics.wait.labels(*labels).observe(time.monotonic() - arrived)
             result = await self._forward(request, endpoint, body, arrived, labels)
@@ -404,7 +404,7 @@ class Gateway:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
         name = endpoint.name
         self.load[name] = self.load.get(name, 0) + 1
-        in_flight = self.metrics.in_flight.labels(*labels)
+        in_flight = self.metrics.child(self.metrics.in_flight, *labels)
         in_flight.inc()
         response: web.StreamResponse | None = None
         try:
@@ -427,7 +427,7 @@ class Gateway:
                 first = True
                 async for chunk in upstream.content.iter_any():
                     if first:
-                        self.metrics.first_byte.labels(*labels).observe(time.monotonic() - arrived)
+                        self.metrics.child(self.metrics.first_byte, *labels).observe(time.monotonic() - arrived)
                         first = False
                     await response.write(chunk)
                 await response.write_eof()
