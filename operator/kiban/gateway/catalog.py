@@ -20,12 +20,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from kiban.api.v1alpha1 import FoundationModel
-from kiban.builders.deployment import CONTAINER_NAME, HTTP_PORT
+from kiban.builders.deployment import CONTAINER_NAME, PORT_NAME
 from kiban.builders.labels import MANAGED_BY_LABEL, MANAGED_BY_VALUE, MODEL_LABEL
 from kiban.builders.names import label_value
 from kiban.gateway.routing import Endpoint, RoutingPolicy
 
 ENGINE_POD_SELECTOR = f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE},{MODEL_LABEL}"
+ROLE_LABEL = "kiban.dev/role"  # multi-node replicas (LeaderWorkerSet): only the leader serves
 ModelRef = tuple[str, str]  # (namespace, FoundationModel name)
 
 
@@ -115,15 +116,20 @@ def pod_ready(pod: Mapping[str, Any]) -> bool:
 
 
 def pod_endpoint(pod: Mapping[str, Any]) -> Endpoint | None:
-    """A ready engine pod as an Endpoint (its IP and the engine's port); None when not routable."""
+    """A ready engine pod as an Endpoint (its IP and the engine's `http` port); None when not
+    routable: not Ready, no IP, or no `http` port (a multi-node replica's headless workers
+    serve no API; only its leader, role=leader, does)."""
     if not pod_ready(pod):
         return None
+    role = ((pod.get("metadata") or {}).get("labels") or {}).get(ROLE_LABEL)
     ip = (pod.get("status") or {}).get("podIP")
-    if not ip:
+    if not ip or role not in (None, "leader"):
         return None
     containers = (pod.get("spec") or {}).get("containers") or []
     engine = next((c for c in containers if c.get("name") == CONTAINER_NAME), containers[0] if containers else {})
-    port = next((p.get("containerPort") for p in engine.get("ports") or () if p.get("name") == "http"), HTTP_PORT)
+    port = next((p.get("containerPort") for p in engine.get("ports") or () if p.get("name") == PORT_NAME), None)
+    if port is None:
+        return None
     host = f"[{ip}]" if ":" in ip else ip
     return Endpoint(name=(pod.get("metadata") or {}).get("name", ""), address=f"{host}:{port}",
                     adapters=lora_names(list(engine.get("command") or []) + list(engine.get("args") or [])))

@@ -60,6 +60,12 @@ def test_ready_pods_become_endpoints_with_their_adapters():
     deleting = engine_pod(body)
     deleting["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
     assert pod_endpoint(deleting) is None
+    worker = engine_pod(body)
+    worker["metadata"]["labels"]["kiban.dev/role"] = "worker"
+    assert pod_endpoint(worker) is None  # a multi-node replica's worker serves no API
+    headless = engine_pod(body)
+    headless["spec"]["containers"][0]["ports"] = []
+    assert pod_endpoint(headless) is None
 
 
 def test_lora_names_read_both_argument_forms():
