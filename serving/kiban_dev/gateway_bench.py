@@ -67,7 +67,7 @@ def serve_gateway(args: argparse.Namespace) -> int:
     profiler = cProfile.Profile() if args.profile else None
     if profiler:
         profiler.enable()
-    run_loop(main(), args.loop)
+    run_loop(main())
     if profiler:
         profiler.disable()
         profiler.dump_stats(args.profile)
@@ -224,7 +224,6 @@ def bench(args: argparse.Namespace) -> int:
             sim.wait_healthy()
         gateway = subprocess.Popen([*_pin(args.gateway_cpu), sys.executable, "-m", "kiban_dev.gateway_bench",
                                     "serve-gateway", "--port", str(gateway_port), "--admin-port", str(admin_port),
-                                    "--loop", args.loop,
                                     *(["--profile", str(out / "gateway.pstats")] if args.profile else []),
                                     *[a for sim in sims for a in ("--upstream", str(sim.port))]])
         _wait_http(f"http://127.0.0.1:{admin_port}/healthz")
@@ -318,13 +317,11 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--gateway-cpu", type=int, default=0)
     run.add_argument("--loadgen-cpu", type=int, default=1)
     run.add_argument("--profile", action="store_true")
-    run.add_argument("--loop", default="auto", choices=("auto", "uvloop", "asyncio"), help="the gateway's event loop")
     gw = sub.add_parser("serve-gateway")
     gw.add_argument("--port", type=int, required=True)
     gw.add_argument("--admin-port", type=int, required=True)
     gw.add_argument("--upstream", type=int, action="append", required=True)
     gw.add_argument("--profile", default=None)
-    gw.add_argument("--loop", default="auto", choices=("auto", "uvloop", "asyncio"))
     lg = sub.add_parser("loadgen")
     lg.add_argument("--url", action="append", required=True)
     lg.add_argument("--concurrency", type=int, required=True)

@@ -172,7 +172,10 @@ class Gateway:
                 self._refresh_endpoints(ref)
 
     def _rebuild_catalog(self) -> None:
+        before = self.catalog.conflicts
         self.catalog = Catalog.of(self.entries.values())
+        if self.catalog.conflicts == before:
+            return  # said already
         for name, refs in self.catalog.conflicts.items():
             log.warning("Served name %r is claimed by more than one gateway-exposed model; %s/%s keeps it, not %s",
                         name, *self.catalog.by_name[name].ref, ", ".join(f"{n}/{m}" for n, m in refs))
