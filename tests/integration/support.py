@@ -261,7 +261,7 @@ class GatewayProcess:
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout_s: float = 30.0) -> GatewayProcess:
+    def start(self, timeout_s: float = 90.0) -> GatewayProcess:
         import urllib.error
         import urllib.request
 

@@ -507,3 +507,33 @@ def test_fifty_concurrent_held_requests_are_all_served(api, gw_namespace, gatewa
     assert all(done for _, _, done in results)
     assert gateways[1].metric("kiban_gateway_held_at_zero_requests_total", model_name="crowd") == 50
     assert gateways[1].metric("kiban_gateway_queued_requests", model_name="crowd") == 0
+
+
+# ----------------------------------------------------------------------------- the API server refuses
+
+
+REFUSED_EXPOSURES = [
+    ({"apiKeySecretRef": {"name": "model-key"}, "exposure": {"serviceType": "LoadBalancer"}},
+     "spec.exposure.serviceType", "Kiban gateway"),
+    ({"apiKeySecretRef": {"name": "model-key"}, "exposure": {"serviceType": "NodePort",
+                                                            "gateway": {"enabled": False}}},
+     "spec.exposure.serviceType", "/invocations"),
+    ({"exposure": {"serviceType": "NodePort", "gateway": {"enabled": True}}}, "spec.exposure.serviceType", "ClusterIP"),
+    ({"exposure": {"route": True, "gateway": {"enabled": True}}}, "spec.exposure.route", "gateway"),
+    ({"exposure": {"allowedNamespaceLabels": {"team": "a"}, "gateway": {"enabled": True}}},
+     "spec.exposure.allowedNamespaceLabels", "past the gateway"),
+]
+
+
+@pytest.mark.parametrize(("spec", "field", "words"), REFUSED_EXPOSURES, ids=[f"{f}-{i}" for i, (_, f, _) in
+                                                                           enumerate(REFUSED_EXPOSURES)])
+def test_the_api_server_refuses_exposures_that_bypass_the_key_naming_the_field(api, gw_namespace, spec, field, words):
+    from kubernetes.client.exceptions import ApiException
+
+    body = yaml.safe_load((ROOT / "examples" / "model.yaml").read_text())
+    body["metadata"] = {"name": "refused", "namespace": gw_namespace}
+    body["spec"].update(copy.deepcopy(spec))
+    with pytest.raises(ApiException) as info:
+        create_fm(api, body)
+    assert info.value.status == 422
+    assert field in info.value.body and words in info.value.body, info.value.body
