@@ -112,7 +112,7 @@ async def drive(urls: list[str], concurrency: int, total: int, stream: bool, max
     remaining = total
     body = {"model": MODEL, "prompt": "hello", "max_tokens": max_tokens, "ignore_eos": True, "stream": stream}
     connector = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as session:
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=300)) as session:
         async def worker(url: str) -> None:
             nonlocal remaining, errors
             while remaining > 0:
@@ -127,7 +127,7 @@ async def drive(urls: list[str], concurrency: int, total: int, stream: bool, max
                         if response.status != 200:
                             errors += 1
                             continue
-                except aiohttp.ClientError:
+                except (aiohttp.ClientError, asyncio.TimeoutError):
                     errors += 1
                     continue
                 end = time.perf_counter()
@@ -198,7 +198,10 @@ def measured(path: str, urls: list[str], concurrency: int, requests: int, stream
         if gateway_pid:
             rss[0] = max(rss[0], _rss_mib(gateway_pid))
         time.sleep(0.2)
-    out = json.loads(proc.stdout.read().strip().splitlines()[-1])
+    lines = proc.stdout.read().strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"the load generator failed ({proc.returncode}) for {path} at concurrency {concurrency}")
+    out = json.loads(lines[-1])
     run = Run(path=path, concurrency=concurrency, stream=stream, **out)
     if gateway_pid:
         run.gateway_cpu_s = _cpu_seconds(gateway_pid) - cpu_before

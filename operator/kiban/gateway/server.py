@@ -218,12 +218,18 @@ class Gateway:
     def ready(self) -> bool:
         return not self.stopping and all(r.synced.is_set() for r in self.reflectors)
 
-    async def stop(self) -> None:
+    def begin_stop(self) -> None:
+        """Not ready any more, and held requests go back to their clients (503, Retry-After: 1) to
+        retry on another replica; requests in flight keep their engine connections to finish."""
         self.stopping = True
-        for state in self.states.values():  # held requests go back to the client, to retry elsewhere
+        for state in self.states.values():
             for held in state.held:
                 if not held.future.done():
                     held.future.set_exception(ConnectionAbortedError("the gateway replica is stopping"))
+
+    async def stop(self) -> None:
+        """After the public server has drained: end the watches, the wake reports, the engine session."""
+        self.begin_stop()
         for task in getattr(self, "_tasks", ()):
             task.cancel()
         await asyncio.gather(*getattr(self, "_tasks", ()), return_exceptions=True)
@@ -500,8 +506,9 @@ async def serve(gateway: Gateway, host: str, port: int, admin_host: str, admin_p
     try:
         await stop.wait()
     finally:
+        gateway.begin_stop()
+        await public.cleanup()  # stops accepting, lets in-flight requests finish (shutdown_timeout_s)
         await gateway.stop()
-        await public.cleanup()
         await admin.cleanup()
 
 
