@@ -143,6 +143,15 @@ class OperatorConfig(BaseModel):
         default=None, description="The gateway's in-cluster base URL, e.g. http://kiban-gateway.kiban-system.svc:8080 "
         "(status.endpoint of gateway-exposed models)."
     )
+    max_nodes_per_replica: int = Field(
+        default=4,
+        ge=1,
+        le=16,
+        description=(
+            "Most nodes one replica may span (a LeaderWorkerSet group); a model that needs more is "
+            "reported as ModelDoesNotFit."
+        ),
+    )
     log_level: str = Field(default="INFO")
     accelerator_profiles: dict[str, AcceleratorProfile] = Field(
         default_factory=lambda: {p.name: p for p in BUILTIN_PROFILES}
@@ -176,6 +185,7 @@ ENV_FIELDS: dict[str, str] = {
     "KIBAN_RUN_AS_USER": "run_as_user",
     "KIBAN_STARTUP_TIMEOUT_SECONDS": "startup_timeout_seconds",
     "KIBAN_SHM_SIZE_LIMIT": "shm_size_limit",
+    "KIBAN_MAX_NODES_PER_REPLICA": "max_nodes_per_replica",
     "KIBAN_LOG_LEVEL": "log_level",
     "KIBAN_GATEWAY_DEFAULT": "gateway_default",
     "KIBAN_GATEWAY_NAMESPACE": "gateway_namespace",

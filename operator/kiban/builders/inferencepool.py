@@ -9,6 +9,7 @@ pool is the cluster's gateway configuration, not the model's.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from kiban.api.v1alpha1 import FoundationModel
@@ -25,13 +26,14 @@ def wants_inference_pool(fm: FoundationModel) -> bool:
     return fm.spec.exposure.inference_pool is not False
 
 
-def build_inference_pool(fm: FoundationModel) -> dict[str, Any]:
+def build_inference_pool(fm: FoundationModel, selector: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """selector: the pods that serve the API when not all of them do (a multi-node model's leaders)."""
     pool = {
         "apiVersion": INFERENCE_POOL_API_VERSION,
         "kind": "InferencePool",
         "metadata": object_meta(fm, workload_name(fm.name)),
         "spec": {
-            "selector": {"matchLabels": selector_labels(fm)},
+            "selector": {"matchLabels": dict(selector) if selector is not None else selector_labels(fm)},
             "targetPorts": [{"number": HTTP_PORT}],
             "appProtocol": "http",
         },

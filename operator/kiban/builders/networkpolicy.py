@@ -16,7 +16,9 @@ Otherwise (the plain Service), the port is opened only to:
 - the operator's monitoring namespace (config.monitoring_namespace), for Prometheus to scrape /metrics;
 - with spec.exposure.route, the OpenShift router (namespaces labelled
   network.openshift.io/policy-group=ingress); the Route itself forwards only /v1;
-- with serviceType NodePort or LoadBalancer, any source: the user asked for outside traffic.
+- with serviceType NodePort or LoadBalancer, any source: the user asked for outside traffic;
+- for a multi-node model, every port from the model's own pods (the group's ranks reach each
+  other on the master port and NCCL's own ports), nothing more from anyone else.
 """
 
 from __future__ import annotations
@@ -45,7 +47,9 @@ def gateway_peer(config: OperatorConfig) -> dict[str, Any]:
     }
 
 
-def build_network_policy(fm: FoundationModel, config: OperatorConfig) -> dict[str, Any]:
+def build_network_policy(fm: FoundationModel, config: OperatorConfig, *, between_pods: bool = False) -> dict[str, Any]:
+    """between_pods: also admit every port from the model's own pods (a multi-node group's ranks
+    talk torch.distributed and NCCL on ports of their own choosing)."""
     exposure = fm.spec.exposure
     monitoring = _namespaces({"kubernetes.io/metadata.name": config.monitoring_namespace})
     port = [{"protocol": "TCP", "port": HTTP_PORT}]
@@ -61,6 +65,8 @@ def build_network_policy(fm: FoundationModel, config: OperatorConfig) -> dict[st
         rules = [{"from": peers, "ports": port}]
         if exposure.service_type != "ClusterIP":
             rules.append({"ports": port})
+    if between_pods:
+        rules.append({"from": [{"podSelector": {"matchLabels": selector_labels(fm)}}]})
     policy = {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",

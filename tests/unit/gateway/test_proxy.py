@@ -10,7 +10,6 @@ import time
 from contextlib import asynccontextmanager
 
 import aiohttp
-import pytest
 from aiohttp import web
 from aiohttp.test_utils import unused_port
 
