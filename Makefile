@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST := $(PY) -m pytest
 
-.PHONY: all venv lock tools image image-base crds check-crds chart check-chart docs test test-unit test-integration test-e2e bench bench-operator demo dev-cluster kind-e2e clean
+.PHONY: all venv lock tools image image-base crds check-crds chart check-chart docs test test-unit test-integration test-e2e bench bench-operator bench-gateway demo dev-cluster kind-e2e clean
 
 all: test
 
@@ -79,6 +79,10 @@ bench: $(STAMP)
 ## bench-operator: 200 and 1,000 FoundationModels applied at once on the dev cluster
 bench-operator: $(STAMP) tools
 	$(PY) -m kiban_dev.operator_bench
+
+## bench-gateway: requests/s and added TTFT/e2e latency through the Kiban gateway vs straight to kiban-sim (bench/results/gateway.md)
+bench-gateway: $(STAMP)
+	$(PY) -m kiban_dev.gateway_bench run --out bench/results --profile
 
 ## demo: the README's first command; local control plane, simulated GPUs, Prometheus, autoscaling under a real trace
 demo: $(STAMP) tools

@@ -73,6 +73,27 @@ install_kwok_stages() {
   log "kwok ${KWOK_VERSION}: wrote default stages to ${dest}"
 }
 
+# The Gateway API Inference Extension's InferencePool CRD: the module is downloaded through the Go
+# module proxy into the module cache (checked against go.sum), and its directory recorded, so the
+# tests copy the CRD YAML out of the module itself; nothing of it is committed or built.
+GAIE_CRD=config/crd/bases/inference.networking.k8s.io_inferencepools.yaml
+fetch_gaie() {
+  local dest="${CACHE}/gaie-${GAIE_VERSION}"
+  if [[ -s "${dest}/module-dir" && -f "$(cat "${dest}/module-dir")/${GAIE_CRD}" ]]; then
+    log "gateway-api-inference-extension ${GAIE_VERSION}: cached in $(cat "${dest}/module-dir")"
+    return 0
+  fi
+  command -v go >/dev/null || die "go is not on PATH; install Go (see go.mod's go line) to fetch the InferencePool CRD"
+  check_pin gaie sigs.k8s.io/gateway-api-inference-extension "${GAIE_VERSION}"
+  local moddir
+  (cd "${TOOLS_DIR}/gaie" && GOFLAGS=-mod=mod go mod download sigs.k8s.io/gateway-api-inference-extension)
+  moddir="$(cd "${TOOLS_DIR}/gaie" && GOFLAGS=-mod=mod go list -m -f '{{.Dir}}' sigs.k8s.io/gateway-api-inference-extension)"
+  [[ -f "${moddir}/${GAIE_CRD}" ]] || die "gateway-api-inference-extension ${GAIE_VERSION} has no ${GAIE_CRD}"
+  mkdir -p "${dest}"
+  printf '%s\n' "${moddir}" >"${dest}/module-dir"
+  log "gateway-api-inference-extension ${GAIE_VERSION}: module at ${moddir}"
+}
+
 # copy_module_files <module-dir> <go-module> <dest-dir> <path-in-module>...: files out of a pinned
 # module (the LeaderWorkerSet CRDs), never a copy in the repository; skipped when dest has files.
 copy_module_files() {
@@ -155,6 +176,7 @@ main() {
   build_go helm "${HELM_VERSION}" helm helm=helm.sh/helm/v3/cmd/helm
   build_lws
   install_prometheus
+  fetch_gaie
   log "all tools ready"
 }
 

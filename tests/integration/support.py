@@ -238,3 +238,87 @@ def healthy_simulators(model: str, profile: str, count: int, log_dir: Path, extr
     finally:
         for sim in sims:
             sim.stop()
+
+
+class GatewayProcess:
+    """`python -m kiban gateway` as a child process on free loopback ports, logs to a file.
+
+    Started on enter (waits until /readyz answers 200: both watches listed), stopped with SIGTERM
+    on exit (`kill()` sends SIGKILL, as a node failure would).
+    """
+
+    def __init__(self, kubeconfig: Path, namespace: str, log_path: Path, *, pod_name: str,
+                 env: dict[str, str] | None = None) -> None:
+        from kiban_serving.sim.process import free_port
+
+        self.port, self.admin_port = free_port(), free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.admin_url = f"http://127.0.0.1:{self.admin_port}"
+        self.args = [sys.executable, "-m", "kiban", "gateway", "--kubeconfig", str(kubeconfig), "-n", namespace,
+                     "--host", "127.0.0.1", "--port", str(self.port), "--admin-host", "127.0.0.1",
+                     "--admin-port", str(self.admin_port), "--pod-name", pod_name, "--shutdown-timeout", "5"]
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.log_path = log_path
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout_s: float = 90.0) -> GatewayProcess:
+        import urllib.error
+        import urllib.request
+
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.args, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"kiban gateway exited with {self.proc.returncode}:\n{self.logs()[-3000:]}")
+            try:
+                with urllib.request.urlopen(self.admin_url + "/readyz", timeout=1) as response:
+                    if response.status == 200:
+                        return self
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.1)
+        pytest.fail(f"kiban gateway did not become ready in {timeout_s:.0f}s:\n{self.logs()[-3000:]}")
+
+    def metric(self, name: str, **labels: str) -> float:
+        """One sample of the gateway's /metrics (0 when absent)."""
+        import urllib.request
+
+        from prometheus_client.parser import text_string_to_metric_families
+
+        with urllib.request.urlopen(self.admin_url + "/metrics", timeout=5) as response:
+            text = response.read().decode()
+        total = 0.0
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    total += sample.value
+        return total
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        self.proc = None
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def __enter__(self) -> GatewayProcess:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+        print(self.logs()[-10000:])

@@ -149,6 +149,7 @@ ALLOWED = {
     "kiban.autoscale": {"kiban.api", "kiban.capacity", "kiban.clock", "kiban.config", "kiban.drift", "kiban.metrics",
                         "kiban.reconcile", "kiban.sizing"},
     "kiban.handlers": {"kiban.api", "kiban.reconcile"},
+    "kiban.gateway": {"kiban.api", "kiban.builders"},
     "kiban.operator_cli": {"kiban.autoscale", "kiban.config", "kiban.handlers", "kiban.metrics", "kiban.reconcile"},
     "kiban.cli": set(),  # subcommands are imported by name (importlib), not statically
     "kiban.__main__": {"kiban.cli"},

@@ -778,9 +778,66 @@ class SchedulingSpec(KibanModel):
     )
 
 
+class GatewaySpec(KibanModel):
+    """How the Kiban gateway serves the model: whether it does, routing, and holding while it wakes."""
+
+    enabled: bool | None = Field(
+        default=None,
+        description=(
+            "Reach the model through the Kiban gateway (`kiban gateway`), which checks the API key on "
+            "every path, forwards only the OpenAI /v1 inference paths, routes by load (and prefix), "
+            "and holds requests while the model wakes from zero. The engine pods then admit traffic "
+            "only from the gateway and the monitoring namespace. Unset: the operator's default "
+            "(on when the Helm chart installs the gateway) unless exposure asks for direct access "
+            "(serviceType NodePort/LoadBalancer, route or allowedNamespaceLabels)."
+        ),
+    )
+    routing: Literal["LeastOutstanding", "PrefixAffinity"] = Field(
+        default="LeastOutstanding",
+        description=(
+            "LeastOutstanding: each request goes to the ready pod with the fewest requests in flight. "
+            "PrefixAffinity: requests whose prompts open alike go to the same pod (its prefix cache "
+            "holds them), by consistent hashing with bounded load (no pod above loadFactor x the mean)."
+        ),
+    )
+    prefix_characters: int = Field(
+        default=512, ge=16, le=65_536,
+        description=(
+            "PrefixAffinity: characters of the prompt's opening hashed (chat: the system messages and "
+            "the first user message), about a quarter as many tokens."
+        ),
+    )
+    load_factor: float = Field(
+        default=1.25, ge=1.0, le=10.0,
+        description="PrefixAffinity: most a pod may carry, as a multiple of the mean in-flight load, before its keys move on.",
+    )
+    max_held_requests: int = Field(
+        default=256, ge=0, le=100_000,
+        description=(
+            "Requests each gateway replica holds for the model while it has no ready replica (waking "
+            "from zero, or all pods restarting); more are answered 503 with Retry-After. 0 holds none."
+        ),
+    )
+    max_hold_seconds: int = Field(
+        default=300, ge=1, le=3600,
+        description=(
+            "Longest a request is held waiting for a ready replica before it is answered 503 with "
+            "Retry-After. Cover a cold start: scheduling, image pull and model load."
+        ),
+    )
+
+
 class ExposureSpec(KibanModel):
     """How clients reach the model."""
 
+    gateway: GatewaySpec = _section(GatewaySpec, "The Kiban gateway: on or off, routing, holding while waking.")
+    inference_pool: bool | None = Field(
+        default=None,
+        description=(
+            "Create an InferencePool (inference.networking.k8s.io/v1) selecting the engine pods and "
+            "port, for a cluster's own inference gateway. Unset: created when that API is served."
+        ),
+    )
     service_type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = Field(
         default="ClusterIP", description="Type of the Service on port 8000."
     )
@@ -796,8 +853,9 @@ class ExposureSpec(KibanModel):
     network_policy: bool = Field(
         default=True,
         description=(
-            "Create a NetworkPolicy allowing port 8000 only from this namespace, allowedNamespaceLabels, "
-            "the operator's monitoring namespace and (with route) the OpenShift router."
+            "Create a NetworkPolicy allowing port 8000 only from the Kiban gateway and the operator's "
+            "monitoring namespace when the model is exposed through the gateway; otherwise from this "
+            "namespace, allowedNamespaceLabels, the monitoring namespace and (with route) the OpenShift router."
         ),
     )
     allowed_namespace_labels: dict[str, Annotated[str, Field(max_length=63)]] = Field(
@@ -813,7 +871,45 @@ class ExposureSpec(KibanModel):
             check=lambda e: e.route_host is None or e.route,
             field_path=".routeHost",
         ),
+        CelRule(
+            rule="!has(self.gateway.enabled) || !self.gateway.enabled || self.serviceType == 'ClusterIP'",
+            message=(
+                "spec.exposure.serviceType must be ClusterIP with spec.exposure.gateway.enabled true: clients "
+                "outside reach the gateway's own Service, and the engine pods admit only the gateway"
+            ),
+            check=lambda e: not e.gateway.enabled or e.service_type == "ClusterIP",
+            field_path=".serviceType",
+        ),
+        CelRule(
+            rule="!has(self.gateway.enabled) || !self.gateway.enabled || !self.route",
+            message=(
+                "spec.exposure.route exposes the engine's Service directly; with spec.exposure.gateway.enabled "
+                "true expose the gateway instead"
+            ),
+            check=lambda e: not e.gateway.enabled or not e.route,
+            field_path=".route",
+        ),
+        CelRule(
+            rule="!has(self.gateway.enabled) || !self.gateway.enabled || size(self.allowedNamespaceLabels) == 0",
+            message=(
+                "spec.exposure.allowedNamespaceLabels opens the engine pods past the gateway; it needs "
+                "spec.exposure.gateway.enabled false"
+            ),
+            check=lambda e: not e.gateway.enabled or not e.allowed_namespace_labels,
+            field_path=".allowedNamespaceLabels",
+        ),
     )
+
+    def direct_access(self) -> bool:
+        """Whether this exposure asks for clients to reach the engine pods without the gateway."""
+        return self.service_type != "ClusterIP" or self.route or bool(self.allowed_namespace_labels)
+
+    def through_gateway(self, default: bool) -> bool:
+        """Whether clients reach the model through the Kiban gateway: gateway.enabled when set,
+        else the operator's `default` unless the exposure asks for direct access."""
+        if self.gateway.enabled is not None:
+            return self.gateway.enabled
+        return default and not self.direct_access()
 
 
 class DriftSpec(KibanModel):
@@ -858,7 +954,9 @@ class FoundationModelSpec(KibanModel):
             "VLLM_API_KEY environment variable, never on the command line. It guards /v1 only."
         ),
     )
-    exposure: ExposureSpec = _section(ExposureSpec, "Service type, OpenShift Route and NetworkPolicy.")
+    exposure: ExposureSpec = _section(
+        ExposureSpec, "The Kiban gateway, Service type, OpenShift Route, NetworkPolicy and InferencePool."
+    )
     drift: DriftSpec = _section(DriftSpec, "Workload drift detection.")
     rollout: RolloutSpec = _section(
         RolloutSpec, "How a spec change replaces replicas: maxSurge 1, maxUnavailable 0 by default."
@@ -880,6 +978,17 @@ class FoundationModelSpec(KibanModel):
             check=lambda s: s.model.served_model_name is None
             or all(a.name != s.model.served_model_name for a in s.adapters),
             field_path=".adapters",
+        ),
+        CelRule(
+            rule="!has(self.apiKeySecretRef) || self.exposure.serviceType == 'ClusterIP'",
+            message=(
+                "spec.exposure.serviceType NodePort or LoadBalancer with spec.apiKeySecretRef would serve "
+                "/invocations and /metrics to anyone without the key (vLLM's key guards /v1 only): expose the "
+                "model through the Kiban gateway (spec.exposure.gateway.enabled true, serviceType ClusterIP), "
+                "whose Service checks the key on every path"
+            ),
+            check=lambda s: s.api_key_secret_ref is None or s.exposure.service_type == "ClusterIP",
+            field_path=".exposure.serviceType",
         ),
         CelRule(
             rule=(
@@ -956,6 +1065,9 @@ class ResolvedStatus(StatusModel):
     served_model_name: str | None = Field(default=None, description="OpenAI model name.")
     sizing_reason: str | None = Field(default=None, description="Why this GPU count, e.g. AutoSized.")
     sizing_message: str | None = Field(default=None, description="The memory arithmetic behind the GPU count.")
+    gateway: bool | None = Field(
+        default=None, description="Whether clients reach the model through the Kiban gateway (spec.exposure.gateway)."
+    )
 
 
 class ScalingStatus(StatusModel):
@@ -986,6 +1098,30 @@ class DriftStatus(StatusModel):
     )
 
 
+class HeldRequests(StatusModel):
+    """Requests one gateway replica holds for the model because no replica is ready."""
+
+    requests: int = Field(ge=0, description="Requests held now.")
+    since: str = Field(json_schema_extra={"format": "date-time"}, description="When the oldest was first held.")
+    heartbeat: str = Field(
+        json_schema_extra={"format": "date-time"},
+        description="When this entry was last refreshed; the autoscaler ignores entries older than a minute.",
+    )
+
+
+class GatewayStatus(StatusModel):
+    """What the Kiban gateway reports about the model (written by the gateway, read by the autoscaler)."""
+
+    held: dict[str, HeldRequests] = Field(
+        default_factory=dict,
+        description=(
+            "Per gateway replica (pod name), the requests it holds while the model has no ready replica: "
+            "the autoscaler's wake-from-zero signal."
+        ),
+        json_schema_extra={"maxProperties": 64},
+    )
+
+
 class FoundationModelStatus(StatusModel):
     """Observed state, rebuilt from the cluster on every reconcile."""
 
@@ -1003,6 +1139,7 @@ class FoundationModelStatus(StatusModel):
     resolved: ResolvedStatus | None = Field(default=None, description="Settings resolved by the operator.")
     scaling: ScalingStatus | None = Field(default=None, description="Latest autoscaling decision.")
     drift: DriftStatus | None = Field(default=None, description="Latest drift evaluation.")
+    gateway: GatewayStatus | None = Field(default=None, description="Requests the Kiban gateway holds (wake from zero).")
 
 
 # --------------------------------------------------------------------------- the resource

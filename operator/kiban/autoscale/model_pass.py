@@ -26,6 +26,7 @@ restart never triggers a scale-down before the stabilisation window has passed.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import os
@@ -38,8 +39,9 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from kiban.api.v1alpha1 import FoundationModel, ScalingStatus, SloSpec, plain
-from kiban.autoscale.collector import Collected, Collector, DriftSeries, PrometheusHttp
-from kiban.autoscale.policy import Decision, PolicyState, ScalingConfig, decide
+from kiban.autoscale import wake
+from kiban.autoscale.collector import NO_SERIES, Collected, Collector, DriftSeries, PrometheusHttp
+from kiban.autoscale.policy import Decision, Observation, PolicyState, ScalingConfig, decide
 from kiban.capacity.batching import Slo
 from kiban.clock import rfc3339
 from kiban.capacity.engine_profile import EngineProfile
@@ -344,6 +346,7 @@ class Autoscaler:
     settings: AutoscaleSettings
     clock: Callable[[], float] = time.time
     memory: dict[ModelRef, _Memory] = field(default_factory=dict)
+    _waking: set[ModelRef] = field(default_factory=set)  # models with a wake pass in flight (notice)
 
     @classmethod
     def from_settings(cls, settings: AutoscaleSettings, clock: Callable[[], float] = time.time) -> Autoscaler:
@@ -356,6 +359,25 @@ class Autoscaler:
 
     def forget(self, ref: ModelRef) -> None:
         self.memory.pop(ref, None)
+
+    def notice(self, context: Any, body: Mapping[str, Any], indexes: Mapping[str, Any]) -> asyncio.Task | None:
+        """A model's watch event: when the gateway holds requests for it at zero replicas, run its
+        pass now instead of at the next tick (kiban.autoscale.wake). One such pass at a time per model."""
+        metadata = body.get("metadata") or {}
+        ref: ModelRef = (metadata.get("namespace", ""), metadata.get("name", ""))
+        if ref in self._waking or not wake.wake_wanted(body, self.clock()):
+            return None
+        self._waking.add(ref)
+
+        async def run() -> None:
+            try:
+                await self.run_once(context, body, indexes)
+            except Exception as exc:  # noqa: BLE001 - the timer's next pass tries again
+                log.warning(kv("Failed to wake FoundationModel", name=ref[1], namespace=ref[0], error=repr(exc)))
+            finally:
+                self._waking.discard(ref)
+
+        return asyncio.get_running_loop().create_task(run())
 
     def _forget_stale(self, now_s: float) -> None:
         for ref in [r for r, m in self.memory.items() if now_s - m.seen_s > FORGET_AFTER_S]:
@@ -395,11 +417,18 @@ class Autoscaler:
         self._forget_stale(now)
         current = model.spec.scaling.desired_replicas()
         ready = observe.ready_replicas(observe.observed_children(indexes, ref), sizing.multi_node)
-        collected = await context.io(
-            lambda: self.collector.collect(model.served_model_name, ref[0], time_s=now,
-                                           current_replicas=current, ready_replicas=ready,
-                                           ttft_percentiles=ttft_percentiles(configs))
-        )
+        held = wake.held_requests(body.get("status"), now)
+        if held > 0 and current == 0:  # waking from zero: no engine to read, and no time to lose
+            collected = Collected(Observation(
+                time_s=now, metrics_available=False, reason_unavailable="no engine is running (waking from zero)",
+                current_replicas=current, ready_replicas=ready, held_requests=held), reason_code=NO_SERIES)
+        else:
+            collected = await context.io(
+                lambda: self.collector.collect(model.served_model_name, ref[0], time_s=now,
+                                               current_replicas=current, ready_replicas=ready,
+                                               ttft_percentiles=ttft_percentiles(configs))
+            )
+            collected = replace(collected, observation=replace(collected.observation, held_requests=held))
         memory = self.memory.get(ref)
         state = memory.state if memory else seed_state(now, current)
         drift_memory, outcome = None, drift.DriftOutcome(None, None)

@@ -10,6 +10,7 @@ from typing import Any
 
 from kiban.api.v1alpha1 import FoundationModel
 from kiban.builders.deployment import build_deployment
+from kiban.builders.inferencepool import INFERENCE_POOL_API_VERSION, build_inference_pool, wants_inference_pool
 from kiban.builders.labels import common_labels, selector_labels, selector_string
 from kiban.builders.leaderworkerset import LWS_API_VERSION, build_leader_worker_set, leader_selector
 from kiban.builders.monitor import MONITORING_API_VERSION, build_pod_monitor
@@ -40,7 +41,7 @@ def build_children(
       sizing.fits is False (the workload is still built, with the largest layout tried).
     replicas: overrides fm.spec.scaling.desired_replicas().
     available_apis: group/versions the cluster serves; PodMonitor needs monitoring.coreos.com/v1,
-      Route needs route.openshift.io/v1.
+      Route needs route.openshift.io/v1, InferencePool inference.networking.k8s.io/v1.
     Raises kiban.config.ConfigError when spec.accelerator.profile is unknown.
     """
     profile = config.profile(fm.spec.accelerator.profile)
@@ -54,17 +55,21 @@ def build_children(
         build_network_policy(fm, config, between_pods=multi) if fm.spec.exposure.network_policy else None,
         build_pod_monitor(fm, config) if MONITORING_API_VERSION in available_apis else None,
         build_route(fm) if ROUTE_API_VERSION in available_apis else None,
+        (build_inference_pool(fm, leader_selector(fm) if multi else None)
+         if INFERENCE_POOL_API_VERSION in available_apis and wants_inference_pool(fm) else None),
     ]
     return [child for child in children if child is not None]
 
 
 __all__ = [
+    "INFERENCE_POOL_API_VERSION",
     "LWS_API_VERSION",
     "MONITORING_API_VERSION",
     "ROUTE_API_VERSION",
     "build_cache_pvc",
     "build_children",
     "build_deployment",
+    "build_inference_pool",
     "build_leader_worker_set",
     "build_network_policy",
     "build_pdb",

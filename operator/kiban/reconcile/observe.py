@@ -4,7 +4,8 @@ Children and pods are seen through kopf indexes (an in-memory informer cache fil
 watches), so a reconcile pass costs no list calls: the pass that runs after a write sees the
 write when its watch event arrives, and the child's event itself triggers that pass. The
 projections here keep only the fields plan and status read, to keep memory flat at 1,000 models.
-Which optional APIs exist (PodMonitor, Route, LeaderWorkerSet) is read from discovery and cached.
+Which optional APIs exist (PodMonitor, Route, InferencePool, LeaderWorkerSet) is read from discovery
+and cached.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ CHILD_RESOURCES: tuple[ChildResource, ...] = (
     ChildResource("networking.k8s.io", "v1", "networkpolicies"),
     ChildResource("monitoring.coreos.com", "v1", "podmonitors", optional=True),
     ChildResource("route.openshift.io", "v1", "routes", optional=True),
+    ChildResource("inference.networking.k8s.io", "v1", "inferencepools", optional=True),
     ChildResource("leaderworkerset.x-k8s.io", "v1", "leaderworkersets", optional=True),
 )
 # the kinds that run the engine pods: one of them per model (kiban.builders.build_children)

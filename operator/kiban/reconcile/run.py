@@ -162,6 +162,7 @@ def resolved_status(model: FoundationModel, config: OperatorConfig, sizing: Any)
         "servedModelName": model.served_model_name,
         "sizingReason": str(sizing.reason),
         "sizingMessage": sizing.message,
+        "gateway": model.spec.exposure.through_gateway(config.gateway_default),
     }
 
 
@@ -293,6 +294,8 @@ async def _pass(
         conflicts=the_plan.conflicts,
         apply_errors=result.errors,
         resolved=resolved_status(model, context.config, gpu),
+        gateway_url=(context.config.gateway_url
+                     if model.spec.exposure.through_gateway(context.config.gateway_default) else None),
         workload_kind=kind,
         pods_per_replica=gpu.nodes_per_replica,
     )

@@ -43,6 +43,7 @@ class World:
     conflicts: Sequence[str] = ()
     apply_errors: Sequence[str] = field(default=())
     resolved: Mapping[str, Any] | None = None  # status.resolved: GPUs, tensor parallel, image
+    gateway_url: str | None = None  # through the Kiban gateway: status.endpoint is the gateway's
     # `deployment` is the workload: a Deployment, or a LeaderWorkerSet whose replicas are groups of
     # pods_per_replica pods (its readyReplicas counts groups whose every pod is ready)
     workload_kind: str = "Deployment"
@@ -202,7 +203,9 @@ def build_status(world: World, previous_conditions: Iterable[Mapping[str, Any]],
     }
     if world.resolved is not None:
         status["resolved"] = dict(world.resolved)
-    if world.service_name:
+    if world.gateway_url:
+        status["endpoint"] = world.gateway_url.rstrip("/") + "/v1"
+    elif world.service_name:
         status["endpoint"] = endpoint_url(world.service_name, world.namespace)
     return status
 

@@ -113,7 +113,7 @@ class DemoResult:
     offered_arrivals_s: list[float] = field(default_factory=list)
     wall_seconds: float = 0.0
     stopped_early: bool = False
-    requests_by_backend: dict[str, int] = field(default_factory=dict)  # what the ServiceRouter forwarded
+    requests_by_backend: dict[str, int] = field(default_factory=dict)  # requests each engine pod finished (Prometheus)
     gpus_per_replica: int = 1
     kubectl_get: str = ""  # `kubectl get fm,deploy,pods` at the end of the load
 

@@ -2,7 +2,8 @@
 
 etcd, kube-apiserver, kube-controller-manager and kube-scheduler are the genuine binaries (the
 way controller-runtime's envtest runs them); kwok plays the kubelets, moving nodes to Ready and
-pods to Running/Ready with pod IPs. Everything listens on free loopback ports and writes into one
+pods to Running/Ready with pod IPs from a loopback /20 (`pod_cidr`), where a simulator can
+listen as the pod's engine. Everything listens on free loopback ports and writes into one
 work directory; stop() ends every process group it started.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import random
 import shutil
 import ssl
 import tempfile
@@ -39,7 +41,17 @@ log = logging.getLogger(__name__)
 
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 SERVICE_CLUSTER_IP_RANGE = "10.96.0.0/16"
-POD_CIDR = "10.244.0.0/16"
+# Pod IPs come from a loopback /20 (kwok hands them out in order): a simulator standing in for a
+# pod's engine listens on the pod's own IP, and tests send traffic only to this machine's
+# loopback range. Each control plane draws its own /20 (4,094 pods: the 1,000-model operator
+# benchmark fits), so two running at once are unlikely to collide.
+POD_CIDR_TEMPLATE = "127.{}.{}.0/20"
+
+
+def random_pod_cidr(rng: random.Random | None = None) -> str:
+    """A loopback /20 in 127.64.0.0 - 127.254.240.0 (clear of 127.0.0.x, where servers bind)."""
+    rng = rng or random.Random()
+    return POD_CIDR_TEMPLATE.format(rng.randint(64, 254), 16 * rng.randint(0, 15))
 # free ports are picked, released and then bound by the child; on a shared machine another process
 # can take one in between, so a start that failed only for that reason is tried again
 PORT_TAKEN = "address already in use"
@@ -131,13 +143,13 @@ def scheduler_args(kubeconfig: Path, secure_port: int) -> list[str]:
     ]
 
 
-def kwok_args(kubeconfig: Path, stages: Path) -> list[str]:
+def kwok_args(kubeconfig: Path, stages: Path, pod_cidr: str) -> list[str]:
     return [
         f"--kubeconfig={kubeconfig}", f"--config={stages}",
         "--manage-all-nodes=false",
         "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
         "--node-lease-duration-seconds=40",  # kwok renews Leases, so the node controller keeps nodes Ready
-        f"--cidr={POD_CIDR}",
+        f"--cidr={pod_cidr}",
     ]
 
 
@@ -151,12 +163,14 @@ class ControlPlane:
     """
 
     def __init__(self, node_pool: Mapping[str, int] | None = None, workdir: Path | None = None,
-                 startup_timeout: float = 60.0, leaderworkerset: bool = False) -> None:
+                 startup_timeout: float = 60.0, pod_cidr: str | None = None,
+                 leaderworkerset: bool = False) -> None:
         self.node_pool = dict(node_builders.DEFAULT_POOL if node_pool is None else node_pool)
         self._nodes = node_builders.build_pool(self.node_pool)  # validate early: bad input fails here
         self._own_workdir = workdir is None
         self._workdir = Path(workdir).resolve() if workdir is not None else None  # kubeconfig paths must be absolute
         self.startup_timeout = startup_timeout
+        self.pod_cidr = pod_cidr or random_pod_cidr()
         self.leaderworkerset = leaderworkerset
         self.components: list[Component] = []
         self.started_pids: dict[str, int] = {}  # kept after stop(), so callers can check none survive
@@ -307,7 +321,7 @@ class ControlPlane:
             str(binaries["kube-controller-manager"]), *controller_manager_args(self.kubeconfig, kcm_port, pki)], logs)
         self._launch("kube-scheduler", [
             str(binaries["kube-scheduler"]), *scheduler_args(self.kubeconfig, scheduler_port)], logs)
-        kwok = self._launch("kwok", [str(binaries["kwok"]), *kwok_args(self.kubeconfig, stages)], logs)
+        kwok = self._launch("kwok", [str(binaries["kwok"]), *kwok_args(self.kubeconfig, stages, self.pod_cidr)], logs)
 
         from kubernetes import client, config  # imported late: unit tests of this module need no client
 

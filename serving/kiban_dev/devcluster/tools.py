@@ -101,6 +101,24 @@ def tool_path(name: str) -> Path:
     return path
 
 
+GAIE_CRD = "config/crd/bases/inference.networking.k8s.io_inferencepools.yaml"
+
+
+def inference_pool_crd_path() -> Path:
+    """The InferencePool CRD inside the pinned Gateway API Inference Extension module, where
+    build.sh downloaded it (the module cache; its directory is recorded in the tools cache)."""
+    versions = load_versions()
+    if "GAIE_VERSION" not in versions:
+        raise ToolsMissingError("hack/tools/versions.env does not define GAIE_VERSION")
+    record = cache_root() / f"gaie-{versions['GAIE_VERSION']}" / "module-dir"
+    if not record.is_file():
+        raise _missing(record, "the gateway-api-inference-extension module record")
+    path = Path(record.read_text().strip()) / GAIE_CRD
+    if not path.is_file():
+        raise _missing(path, "the InferencePool CRD")
+    return path
+
+
 def kwok_stages_path() -> Path:
     """The upstream kwok stages (node initialise/heartbeat, pod ready/complete/delete)."""
     path = tool_dir("KWOK_VERSION", load_versions(), cache_root()) / "stages" / "default.yaml"

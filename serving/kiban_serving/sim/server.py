@@ -763,7 +763,8 @@ def main(argv: list[str] | None = None) -> int:
         "Started simulator model=%s profile=%s host=%s port=%s speedup=%s",
         config.served_model_name, config.profile.name, args.host, args.port, config.speedup,
     )  # fmt: skip
-    web.run_app(app, host=args.host, port=args.port, print=None, access_log=None)
+    # backlog 2048: uvicorn's default, what `vllm serve` listens with
+    web.run_app(app, host=args.host, port=args.port, print=None, access_log=None, backlog=2048)
     return 0
 
 

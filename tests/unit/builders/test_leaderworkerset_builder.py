@@ -136,6 +136,8 @@ def test_templates_carry_the_model_labels_and_a_role(big):
 def test_service_selects_only_leaders_and_the_policy_lets_the_ranks_talk(big, config):
     children = {c["kind"]: c for c in build_children(big, config, available_apis=ALL_APIS)}
     assert children["Service"]["spec"]["selector"][ROLE_LABEL] == "leader"
+    # a cluster's own inference gateway routes to the InferencePool: leaders only, like the Service
+    assert children["InferencePool"]["spec"]["selector"]["matchLabels"] == children["Service"]["spec"]["selector"]
     rules = children["NetworkPolicy"]["spec"]["ingress"]
     assert rules[0]["ports"] == [{"protocol": "TCP", "port": 8000}]
     assert {"from": [{"podSelector": {"matchLabels": {
