@@ -17,7 +17,11 @@ Decisions, so the reconciler and readers need not rediscover them:
   with writable /tmp (HOME), /cache (HF_HOME, vLLM caches) and a memory-backed /dev/shm.
 - enableServiceLinks is off: a Service named `vllm` would inject VLLM_PORT, which vLLM reads.
 - Rollouts surge one pod and keep all serving pods (maxUnavailable 0): the SLO holds during a
-  rollout, at the cost of one spare replica's GPUs while it runs.
+  rollout, at the cost of one spare replica's GPUs while it runs. A ReadWriteOnce or
+  ReadWriteOncePod cache (one replica at most, the CRD says) cannot be mounted by a second pod,
+  so those models are rolled out by Recreate: the old pod goes first, then the new one mounts.
+- Every flag engine_args sets is in kiban.api.engine_policy.OWNED_FLAGS, so extraArgs cannot
+  override it (a test derives the table from this function's output).
 """
 
 from __future__ import annotations
@@ -195,7 +199,8 @@ def scheduling(fm: FoundationModel, profile: AcceleratorProfile) -> dict[str, An
         "tolerations": tolerations,
     }
     if spec.affinity:
-        out["affinity"] = spec.affinity
+        # as the user wrote it: defaults (empty lists) left out, so the Deployment reads like the spec
+        out["affinity"] = spec.affinity.model_dump(mode="json", by_alias=True, exclude_defaults=True)
     if spec.priority_class_name:
         out["priorityClassName"] = spec.priority_class_name
     return out
@@ -215,6 +220,14 @@ CONTAINER_SECURITY_CONTEXT: dict[str, Any] = {
     "runAsNonRoot": True,
     "seccompProfile": {"type": "RuntimeDefault"},
 }
+
+
+def rollout_strategy(fm: FoundationModel) -> dict[str, Any]:
+    """Surge one pod, never drop a serving one; Recreate when the cache mounts in one pod only."""
+    cache = fm.spec.cache
+    if cache.type == "pvc" and cache.access_mode in ("ReadWriteOnce", "ReadWriteOncePod"):
+        return {"type": "Recreate"}
+    return {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
 
 
 def build_deployment(
@@ -259,7 +272,7 @@ def build_deployment(
             "selector": {"matchLabels": selector_labels(fm)},
             "revisionHistoryLimit": 3,
             "progressDeadlineSeconds": config.startup_timeout_seconds + 600,
-            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "strategy": rollout_strategy(fm),
             "template": {
                 "metadata": {"labels": common_labels(fm), "annotations": template_annotations},
                 "spec": {
