@@ -80,7 +80,10 @@ POWERS_OF_TWO = (1, 2, 4, 8, 16)
 # Values vLLM 0.33 accepts for --max-lora-rank.
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
+# The API server's types: an integer field refuses true and "2", a number field refuses true and
+# "0.5" (pydantic's lax mode would coerce them, so `kiban crd validate` would disagree with it).
 StrictInt = Annotated[int, Strict()]
+StrictFloat = Annotated[float, Strict()]
 
 
 @dataclass(frozen=True)
@@ -195,8 +198,13 @@ def _qualified_name_prefix(value: str) -> str:
 
 
 # Kubernetes label keys / taint keys / topology keys, and label values (apimachinery's rules)
-QualifiedName = Annotated[str, Field(pattern=QUALIFIED_NAME_PATTERN, max_length=317),
-                          AfterValidator(_qualified_name_prefix)]
+QualifiedName = Annotated[str, Field(
+    pattern=QUALIFIED_NAME_PATTERN, max_length=317,
+    json_schema_extra=cel_validations({
+        "rule": "!self.contains('/') || self.indexOf('/') <= 253",
+        "message": "a label key's prefix (before '/') must be at most 253 characters",
+        "reason": "FieldValueInvalid"}),
+), AfterValidator(_qualified_name_prefix)]
 LabelValue = Annotated[str, Field(pattern=LABEL_VALUE_PATTERN, max_length=63)]
 
 
@@ -322,7 +330,7 @@ class ModelSource(KibanModel):
             "needs 1 byte per parameter, awq/gptq/bitsandbytes (4-bit) half a byte."
         ),
     )
-    max_model_len: int | None = Field(
+    max_model_len: StrictInt | None = Field(
         default=None,
         ge=16,
         le=10_485_760,
@@ -522,13 +530,13 @@ class EngineSpec(KibanModel):
             "disconnected cluster can point every model at a mirror."
         ),
     )
-    max_num_seqs: int | None = Field(
+    max_num_seqs: StrictInt | None = Field(
         default=None,
         ge=1,
         le=4096,
         description="Most sequences in one batch (--max-num-seqs). Defaults to vLLM's own choice.",
     )
-    gpu_memory_utilization: float = Field(
+    gpu_memory_utilization: StrictFloat = Field(
         default=0.9,
         gt=0.0,
         le=1.0,
@@ -650,13 +658,13 @@ class AcceleratorSpec(KibanModel):
 class SloSpec(KibanModel):
     """Latency objectives the autoscaler sizes the model to (milliseconds)."""
 
-    ttft_p95_ms: int | None = Field(
+    ttft_p95_ms: StrictInt | None = Field(
         default=None, ge=1, le=600_000, description="95th-percentile time to first token, milliseconds."
     )
-    ttft_p99_ms: int | None = Field(
+    ttft_p99_ms: StrictInt | None = Field(
         default=None, ge=1, le=600_000, description="99th-percentile time to first token, milliseconds."
     )
-    itl_p95_ms: int | None = Field(
+    itl_p95_ms: StrictInt | None = Field(
         default=None, ge=1, le=60_000, description="95th-percentile inter-token latency, milliseconds."
     )
 
@@ -678,11 +686,11 @@ class SloSpec(KibanModel):
 class ScalingSpec(KibanModel):
     """Replica bounds, the latency SLO and how the autoscaler may move between them."""
 
-    min_replicas: int = Field(
+    min_replicas: StrictInt = Field(
         default=1, ge=0, le=1000, description="Fewest replicas; 0 allows scaling to zero when idle."
     )
-    max_replicas: int = Field(default=1, ge=1, le=1000, description="Most replicas.")
-    replicas: int | None = Field(
+    max_replicas: StrictInt = Field(default=1, ge=1, le=1000, description="Most replicas.")
+    replicas: StrictInt | None = Field(
         default=None,
         ge=0,
         le=1000,
@@ -697,28 +705,28 @@ class ScalingSpec(KibanModel):
         default=True, description="Let Kiban's SLO autoscaler choose replicas between minReplicas and maxReplicas."
     )
     slo: SloSpec | None = Field(default=None, description="Latency objectives; required when autoscaling is true.")
-    target_utilization: float = Field(
+    target_utilization: StrictFloat = Field(
         default=0.75,
         gt=0.0,
         lt=1.0,
         description="Highest fraction of a replica's predicted capacity to plan for, in (0, 1): headroom for bursts.",
     )
-    peak_factor: float = Field(
+    peak_factor: StrictFloat = Field(
         default=1.0, ge=1.0, le=100.0, description="Multiplier on the observed arrival rate before sizing (>= 1)."
     )
-    gpu_budget: int | None = Field(
+    gpu_budget: StrictInt | None = Field(
         default=None,
         ge=1,
         le=100_000,
         description="Most GPUs all replicas together may use; caps replicas at gpuBudget / GPUs per replica.",
     )
-    stabilization_window_seconds: int = Field(
+    stabilization_window_seconds: StrictInt = Field(
         default=300,
         ge=0,
         le=3600,
         description="Scale down only to the highest replica count recommended within this many seconds.",
     )
-    scale_to_zero_idle_seconds: int | None = Field(
+    scale_to_zero_idle_seconds: StrictInt | None = Field(
         default=None,
         ge=60,
         le=86_400,
@@ -841,7 +849,8 @@ class Adapter(KibanModel):
     )
 
 
-INT64 = 2**63
+# int64 fields, bounded where JSON numbers stay exact (the API server reads schema bounds as floats)
+SAFE_INT = 2**53 - 1
 
 
 class Toleration(KibanModel):
@@ -853,8 +862,8 @@ class Toleration(KibanModel):
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
         default=None, description="Taint effect to match; empty matches all."
     )
-    toleration_seconds: int | None = Field(
-        default=None, ge=-INT64, le=INT64 - 1, description="For NoExecute: how long the pod stays bound."
+    toleration_seconds: StrictInt | None = Field(
+        default=None, ge=-SAFE_INT, le=SAFE_INT, description="For NoExecute: how long the pod stays bound."
     )
 
     cel_rules = (
@@ -931,7 +940,7 @@ class NodeSelector(KibanModel):
 class PreferredSchedulingTerm(KibanModel):
     """A weighted node preference."""
 
-    weight: int = Field(ge=1, le=100, description="1-100.")
+    weight: StrictInt = Field(ge=1, le=100, description="1-100.")
     preference: NodeSelectorTerm = Field(description="The preferred nodes.")
 
 
@@ -983,7 +992,7 @@ class PodAffinityTerm(KibanModel):
 class WeightedPodAffinityTerm(KibanModel):
     """A weighted pod (anti-)affinity preference."""
 
-    weight: int = Field(ge=1, le=100, description="1-100.")
+    weight: StrictInt = Field(ge=1, le=100, description="1-100.")
     pod_affinity_term: PodAffinityTerm = Field(description="The term.")
 
 
@@ -1076,21 +1085,21 @@ class DriftSpec(KibanModel):
     """Workload drift detection on prompt and output token distributions."""
 
     enabled: bool = Field(default=False, description="Compare recent token distributions with a reference window.")
-    window_seconds: int = Field(
+    window_seconds: StrictInt = Field(
         default=120, ge=30, le=86_400,
         description="Length of each drift window, seconds (the detector's measured default is 120).",
     )
-    reference_window_seconds: int = Field(
+    reference_window_seconds: StrictInt = Field(
         default=360, ge=30, le=2_592_000,
         description=(
             "Time the rolling reference covers, seconds: the last round(referenceWindowSeconds / "
             "windowSeconds) windows, at least one (default 360: 3 windows of 120 s, as measured)."
         ),
     )
-    js_divergence_threshold: float = Field(
+    js_divergence_threshold: StrictFloat = Field(
         default=0.1, gt=0.0, le=1.0, description="Jensen-Shannon divergence above which drift is reported."
     )
-    p_value_threshold: float = Field(
+    p_value_threshold: StrictFloat = Field(
         default=0.05, gt=0.0, lt=1.0, description="Kolmogorov-Smirnov p-value below which drift is reported."
     )
 
