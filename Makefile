@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST := $(PY) -m pytest
 
-.PHONY: all venv lock tools crds check-crds chart check-chart docs test test-unit test-integration test-e2e bench bench-operator demo dev-cluster kind-e2e clean
+.PHONY: all venv lock tools image image-base crds check-crds chart check-chart docs test test-unit test-integration test-e2e bench bench-operator demo dev-cluster kind-e2e clean
 
 all: test
 
@@ -30,6 +30,14 @@ lock: $(STAMP)
 ## tools: pinned kube-apiserver, controller-manager, scheduler, kubectl, kwok, helm, etcd, prometheus into a cache outside the repo
 tools:
 	bash hack/tools/build.sh
+
+## image: the operator image localhost/kiban-operator:dev from the Containerfile, on a Debian base built here, no registry (docs/image.md)
+image:
+	bash hack/image/build.sh
+
+## image-base: only that base, localhost/kiban-base:bookworm-py311 (mmdebstrap, cached by its recipe)
+image-base:
+	bash hack/image/build.sh base
 
 ## crds: regenerate crds/ from the pydantic models in operator/kiban/api
 crds: $(STAMP)

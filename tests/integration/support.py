@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,15 +55,18 @@ class OperatorProcess:
     """`python -m kiban run` as a child process, logs to a file, stopped with SIGTERM.
 
     --standalone unless `extra` has --peering; `env` is added to os.environ (with KUBECONFIG and
-    PYTHONUNBUFFERED), `unset` names variables removed from it. As a context manager it starts on
+    PYTHONUNBUFFERED), `unset` names variables removed from it. `launcher` is the command that
+    `run ...` follows: this interpreter's `python -m kiban`, or a `podman run ... IMAGE` of the
+    operator image (whose container then gets none of `env`). As a context manager it starts on
     enter and, on exit, stops and prints the log's tail (shown by pytest when the test failed).
     """
 
     def __init__(self, kubeconfig: Path, namespace: str, log_path: Path, *extra: str,
-                 env: dict[str, str] | None = None, unset: tuple[str, ...] = (), metrics_port: int = 0) -> None:
+                 env: dict[str, str] | None = None, unset: tuple[str, ...] = (), metrics_port: int = 0,
+                 launcher: Sequence[str] = (sys.executable, "-m", "kiban")) -> None:
         mode = list(extra) if "--peering" in extra else ["--standalone", *extra]
         self.args = [
-            sys.executable, "-m", "kiban", "run", "-n", namespace,
+            *launcher, "run", "-n", namespace,
             "--metrics-port", str(metrics_port), "--resync-seconds", "5", *mode,
         ]
         self.env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONUNBUFFERED": "1", **(env or {})}
@@ -99,6 +102,90 @@ class OperatorProcess:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
         print(self.logs()[-20000:])  # shown by pytest only when the test failed
+
+
+# ---- FoundationModels: a body, typed reads and writes, waiting for a condition
+
+FM_GROUP, FM_VERSION, FM_PLURAL = "kiban.dev", "v1alpha1", "foundationmodels"
+
+
+def model_body(name: str, **spec_overrides: Any) -> dict:
+    spec: dict[str, Any] = {
+        "model": {"uri": "hf://Qwen/Qwen2.5-0.5B-Instruct", "parameters": "500M"},
+        "accelerator": {"profile": "nvidia-l4"},
+        "scaling": {"autoscaling": False, "minReplicas": 1, "maxReplicas": 4},
+    }
+    for key, value in spec_overrides.items():
+        spec[key] = {**spec.get(key, {}), **value} if isinstance(value, dict) else value
+    return {"apiVersion": f"{FM_GROUP}/{FM_VERSION}", "kind": "FoundationModel", "metadata": {"name": name}, "spec": spec}
+
+
+class Cluster:
+    """Typed reads and writes the tests use (the test's own client, not the operator's)."""
+
+    def __init__(self, api, namespace: str) -> None:
+        from kubernetes import client
+
+        self.namespace = namespace
+        self.custom = client.CustomObjectsApi(api)
+        self.apps = client.AppsV1Api(api)
+        self.core = client.CoreV1Api(api)
+
+    def create_model(self, body: dict) -> dict:
+        return self.custom.create_namespaced_custom_object(FM_GROUP, FM_VERSION, self.namespace, FM_PLURAL, body)
+
+    def model(self, name: str) -> dict:
+        return self.custom.get_namespaced_custom_object(FM_GROUP, FM_VERSION, self.namespace, FM_PLURAL, name)
+
+    def patch_model(self, name: str, patch: dict) -> dict:
+        return self.custom.patch_namespaced_custom_object(FM_GROUP, FM_VERSION, self.namespace, FM_PLURAL, name, patch)
+
+    def condition(self, name: str, type_: str) -> dict | None:
+        for cond in (self.model(name).get("status") or {}).get("conditions") or []:
+            if cond["type"] == type_:
+                return cond
+        return None
+
+    def deployment(self, name: str):
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            return self.apps.read_namespaced_deployment(name, self.namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def replica_sets(self, name: str) -> list:
+        return [
+            rs for rs in self.apps.list_namespaced_replica_set(self.namespace).items
+            if any(ref.name == name for ref in rs.metadata.owner_references or [])
+        ]
+
+    def pods(self) -> list:
+        return self.core.list_namespaced_pod(self.namespace).items
+
+    def events(self, reason: str) -> list:
+        return [e for e in self.core.list_namespaced_event(self.namespace).items if e.reason == reason]
+
+
+def condition_is(cluster: Cluster, name: str, type_: str, status: str, reason: str | None = None):
+    def check():
+        cond = cluster.condition(name, type_)
+        if cond and cond["status"] == status and (reason is None or cond["reason"] == reason):
+            return cond
+        return None
+
+    return check
+
+
+def ready_with_running_pods(cluster: Cluster, name: str, operator: OperatorProcess, timeout: float = 90.0) -> dict:
+    def check():
+        if operator.proc is not None and operator.proc.poll() is not None:
+            pytest.fail(f"the operator exited with {operator.proc.returncode}:\n{operator.logs()[-5000:]}")
+        return condition_is(cluster, name, "Ready", "True")()
+
+    return wait_for(check, timeout, what=f"{name} Ready=True", interval=0.25)
 
 
 class BackgroundReplay:

@@ -5,7 +5,8 @@
 - the runtime distribution (kiban, what the operator image installs) imports nothing of the
   developer distribution, and only the third-party packages its pyproject declares;
 - the simulator and load generator (kiban_serving) import nothing of the developer tooling;
-- the image's lock pins every declared runtime dependency at a version its specifier allows.
+- the image's lock pins every declared runtime dependency at a version its specifier allows;
+- the image build sees operator/ alone (Containerfile COPY sources, .containerignore).
 """
 
 from __future__ import annotations
@@ -213,3 +214,16 @@ def test_developer_tooling_is_not_in_the_runtime_distribution():
     assert find["include"] == ["kiban", "kiban.*"]
     runtime_dependencies = {canonicalize_name(r.name) for r in runtime_requirements()}
     assert runtime_dependencies.isdisjoint({"matplotlib", "scipy", "tqdm", "grafana-foundation-sdk", "pytest"})
+
+
+def test_image_build_sees_only_the_runtime_distribution():
+    """The Containerfile copies from operator/ alone, and .containerignore hides the rest of the
+    repository from the build (tests/integration/test_operator_image.py checks the built image)."""
+    copies = [line.split()[1:] for line in (REPO / "Containerfile").read_text(encoding="utf-8").splitlines()
+              if line.startswith("COPY ")]
+    sources = [arg for args in copies if not any(a.startswith("--from=") for a in args)
+               for arg in [a for a in args if not a.startswith("--")][:-1]]
+    assert sources and all(source.startswith("operator/") for source in sources), sources
+    ignore = [line.strip() for line in (REPO / ".containerignore").read_text(encoding="utf-8").splitlines()
+              if line.strip() and not line.startswith("#")]
+    assert ignore[:2] == ["*", "!operator/"]
