@@ -19,7 +19,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, model
 from pydantic.alias_generators import to_camel
 
 from kiban.api import engine_cel
-from kiban.api.quantity import is_integer, parse_quantity
+from kiban.api.quantity import parse_quantity
 from kiban.api.engine_policy import (
     MAX_EXTRA_ARG_LENGTH,
     MAX_EXTRA_ARGS,
@@ -502,14 +502,15 @@ class ResourceRequirements(KibanModel):
             field_path=".requests",
         ),
         CelRule(
-            rule=(f"self.requests.all(k, k in {list(STANDARD_RESOURCES)!r} || quantity(self.requests[k]).isInteger()) && "
-                  f"self.limits.all(k, k in {list(STANDARD_RESOURCES)!r} || quantity(self.limits[k]).isInteger())"
+            rule=(f"self.requests.all(k, k in {list(STANDARD_RESOURCES)!r} || self.requests[k].matches('^[0-9]{{1,9}}$')) && "
+                  f"self.limits.all(k, k in {list(STANDARD_RESOURCES)!r} || self.limits[k].matches('^[0-9]{{1,9}}$'))"
                   ).replace('"', "'"),
-            message="spec.engine.resources: extended resources are counted in whole units",
-            check=lambda r: all(is_integer(v) for k, v in (*r.requests.items(), *r.limits.items())
+            message="spec.engine.resources: extended resources are counted in whole units (a plain integer)",
+            check=lambda r: all(re.fullmatch(r"[0-9]{1,9}", v) for k, v in (*r.requests.items(), *r.limits.items())
                                 if k not in STANDARD_RESOURCES),
         ),
     )
+
 
 
 def _extra_args_problems(engine: EngineSpec) -> list[str]:
