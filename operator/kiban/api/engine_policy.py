@@ -308,7 +308,7 @@ class Token:
 
     index: int
     text: str
-    is_option: bool  # starts with '-' (argparse treats it as an option unless it is a negative number)
+    is_option: bool  # starts with '-': an option to argparse (Kiban refuses a negative value on its own)
     key: str  # option key as argparse sees it ('' for values): normalised, before '=' and '.'
     inline: bool  # carries its value (`--x=y`, `-O3`)
     dotted: bool  # `--x.field` / `--x.field=v`: a JSON field of --x; vLLM takes the next argument as its value
