@@ -126,6 +126,15 @@ class OperatorConfig(BaseModel):
         default=1800, ge=60, description="How long a pod may take to load its model before it is restarted."
     )
     shm_size_limit: str = Field(default="16Gi", description="Size limit of the memory-backed /dev/shm.")
+    max_nodes_per_replica: int = Field(
+        default=4,
+        ge=1,
+        le=16,
+        description=(
+            "Most nodes one replica may span (a LeaderWorkerSet group); a model that needs more is "
+            "reported as ModelDoesNotFit."
+        ),
+    )
     log_level: str = Field(default="INFO")
     accelerator_profiles: dict[str, AcceleratorProfile] = Field(
         default_factory=lambda: {p.name: p for p in BUILTIN_PROFILES}
@@ -159,6 +168,7 @@ ENV_FIELDS: dict[str, str] = {
     "KIBAN_RUN_AS_USER": "run_as_user",
     "KIBAN_STARTUP_TIMEOUT_SECONDS": "startup_timeout_seconds",
     "KIBAN_SHM_SIZE_LIMIT": "shm_size_limit",
+    "KIBAN_MAX_NODES_PER_REPLICA": "max_nodes_per_replica",
     "KIBAN_LOG_LEVEL": "log_level",
 }
 PROFILES_ENV = "KIBAN_ACCELERATOR_PROFILES"

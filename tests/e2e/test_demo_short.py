@@ -72,6 +72,17 @@ def test_load_scales_the_model_up_with_prometheus_series_per_pod(demo_stack_fact
     assert served_pods, "no backed pod completed a request"
     assert len(result.requests_by_backend) >= 1
 
+    # what the summary prints and the plot draws come out of the short run too
+    assert "foundationmodel.kiban.dev/llama-8b" in result.kubectl_get and "deployment.apps/llama-8b" in result.kubectl_get
+    from kiban_dev.demo.record import format_summary
+    from kiban_dev.demo.runner import write_outputs
+
+    paths = write_outputs(result, stack.config.out_dir)
+    assert paths["plot"].read_bytes()[:4] == b"\x89PNG"
+    text = format_summary(result.summary())
+    assert "GPU-hours" in text and "static fleet sized for the peak" in text and "kubectl get fm,deploy,pods" in text
+    assert any(s.predicted_ttft_p95_ms for s in result.samples), "no predicted TTFT in status.scaling"
+
     stack.delete_model(name)
     stack.stop()
     assert stack.live_pids() == [], "processes left behind after the demo stack stopped"

@@ -191,6 +191,38 @@ def test_the_operator_turns_kopf_cluster_scanning_off_for_exact_namespaces():
     assert operator_settings().scanning.disabled is False
 
 
+LWS_API = ("--api-versions", "leaderworkerset.x-k8s.io/v1")
+LWS_RULE = {"apiGroups": ["leaderworkerset.x-k8s.io"], "resources": ["leaderworkersets"],
+            "verbs": ["get", "list", "watch", "create", "patch", "delete"]}
+
+
+@pytest.mark.parametrize("namespaced", [False, True], ids=["cluster-wide", "watch-namespace"])
+def test_leaderworkerset_verbs_are_requested_only_where_the_api_is_served(namespaced):
+    """Exactly the verbs kiban.reconcile.apply uses on a child (apply, read, delete), nothing else."""
+    values = ["--set", "watchNamespace=models"] if namespaced else []
+    kind = "Role" if namespaced else "ClusterRole"
+
+    def lws_rules(*extra: str) -> list[dict]:
+        (role,) = by_kind(template(*values, *extra))[kind]
+        return [r for r in role["rules"] if "leaderworkerset.x-k8s.io" in r["apiGroups"]]
+
+    assert lws_rules() == []
+    assert lws_rules(*LWS_API) == [LWS_RULE]
+
+
+def test_the_node_limit_reaches_the_operator():
+    from kiban.config import load_config
+
+    def env(*extra: str) -> dict:
+        (deployment,) = by_kind(template(*extra))["Deployment"]
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        return {e["name"]: e.get("value") for e in container["env"]}
+
+    assert env()["KIBAN_MAX_NODES_PER_REPLICA"] == "4"
+    limit = env("--set", "operator.maxNodesPerReplica=2")["KIBAN_MAX_NODES_PER_REPLICA"]
+    assert load_config({"KIBAN_MAX_NODES_PER_REPLICA": limit}).max_nodes_per_replica == 2
+
+
 # ----------------------------------------------------------------------------- the real control plane
 
 

@@ -243,8 +243,18 @@ def static_volumes(cluster: Cluster) -> Iterator[Callable[[int], None]]:
         cluster.core.delete_persistent_volume(name)
 
 
+def workload_template(cluster: Cluster, model: dict) -> dict:
+    """The pod template of a model's Deployment, or of its LeaderWorkerSet's leaders (multi-node)."""
+    if (model["status"].get("resolved") or {}).get("nodesPerReplica", 1) > 1:
+        group_set = cluster.custom.get_namespaced_custom_object(
+            "leaderworkerset.x-k8s.io", "v1", cluster.namespace, "leaderworkersets", f"{model['metadata']['name']}-group")
+        return group_set["spec"]["leaderWorkerTemplate"]["leaderTemplate"]
+    name = model["status"]["endpoint"].split("//")[1].split(".")[0]
+    return cluster.apps.api_client.sanitize_for_serialization(cluster.deployment(name).spec.template)
+
+
 def test_every_example_reaches_ready_on_matching_gpu_nodes(
-    cluster: Cluster, operator: OperatorProcess, crds: Path, static_volumes
+    cluster: Cluster, leaderworkerset: Path, operator: OperatorProcess, crds: Path, static_volumes
 ):
     examples = example_models()
     assert examples, "examples/ holds no FoundationModel"
@@ -269,8 +279,7 @@ def test_every_example_reaches_ready_on_matching_gpu_nodes(
         if doc["spec"].get("scaling", {}).get("minReplicas") == 0:  # scaled to zero: ask for one
             kubectl(crds, "-n", cluster.namespace, "scale", f"fm/{name}", "--replicas=1")
         ready_with_running_pods(cluster, name, operator, timeout=120)
-        deployment = cluster.deployment(cluster.model(name)["status"]["endpoint"].split("//")[1].split(".")[0])
-        selector = deployment.spec.template.spec.node_selector or {}
+        selector = workload_template(cluster, cluster.model(name))["spec"].get("nodeSelector") or {}
         assert selector, f"{path.name}: no nodeSelector for the accelerator"
         pods = [p for p in cluster.pods() if p.metadata.labels.get("app.kubernetes.io/instance") == name]
         assert pods and all(p.status.phase == "Running" for p in pods), f"{path.name}: pods not Running"

@@ -79,6 +79,8 @@ REVISION_PATTERN = r"^[A-Za-z0-9_][-A-Za-z0-9_./]*$"
 POWERS_OF_TWO = (1, 2, 4, 8, 16)
 # Values vLLM 0.33 accepts for --max-lora-rank.
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+MAX_PIPELINE_PARALLEL = 16
+MAX_NODES_PER_REPLICA = 16  # the API's bound; the operator's own limit (KIBAN_MAX_NODES_PER_REPLICA) is lower
 
 # The API server's types: an integer field refuses true and "2", a number field refuses true and
 # "0.5" (pydantic's lax mode would coerce them, so `kiban crd validate` would disagree with it).
@@ -592,6 +594,19 @@ class EngineSpec(KibanModel):
 GpuCount = Literal["auto"] | StrictInt
 
 
+def _number(value: GpuCount) -> int | None:
+    return value if isinstance(value, int) else None
+
+
+def _range_rule(field: str, python_name: str, high: int) -> CelRule:
+    return CelRule(
+        rule=f"type(self.{field}) == string ? self.{field} == 'auto' : (int(self.{field}) >= 1 && int(self.{field}) <= {high})",
+        message=f"spec.accelerator.{field} must be 'auto' or a number from 1 to {high}",
+        check=lambda a: getattr(a, python_name) == "auto" or 1 <= getattr(a, python_name) <= high,
+        field_path=f".{field}",
+    )
+
+
 def _is_auto_or_power_of_two(value: GpuCount) -> bool:
     return value == "auto" or (isinstance(value, int) and value in POWERS_OF_TWO)
 
@@ -621,9 +636,10 @@ class AcceleratorSpec(KibanModel):
     gpus_per_replica: GpuCount = Field(
         default="auto",
         description=(
-            "GPUs per replica, 'auto' or a power of two. auto: tensorParallelSize when that is a "
-            "number, else the smallest power of two whose memory holds the weights plus a KV-cache "
-            "reserve. More GPUs than tensorParallelSize adds pipeline parallelism."
+            "GPUs per replica, 'auto' or a power of two. auto: tensorParallelSize x pipelineParallelSize "
+            "when those are numbers, else the smallest power of two whose memory holds the weights plus "
+            "a KV-cache reserve on one node, else whole nodes (see nodesPerReplica). More GPUs than "
+            "tensorParallelSize adds pipeline parallelism; more than one node holds spans nodes."
         ),
         json_schema_extra={"x-kubernetes-int-or-string": True},
     )
@@ -632,6 +648,25 @@ class AcceleratorSpec(KibanModel):
         description=(
             "Tensor-parallel degree (--tensor-parallel-size), 'auto' or a power of two. auto: equal to "
             "gpusPerReplica, or sized from spec.model.parameters when both are auto."
+        ),
+        json_schema_extra={"x-kubernetes-int-or-string": True},
+    )
+    pipeline_parallel_size: GpuCount = Field(
+        default="auto",
+        description=(
+            "Pipeline-parallel degree (--pipeline-parallel-size), 'auto' or 1-16. auto: gpusPerReplica / "
+            "tensorParallelSize when both are numbers; else 1 on one node, and one stage per node when the "
+            "model needs more than a node (or stages added until a pinned tensorParallelSize fits)."
+        ),
+        json_schema_extra={"x-kubernetes-int-or-string": True},
+    )
+    nodes_per_replica: GpuCount = Field(
+        default="auto",
+        description=(
+            "Nodes one replica spans, 'auto' or 1-16. auto: the fewest nodes whose GPUs hold the weights "
+            "plus the KV-cache reserve, up to the operator's KIBAN_MAX_NODES_PER_REPLICA (default 4). A "
+            "replica on more than one node is one LeaderWorkerSet group (leaderworkerset.x-k8s.io/v1): "
+            "one pod per node, tensor parallel within a node, pipeline stages across nodes."
         ),
         json_schema_extra={"x-kubernetes-int-or-string": True},
     )
@@ -649,6 +684,50 @@ class AcceleratorSpec(KibanModel):
             check=lambda a: not (isinstance(a.gpus_per_replica, int) and isinstance(a.tensor_parallel_size, int))
             or (a.gpus_per_replica >= a.tensor_parallel_size and a.gpus_per_replica % a.tensor_parallel_size == 0),
             field_path=".gpusPerReplica",
+        ),
+        _range_rule("pipelineParallelSize", "pipeline_parallel_size", MAX_PIPELINE_PARALLEL),
+        _range_rule("nodesPerReplica", "nodes_per_replica", MAX_NODES_PER_REPLICA),
+        CelRule(
+            rule=(
+                "type(self.gpusPerReplica) == string || type(self.tensorParallelSize) == string || "
+                "type(self.pipelineParallelSize) == string || int(self.gpusPerReplica) == "
+                "int(self.tensorParallelSize) * int(self.pipelineParallelSize)"
+            ),
+            message="spec.accelerator.pipelineParallelSize must be gpusPerReplica / tensorParallelSize",
+            check=lambda a: None in (_number(a.gpus_per_replica), _number(a.tensor_parallel_size),
+                                     _number(a.pipeline_parallel_size))
+            or a.gpus_per_replica == a.tensor_parallel_size * a.pipeline_parallel_size,
+            field_path=".pipelineParallelSize",
+        ),
+        CelRule(
+            rule=(
+                "type(self.nodesPerReplica) == string || type(self.pipelineParallelSize) == string || "
+                "int(self.pipelineParallelSize) % int(self.nodesPerReplica) == 0"
+            ),
+            message=(
+                "spec.accelerator.nodesPerReplica must divide pipelineParallelSize: tensor parallel stays "
+                "within a node, pipeline stages are split evenly across nodes"
+            ),
+            check=lambda a: None in (_number(a.nodes_per_replica), _number(a.pipeline_parallel_size))
+            or a.pipeline_parallel_size % a.nodes_per_replica == 0,
+            field_path=".nodesPerReplica",
+        ),
+        CelRule(
+            rule=(
+                "type(self.nodesPerReplica) == string || type(self.gpusPerReplica) == string || "
+                "(int(self.gpusPerReplica) % int(self.nodesPerReplica) == 0 && "
+                "(type(self.tensorParallelSize) == string || "
+                "int(self.gpusPerReplica) % (int(self.tensorParallelSize) * int(self.nodesPerReplica)) == 0))"
+            ),
+            message=(
+                "spec.accelerator.nodesPerReplica must divide gpusPerReplica into whole tensor-parallel "
+                "groups per node (gpusPerReplica a multiple of tensorParallelSize x nodesPerReplica)"
+            ),
+            check=lambda a: None in (_number(a.nodes_per_replica), _number(a.gpus_per_replica))
+            or (a.gpus_per_replica % a.nodes_per_replica == 0
+                and (_number(a.tensor_parallel_size) is None
+                     or a.gpus_per_replica % (a.tensor_parallel_size * a.nodes_per_replica) == 0)),
+            field_path=".nodesPerReplica",
         ),
     )
 
@@ -766,6 +845,50 @@ class ScalingSpec(KibanModel):
         autoscaler) within minReplicas..maxReplicas, else minReplicas."""
         wanted = self.min_replicas if self.replicas is None else self.replicas
         return max(self.min_replicas, min(self.max_replicas, wanted))
+
+
+# --------------------------------------------------------------------------- spec: rollout
+
+
+class RolloutSpec(KibanModel):
+    """How a spec change replaces running replicas (for a multi-node model: whole groups). With a
+    ReadWriteOnce or ReadWriteOncePod cache the Deployment is replaced by Recreate instead (a surge
+    pod could never mount the cache), and these are ignored."""
+
+    max_surge: StrictInt = Field(
+        default=1,
+        ge=0,
+        le=1000,
+        description=(
+            "Extra replicas a rollout may start above the desired count (maxSurge). For a multi-node "
+            "model each is a whole group of nodesPerReplica nodes."
+        ),
+    )
+    max_unavailable: StrictInt = Field(
+        default=0,
+        ge=0,
+        le=1000,
+        description=(
+            "Replicas a rollout may take down at once (maxUnavailable). The operator lowers it so that "
+            "ready replicas never drop below spec.scaling.minReplicas; when that leaves nothing to "
+            "roll with, one replica surges instead."
+        ),
+    )
+
+    cel_rules = (
+        CelRule(
+            rule="self.maxSurge + self.maxUnavailable >= 1",
+            message="spec.rollout.maxSurge and spec.rollout.maxUnavailable cannot both be 0",
+            check=lambda r: r.max_surge + r.max_unavailable >= 1,
+            field_path=".maxSurge",
+        ),
+    )
+
+    def strategy(self, replicas: int, min_replicas: int) -> tuple[int, int]:
+        """(maxSurge, maxUnavailable) for a workload of `replicas`: never below the ready minimum."""
+        unavailable = min(self.max_unavailable, max(0, replicas - min_replicas))
+        surge = self.max_surge if self.max_surge or unavailable else 1
+        return surge, unavailable
 
 
 # --------------------------------------------------------------------------- spec: the rest
@@ -1126,6 +1249,9 @@ class FoundationModelSpec(KibanModel):
     )
     exposure: ExposureSpec = _section(ExposureSpec, "Service type, OpenShift Route and NetworkPolicy.")
     drift: DriftSpec = _section(DriftSpec, "Workload drift detection.")
+    rollout: RolloutSpec = _section(
+        RolloutSpec, "How a spec change replaces replicas: maxSurge 1, maxUnavailable 0 by default."
+    )
 
     cel_rules = (
         CelRule(
@@ -1227,6 +1353,9 @@ class ResolvedStatus(StatusModel):
     gpus_per_replica: int | None = Field(default=None, description="GPUs per replica.")
     tensor_parallel_size: int | None = Field(default=None, description="Tensor-parallel degree.")
     pipeline_parallel_size: int | None = Field(default=None, description="Pipeline-parallel degree.")
+    nodes_per_replica: int | None = Field(
+        default=None, description="Nodes one replica spans; above 1 each replica is one LeaderWorkerSet group."
+    )
     image: str | None = Field(default=None, description="Engine image in use.")
     served_model_name: str | None = Field(default=None, description="OpenAI model name.")
     sizing_reason: str | None = Field(default=None, description="Why this GPU count, e.g. AutoSized.")

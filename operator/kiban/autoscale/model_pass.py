@@ -382,7 +382,7 @@ class Autoscaler:
             accelerator = context.config.profile(model.spec.accelerator.profile)
             from kiban.sizing import resolve_sizing
 
-            sizing = resolve_sizing(model.spec, accelerator)
+            sizing = resolve_sizing(model.spec, accelerator, context.config.max_nodes_per_replica)
             if not sizing.fits:
                 return PassResult(skipped="the model does not fit (the reconciler reports it)")
             configs = scaling_configs(model, sizing.gpus_per_replica)
@@ -394,8 +394,7 @@ class Autoscaler:
         now = self.clock()
         self._forget_stale(now)
         current = model.spec.scaling.desired_replicas()
-        deployment = observe.find_kind(observe.observed_children(indexes, ref), "Deployment")
-        ready = int(((deployment or {}).get("status") or {}).get("readyReplicas") or 0)
+        ready = observe.ready_replicas(observe.observed_children(indexes, ref), sizing.multi_node)
         collected = await context.io(
             lambda: self.collector.collect(model.served_model_name, ref[0], time_s=now,
                                            current_replicas=current, ready_replicas=ready,

@@ -7,7 +7,9 @@ same port, and a NetworkPolicy cannot filter by path. So the port is opened only
 - the operator's monitoring namespace (config.monitoring_namespace), for Prometheus to scrape /metrics;
 - with spec.exposure.route, the OpenShift router (namespaces labelled
   network.openshift.io/policy-group=ingress); the Route itself forwards only /v1;
-- with serviceType NodePort or LoadBalancer, any source: the user asked for outside traffic.
+- with serviceType NodePort or LoadBalancer, any source: the user asked for outside traffic;
+- for a multi-node model, every port from the model's own pods (the group's ranks reach each
+  other on the master port and NCCL's own ports), nothing more from anyone else.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ def _namespaces(labels: dict[str, str]) -> dict[str, Any]:
     return {"namespaceSelector": {"matchLabels": labels}}
 
 
-def build_network_policy(fm: FoundationModel, config: OperatorConfig) -> dict[str, Any]:
+def build_network_policy(fm: FoundationModel, config: OperatorConfig, *, between_pods: bool = False) -> dict[str, Any]:
+    """between_pods: also admit every port from the model's own pods (a multi-node group's ranks
+    talk torch.distributed and NCCL on ports of their own choosing)."""
     exposure = fm.spec.exposure
     peers: list[dict[str, Any]] = [{"podSelector": {}}]
     if exposure.allowed_namespace_labels:
@@ -40,6 +44,8 @@ def build_network_policy(fm: FoundationModel, config: OperatorConfig) -> dict[st
     rules: list[dict[str, Any]] = [{"from": peers, "ports": port}]
     if exposure.service_type != "ClusterIP":
         rules.append({"ports": port})
+    if between_pods:
+        rules.append({"from": [{"podSelector": {"matchLabels": selector_labels(fm)}}]})
     policy = {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",

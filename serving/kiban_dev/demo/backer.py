@@ -43,6 +43,7 @@ log = logging.getLogger("kiban_dev.demo.backer")
 ENGINE_POD_SELECTOR = f"app.kubernetes.io/managed-by=kiban,{MODEL_LABEL}"
 ENGINE_CONTAINER = "vllm"
 HEALTH_POLL_SECONDS = 0.5
+FAILURE_THRESHOLD = 3  # a readiness probe's default failureThreshold: one slow answer is not "unready"
 
 
 class BackingError(ValueError):
@@ -159,6 +160,7 @@ class BackedPod:
     process: SimulatorProcess
     started_monotonic: float
     healthy: bool = False
+    failures: int = 0  # consecutive failed health checks
 
     @property
     def url(self) -> str:
@@ -360,7 +362,11 @@ class PodBacker:
                     if self._backed.get(backed.backing.uid) is not backed:
                         continue  # unbacked while we were asking: its exit was ours
                     was = backed.healthy
-                    backed.healthy = status == 200 and not exited
+                    backed.failures = 0 if status == 200 else backed.failures + 1
+                    if exited or (status != 200 and (not was or backed.failures >= FAILURE_THRESHOLD)):
+                        backed.healthy = False
+                    elif status == 200:
+                        backed.healthy = True
                 if backed.healthy and not was:
                     log.info("Simulator became ready pod=%s namespace=%s after_seconds=%.1f", backed.backing.pod,
                              backed.backing.namespace, time.monotonic() - backed.started_monotonic)

@@ -31,7 +31,7 @@ from kiban_dev.devcluster.prometheus import build_config
 from kiban_dev.demo.backer import PodBacker
 from kiban_dev.demo.router import ServiceRouter
 from kiban_dev.demo.record import DemoConfig, DemoResult, Sample
-from kiban_dev.demo.schedule import ramp, windowed_rate
+from kiban_dev.demo.schedule import phase_at, ramp, windowed_rate
 from kiban_serving.loadgen.client import replay
 from kiban_serving.loadgen.report import summarize
 from kiban_serving.loadgen.trace import read_azure_trace
@@ -54,12 +54,20 @@ def prometheus_config(file_sd_dir: Path, scrape_interval: str, operator_metrics:
     return build_config(jobs, scrape_interval)
 
 
-def model_manifest(path: Path, namespace: str, stabilization_window_s: int) -> dict:
-    """examples/model.yaml in `namespace`, with the demo's short scale-down window."""
+def model_manifest(path: Path, namespace: str, stabilization_window_s: int,
+                   drift: dict | None = None) -> dict:
+    """examples/model.yaml in `namespace`, with the demo's short scale-down window and drift windows."""
     body = yaml.safe_load(path.read_text())
     body.setdefault("metadata", {})["namespace"] = namespace
     body["spec"].setdefault("scaling", {})["stabilizationWindowSeconds"] = stabilization_window_s
+    if drift is not None:
+        body["spec"]["drift"] = {**(body["spec"].get("drift") or {}), **drift}
     return body
+
+
+def demo_drift_spec(config: DemoConfig) -> dict:
+    return {"enabled": True, "windowSeconds": config.drift_window_s,
+            "referenceWindowSeconds": config.drift_reference_s, "jsDivergenceThreshold": config.drift_js_threshold}
 
 
 class DemoStack:
@@ -131,6 +139,9 @@ class DemoStack:
             "KUBECONFIG": str(self.kubeconfig),
             "KIBAN_PROMETHEUS_URL": self.prometheus.url,
             "KIBAN_AUTOSCALE_INTERVAL_SECONDS": f"{self.config.autoscale_interval_s:g}",
+            "KIBAN_DRIFT_MIN_SAMPLES": str(self.config.drift_min_samples),
+            "KIBAN_DRIFT_PSI_THRESHOLD": f"{self.config.drift_psi_threshold:g}",
+            "KIBAN_TOKEN_WINDOW_SECONDS": f"{self.config.token_window_s:g}",
             "PYTHONUNBUFFERED": "1",
         })
         self.all_pids.add(self.operator.pid)
@@ -162,11 +173,30 @@ class DemoStack:
         return sorted(pid for pid in self.all_pids | self.sim_pids if pid_alive(pid))
 
     # ---- cluster steps --------------------------------------------------------------------
-    def _kubectl(self, *args: str) -> None:
+    def _kubectl(self, *args: str) -> str:
         done = subprocess.run([str(tool_path("kubectl")), f"--kubeconfig={self.kubeconfig}", *args],
                               capture_output=True, text=True, timeout=90)
         if done.returncode != 0:
             raise RuntimeError(f"kubectl {' '.join(args)} failed: {done.stderr.strip()}")
+        return done.stdout
+
+    def kubectl_get(self) -> str:
+        """`kubectl get fm,deploy,pods` in the demo's namespace, as a person would type it."""
+        try:
+            return self._kubectl("get", "fm,deploy,pods", "-n", self.config.namespace)
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            return f"(kubectl get failed: {exc})"
+
+    def wait_ready_condition(self, name: str, timeout_s: float = 60.0) -> dict | None:
+        """The model's Ready condition once it is True (None if it is not within timeout_s)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            conditions = (self.read_model(name).get("status") or {}).get("conditions") or []
+            ready = next((c for c in conditions if c.get("type") == "Ready"), None)
+            if ready and ready.get("status") == "True":
+                return ready
+            time.sleep(0.5)
+        return None
 
     def _install_crds(self) -> None:
         for path in sorted((REPO / "crds").glob("*.yaml")):
@@ -197,12 +227,13 @@ class DemoStack:
         """Create the FoundationModel from the manifest; return what the API server stored."""
         from kubernetes import client
 
-        body = model_manifest(self.config.model_manifest, self.config.namespace, self.config.stabilization_window_s)
+        body = model_manifest(self.config.model_manifest, self.config.namespace, self.config.stabilization_window_s,
+                              demo_drift_spec(self.config))
         custom = client.CustomObjectsApi(self.api)
         stored = custom.create_namespaced_custom_object(FM_GROUP, FM_VERSION, self.config.namespace, FM_PLURAL, body)
         self.echo(f"Applied FoundationModel {self.config.namespace}/{stored['metadata']['name']} "
                   f"from {self.config.model_manifest.name} (stabilizationWindowSeconds "
-                  f"{self.config.stabilization_window_s} for the demo)")
+                  f"{self.config.stabilization_window_s} and {self.config.drift_window_s} s drift windows for the demo)")
         return stored
 
     def delete_model(self, name: str, timeout_s: float = 30.0) -> None:
@@ -271,13 +302,15 @@ class DemoStack:
         name = stored["metadata"]["name"]
         served = (stored["spec"].get("model") or {}).get("servedModelName") or name
         slo = float(((stored["spec"].get("scaling") or {}).get("slo") or {}).get("ttftP95Ms") or math.nan)
-        trace = read_azure_trace(config.trace_path, max_rows=config.trace_rows)
-        requests = ramp(trace, config.phases, config.time_compression, seed=config.seed)
+        mixes = {p.mix for p in config.phases}
+        traces = {mix: read_azure_trace(path, max_rows=config.trace_rows)
+                  for mix, path in config.traces.items() if mix in mixes}
+        requests = ramp(traces, config.phases, config.time_compression, seed=config.seed)
         result = DemoResult(config, name, served, slo, offered_arrivals_s=[r.arrival_s for r in requests])
         router = await ServiceRouter(lambda: self.backer.ready_urls(served)).start()
-        self.echo(f"Replaying {len(requests)} requests from {config.trace_path.name} over {config.load_seconds:.0f} s "
-                  f"(phases {', '.join(f'{p.duration_s:g}s@{p.rate_rps:g}rps' for p in config.phases)}, trace time "
-                  f"compressed {config.time_compression:g}x) through the service router {router.url}")
+        self.echo(f"Replaying {len(requests)} requests of the Azure {'/'.join(sorted(mixes))} traces over "
+                  f"{config.load_seconds:.0f} s (phases {', '.join(f'{p.duration_s:g}s@{p.rate_rps:g}rps {p.mix}' for p in config.phases)}, "
+                  f"trace time compressed {config.time_compression:g}x) through the service router {router.url}")
         started = time.monotonic()
         loop = asyncio.get_running_loop()
         replay_task = asyncio.create_task(replay(router.url, served, requests, max_concurrency=config.max_concurrency,
@@ -301,6 +334,9 @@ class DemoStack:
                 await asyncio.gather(replay_task, return_exceptions=True)
             await router.stop()
             result.requests_by_backend = dict(router.stats.by_backend)
+        result.kubectl_get = await loop.run_in_executor(None, self.kubectl_get)
+        resolved = (self.read_model(name).get("status") or {}).get("resolved") or {}
+        result.gpus_per_replica = int(resolved.get("gpusPerReplica") or 1)
         result.wall_seconds = time.monotonic() - started
         if not result.stopped_early:
             result.report = summarize(result.results, slo_ttft_ms=None if math.isnan(slo) else slo)
@@ -311,6 +347,8 @@ class DemoStack:
         model = self.read_model(name)
         deployment = self.read_deployment(name) or {}
         scaling = (model.get("status") or {}).get("scaling") or {}
+        drift = (model.get("status") or {}).get("drift") or {}
+        phase = phase_at(self.config.phases, now)
         window = max(10.0, 2 * self.config.sample_every_s)
         return Sample(
             time_s=round(now, 1),
@@ -322,6 +360,10 @@ class DemoStack:
             observed_rps=scaling.get("arrivalRateRps"),
             prom_ttft_p95_ms=self._prom_ttft_p95_ms(served),
             reason=scaling.get("reason"),
+            predicted_ttft_p95_ms=scaling.get("predictedTtftP95Ms"),
+            drift_detected=drift.get("detected"),
+            drift_message=drift.get("message"),
+            mix=phase.mix if phase is not None else None,
         )
 
     def _prom_ttft_p95_ms(self, served: str) -> float | None:
