@@ -37,6 +37,7 @@ from kiban.api import engine_policy
 from kiban.api.v1alpha1 import FoundationModel
 from kiban.builders import build_children
 from kiban.config import ConfigError, load_config
+from kiban.reconcile.run import workload_blocked
 from kiban.reconcile.status import Sizing, World, build_status
 from kiban.sizing.gpu import resolve_sizing
 from kiban.api.vllm_flags import ARITY
@@ -55,7 +56,9 @@ CHILD_PATHS = {
     "Service": "/api/v1/namespaces/{ns}/services",
     "PodDisruptionBudget": "/apis/policy/v1/namespaces/{ns}/poddisruptionbudgets",
     "NetworkPolicy": "/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies",
+    "LeaderWorkerSet": "/apis/leaderworkerset.x-k8s.io/v1/namespaces/{ns}/leaderworkersets",
 }
+SERVED = frozenset({"leaderworkerset.x-k8s.io/v1"})  # the session runs the real LeaderWorkerSet controller
 FIELD_IN_MESSAGE = re.compile(r"\bspec(\.[A-Za-z0-9_]+|\[[0-9]+\])+")
 
 # ----------------------------------------------------------------------------- value pools
@@ -411,7 +414,8 @@ def names_a_field(status: dict) -> bool:
 
 
 def plan(body: dict, namespace: str) -> tuple[str, list[dict]]:
-    """The reconciler's steps 1-3 for an accepted spec: ('built', children) or (reason, [])."""
+    """The reconciler's steps 1-3 for an accepted spec (kiban.reconcile.run._pass): ('built',
+    children) or (the Degraded reason it would report instead, [])."""
     body = {**body, "metadata": {**body["metadata"], "namespace": namespace,
                                  "uid": "00000000-0000-4000-8000-00000000f022", "generation": 1}}
     try:
@@ -420,10 +424,14 @@ def plan(body: dict, namespace: str) -> tuple[str, list[dict]]:
     except (ValidationError, ConfigError) as exc:
         reason = "UnknownAcceleratorProfile" if isinstance(exc, ConfigError) else "InvalidSpec"
         return _condition_reason(Sizing(False, str(exc)[:200], reason)), []
-    gpu = resolve_sizing(fm.spec, profile)
+    gpu = resolve_sizing(fm.spec, profile, CONFIG.max_nodes_per_replica)
     if not gpu.fits:
         return _condition_reason(Sizing(False, gpu.message, str(gpu.reason))), []
-    return "built", build_children(fm, CONFIG, sizing=gpu, replicas=fm.spec.scaling.desired_replicas())
+    blocked = workload_blocked(fm, gpu, SERVED)
+    if blocked:
+        return _condition_reason(Sizing(False, blocked[1], blocked[0])), []
+    return "built", build_children(fm, CONFIG, sizing=gpu, replicas=fm.spec.scaling.desired_replicas(),
+                                   available_apis=SERVED)
 
 
 def _condition_reason(sizing: Sizing) -> str:
@@ -444,7 +452,7 @@ def local_verdict(body: dict) -> bool:
 # ----------------------------------------------------------------------------- the test
 
 
-def test_ten_thousand_generated_specs(kube_api, namespace, crds):
+def test_ten_thousand_generated_specs(kube_api, namespace, leaderworkerset):
     started = time.monotonic()
     specs = generate(SPECS)
     generated_s = time.monotonic() - started
