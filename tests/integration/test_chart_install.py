@@ -6,9 +6,12 @@
   console.openshift.io). Those are excluded explicitly (EXCLUDED_KINDS) rather than installing
   stand-in CRDs into the shared session cluster, where other tests' operators would start creating
   PodMonitors; the PrometheusRule's spec is checked to be the promtool-tested rule file instead;
+- the namespace-scoped install (watchNamespace): nothing cluster-scoped rendered, installed with
+  `helm install --skip-crds` by a namespace admin who can write nothing cluster-wide;
 - helm install gets both operator pods scheduled (kwok runs them on the untainted cpu node);
 - RBAC both ways, with the chart ServiceAccount's own token (TokenRequest): the operator run with
-  that token reconciles examples/model.yaml to Ready, and calls outside its rules are refused.
+  that token reconciles examples/model.yaml to Ready, and calls outside its rules (cluster-wide
+  reads included) are refused.
 """
 
 from __future__ import annotations
@@ -161,19 +164,38 @@ def test_schema_rejects_a_misspelt_value_naming_it():
     assert result.returncode != 0 and "prometheusURL" in result.stderr
 
 
-def test_watch_namespace_narrows_rbac_to_a_role_and_cluster_reads_kopf_needs():
-    kinds = by_kind(template("--set", "watchNamespace=models"))
-    (cluster_role,) = kinds["ClusterRole"]
-    assert cluster_role["rules"] == [
-        {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["get", "list", "watch"]},
-        {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
-    ]
+CLUSTER_SCOPED_KINDS = {"ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "ConsoleLink",
+                        "ClusterKopfPeering", "Namespace", "ValidatingAdmissionPolicy", "PriorityClass"}
+
+
+def test_watch_namespace_is_a_namespace_scoped_install_with_nothing_cluster_scoped():
+    objects = template("--set", "watchNamespace=models")  # helm template leaves crds/ out, as --skip-crds does
+    kinds = by_kind(objects)
+    assert not CLUSTER_SCOPED_KINDS & set(kinds), sorted(CLUSTER_SCOPED_KINDS & set(kinds))
+    assert all(o["metadata"].get("namespace") for o in objects), [o["kind"] for o in objects if not o["metadata"].get("namespace")]
     role = component(kinds["Role"], "operator")
     assert role["metadata"]["namespace"] == "models"
     assert component(kinds["RoleBinding"], "operator")["subjects"][0]["namespace"] == "kiban-system"
     pods = next(r for r in role["rules"] if r["resources"] == ["pods"])
     assert pods["verbs"] == ["get", "list", "watch"]
     assert not any("secrets" in r["resources"] or "*" in r["verbs"] for r in role["rules"])
+    # and the operator is told the one namespace, so it scans nothing cluster-wide
+    deployment = component(kinds["Deployment"], "operator")
+    assert "--namespace=models" in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+def test_namespace_scoped_install_refuses_the_cluster_scoped_openshift_extras():
+    result = helm("template", "kiban", str(CHART), "--set", "watchNamespace=models", "-f", str(OPENSHIFT_VALUES),
+                  check=False)
+    assert result.returncode != 0 and "namespace-scoped install" in result.stderr
+
+
+def test_the_operator_turns_kopf_cluster_scanning_off_for_exact_namespaces():
+    from kiban.operator_cli import operator_settings, scans_the_cluster
+
+    assert scans_the_cluster([]) and scans_the_cluster(["team-*"]) and not scans_the_cluster(["models", "b"])
+    assert operator_settings(scan_cluster=False).scanning.disabled is True
+    assert operator_settings().scanning.disabled is False
 
 
 def test_gateway_runs_two_restricted_replicas_with_probes_and_a_disruption_budget():
@@ -286,17 +308,66 @@ def watched_namespace(kube_api) -> Iterator[str]:
     core.delete_namespace(name)
 
 
+# What a cluster admin grants a namespace admin once, beside the built-in `admin` role, so that
+# they may install Kiban in their namespaces: the Role the chart creates may only grant what its
+# creator holds (RBAC's escalation check), and `admin` knows nothing of these API groups.
+INSTALLER_EXTRAS = [
+    {"apiGroups": ["kiban.dev"], "resources": ["foundationmodels", "foundationmodels/status", "foundationmodels/scale",
+                                               "foundationmodels/finalizers"], "verbs": ["*"]},
+    {"apiGroups": ["kopf.dev"], "resources": ["kopfpeerings"], "verbs": ["*"]},
+    {"apiGroups": ["monitoring.coreos.com"], "resources": ["podmonitors"], "verbs": ["*"]},
+    {"apiGroups": ["route.openshift.io"], "resources": ["routes", "routes/custom-host"], "verbs": ["*"]},
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+]
+
+
 @pytest.fixture
-def release(kubeconfig, namespace, watched_namespace) -> Iterator[dict]:
-    """helm install (namespace mode: watches `watched_namespace`), uninstalled afterwards."""
+def namespace_admin(kube_api, kubeconfig, namespace, watched_namespace, tmp_path) -> Iterator[Path]:
+    """A kubeconfig for a ServiceAccount that is `admin` in the two namespaces and nothing cluster-wide."""
+    from kubernetes import client
+
+    core, rbac = client.CoreV1Api(kube_api), client.RbacAuthorizationV1Api(kube_api)
+    core.create_namespaced_service_account(namespace, {"metadata": {"name": "installer"}})
+    extras = f"kiban-installer-extras-{uuid.uuid4().hex[:6]}"
+    rbac.create_cluster_role({"metadata": {"name": extras}, "rules": INSTALLER_EXTRAS})
+    subject = [{"kind": "ServiceAccount", "name": "installer", "namespace": namespace}]
+    for ns in (namespace, watched_namespace):
+        for role in ("admin", extras):
+            rbac.create_namespaced_role_binding(ns, {
+                "metadata": {"name": f"installer-{role}"[:63]},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+                "subjects": subject})
+    token = core.create_namespaced_service_account_token(
+        "installer", namespace, {"spec": {"expirationSeconds": 3600}}).status.token
+    try:
+        yield token_kubeconfig(kubeconfig, token, tmp_path / "installer.kubeconfig")
+    finally:
+        rbac.delete_cluster_role(extras)
+
+
+@pytest.fixture
+def release(kubeconfig, namespace, watched_namespace, namespace_admin) -> Iterator[dict]:
+    """helm install by a namespace admin (namespace-scoped: watches `watched_namespace`, --skip-crds:
+    the session applied crds/ as the cluster admin), uninstalled by them afterwards."""
     name = f"k{uuid.uuid4().hex[:6]}"
     helm("install", name, str(CHART), "--namespace", namespace, "--set", f"watchNamespace={watched_namespace}",
-         "--wait", "--timeout", "120s", kubeconfig=kubeconfig, timeout=200)
+         "--skip-crds", "--wait", "--timeout", "120s", kubeconfig=namespace_admin, timeout=200)
     try:
-        yield {"name": name, "namespace": namespace, "watch": watched_namespace, "fullname": f"{name}-kiban"}
+        yield {"name": name, "namespace": namespace, "watch": watched_namespace, "fullname": f"{name}-kiban",
+               "installer": namespace_admin}
     finally:
         helm("uninstall", name, "--namespace", namespace, "--wait", "--timeout", "60s",
-             kubeconfig=kubeconfig, check=False, timeout=120)
+             kubeconfig=namespace_admin, check=False, timeout=120)
+
+
+def test_the_namespace_admin_can_write_nothing_cluster_wide(release):
+    installer = release["installer"]
+    for denied in (("create", "clusterroles.rbac.authorization.k8s.io"), ("create", "clusterrolebindings.rbac.authorization.k8s.io"),
+                   ("create", "customresourcedefinitions.apiextensions.k8s.io"), ("create", "namespaces"),
+                   ("create", "validatingadmissionpolicies.admissionregistration.k8s.io"),
+                   ("list", "secrets", "--all-namespaces")):
+        assert not can_i(installer, *denied), f"the installer may {' '.join(denied)}"
+    assert can_i(installer, "create", "roles.rbac.authorization.k8s.io", "-n", release["watch"])
 
 
 def test_helm_install_schedules_both_operator_pods_and_both_gateway_pods(kube_api, release):
@@ -366,8 +437,8 @@ def test_service_account_is_refused_outside_its_rules(operator_kubeconfig, relea
     watched, other = release["watch"], release["namespace"]
     assert can_i(sa, "patch", "deployments.apps", "-n", watched)
     assert can_i(sa, "patch", "foundationmodels.kiban.dev", "--subresource=status", "-n", watched)
-    assert can_i(sa, "list", "customresourcedefinitions.apiextensions.k8s.io")
     for denied in (
+        ("list", "customresourcedefinitions.apiextensions.k8s.io"), ("list", "namespaces"),
         ("list", "secrets", "--all-namespaces"), ("get", "secrets", "-n", watched), ("delete", "nodes"),
         ("delete", "pods", "-n", watched), ("create", "deployments.apps", "-n", other),
         ("list", "foundationmodels.kiban.dev", "--all-namespaces"), ("create", "clusterroles.rbac.authorization.k8s.io"),

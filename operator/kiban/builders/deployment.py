@@ -19,6 +19,11 @@ Decisions, so the reconciler and readers need not rediscover them:
 - Rollouts follow spec.rollout, by default surging one pod and keeping all serving pods
   (maxUnavailable 0): the SLO holds during a rollout, at the cost of one spare replica's GPUs
   while it runs; maxUnavailable is lowered so ready replicas never drop below minReplicas.
+  A ReadWriteOnce or ReadWriteOncePod cache (one replica at most, the CRD says) cannot be
+  mounted by a second pod, so those models roll out by Recreate whatever spec.rollout says: the
+  old pod goes first, then the new one mounts.
+- Every flag engine_args sets is in kiban.api.engine_policy.OWNED_FLAGS, so extraArgs cannot
+  override it (a test derives the table from this function's output).
 """
 
 from __future__ import annotations
@@ -189,6 +194,12 @@ def resources(fm: FoundationModel, profile: AcceleratorProfile, sizing: GpuSizin
     return {"requests": {**user.requests, **gpus}, "limits": {**user.limits, **gpus}}
 
 
+def spec_affinity(fm: FoundationModel) -> dict[str, Any]:
+    """spec.scheduling.affinity as core/v1 Affinity, as the user wrote it (defaults left out)."""
+    affinity = fm.spec.scheduling.affinity
+    return affinity.model_dump(mode="json", by_alias=True, exclude_defaults=True) if affinity else {}
+
+
 def scheduling(fm: FoundationModel, profile: AcceleratorProfile) -> dict[str, Any]:
     """Profile node selector and tolerations merged with the spec's; affinity and priority passed through."""
     spec = fm.spec.scheduling
@@ -202,7 +213,7 @@ def scheduling(fm: FoundationModel, profile: AcceleratorProfile) -> dict[str, An
         "tolerations": tolerations,
     }
     if spec.affinity:
-        out["affinity"] = spec.affinity
+        out["affinity"] = spec_affinity(fm)
     if spec.priority_class_name:
         out["priorityClassName"] = spec.priority_class_name
     return out
@@ -278,6 +289,15 @@ def pod_spec(fm: FoundationModel, config: OperatorConfig, containers: list[dict[
     }
 
 
+def rollout_strategy(fm: FoundationModel, replicas: int) -> dict[str, Any]:
+    """spec.rollout's rolling update; Recreate when the cache mounts in one pod only."""
+    cache = fm.spec.cache
+    if cache.type == "pvc" and cache.access_mode in ("ReadWriteOnce", "ReadWriteOncePod"):
+        return {"type": "Recreate"}
+    max_surge, max_unavailable = fm.spec.rollout.strategy(replicas, fm.spec.scaling.min_replicas)
+    return {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": max_surge, "maxUnavailable": max_unavailable}}
+
+
 def build_deployment(
     fm: FoundationModel,
     config: OperatorConfig,
@@ -288,7 +308,6 @@ def build_deployment(
     """The apps/v1 Deployment running `vllm serve` for `fm`."""
     profile = config.profile(fm.spec.accelerator.profile)
     replicas = fm.spec.scaling.desired_replicas() if replicas is None else replicas
-    max_surge, max_unavailable = fm.spec.rollout.strategy(replicas, fm.spec.scaling.min_replicas)
     deployment = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -298,8 +317,7 @@ def build_deployment(
             "selector": {"matchLabels": selector_labels(fm)},
             "revisionHistoryLimit": 3,
             "progressDeadlineSeconds": config.startup_timeout_seconds + 600,
-            "strategy": {"type": "RollingUpdate",
-                         "rollingUpdate": {"maxSurge": max_surge, "maxUnavailable": max_unavailable}},
+            "strategy": rollout_strategy(fm, replicas),
             "template": {
                 "metadata": {"labels": common_labels(fm), "annotations": template_annotations(fm, profile)},
                 "spec": pod_spec(fm, config, [engine_container(fm, config, sizing)]),

@@ -30,7 +30,6 @@ the LeaderWorkerSet's replicas. Decisions:
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 from kiban.api.v1alpha1 import FoundationModel
@@ -39,6 +38,7 @@ from kiban.builders.deployment import (
     engine_container,
     engine_env,
     pod_spec,
+    spec_affinity,
     template_annotations,
 )
 from kiban.builders.labels import common_labels, selector_labels
@@ -86,7 +86,7 @@ def distributed_args(sizing: GpuSizing, rank: str) -> list[str]:
 
 def one_pod_per_node(fm: FoundationModel) -> dict[str, Any]:
     """spec.scheduling.affinity plus a required anti-affinity: no two pods of this model share a node."""
-    affinity = copy.deepcopy(fm.spec.scheduling.affinity or {})
+    affinity = spec_affinity(fm)
     anti = affinity.setdefault("podAntiAffinity", {})
     terms = anti.setdefault("requiredDuringSchedulingIgnoredDuringExecution", [])
     terms.append({"labelSelector": {"matchLabels": selector_labels(fm)}, "topologyKey": HOSTNAME_TOPOLOGY})
