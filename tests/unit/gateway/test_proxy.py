@@ -188,7 +188,7 @@ def test_a_connect_failure_is_tried_once_on_another_pod():
 def test_adapter_requests_go_only_to_pods_loading_the_adapter():
     async def scenario():
         plain_runner, plain_port = await serve(sim_app())
-        lora_runner, lora_port = await serve(sim_app(adapters=("legal",)))
+        lora_runner, lora_port = await serve(sim_app(lora_modules=(("legal", "/adapters/legal"),)))
         async with gateway() as (g, url, session):
             g.on_model(("ns", "m"), None, fm_body(gateway={"enabled": True},
                                                  adapters=[{"name": "legal", "uri": "hf://org/legal"}]))
