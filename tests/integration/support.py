@@ -51,7 +51,50 @@ def kubectl(kubeconfig: Path, *args: str, input_text: str | None = None, check: 
     return done
 
 
-class OperatorProcess:
+class LoggedProcess:
+    """A child process (`self.args`, `self.env`) logging to `self.log_path`, stopped with SIGTERM
+    (SIGKILL after 20 s). As a context manager it starts on enter and, on exit, stops and prints
+    the log's tail (shown by pytest only when the test failed)."""
+
+    args: list[str]
+    env: dict[str, str]
+    log_path: Path
+    proc: subprocess.Popen | None = None
+    tail_chars = 20000
+
+    def spawn(self) -> None:
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.args, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO)
+
+    def start(self):
+        self.spawn()
+        return self
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        self.proc = None
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+        print(self.logs()[-self.tail_chars:])
+
+
+class OperatorProcess(LoggedProcess):
     """`python -m kiban run` as a child process, logs to a file, stopped with SIGTERM.
 
     --standalone unless `extra` has --peering; `env` is added to os.environ (with KUBECONFIG and
@@ -74,34 +117,6 @@ class OperatorProcess:
             self.env.pop(name, None)
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
-
-    def start(self) -> OperatorProcess:
-        self.log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self.args, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO)
-        return self
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-        self.proc = None
-
-    def logs(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def __enter__(self) -> OperatorProcess:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-        print(self.logs()[-20000:])  # shown by pytest only when the test failed
 
 
 # ---- FoundationModels: a body, typed reads and writes, waiting for a condition
@@ -240,12 +255,14 @@ def healthy_simulators(model: str, profile: str, count: int, log_dir: Path, extr
             sim.stop()
 
 
-class GatewayProcess:
+class GatewayProcess(LoggedProcess):
     """`python -m kiban gateway` as a child process on free loopback ports, logs to a file.
 
     Started on enter (waits until /readyz answers 200: both watches listed), stopped with SIGTERM
     on exit (`kill()` sends SIGKILL, as a node failure would).
     """
+
+    tail_chars = 10000
 
     def __init__(self, kubeconfig: Path, namespace: str, log_path: Path, *, pod_name: str,
                  env: dict[str, str] | None = None) -> None:
@@ -265,8 +282,7 @@ class GatewayProcess:
         import urllib.error
         import urllib.request
 
-        self.log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self.args, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO)
+        self.spawn()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -299,26 +315,3 @@ class GatewayProcess:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-        self.proc = None
-
-    def logs(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def __enter__(self) -> GatewayProcess:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-        print(self.logs()[-10000:])
