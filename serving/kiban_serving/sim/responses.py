@@ -119,6 +119,15 @@ def chat_body(rid: str, created: int, model: str, choices: list[dict], usage_bod
             "ec_transfer_params": None, "metrics": None}
 
 
+def _stream_tail(chunk: dict, usage_body: dict | None, fingerprint: str | None) -> dict:
+    """The fields vLLM's stream generators append to a token chunk, in its order."""
+    if usage_body is not None:
+        chunk["usage"] = usage_body
+    if fingerprint is not None:
+        chunk["system_fingerprint"] = fingerprint
+    chunk["kv_transfer_params"] = None
+    return chunk
+
 def completion_chunk(rid: str, created: int, model: str, index: int, text: str, logprobs: dict | None,
                      finish: str | None, stop_reason, *, token_ids: list[int] | None = None,
                      prompt_token_ids: list[int] | None = None, usage_body: dict | None = None,
@@ -128,12 +137,7 @@ def completion_chunk(rid: str, created: int, model: str, index: int, text: str, 
               "stop_reason": stop_reason, "prompt_token_ids": prompt_token_ids, "token_ids": token_ids,
               "weight_versions": None}
     chunk: dict = {"id": rid, "object": "text_completion", "created": created, "model": model, "choices": [choice]}
-    if usage_body is not None:
-        chunk["usage"] = usage_body
-    if fingerprint is not None:
-        chunk["system_fingerprint"] = fingerprint
-    chunk["kv_transfer_params"] = None
-    return chunk
+    return _stream_tail(chunk, usage_body, fingerprint)
 
 
 def chat_role_chunk(rid: str, created: int, model: str, index: int, usage_body: dict | None = None) -> dict:
@@ -159,12 +163,7 @@ def chat_chunk(rid: str, created: int, model: str, index: int, text: str, logpro
         choice["weight_versions"] = None
     chunk: dict = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
                    "choices": [choice]}
-    if usage_body is not None:
-        chunk["usage"] = usage_body
-    if fingerprint is not None:
-        chunk["system_fingerprint"] = fingerprint
-    chunk["kv_transfer_params"] = None
-    return chunk
+    return _stream_tail(chunk, usage_body, fingerprint)
 
 
 def final_usage_chunk(rid: str, created: int, model: str, chat: bool, usage_body: dict, fingerprint: str) -> dict:
