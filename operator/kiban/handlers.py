@@ -24,6 +24,9 @@ Structure
   back and status follows pods (scheduled, ready) within a second.
 - on.event (FoundationModel DELETED): drop its metrics, its queue state and the autoscaler's
   memory of it (by UID); children go by garbage collection.
+- on.event (FoundationModel MODIFIED or re-listed) with requests the Kiban gateway holds at zero
+  replicas (status.gateway.held): the leader's autoscaler task runs a pass for it at once
+  (Autoscaler.notice), the wake from zero.
 """
 
 from __future__ import annotations
@@ -145,6 +148,9 @@ def register(
                 context.autoscaler.forget(str((body.get("metadata") or {}).get("uid") or ""))
             log.info(kv("Forgot deleted FoundationModel", name=name, namespace=namespace))
             return
+        autoscaler = _context(memo).autoscaler
+        if autoscaler is not None and type in ("MODIFIED", None):
+            autoscaler.notice(_context(memo), body)  # the gateway holds requests: the leader wakes it now
         seen = fingerprint(body)
         if type == "MODIFIED" and queued_as.get(ref) == seen:
             return  # status or bookkeeping only: nothing a pass reads has changed

@@ -67,7 +67,17 @@ def _namespaces(args: argparse.Namespace, watch_namespace: str | None) -> list[s
     return [watch_namespace] if watch_namespace else []
 
 
-def operator_settings() -> kopf.OperatorSettings:
+def scans_the_cluster(namespaces: list[str]) -> bool:
+    """Whether kopf must list CRDs and namespaces: cluster-wide, or a namespace glob to resolve.
+
+    With exact namespace names only, kopf's cluster scanning is off: the operator then needs no
+    cluster-wide read at all (the chart's namespace-scoped install has no ClusterRole); kopf
+    treats the names as existing namespaces and the resources as discovered once at start.
+    """
+    return not namespaces or any(ch in ns for ns in namespaces for ch in "*?[!")
+
+
+def operator_settings(*, scan_cluster: bool = True) -> kopf.OperatorSettings:
     """kopf settings for many models: no per-handler success Events, short batching, watches
     that are re-opened every WATCH_TIMEOUT_S (and given up client-side 30 s later, so a frozen
     API server is noticed).
@@ -93,6 +103,7 @@ def operator_settings() -> kopf.OperatorSettings:
     # never give up on the API server: kopf's default backoffs end after ~90 s of errors, and an
     # outage longer than that would end its watches (retry every 10 s for about a day instead)
     settings.networking.error_backoffs = [1, 1, 2, 3, 5, 8] + [10] * 8640
+    settings.scanning.disabled = not scan_cluster
     return settings
 
 
@@ -182,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         kopf.run(
             registry=registry,
-            settings=operator_settings(),
+            settings=operator_settings(scan_cluster=scans_the_cluster(namespaces)),
             memo=kopf.Memo(context=context),
             standalone=True,
             clusterwide=not namespaces,

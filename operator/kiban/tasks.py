@@ -9,7 +9,9 @@ The replica that holds the Lease also runs, until it stops leading:
   without a restart);
 - the autoscaler (kiban.autoscale.model_pass.Autoscaler.run_pass): one task, one pass over
   every model every `autoscale_interval_s`, instead of a kopf timer per model (which put a
-  finalizer on every model and ran each model's capacity maths on the event loop).
+  finalizer on every model and ran each model's capacity maths on the event loop); between
+  passes the same task wakes at once for a model the gateway holds requests for at zero
+  replicas (Autoscaler.notice from the model's watch event) and decides it alone.
 
 kiban.handlers calls `start` from kopf's startup handler (with the live indexes on the
 context) and `stop` from its cleanup handler.
@@ -122,19 +124,28 @@ class OperatorTasks:
                     delay = min(RESYNC_RETRY_S[1], delay * 2)
 
     async def _autoscale_loop(self) -> None:
+        """A full pass every interval; between them, a wake pass for the models the gateway holds
+        requests for at zero (Autoscaler.notice) as soon as they are noticed. Passes never overlap:
+        a wake noticed during a full pass runs right after it."""
         interval = float(self.autoscale_interval_s or 15.0)
         autoscaler = self.context.autoscaler
         while True:
             started = time.monotonic()
-            try:
-                summary = await autoscaler.run_pass(self.context, self.context.indexes)
-                log.info(kv("Autoscaler pass", models=summary.decided, seconds=round(summary.seconds, 2),
-                            **summary.phases))
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - one bad pass must not end autoscaling
-                log.exception(kv("Autoscaler pass failed", error=f"{type(exc).__name__}: {exc}"[:300]))
-            await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+            await self._autoscale_pass(autoscaler, None)
+            while (left := interval - (time.monotonic() - started)) > 0:
+                woken = await autoscaler.wait_for_wake(left)
+                if woken:
+                    await self._autoscale_pass(autoscaler, woken)
+
+    async def _autoscale_pass(self, autoscaler: Any, only: set | None) -> None:
+        try:
+            summary = await autoscaler.run_pass(self.context, self.context.indexes, only=only)
+            log.info(kv("Autoscaler pass" if only is None else "Autoscaler wake pass", models=summary.decided,
+                        seconds=round(summary.seconds, 2), **summary.phases))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one bad pass must not end autoscaling
+            log.exception(kv("Autoscaler pass failed", error=f"{type(exc).__name__}: {exc}"[:300]))
 
     # -- every replica -------------------------------------------------------------------------
 

@@ -52,7 +52,7 @@ import multiprocessing
 import os
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -60,8 +60,10 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from kiban.api.v1alpha1 import FoundationModel, ScalingStatus, SloSpec, plain
+from kiban.autoscale import wake
 from kiban.autoscale.breaker import CircuitBreaker
 from kiban.autoscale.collector import (
+    NO_SERIES,
     Collected,
     Collector,
     DriftSeries,
@@ -73,7 +75,7 @@ from kiban.autoscale.collector import (
     drift_range_s,
     series_key,
 )
-from kiban.autoscale.policy import Decision, PolicyState, ScalingConfig, decide
+from kiban.autoscale.policy import Decision, Observation, PolicyState, ScalingConfig, decide
 from kiban.capacity.batching import Slo
 from kiban.clock import rfc3339
 from kiban.capacity.engine_profile import EngineProfile
@@ -473,6 +475,12 @@ class Prepared:
     ready: int
     generation: int
     drift_config: DriftConfig | None
+    held: int = 0  # requests the gateway holds for the model (status.gateway.held, fresh entries)
+
+    @property
+    def waking(self) -> bool:
+        """At zero replicas with requests held: no engine to read, so nothing to ask Prometheus."""
+        return self.held > 0 and self.current == 0
 
     def target(self) -> Target:
         return Target(self.ref[0], self.model.served_model_name, self.current, self.ready,
@@ -503,7 +511,8 @@ class Skipped:
 
 
 def prepare(body: Mapping[str, Any], indexes: Mapping[str, Any], config: Any,
-            drift_config: Callable[[FoundationModel, ModelRef], DriftConfig | None]) -> Prepared | Held | Skipped:
+            drift_config: Callable[[FoundationModel, ModelRef], DriftConfig | None],
+            now_s: float) -> Prepared | Held | Skipped:
     """What the pass does with one cached model (pure but for the profile lookup)."""
     metadata = body.get("metadata") or {}
     ref: ModelRef = (metadata.get("namespace", ""), metadata.get("name", ""))
@@ -524,7 +533,7 @@ def prepare(body: Mapping[str, Any], indexes: Mapping[str, Any], config: Any,
         return Skipped(ref, uid, body, "unknown accelerator profile (the reconciler reports it)")
     from kiban.sizing import resolve_sizing
 
-    sizing = resolve_sizing(model.spec, accelerator)
+    sizing = resolve_sizing(model.spec, accelerator, config.max_nodes_per_replica)
     if not sizing.fits:
         return Skipped(ref, uid, body, "the model does not fit (the reconciler reports it)")
     try:
@@ -539,9 +548,18 @@ def prepare(body: Mapping[str, Any], indexes: Mapping[str, Any], config: Any,
         known = sorted({p.gpu for p in PROFILES.values()})
         return Held(ref, uid, body, generation, NO_ENGINE_PROFILE,
                     no_engine_profile_message(model.spec.accelerator.profile, known, current))
-    deployment = observe.find_kind(observe.observed_children(indexes, ref), "Deployment")
-    ready = int(((deployment or {}).get("status") or {}).get("readyReplicas") or 0)
-    return Prepared(ref, uid, body, model, configs, profile, current, ready, generation, drift_config(model, ref))
+    # a LeaderWorkerSet group is one replica, ready only when all its pods are
+    ready = observe.ready_replicas(observe.observed_children(indexes, ref), sizing.multi_node)
+    return Prepared(ref, uid, body, model, configs, profile, current, ready, generation, drift_config(model, ref),
+                    wake.held_requests(body.get("status"), now_s))
+
+
+def waking_collection(item: Prepared, now_s: float) -> Collected:
+    """What a model waking from zero is observed as: no engine is scraped, the held requests are
+    the signal (policy.wake_from_zero), and no Prometheus round trip delays the wake."""
+    return Collected(Observation(
+        time_s=now_s, metrics_available=False, reason_unavailable="no engine is running (waking from zero)",
+        current_replicas=item.current, ready_replicas=item.ready, held_requests=item.held), reason_code=NO_SERIES)
 
 
 # -- the capacity maths, off the event loop -------------------------------------------------------
@@ -685,6 +703,9 @@ class Autoscaler:
     executor: concurrent.futures.ThreadPoolExecutor = field(
         default_factory=lambda: concurrent.futures.ThreadPoolExecutor(PROMETHEUS_THREADS, "kiban-prometheus"))
     metrics: OperatorMetrics | None = None  # Prometheus query latency (set by the operator)
+    # models the gateway holds requests for at zero replicas, waiting for a wake pass (notice)
+    waking: set[ModelRef] = field(default_factory=set)
+    _woken: asyncio.Event = field(default_factory=asyncio.Event)
 
     @classmethod
     def from_settings(cls, settings: AutoscaleSettings, clock: Callable[[], float] = time.time) -> Autoscaler:
@@ -706,6 +727,31 @@ class Autoscaler:
     def shutdown(self) -> None:
         self.decider.shutdown()
         self.executor.shutdown(wait=False, cancel_futures=True)
+
+    def notice(self, context: Any, body: Mapping[str, Any]) -> bool:
+        """A model's watch event: when the gateway holds requests for it at zero replicas, queue it
+        for a wake pass and wake the autoscaler's task (kiban.tasks), so the model is decided now
+        instead of at the next tick (kiban.autoscale.wake). Only the leader runs passes: on
+        another replica nothing is queued. True when the model was queued."""
+        metadata = body.get("metadata") or {}
+        ref: ModelRef = (metadata.get("namespace", ""), metadata.get("name", ""))
+        if not getattr(context, "leading", True) or ref in self.waking or not wake.wake_wanted(body, self.clock()):
+            return False
+        self.waking.add(ref)
+        self._woken.set()
+        return True
+
+    async def wait_for_wake(self, timeout_s: float) -> set[ModelRef]:
+        """Wait until a model is queued for a wake (notice) or `timeout_s` has passed; the
+        models queued, taken off the queue (empty when the time ran out)."""
+        if not self.waking:
+            try:
+                await asyncio.wait_for(self._woken.wait(), timeout=max(0.0, timeout_s))
+            except asyncio.TimeoutError:
+                pass
+        self._woken.clear()
+        refs, self.waking = self.waking, set()
+        return refs
 
     async def _query(self, fn: Callable[[], Any]) -> Any:
         """Run one blocking Prometheus query on the autoscaler's executor, with a deadline."""
@@ -743,17 +789,20 @@ class Autoscaler:
     def _key(self, prepared: Prepared) -> SeriesKey:
         return series_key(prepared.ref[0], prepared.model.served_model_name, self.settings.namespace_label)
 
-    async def run_pass(self, context: Any, indexes: Mapping[str, Any]) -> PassSummary:
-        """One pass over every FoundationModel in the operator's cache."""
+    async def run_pass(self, context: Any, indexes: Mapping[str, Any],
+                       only: Collection[ModelRef] | None = None) -> PassSummary:
+        """One pass over every FoundationModel in the operator's cache, or over the models in
+        `only` (a wake pass: the models notice() queued)."""
         started = time.perf_counter()
         now = self.clock()
-        bodies = [dict(body) for store in (indexes.get(observe.MODELS_INDEX) or {}).values() for body in store]
+        bodies = [dict(body) for ref, store in (indexes.get(observe.MODELS_INDEX) or {}).items()
+                  if only is None or ref in only for body in store]
         prepared: list[Prepared] = []
         summary = PassSummary()
         writes: list[Any] = []
         seen_uids: set[str] = set()
         for body in bodies:
-            item = prepare(body, indexes, context.config, self._drift_config)
+            item = prepare(body, indexes, context.config, self._drift_config, now)
             seen_uids.add(item.uid)
             if isinstance(item, Prepared):
                 prepared.append(item)
@@ -767,12 +816,20 @@ class Autoscaler:
                     writes.append(self._clear_status(context, item.body))
                 elif item.why == "being deleted":
                     self.forget(item.uid)
-        for uid in [u for u in self.memory if u not in seen_uids]:  # deleted while nobody watched
+        for uid in [u for u in self.memory if only is None and u not in seen_uids]:  # deleted while nobody watched
             self.forget(uid)
 
         mark = time.perf_counter()
         summary.phases["prepare"] = round(mark - started, 3)
-        collected = await self.collector.collect_all_async([p.target() for p in prepared], time_s=now, run=self._query)
+        targets = [p.target() for p in prepared if not p.waking]
+        collected = await self.collector.collect_all_async(targets, time_s=now, run=self._query) if targets else {}
+        for item in prepared:
+            if item.waking:
+                collected[self._key(item)] = waking_collection(item, now)
+            elif item.held:  # requests held while replicas start: traffic, never idle
+                got = collected[self._key(item)]
+                collected[self._key(item)] = replace(got, observation=replace(got.observation,
+                                                                              held_requests=item.held))
         drifts = await self._drift_windows(prepared, collected, now)
         summary.phases["collect"] = round(time.perf_counter() - mark, 3)
         mark = time.perf_counter()
@@ -810,7 +867,7 @@ class Autoscaler:
             await asyncio.gather(*writes)
         summary.phases["write"] = round(time.perf_counter() - mark, 3)
         summary.seconds = time.perf_counter() - started
-        if self.metrics is not None:
+        if self.metrics is not None and only is None:  # wake passes are not what these gauges describe
             self.metrics.autoscaler_pass_duration_seconds.observe(summary.seconds)
             self.metrics.autoscaler_pass_models.set(summary.decided)
         return summary

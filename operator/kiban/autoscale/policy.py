@@ -55,6 +55,9 @@ class Observation:
     prompt_mix: tuple[tuple[float, float], ...] | None = None
     current_replicas: int
     ready_replicas: int = 0
+    # requests the Kiban gateway holds because no replica is ready (status.gateway.held, fresh
+    # entries only): the wake-from-zero signal, which needs no engine to be scraped
+    held_requests: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -562,6 +565,35 @@ def _fail_safe(obs: Observation, config: ScalingConfig, state: PolicyState, why:
     return decision, replace(state, last_replicas=obs.current_replicas)
 
 
+def wake_from_zero(obs: Observation, config: ScalingConfig, state: PolicyState) -> tuple[Decision, PolicyState] | None:
+    """Requests held at the gateway with no replica requested → at least one replica now.
+
+    Checked before the metrics: at zero replicas no engine is scraped, so the metrics are
+    unavailable by construction, and waiting a scrape and a rate window would add them to
+    the held requests' time to first token. None when it does not apply.
+    """
+    if obs.held_requests <= 0 or obs.current_replicas > 0:
+        return None
+    limit, limited_by = replica_limit(config)
+    target = min(max(config.min_replicas, 1), limit)
+    reason = (f"{obs.held_requests} requests held at the gateway with no replica → {target} "
+              f"{'replica' if target == 1 else 'replicas'} now (wake from zero)")
+    limited = None
+    if target < 1:
+        limited = limited_by
+        reason = f"{obs.held_requests} requests held at the gateway, but {_limit_note(limited_by, limit, config)}"
+    now = obs.time_s
+    new_state = replace(
+        state,
+        recommendations=_prune(state.recommendations + ((now, target),), now, config.scale_down_stabilization_s),
+        last_scale_time_s=now if target != obs.current_replicas else state.last_scale_time_s,
+        last_traffic_time_s=now,
+        first_seen_time_s=state.first_seen_time_s if state.first_seen_time_s is not None else now,
+        last_replicas=obs.current_replicas,  # 0: the next call, at the woken size, counts the rise as traffic
+    )
+    return Decision(target, reason, None, None, None, limited, metrics_ok=obs.metrics_available), new_state
+
+
 # -- the policy ---------------------------------------------------------------------------------
 
 
@@ -571,6 +603,9 @@ def decide(
     """One autoscaling decision and the state to pass to the next call."""
     if isinstance(obs.current_replicas, bool) or not isinstance(obs.current_replicas, int) or obs.current_replicas < 0:
         raise ValueError(f"current_replicas must be an integer >= 0, got {obs.current_replicas!r}")
+    woken = wake_from_zero(obs, config, state)
+    if woken is not None:
+        return woken
     if not obs.metrics_available:
         return _fail_safe(obs, config, state, obs.reason_unavailable or "collector reported none")
     rate = obs.arrival_rate_rps
@@ -586,7 +621,8 @@ def decide(
 
     now = obs.time_s
     first_seen = state.first_seen_time_s if state.first_seen_time_s is not None else now
-    busy = rate > 0 or (obs.running or 0) > 0 or (obs.waiting or 0) > 0 or woke_from_zero(state, obs.current_replicas)
+    busy = (rate > 0 or (obs.running or 0) > 0 or (obs.waiting or 0) > 0 or obs.held_requests > 0
+            or woke_from_zero(state, obs.current_replicas))
     last_traffic = now if busy else state.last_traffic_time_s
     rate_samples = _prune(state.rate_samples + ((now, rate),), now, config.trend_window_s)
     previous = state.burst_samples[-1][0] if state.burst_samples else None
@@ -610,7 +646,8 @@ def decide(
     if rate == 0:
         idle_since = last_traffic if last_traffic is not None else first_seen
         idle_s = now - idle_since
-        if config.min_replicas == 0 and idle_s >= config.scale_to_zero_idle_s and (obs.waiting or 0) == 0:
+        if (config.min_replicas == 0 and idle_s >= config.scale_to_zero_idle_s and (obs.waiting or 0) == 0
+                and obs.held_requests == 0):
             recommended = 0
             head = (f"no requests for {idle_s:.0f} s (≥ {config.scale_to_zero_idle_s:.0f} s) "
                     "and minReplicas is 0 → 0 replicas")

@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 
 from kiban.capacity.profiles import get_profile_by_name
+from kiban_dev.benchmark.replica_gpus import operator_gpus_per_replica
 from kiban_dev.shared_paths import azure_trace_dir
 from kiban_dev.benchmark.fleet import FleetConfig, FleetResult, MissBudget, allowed_misses, simulate
 from kiban_dev.benchmark.oracle import ClairvoyantSchedule, OracleResult, fewest_replicas, oracle
@@ -56,12 +57,14 @@ class BenchConfig:
     seed: int = 0
     max_replicas: int = 40
     min_replicas: int = 1
-    gpus_per_replica: int = 1
+    gpus_per_replica: int | None = None  # None: what the operator gives one replica (replica_gpus)
     quick: bool = False
     jobs: int = 2  # traces in parallel processes; results do not depend on it
 
     def __post_init__(self) -> None:
-        get_profile_by_name(self.profile)  # names the known profiles when it is wrong
+        profile = get_profile_by_name(self.profile)  # names the known profiles when it is wrong
+        if self.gpus_per_replica is None:  # GPU-hours count the GPUs the operator would size
+            object.__setattr__(self, "gpus_per_replica", operator_gpus_per_replica(profile))
         if not self.slo_ttft_ms > 0:
             raise ValueError(f"slo_ttft_ms must be > 0, got {self.slo_ttft_ms!r}")
         if not 0 < self.attainment <= 1:

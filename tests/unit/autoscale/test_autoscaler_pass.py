@@ -231,3 +231,48 @@ def test_when_the_solve_budget_is_spent_new_models_wait_a_pass_and_known_ones_ar
     first, second = decide_all([cold, warm], budget_s=0.0)
     assert first == DEFERRED and second[0].replicas >= 1  # the known model is decided, in its place
     assert decide_all([cold], budget_s=None)[0][0].replicas >= 1
+
+
+def held_at_zero(name: str, uid: str, now_s: float, requests: int = 3) -> dict:
+    """A model at zero replicas for which a gateway pod holds requests (status.gateway.held)."""
+    from datetime import datetime, timezone
+
+    model = body(name, uid, replicas=0, minReplicas=0)
+    beat = datetime.fromtimestamp(now_s, timezone.utc).isoformat().replace("+00:00", "Z")
+    model["status"] = {"gateway": {"held": {"gw-0": {"requests": requests, "since": beat, "heartbeat": beat}}}}
+    return model
+
+
+def test_a_model_held_at_zero_is_queued_for_a_wake_and_the_task_is_woken_at_once():
+    scaler = autoscaler(Prometheus({}))
+    scaler.clock = lambda: 1_000_000.0
+    waking, awake = held_at_zero("m0", "u0", 1_000_000.0), body("m1", "u1", replicas=1, minReplicas=0)
+
+    class Leading:
+        leading = True
+
+    class Following:
+        leading = False
+
+    async def scenario():
+        assert not scaler.notice(Following(), waking)  # only the leader runs passes
+        assert not scaler.notice(Leading(), awake)  # a replica is already asked for: no wake
+        waiter = asyncio.ensure_future(scaler.wait_for_wake(60.0))
+        await asyncio.sleep(0)
+        assert scaler.notice(Leading(), waking) and not scaler.notice(Leading(), waking)  # once until taken
+        return await asyncio.wait_for(waiter, 5.0)  # woken long before the 60 s tick
+
+    assert asyncio.run(scenario()) == {("ns", "m0")}
+    assert asyncio.run(scaler.wait_for_wake(0.0)) == set()  # taken off the queue
+
+
+def test_a_wake_pass_decides_only_the_woken_model_and_asks_prometheus_nothing():
+    prometheus = Prometheus({"m1": 5.0})
+    scaler, writer = autoscaler(prometheus), Writer()
+    scaler.clock = lambda: 1_000_000.0
+    waking, other = held_at_zero("m0", "u0", 1_000_000.0), body("m1", "u1", replicas=1)
+    summary = asyncio.run(scaler.run_pass(Context(writer), indexes(waking, other), only={("ns", "m0")}))
+    assert prometheus.asked == []  # at zero nothing is scraped: the held requests are the signal
+    assert set(summary.results) == {("ns", "m0")}
+    assert writer.scales == [("m0", 1, "kiban-autoscaler")]
+    assert "wake from zero" in summary.results[("ns", "m0")].decision.reason
