@@ -331,5 +331,6 @@ class Lister:
 _KINDS = {
     "deployments": "Deployment", "services": "Service", "persistentvolumeclaims": "PersistentVolumeClaim",
     "poddisruptionbudgets": "PodDisruptionBudget", "networkpolicies": "NetworkPolicy",
-    "podmonitors": "PodMonitor", "routes": "Route",
+    "podmonitors": "PodMonitor", "routes": "Route", "inferencepools": "InferencePool",
+    "leaderworkersets": "LeaderWorkerSet",
 }
