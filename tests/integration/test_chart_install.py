@@ -317,6 +317,8 @@ INSTALLER_EXTRAS = [
     {"apiGroups": ["kopf.dev"], "resources": ["kopfpeerings"], "verbs": ["*"]},
     {"apiGroups": ["monitoring.coreos.com"], "resources": ["podmonitors"], "verbs": ["*"]},
     {"apiGroups": ["route.openshift.io"], "resources": ["routes", "routes/custom-host"], "verbs": ["*"]},
+    {"apiGroups": ["inference.networking.k8s.io"], "resources": ["inferencepools"], "verbs": ["*"]},
+    {"apiGroups": ["leaderworkerset.x-k8s.io"], "resources": ["leaderworkersets"], "verbs": ["*"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
 ]
 
