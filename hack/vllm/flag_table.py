@@ -260,14 +260,8 @@ class Extractor:
                         annotation = self.src.fields(cls).get(field_name)
                         if annotation is None:
                             raise SystemExit(f"{origin}: {cls}.{field_name} not found for {options}")
-                        base = arity_from_type(self.src, annotation)
-                        for key, value in edits.get((holder, field_name), {}).items():
-                            if value is None:
-                                keywords.pop(key, None)
-                                if key == "nargs" and base[0] == MANY:
-                                    base = (ONE, False)
-                            else:
-                                keywords[key] = value
+                        base = _apply_edits(keywords, arity_from_type(self.src, annotation),
+                                            edits.get((holder, field_name), {}))
             arity, boolean_optional = _explicit(keywords, base)
             self.args.append(Arg(options, arity, boolean_optional, origin))
 
@@ -284,16 +278,22 @@ class Extractor:
                     edits.setdefault(target[1], {})[target[2]] = value
         for name, annotation in self.src.fields(class_name).items():
             keywords: dict[str, ast.expr] = {}
-            base = arity_from_type(self.src, annotation)
-            for key, value in edits.get(name, {}).items():
-                if value is None:
-                    keywords.pop(key, None)
-                    if key == "nargs" and base[0] == MANY:
-                        base = (ONE, False)
-                else:
-                    keywords[key] = value
+            base = _apply_edits(keywords, arity_from_type(self.src, annotation), edits.get(name, {}))
             arity, boolean_optional = _explicit(keywords, base)
             self.args.append(Arg([f"--{name.replace('_', '-')}"], arity, boolean_optional, class_name))
+
+
+def _apply_edits(keywords: dict, base: tuple, edits: dict) -> tuple:
+    """_customize_cli_kwargs' edits onto add_argument's keywords (in place); a deleted nargs
+    turns a list type back into one value. Returns the arity before explicit keywords."""
+    for key, value in edits.items():
+        if value is None:
+            keywords.pop(key, None)
+            if key == "nargs" and base[0] == MANY:
+                base = (ONE, False)
+        else:
+            keywords[key] = value
+    return base
 
 
 def _kwargs_edits(node: ast.AST):
