@@ -15,10 +15,11 @@ import functools
 import math
 from dataclasses import dataclass, replace
 
-from kiban.capacity.batching import Slo, max_arrival_rate, predict
+from kiban.capacity.batching import Slo, max_arrival_rate, predict, prefill_alone_ms
 from kiban.capacity.engine_profile import EngineProfile
 
 TOKEN_GRID_RATIO = 1.02  # token means are rounded up to this relative grid for the capacity cache
+CAPACITY_GRID_RATIO = 1.10  # capacities are solved at this grid's points and interpolated between them
 MIN_TREND_SAMPLES = 3
 MIN_TREND_SPAN_S = 30.0
 BURST_FACTOR_WINDOWS = 2  # a missed burst's factor fades over this many burst windows
@@ -165,13 +166,60 @@ def round_tokens_up(tokens: float) -> float:
 
 
 @functools.lru_cache(maxsize=4096)
+def _capacity_node(
+    profile: EngineProfile, prompt_tokens: float, output_tokens: float, slo: Slo, target_utilization: float,
+    prompt_mix: tuple[tuple[float, float], ...] | None = None,
+) -> float:
+    """Memoised max_arrival_rate: a pure function of hashable values, so caching is safe."""
+    return max_arrival_rate(profile, prompt_tokens, output_tokens, slo, target_utilization, prompt_mix=prompt_mix)
+
+
+def _grid_bracket(tokens: float) -> tuple[float, float, float]:
+    """The two CAPACITY_GRID_RATIO grid points around `tokens` and where it lies between them (0-1)."""
+    position = math.log(tokens) / math.log(CAPACITY_GRID_RATIO)
+    low = math.floor(position + 1e-9)
+    share = min(1.0, max(0.0, position - low))
+    return round(CAPACITY_GRID_RATIO**low, 6), round(CAPACITY_GRID_RATIO**(low + 1), 6), share
+
+
+@functools.lru_cache(maxsize=16384)
 def capacity_per_replica_rps(
     profile: EngineProfile, prompt_tokens: float, output_tokens: float, slo: Slo, target_utilization: float,
     prompt_mix: tuple[tuple[float, float], ...] | None = None,
 ) -> float:
-    """Memoised max_arrival_rate: a pure function of hashable values, so caching is safe.
-    A prompt mix captures the long-prompt tail that the mean alone hides."""
-    return max_arrival_rate(profile, prompt_tokens, output_tokens, slo, target_utilization, prompt_mix=prompt_mix)
+    """The largest rate one replica sustains within the SLO (max_arrival_rate), memoised.
+
+    Without a prompt mix, interpolated log-linearly between the capacities at the corners of a
+    10 % geometric grid in prompt and output tokens (each corner computed once): capacity falls
+    smoothly with both, so the grid costs about 1 % at most and a workload whose means wander
+    costs a few dozen capacity solves, not one per decision. A prompt mix captures the
+    long-prompt tail that the mean alone hides; it is solved exactly."""
+    if prompt_mix is not None or prompt_tokens <= 1 or output_tokens <= 1:
+        return _capacity_node(profile, prompt_tokens, output_tokens, slo, target_utilization, prompt_mix)
+    p0, p1, sp = _grid_bracket(prompt_tokens)
+    o0, o1, so = _grid_bracket(output_tokens)
+    corners = [[_capacity_node(profile, p, o, slo, target_utilization) for o in (o0, o1)] for p in (p0, p1)]
+    if min(min(row) for row in corners) <= 0:  # an unattainable corner: no smooth surface to follow
+        return _capacity_node(profile, prompt_tokens, output_tokens, slo, target_utilization)
+    logs = [[math.log(c) for c in row] for row in corners]
+    low = logs[0][0] * (1 - so) + logs[0][1] * so
+    high = logs[1][0] * (1 - so) + logs[1][1] * so
+    return math.exp(low * (1 - sp) + high * sp)
+
+
+def _round_up_on_grid(value: float) -> float:
+    """A positive value rounded up onto the TOKEN_GRID_RATIO geometric grid."""
+    if not value > 0:
+        return value
+    return round(TOKEN_GRID_RATIO ** math.ceil(math.log(value) / math.log(TOKEN_GRID_RATIO) - 1e-9), 9)
+
+
+@functools.lru_cache(maxsize=4096)
+def _predict_cached(profile: EngineProfile, rate_rps: float, prompt_tokens: float, output_tokens: float,
+                    prompt_mix: tuple[tuple[float, float], ...] | None):
+    """predict() on grid-rounded inputs (rate and tokens rounded up 2 %): the latency a decision
+    reports, never used to decide, so a conservative rounding that caches well is enough."""
+    return predict(profile, rate_rps, prompt_tokens, output_tokens, prompt_mix=prompt_mix)
 
 
 def trend_slope_rps_per_s(samples: tuple[tuple[float, float], ...], z: float = TREND_SIGNIFICANCE_Z) -> float:
@@ -254,7 +302,10 @@ def burst_capacity_per_replica_rps(
     steady = capacity_per_replica_rps(profile, prompt_tokens, output_tokens, slo, 1.0, prompt_mix)
     if not steady > 0:
         return 0.0
-    unloaded = predict(profile, steady * 1e-4, prompt_tokens, output_tokens, prompt_mix=prompt_mix).ttft_p95_s
+    if prompt_mix is None:  # an idle engine prefills a lone prompt at once: no chain to solve
+        unloaded = prefill_alone_ms(profile, prompt_tokens, 0.0) / 1000.0
+    else:
+        unloaded = predict(profile, steady * 1e-4, prompt_tokens, output_tokens, prompt_mix=prompt_mix).ttft_p95_s
     return steady * transient_tolerance(slo.ttft_ms / 1000.0, unloaded, sample_s)
 
 
@@ -531,7 +582,8 @@ def decide(
     predicted_ttft = predicted_itl = None
     if rate > 0 and target > 0 and mean_prompt + mean_output <= profile.kv_cache_tokens:
         per_replica = rate * config.peak_factor / target
-        prediction = predict(profile, per_replica, mean_prompt, mean_output, prompt_mix=_mix(obs.prompt_mix))
+        prediction = _predict_cached(profile, _round_up_on_grid(per_replica), round_tokens_up(mean_prompt),
+                                     max(1.0, round_tokens_up(mean_output)), _mix(obs.prompt_mix))
         predicted_ttft, predicted_itl = prediction.ttft_p95_s, prediction.itl_p95_s
     elif rate > 0:
         predicted_ttft = math.inf

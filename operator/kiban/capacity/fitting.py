@@ -15,6 +15,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+import numpy as np
+
 from kiban.capacity.engine_profile import EngineProfile
 
 REFIT_NOTE = " Re-fitted online from "  # appended once to the prior's source, replaced on re-fit
@@ -186,3 +188,195 @@ def fit_profile(
     )
     return FitResult(profile=profile, confidence=(decode_conf + prefill_conf) / 2.0,
                      decode_fit=decode_fit, prefill_fit=prefill_fit)
+
+
+# -- online learning: the engine's step times and its cold start, the profile as prior -----------
+
+PRIOR_RELATIVE_SD = 0.25  # a datasheet parameter is known to about ±25 % (one sd) before evidence
+SAMPLING_CV = 1.0  # one ITL or prefill time scatters about its mean by about its own size
+MODEL_ERROR = 0.10  # the linear step model's own error on a window mean (docs/capacity-model.md: ~10 %)
+FORGET_S = 1800.0  # evidence fades with this time constant, so the fit follows a drifting engine
+FIT_FIELDS = ("alpha_ms", "gamma_ms", "beta_ms", "delta_ms")  # the order of EngineFit.mean
+
+
+@dataclass(frozen=True)
+class EngineWindow:
+    """One engine's vLLM counters over one window (increases, and the batch's time average).
+
+    From vLLM's own series: `vllm:num_requests_running` (avg over the window),
+    `vllm:inter_token_latency_seconds` (_sum, _count), `vllm:iteration_tokens_total_count`
+    (engine steps), `vllm:prompt_tokens_total` (prompt tokens prefilled),
+    `vllm:request_prefill_time_seconds` and `vllm:request_prompt_tokens` (_sum, _count, observed
+    together when a request finishes)."""
+
+    mean_running: float
+    itl_sum_s: float
+    itl_count: float
+    steps: float
+    prompt_tokens: float
+    prefill_sum_s: float
+    prefill_count: float
+    request_prompt_sum: float
+    request_prompt_count: float
+
+
+def engine_rows(window: EngineWindow, max_num_batched_tokens: int = 2048
+                ) -> list[tuple[tuple[float, float, float, float], float, float]]:
+    """Linear observations (features over (alpha, gamma, beta, delta), y in ms, samples) of a window.
+
+    A decoding token's gap is the step it rode in: alpha + beta D + delta P, with D the batch and
+    P the prompt tokens per step (prefill riding along). A request's prefill spans k steps
+    (k = prompt / token budget, at least 1), each paying the fixed cost, the batch's decode cost,
+    and together its own prompt plus the prompt tokens others had in those steps."""
+    rows = []
+    d = max(0.0, window.mean_running)
+    per_step = window.prompt_tokens / window.steps if window.steps > 0 else 0.0
+    if window.itl_count > 0 and window.itl_sum_s > 0:
+        rows.append(((1.0, 0.0, d, per_step), 1000.0 * window.itl_sum_s / window.itl_count, window.itl_count))
+    if window.prefill_count > 0 and window.request_prompt_count > 0 and window.prefill_sum_s > 0:
+        prompt = window.request_prompt_sum / window.request_prompt_count
+        k = max(1.0, prompt / max_num_batched_tokens)
+        rows.append(((0.0, k, k * d, prompt + k * per_step), 1000.0 * window.prefill_sum_s / window.prefill_count,
+                     window.prefill_count))
+    return [row for row in rows if all(math.isfinite(v) for v in row[0]) and math.isfinite(row[1])]
+
+
+@dataclass(frozen=True)
+class EngineEvidence:
+    """Sufficient statistics of the weighted least-squares fit (information matrix and vector),
+    decayed with time, so one tick's update is O(1) whatever the history."""
+
+    information: tuple[tuple[float, ...], ...] = ((0.0,) * 4,) * 4
+    vector: tuple[float, ...] = (0.0,) * 4
+    time_s: float | None = None
+    observations: float = 0.0  # decayed count of requests/tokens behind the evidence
+
+
+def add_evidence(evidence: EngineEvidence, windows: Sequence[EngineWindow], now_s: float,
+                 forget_s: float = FORGET_S) -> EngineEvidence:
+    """The evidence decayed to now_s plus these windows' rows. Each row's noise is relative:
+    sd = y * sqrt(SAMPLING_CV^2 / samples + MODEL_ERROR^2), so a window of few requests barely
+    counts and many windows cannot out-vote the model's own error."""
+    decay = 1.0 if evidence.time_s is None else math.exp(-max(0.0, now_s - evidence.time_s) / forget_s)
+    info = np.array(evidence.information, dtype=float) * decay
+    vec = np.array(evidence.vector, dtype=float) * decay
+    count = evidence.observations * decay
+    for window in windows:
+        for features, y, samples in engine_rows(window):
+            if not y > 0 or not samples > 0:
+                continue
+            x = np.array(features)
+            variance = (y * y) * (SAMPLING_CV ** 2 / samples + MODEL_ERROR ** 2)
+            info += np.outer(x, x) / variance
+            vec += x * y / variance
+            count += samples
+    return EngineEvidence(tuple(map(tuple, info.tolist())), tuple(vec.tolist()), now_s, count)
+
+
+@dataclass(frozen=True)
+class EngineFit:
+    """The prior, the fitted profile and each fitted parameter's posterior sd (same units)."""
+
+    prior: EngineProfile
+    profile: EngineProfile
+    sd: dict[str, float]
+    observations: float
+
+    def relative_sd(self, name: str) -> float:
+        value = getattr(self.profile, name)
+        return self.sd[name] / value if value else math.inf
+
+
+def fit_engine(prior: EngineProfile, evidence: EngineEvidence, relative_sd: float = PRIOR_RELATIVE_SD) -> EngineFit:
+    """Posterior mean of (alpha, gamma, beta, delta): Gaussian prior at the profile (sd =
+    relative_sd x value), linear evidence; evidence overrides the prior as it accumulates.
+    Parameters stay within [0.1, 10] x the prior (a step never costs nothing)."""
+    mean0 = np.array([getattr(prior, name) for name in FIT_FIELDS], dtype=float)
+    precision0 = np.diag(1.0 / np.maximum(relative_sd * mean0, 1e-9) ** 2)
+    info = precision0 + np.array(evidence.information, dtype=float)
+    vec = precision0 @ mean0 + np.array(evidence.vector, dtype=float)
+    covariance = np.linalg.inv(info)
+    mean = np.clip(covariance @ vec, 0.1 * mean0, 10.0 * mean0)
+    sd = np.sqrt(np.maximum(np.diag(covariance), 0.0))
+    profile = replace(prior, **{name: float(v) for name, v in zip(FIT_FIELDS, mean)})
+    return EngineFit(prior=prior, profile=profile, sd={n: float(s) for n, s in zip(FIT_FIELDS, sd)},
+                     observations=evidence.observations)
+
+
+PROFILE_GRID_RATIO = 1.05  # a fitted parameter is snapped to this geometric grid (capacity cache hits)
+
+
+def snapped_profile(profile: EngineProfile, ratio: float = PROFILE_GRID_RATIO) -> EngineProfile:
+    """The profile with alpha, beta, gamma, delta on a geometric grid: small moves of a fit give
+    the same profile (and the same cached capacity); the grid is fine enough not to matter."""
+    def snap(value: float) -> float:
+        if not value > 0:
+            return value
+        return round(ratio ** round(math.log(value) / math.log(ratio)), 6)
+    return replace(profile, **{name: snap(getattr(profile, name)) for name in FIT_FIELDS})
+
+
+# -- cold start: creation to Ready of the model's own pods ----------------------------------------
+
+STARTUP_MEMORY = 10  # creation-to-Ready durations kept per revision (the newest)
+
+
+@dataclass(frozen=True)
+class PodStart:
+    """A pod of the model: its revision (pod-template hash), creation time and first Ready time."""
+
+    revision: str
+    created_s: float
+    ready_s: float | None  # None: not Ready yet
+
+
+@dataclass(frozen=True)
+class StartupMemory:
+    """Creation-to-Ready durations seen so far, per revision (newest last), and pods already counted."""
+
+    durations: tuple[tuple[str, float], ...] = ()
+    counted: frozenset[tuple[str, float]] = frozenset()
+
+
+def remember_starts(memory: StartupMemory, pods: Sequence[PodStart], keep: int = STARTUP_MEMORY) -> StartupMemory:
+    """Add the pods that became Ready since the last call (each pod once, by revision and creation)."""
+    durations = list(memory.durations)
+    counted = set(memory.counted)
+    for pod in sorted(pods, key=lambda p: (p.ready_s if p.ready_s is not None else math.inf)):
+        key = (pod.revision, pod.created_s)
+        if pod.ready_s is None or key in counted or pod.ready_s < pod.created_s:
+            continue
+        counted.add(key)
+        durations.append((pod.revision, pod.ready_s - pod.created_s))
+    kept: list[tuple[str, float]] = []
+    for revision in dict.fromkeys(r for r, _ in durations):
+        kept += [d for d in durations if d[0] == revision][-keep:]
+    live = {(p.revision, p.created_s) for p in pods}
+    return StartupMemory(tuple(kept), frozenset(k for k in counted if k in live))
+
+
+@dataclass(frozen=True)
+class StartupEstimate:
+    """The look-ahead a scale-up needs: prior, learned value, and what it rests on."""
+
+    prior_s: float
+    value_s: float
+    samples: int
+    revision: str | None
+    waiting_longest_s: float = 0.0  # the oldest pod of the revision still not Ready
+
+
+def estimate_startup(memory: StartupMemory, pods: Sequence[PodStart], prior_s: float, now_s: float,
+                     revision: str | None = None) -> StartupEstimate:
+    """Creation to Ready for the revision (the newest seen when None): the longest of its recent
+    pods, since a look-ahead must cover the slow ones; a pod still starting for longer than that
+    raises it (a censored observation), so a prior that is far too short is corrected before
+    any pod is Ready. Without any pod of the revision, the other revisions', else the prior."""
+    if revision is None:
+        revision = memory.durations[-1][0] if memory.durations else (pods[-1].revision if pods else None)
+    own = [d for r, d in memory.durations if r == revision]
+    base = own or [d for _, d in memory.durations]
+    value = max(base) if base else float(prior_s)
+    waiting = max((now_s - p.created_s for p in pods if p.ready_s is None and p.revision == revision), default=0.0)
+    return StartupEstimate(prior_s=float(prior_s), value_s=max(value, waiting), samples=len(own), revision=revision,
+                           waiting_longest_s=waiting)

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from kiban.autoscale.learning import Learned, LearningMemory, learn
 from kiban.autoscale.policy import Observation, PolicyState, ScalingConfig, decide
+from kiban.capacity.fitting import PodStart
 from kiban.capacity.batching import Slo
 from kiban.capacity.engine_profile import EngineProfile
 from kiban_dev.benchmark.observe import FleetObservation
@@ -59,22 +61,30 @@ def ttft_quantile_s(obs: FleetObservation, q: float) -> float | None:
 
 @dataclass
 class KibanPolicy:
-    """Kiban's real policy (kiban.autoscale.policy.decide), fed what its collector would read.
+    """Kiban's real policy (kiban.autoscale.policy.decide), fed what its collector would read,
+    learning its engine as the operator does (kiban.autoscale.learning).
 
     The FoundationModel equivalent: the TTFT SLO at p99 (the benchmark's bar is 99 % of
-    requests), look-ahead = the fleet's cold start, the replica's engine profile.
+    requests) and the operator's defaults for everything else. `profile` is the datasheet
+    prior the operator ships, not the fleet's true engine: the step times are fitted from the
+    engines' vLLM counters, the look-ahead from when the replicas it asked for became Ready
+    (its prior is the profile's start-up estimate). `cold_start_s` set fixes the look-ahead
+    instead (the home game of earlier benchmarks).
     """
 
     profile: EngineProfile
     slo_ttft_ms: float
-    cold_start_s: float
+    cold_start_s: float | None = None
     min_replicas: int = 1
     max_replicas: int = 64
     gpus_per_replica: int = 1
     interval_s: float = 15.0
+    learn: bool = True
     name: str = "kiban"
     config: ScalingConfig = field(init=False)
     state: PolicyState = field(init=False)
+    memory: LearningMemory = field(init=False)
+    learned: Learned | None = field(init=False, default=None)
     last_reason: str = field(init=False, default="")
 
     def __post_init__(self) -> None:
@@ -86,6 +96,7 @@ class KibanPolicy:
             gpus_per_replica=self.gpus_per_replica,
         )
         self.state = PolicyState()
+        self.memory = LearningMemory()
 
     def desired_replicas(self, obs: FleetObservation) -> int:
         observation = Observation(
@@ -102,7 +113,14 @@ class KibanPolicy:
             current_replicas=obs.replicas,
             ready_replicas=obs.ready_replicas,
         )
-        decision, self.state = decide(observation, self.config, self.state, self.profile)
+        profile, config = self.profile, self.config
+        if self.learn:
+            pods = [PodStart("fleet", created, ready) for created, ready in obs.pods]
+            self.memory, self.learned = learn(self.memory, self.profile, obs.engine_windows, pods, obs.now_s)
+            profile = self.learned.profile
+            if self.cold_start_s is None:
+                config = replace(config, startup_s=self.learned.startup.value_s)
+        decision, self.state = decide(observation, config, self.state, profile)
         self.last_reason = decision.reason
         return decision.replicas
 

@@ -38,6 +38,7 @@ from kiban.capacity.engine_profile import EngineProfile
 from kiban.capacity.profiles import get_profile_by_name
 from kiban_serving.sim.engine import Engine, FinishedRequest
 from kiban_serving.sim.metrics import VllmMetrics
+from kiban_serving.sim.true_engine import perturbed_profile
 from kiban_serving.sim.tokens import (
     PromptError,
     count_chat_tokens,
@@ -454,14 +455,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--step-jitter", type=float, default=0.0, help="uniform +/- fraction on each step time")
     parser.add_argument("--mean-output-tokens", type=int, default=DEFAULT_MEAN_OUTPUT_TOKENS)
+    parser.add_argument("--true-engine-seed", type=int, default=None,
+                        help="serve a perturbed 'true' engine: each step-time parameter and the KV capacity "
+                             "x a seeded log-uniform factor in [0.7, 1.4] (kiban_serving.sim.true_engine)")
     parser.add_argument("--log-level", default="INFO")
     return parser
+
+
+def profile_from_args(args: argparse.Namespace) -> EngineProfile:
+    """The datasheet profile named by --profile, or its true engine with --true-engine-seed."""
+    profile = get_profile_by_name(args.profile)
+    if args.true_engine_seed is not None:
+        profile = perturbed_profile(profile, args.true_engine_seed)
+    return profile
 
 
 def config_from_args(args: argparse.Namespace) -> SimConfig:
     return SimConfig(
         served_model_name=args.served_model_name,
-        profile=get_profile_by_name(args.profile),
+        profile=profile_from_args(args),
         max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens,
         max_model_len=args.max_model_len,
