@@ -226,8 +226,9 @@ def engine_rows(window: EngineWindow, max_num_batched_tokens: int = 2048
 
     A decoding token's gap is the step it rode in: alpha + beta D + delta P, with D the batch and
     P the prompt tokens per step (prefill riding along). A request's prefill spans k steps
-    (k = prompt / token budget, at least 1), each paying the fixed cost, the batch's decode cost,
-    and together its own prompt plus the prompt tokens others had in those steps."""
+    (k = prompt / token budget, at least 1), each paying the fixed cost and the batch's decode
+    cost; together they prefill its own prompt or, when the steps are fuller than that, k steps
+    of the average prompt tokens per step (others' prompts riding in the same steps)."""
     rows = []
     d = max(0.0, window.mean_running)
     per_step = window.prompt_tokens / window.steps if window.steps > 0 else 0.0
@@ -236,7 +237,7 @@ def engine_rows(window: EngineWindow, max_num_batched_tokens: int = 2048
     if window.prefill_count > 0 and window.request_prompt_count > 0 and window.prefill_sum_s > 0:
         prompt = window.request_prompt_sum / window.request_prompt_count
         k = max(1.0, prompt / max_num_batched_tokens)
-        rows.append(((0.0, k, k * d, prompt + k * per_step), 1000.0 * window.prefill_sum_s / window.prefill_count,
+        rows.append(((0.0, k, k * d, max(prompt, k * per_step)), 1000.0 * window.prefill_sum_s / window.prefill_count,
                      window.prefill_count))
     return [row for row in rows if all(math.isfinite(v) for v in row[0]) and math.isfinite(row[1])]
 

@@ -190,6 +190,7 @@ class MissBudget:
 
     slo_ttft_s: float
     misses: int
+    attainable: np.ndarray | None = None  # per request: counted at all (None: every request)
 
 
 class Fleet:
@@ -356,7 +357,7 @@ class Fleet:
         replica.prefill_count += 1
         replica.request_prompt_sum += done.prompt_tokens
         budget = self.miss_budget
-        if budget is not None and ttft > budget.slo_ttft_s:
+        if budget is not None and ttft > budget.slo_ttft_s and (budget.attainable is None or budget.attainable[request]):
             self._misses += 1
             if self._misses > budget.misses:
                 raise _MissBudgetSpent
