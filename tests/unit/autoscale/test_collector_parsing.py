@@ -165,8 +165,12 @@ def test_ttft_at_the_slo_percentile_and_prompt_mix_fill_the_observation():
     assert observe(BUSY)[0].observed_ttft_slo_percentile_s is None
 
 
+LLAMA = {"namespace": "ns", "model_name": "llama"}
+
+
 class _Answers:
-    """A PrometheusQuery answering every query with one value, failing the ones named in `fail`."""
+    """A PrometheusQuery answering every query with one value for llama in ns (batched answers
+    carry the grouping labels), failing the ones named in `fail`."""
 
     def __init__(self, fail=()):
         self.fail = fail
@@ -175,10 +179,10 @@ class _Answers:
         if any(text in promql for text in self.fail):
             raise PrometheusUnavailable(QUERY_FAILED, "bad_data: boom")
         if "request_prompt_tokens_bucket" in promql:
-            return [Sample({"le": "100.0"}, 1.0), Sample({"le": "+Inf"}, 4.0)]
+            return [Sample({**LLAMA, "le": "100.0"}, 1.0), Sample({**LLAMA, "le": "+Inf"}, 4.0)]
         if "histogram_quantile(0.99" in promql:
-            return [Sample({}, 1.2)]
-        return [Sample({}, 2.0)]
+            return [Sample(LLAMA, 1.2)]
+        return [Sample(LLAMA, 2.0)]
 
 
 def test_collect_fills_the_optional_fields_and_their_failures_leave_them_none():

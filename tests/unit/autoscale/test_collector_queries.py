@@ -103,5 +103,6 @@ def test_prompt_mix_reuses_the_drift_prompt_bucket_query_over_the_token_window()
     assert queries[PROMPT_BUCKETS] == (
         f"sum by (le) (increase(vllm:request_prompt_tokens_bucket{{{SELECTOR}}}[600s]))")
     assert queries[PROMPT_BUCKETS] == build_drift_queries(SELECTOR, 600)["prompt_tokens:buckets"]
-    assert [k for k in queries if optional_query(k)] == ["ttft_p99", PROMPT_BUCKETS]  # last, after the required
+    assert [k for k in queries if optional_query(k)] == [
+        "kv_cache_usage", "batch_by_engine", "itl_by_engine", "ttft_p99", PROMPT_BUCKETS]  # after the required
     assert list(queries)[-2:] == ["ttft_p99", PROMPT_BUCKETS]

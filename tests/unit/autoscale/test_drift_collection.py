@@ -72,10 +72,14 @@ class Answers:
 
 
 def test_collect_drift_queries_at_the_window_end_and_reports_trouble():
-    selector = 'model_name="llama",namespace="ns"'
-    queries = build_drift_queries(selector, 20)
-    prometheus = Answers({queries["prompt_tokens:buckets"]: [Sample({"le": "+Inf"}, 9.0)],
-                          queries["prompt_tokens:sum"]: [Sample({}, 90.0)]})
+    from kiban.autoscale.collector import batch_drift_queries
+
+    queries = batch_drift_queries(20)
+    llama = {"namespace": "ns", "model_name": "llama"}
+    other = {"namespace": "ns", "model_name": "other"}
+    prometheus = Answers({queries["prompt_tokens:buckets"]: [Sample({**llama, "le": "+Inf"}, 9.0),
+                                                             Sample({**other, "le": "+Inf"}, 1.0)],
+                          queries["prompt_tokens:sum"]: [Sample(llama, 90.0), Sample(other, 5.0)]})
     series = Collector(prometheus, 8).collect_drift("llama", "ns", time_s=123.0, window_s=20)
     assert series.buckets == {"prompt_tokens": (("+Inf", 9.0),)} and series.sums == {"prompt_tokens": 90.0}
     assert {t for _, t in prometheus.seen} == {123.0} and len(prometheus.seen) == len(queries)
