@@ -60,7 +60,7 @@ PEER_KNOBS: dict[str, tuple[float, float, str]] = {
 }
 PEER_CANDIDATES = PEER_KNOBS  # families, in the order the report lists them
 TUNE_STEPS = 5  # bisection steps after the two ends: 2^-5 of the log range
-TUNE_STEPS_QUICK = 2
+TUNE_STEPS_QUICK = 0  # --quick: the two ends of each knob only (the numbers of a 10-minute slice mean little)
 
 
 @dataclass(frozen=True)
