@@ -69,10 +69,12 @@ class Counters:
     prefill_count: float = 0.0
     queue_sum_s: float = 0.0
     request_prompt_sum: float = 0.0
+    request_output_sum: float = 0.0
     prompts: list[int] = field(default_factory=list)  # finished requests' prompt lengths (histogram)
+    ttfts: list[float] = field(default_factory=list)  # time to first token, at the first token
 
     def copy(self) -> Counters:
-        return replace(self, prompts=list(self.prompts))
+        return replace(self, prompts=list(self.prompts), ttfts=list(self.ttfts))
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,7 @@ class Scrape:
     time_s: float
     counters: Counters
     running: int
+    waiting: int = 0
 
 
 def replay(profile: EngineProfile, requests: list[tuple[float, int, int]], until_s: float,
@@ -98,7 +101,7 @@ def replay(profile: EngineProfile, requests: list[tuple[float, int, int]], until
         while next_scrape < t_s or (inclusive and next_scrape == t_s):
             if next_scrape > until_s:
                 return
-            scrapes.append(Scrape(next_scrape, counters.copy(), engine.num_running))
+            scrapes.append(Scrape(next_scrape, counters.copy(), engine.num_running, engine.num_waiting))
             next_scrape += scrape_s
 
     while next_scrape <= until_s:
@@ -127,14 +130,16 @@ def replay(profile: EngineProfile, requests: list[tuple[float, int, int]], until
         counters.itl_count += decodes
         if decodes or result.first_tokens:
             counters.steps += 1
-        for _, prompt, _ in result.first_tokens:
+        for _, prompt, ttft_s in result.first_tokens:
             counters.prompt_tokens += prompt
             counters.first_tokens += 1
+            counters.ttfts.append(ttft_s)
         for done in result.finished:
             counters.prefill_sum_s += done.prefill_s
             counters.prefill_count += 1
             counters.queue_sum_s += done.queue_s
             counters.request_prompt_sum += done.prompt_tokens
+            counters.request_output_sum += done.output_tokens
             counters.prompts.append(done.prompt_tokens)
     return scrapes
 
