@@ -1,6 +1,7 @@
-"""kiban-bench --quick on the real Azure traces (read in place): the JSON contract, the
-oracle below every policy, the clairvoyant reference row and its bar keys, and identical
-results for the same seed. About a minute of CPU."""
+"""kiban-bench --quick and --matrix --quick on the real Azure traces (read in place): the rows
+and keys of the JSON contract, the clairvoyant reference row and its bar keys, and identical
+results for the same seed. Quick mode's numbers mean nothing (short slices, untuned peers), so
+nothing here checks one; the full matrix (make bench) carries the claims."""
 
 from __future__ import annotations
 
@@ -25,15 +26,10 @@ def test_quick_run_on_the_standard_traces(tmp_path: Path) -> None:
         mine = [r for r in rows if r["trace"] == trace]
         assert {r["family"] for r in mine if r["chosen"]} == FAMILIES
         for row in mine:
-            assert {"policy", "gpu_hours", "ttft_slo_attainment", "p95_ttft_s"} <= row.keys()
+            assert {"policy", "gpu_hours", "ttft_slo_attainment", "p95_ttft_s", "unattainable_share"} <= row.keys()
             assert 0.0 <= row["ttft_slo_attainment"] <= 1.0
-        oracle = next(r for r in mine if r["family"] == "oracle")
-        for row in mine:
-            if row["complete"]:
-                assert oracle["gpu_hours"] <= row["gpu_hours"], (trace, row["policy"])
         foresight = [r for r in mine if r["family"] == "clairvoyant"]
         assert len(foresight) == 1 and foresight[0]["complete"], trace
-        assert foresight[0]["gpu_hours"] >= oracle["gpu_hours"], trace
         assert [r["family"] for r in mine][:2] == ["oracle", "clairvoyant"]
     bar = json.loads((out / "bar.json").read_text())
     assert [b["trace"] for b in bar] == ["conv", "code", "conv+code"]

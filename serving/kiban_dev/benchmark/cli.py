@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="policies observe from t=0 but act from here (they start with history)")
     p.add_argument("--max-replicas", type=int, default=defaults.max_replicas)
     p.add_argument("--seed", type=int, default=defaults.seed)
-    p.add_argument("--quick", action="store_true", help="only the first 10 minutes of each trace")
+    p.add_argument("--quick", action="store_true", help="only the first 5 minutes of each trace and one knob value per peer, no tuning "
+                        "(checks that everything runs; its numbers mean nothing)")
     p.add_argument("--jobs", type=int, default=defaults.jobs, help="traces simulated in parallel processes")
     p.add_argument("--json", type=Path, help="write the result rows as a JSON list here")
     p.add_argument("--out", type=Path, help="write results.md, results.json, bar.json and PNG plots here")

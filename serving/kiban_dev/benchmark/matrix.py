@@ -19,6 +19,7 @@ import numpy as np
 
 from kiban_dev.benchmark.run import (
     PEER_KNOBS,
+    TUNE_ONE_POINT,
     TUNE_STEPS,
     BenchConfig,
     Row,
@@ -36,8 +37,8 @@ PEER_BAR, MATRIX_BAR = 1.0, 0.90  # Kiban <= this x the cheapest tuned peer per 
 SEED_FLOOR = 0.985  # no seed of Kiban below this attainment
 QUICK_CELLS = (("conv", "nvidia-a100-80gb/8B", 1.0), ("code", "nvidia-a100-80gb/8B", 1.0))
 QUICK_SEEDS = (0, 1)
-QUICK_DURATION_S = 240.0
-QUICK_TUNE_STEPS = 0
+QUICK_DURATION_S = 240.0  # --matrix --quick checks rows and keys, never numbers
+QUICK_TUNE_STEPS = TUNE_ONE_POINT  # one knob value per peer, no search
 
 
 @dataclass(frozen=True)

@@ -84,7 +84,7 @@ def markdown(rows: list[Row], bench: BenchConfig) -> str:
         "",
         f"Engine profile {bench.profile} ({'true engine of seed ' + str(bench.seed) + ', Kiban learns it from the datasheet prior' if bench.true_engine else 'the datasheet itself'}), "
         f"cold start {bench.fleet_cold_start_s:.0f} s, trace rate x{bench.rate_factor:g} "
-        f"(seed {bench.seed}){', quick mode (first 10 minutes)' if bench.quick else ''}. "
+        f"(seed {bench.seed}){', quick mode (first 5 minutes, peers untuned: the numbers mean nothing)' if bench.quick else ''}. "
         "GPU-hours include cold starts and draining; attainment is over the attainable requests. "
         "Peers' knobs were tuned by bisection (tuning runs listed below).",
         "",

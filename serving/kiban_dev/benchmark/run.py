@@ -45,7 +45,7 @@ from kiban_serving.sim.true_engine import perturbed_profile, true_cold_start_s, 
 from kiban_dev.benchmark.traces import Trace, concatenate, load_azure_trace, scale_rate
 
 DEFAULT_TRACE_DIR = azure_trace_dir()
-QUICK_DURATION_S = 600.0
+QUICK_DURATION_S = 300.0  # --quick: the first 5 minutes of each trace (its numbers mean nothing)
 
 # Each peer's knob, tuned per cell by bisection in log space between these bounds to the cheapest
 # value whose seed-mean attainment reaches the bar; every knob is cheaper when larger. "slo x"
@@ -60,7 +60,8 @@ PEER_KNOBS: dict[str, tuple[float, float, str]] = {
 }
 PEER_CANDIDATES = PEER_KNOBS  # families, in the order the report lists them
 TUNE_STEPS = 5  # bisection steps after the two ends: 2^-5 of the log range
-TUNE_STEPS_QUICK = 0  # --quick: the two ends of each knob only (the numbers of a 10-minute slice mean little)
+TUNE_ONE_POINT = -1  # tune_peer's steps for quick mode: one run at the knob's geometric middle, no search
+TUNE_STEPS_QUICK = TUNE_ONE_POINT  # --quick checks rows and keys, never numbers: no tuning
 
 
 @dataclass(frozen=True)
@@ -169,7 +170,7 @@ def standard_traces(trace_dir: Path = DEFAULT_TRACE_DIR) -> list[TraceSpec]:
 
 
 def prepare_trace(spec: TraceSpec, bench: BenchConfig) -> Trace:
-    """Load, join, scale the rate, and in quick mode keep the first 10 minutes."""
+    """Load, join, scale the rate, and in quick mode keep the first QUICK_DURATION_S."""
     trace = concatenate([load_azure_trace(p) for p in spec.paths]) if len(spec.paths) > 1 else load_azure_trace(spec.paths[0])
     trace = scale_rate(trace, bench.rate_factor, seed=bench.seed)
     if bench.quick:
@@ -388,10 +389,20 @@ def tune_peer(runs: list[SeedRun], family: str, initial: dict[int, int], tick: C
     """Bisect the family's knob (log scale, PEER_KNOBS bounds, larger is cheaper) for the
     cheapest value whose mean attainment over the seeds reaches the bar. A candidate stops as
     soon as its seeds' misses exceed what the mean allows (S x 1 % of the requests in all).
-    When not even the safest end reaches the bar, that end is run to completion and reported."""
+    When not even the safest end reaches the bar, that end is run to completion and reported.
+    steps=TUNE_ONE_POINT (quick mode) runs the knob's geometric middle once on every seed and
+    picks it: rows to check, no search."""
     low, high, _ = PEER_KNOBS[family]
     bench0 = runs[0].bench
     tried: dict[float, list[Row]] = {}
+    if steps == TUNE_ONE_POINT:
+        middle = math.sqrt(low * high)
+        rows = []
+        for run in runs:
+            result = simulate(run.trace, run.bench.fleet(initial[run.bench.seed]), peer_policy(family, middle, run.bench))
+            rows.append(summarize(result, family, run.bench, run.attainable, knob=middle))
+            tick(rows[-1].policy)
+        return rows
 
     def attempt(knob: float, budgeted: bool = True) -> bool:
         if knob in tried and budgeted:
