@@ -23,6 +23,8 @@ Structure
   back and status follows pods (scheduled, ready) within a second. The re-list of children
   queues nothing: the models' own re-list covers them.
 - on.event (FoundationModel DELETED): drop its metrics; children go by garbage collection.
+- on.event (FoundationModel MODIFIED or re-listed) with requests the Kiban gateway holds at zero
+  replicas (status.gateway.held): an autoscale pass at once (Autoscaler.notice), the wake from zero.
 - timer `autoscale`: one pass of the operator's Autoscaler (OperatorContext.autoscaler,
   kiban.autoscale.model_pass) for the model, every
   config.autoscale_interval_seconds, for the models it has work for (autoscaling on, or
@@ -149,6 +151,9 @@ def register(
             context.forget(ref)
             log.info(kv("Forgot deleted FoundationModel", name=name, namespace=namespace))
             return
+        autoscaler = _context(memo).autoscaler
+        if autoscaler is not None and type in ("MODIFIED", None):
+            autoscaler.notice(_context(memo), body, _indexes(kwargs))  # the gateway holds requests: wake now
         seen = fingerprint(body)
         if type == "MODIFIED" and queued_as.get(ref) == seen:
             return  # status or bookkeeping only: nothing a pass reads has changed

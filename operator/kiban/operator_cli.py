@@ -54,7 +54,18 @@ def _namespaces(args: argparse.Namespace, watch_namespace: str | None) -> list[s
     return [watch_namespace] if watch_namespace else []
 
 
-def operator_settings(resync_seconds: float = DEFAULT_RESYNC_SECONDS) -> kopf.OperatorSettings:
+def scans_the_cluster(namespaces: list[str]) -> bool:
+    """Whether kopf must list CRDs and namespaces: cluster-wide, or a namespace glob to resolve.
+
+    With exact namespace names only, kopf's cluster scanning is off: the operator then needs no
+    cluster-wide read at all (the chart's namespace-scoped install has no ClusterRole); kopf
+    treats the names as existing namespaces and the resources as discovered once at start.
+    """
+    return not namespaces or any(ch in ns for ns in namespaces for ch in "*?[!")
+
+
+def operator_settings(resync_seconds: float = DEFAULT_RESYNC_SECONDS, *,
+                      scan_cluster: bool = True) -> kopf.OperatorSettings:
     """kopf settings for many models: no per-handler success Events, short batching, and
     watches that end every `resync_seconds`, because kopf re-lists a resource each time it
     reopens its watch: that re-list is the operator's level-based resync (kiban.handlers).
@@ -75,6 +86,7 @@ def operator_settings(resync_seconds: float = DEFAULT_RESYNC_SECONDS) -> kopf.Op
     settings.posting.level = logging.WARNING  # our own Events say what happened
     settings.watching.server_timeout = max(1, round(resync_seconds))
     settings.batching.batch_window = 0.02  # per-object debounce before a handler sees an event
+    settings.scanning.disabled = not scan_cluster
     return settings
 
 
@@ -137,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         kopf.run(
             registry=registry,
-            settings=operator_settings(args.resync_seconds),
+            settings=operator_settings(args.resync_seconds, scan_cluster=scans_the_cluster(namespaces)),
             memo=kopf.Memo(context=context),
             standalone=args.standalone or None,
             peering_name=peering_name,

@@ -13,94 +13,34 @@ import time
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 
-from support import REPO, OperatorProcess, kubectl
+from support import (
+    FM_GROUP,
+    FM_PLURAL,
+    FM_VERSION,
+    REPO,
+    Cluster,
+    OperatorProcess,
+    condition_is,
+    kubectl,
+    model_body,
+    ready_with_running_pods,
+)
 from support import wait_for as _wait_for
 
 pytestmark = pytest.mark.integration
 
 EXAMPLES = REPO / "examples"
-FM_GROUP, FM_VERSION, FM_PLURAL = "kiban.dev", "v1alpha1", "foundationmodels"
 
 
 # ----------------------------------------------------------------------------- helpers
-
+# model_body, Cluster, condition_is and ready_with_running_pods are in support.py (the operator
+# image's test uses them too)
 
 wait_for = partial(_wait_for, interval=0.25)  # this file polls every 0.25 s
-
-
-def model_body(name: str, **spec_overrides: Any) -> dict:
-    spec: dict[str, Any] = {
-        "model": {"uri": "hf://Qwen/Qwen2.5-0.5B-Instruct", "parameters": "500M"},
-        "accelerator": {"profile": "nvidia-l4"},
-        "scaling": {"autoscaling": False, "minReplicas": 1, "maxReplicas": 4},
-    }
-    for key, value in spec_overrides.items():
-        spec[key] = {**spec.get(key, {}), **value} if isinstance(value, dict) else value
-    return {"apiVersion": f"{FM_GROUP}/{FM_VERSION}", "kind": "FoundationModel", "metadata": {"name": name}, "spec": spec}
-
-
-class Cluster:
-    """Typed reads and writes the tests use (the test's own client, not the operator's)."""
-
-    def __init__(self, api, namespace: str) -> None:
-        from kubernetes import client
-
-        self.namespace = namespace
-        self.custom = client.CustomObjectsApi(api)
-        self.apps = client.AppsV1Api(api)
-        self.core = client.CoreV1Api(api)
-
-    def create_model(self, body: dict) -> dict:
-        return self.custom.create_namespaced_custom_object(FM_GROUP, FM_VERSION, self.namespace, FM_PLURAL, body)
-
-    def model(self, name: str) -> dict:
-        return self.custom.get_namespaced_custom_object(FM_GROUP, FM_VERSION, self.namespace, FM_PLURAL, name)
-
-    def patch_model(self, name: str, patch: dict) -> dict:
-        return self.custom.patch_namespaced_custom_object(FM_GROUP, FM_VERSION, self.namespace, FM_PLURAL, name, patch)
-
-    def condition(self, name: str, type_: str) -> dict | None:
-        for cond in (self.model(name).get("status") or {}).get("conditions") or []:
-            if cond["type"] == type_:
-                return cond
-        return None
-
-    def deployment(self, name: str):
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            return self.apps.read_namespaced_deployment(name, self.namespace)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-
-    def replica_sets(self, name: str) -> list:
-        return [
-            rs for rs in self.apps.list_namespaced_replica_set(self.namespace).items
-            if any(ref.name == name for ref in rs.metadata.owner_references or [])
-        ]
-
-    def pods(self) -> list:
-        return self.core.list_namespaced_pod(self.namespace).items
-
-    def events(self, reason: str) -> list:
-        return [e for e in self.core.list_namespaced_event(self.namespace).items if e.reason == reason]
-
-
-def condition_is(cluster: Cluster, name: str, type_: str, status: str, reason: str | None = None):
-    def check():
-        cond = cluster.condition(name, type_)
-        if cond and cond["status"] == status and (reason is None or cond["reason"] == reason):
-            return cond
-        return None
-
-    return check
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -118,15 +58,6 @@ def operator(crds: Path, namespace: str, tmp_path: Path) -> Iterator[OperatorPro
 
 
 # ----------------------------------------------------------------------------- tests
-
-
-def ready_with_running_pods(cluster: Cluster, name: str, operator: OperatorProcess, timeout: float = 90.0) -> dict:
-    def check():
-        if operator.proc is not None and operator.proc.poll() is not None:
-            pytest.fail(f"the operator exited with {operator.proc.returncode}:\n{operator.logs()[-5000:]}")
-        return condition_is(cluster, name, "Ready", "True")()
-
-    return wait_for(check, timeout, what=f"{name} Ready=True")
 
 
 def test_model_becomes_ready_with_owned_children_and_status(cluster: Cluster, operator: OperatorProcess):
@@ -312,8 +243,18 @@ def static_volumes(cluster: Cluster) -> Iterator[Callable[[int], None]]:
         cluster.core.delete_persistent_volume(name)
 
 
+def workload_template(cluster: Cluster, model: dict) -> dict:
+    """The pod template of a model's Deployment, or of its LeaderWorkerSet's leaders (multi-node)."""
+    if (model["status"].get("resolved") or {}).get("nodesPerReplica", 1) > 1:
+        group_set = cluster.custom.get_namespaced_custom_object(
+            "leaderworkerset.x-k8s.io", "v1", cluster.namespace, "leaderworkersets", f"{model['metadata']['name']}-group")
+        return group_set["spec"]["leaderWorkerTemplate"]["leaderTemplate"]
+    name = model["status"]["endpoint"].split("//")[1].split(".")[0]
+    return cluster.apps.api_client.sanitize_for_serialization(cluster.deployment(name).spec.template)
+
+
 def test_every_example_reaches_ready_on_matching_gpu_nodes(
-    cluster: Cluster, operator: OperatorProcess, crds: Path, static_volumes
+    cluster: Cluster, leaderworkerset: Path, operator: OperatorProcess, crds: Path, static_volumes
 ):
     examples = example_models()
     assert examples, "examples/ holds no FoundationModel"
@@ -338,8 +279,7 @@ def test_every_example_reaches_ready_on_matching_gpu_nodes(
         if doc["spec"].get("scaling", {}).get("minReplicas") == 0:  # scaled to zero: ask for one
             kubectl(crds, "-n", cluster.namespace, "scale", f"fm/{name}", "--replicas=1")
         ready_with_running_pods(cluster, name, operator, timeout=120)
-        deployment = cluster.deployment(cluster.model(name)["status"]["endpoint"].split("//")[1].split(".")[0])
-        selector = deployment.spec.template.spec.node_selector or {}
+        selector = workload_template(cluster, cluster.model(name))["spec"].get("nodeSelector") or {}
         assert selector, f"{path.name}: no nodeSelector for the accelerator"
         pods = [p for p in cluster.pods() if p.metadata.labels.get("app.kubernetes.io/instance") == name]
         assert pods and all(p.status.phase == "Running" for p in pods), f"{path.name}: pods not Running"

@@ -37,6 +37,16 @@
 - apiGroups: [route.openshift.io]
   resources: [routes/custom-host]
   verbs: [create]
+- apiGroups: [inference.networking.k8s.io]
+  resources: [inferencepools]
+  verbs: [get, list, watch, create, patch, delete]
+{{- if .Capabilities.APIVersions.Has "leaderworkerset.x-k8s.io/v1" }}
+# a model bigger than a node: one LeaderWorkerSet group per replica (kiban.builders.leaderworkerset);
+# requested only where the API is served (install LeaderWorkerSet first, or helm upgrade after it)
+- apiGroups: [leaderworkerset.x-k8s.io]
+  resources: [leaderworkersets]
+  verbs: [get, list, watch, create, patch, delete]
+{{- end }}
 # pods: read only (status follows scheduling and readiness)
 - apiGroups: [""]
   resources: [pods]

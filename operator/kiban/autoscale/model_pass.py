@@ -32,6 +32,7 @@ restart never triggers a scale-down before the stabilisation window has passed.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import os
@@ -44,9 +45,10 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from kiban.api.v1alpha1 import FoundationModel, ScalingStatus, SloSpec, plain
-from kiban.autoscale import learning
-from kiban.autoscale.collector import Collected, Collector, DriftSeries, PrometheusHttp
-from kiban.autoscale.policy import Decision, PolicyState, ScalingConfig, capacity_per_replica_rps, decide, round_tokens_up
+from kiban.autoscale import learning, wake
+from kiban.autoscale.collector import NO_SERIES, Collected, Collector, DriftSeries, PrometheusHttp
+from kiban.autoscale.policy import (Decision, Observation, PolicyState, ScalingConfig, capacity_per_replica_rps, decide,
+                                    round_tokens_up)
 from kiban.capacity.batching import Slo
 from kiban.clock import rfc3339
 from kiban.capacity.engine_profile import EngineProfile
@@ -481,6 +483,7 @@ class Autoscaler:
     settings: AutoscaleSettings
     clock: Callable[[], float] = time.time
     memory: dict[ModelRef, _Memory] = field(default_factory=dict)
+    _waking: set[ModelRef] = field(default_factory=set)  # models with a wake pass in flight (notice)
 
     @classmethod
     def from_settings(cls, settings: AutoscaleSettings, clock: Callable[[], float] = time.time) -> Autoscaler:
@@ -493,6 +496,25 @@ class Autoscaler:
 
     def forget(self, ref: ModelRef) -> None:
         self.memory.pop(ref, None)
+
+    def notice(self, context: Any, body: Mapping[str, Any], indexes: Mapping[str, Any]) -> asyncio.Task | None:
+        """A model's watch event: when the gateway holds requests for it at zero replicas, run its
+        pass now instead of at the next tick (kiban.autoscale.wake). One such pass at a time per model."""
+        metadata = body.get("metadata") or {}
+        ref: ModelRef = (metadata.get("namespace", ""), metadata.get("name", ""))
+        if ref in self._waking or not wake.wake_wanted(body, self.clock()):
+            return None
+        self._waking.add(ref)
+
+        async def run() -> None:
+            try:
+                await self.run_once(context, body, indexes)
+            except Exception as exc:  # noqa: BLE001 - the timer's next pass tries again
+                log.warning(kv("Failed to wake FoundationModel", name=ref[1], namespace=ref[0], error=repr(exc)))
+            finally:
+                self._waking.discard(ref)
+
+        return asyncio.get_running_loop().create_task(run())
 
     def _forget_stale(self, now_s: float) -> None:
         for ref in [r for r, m in self.memory.items() if now_s - m.seen_s > FORGET_AFTER_S]:
@@ -519,7 +541,7 @@ class Autoscaler:
             accelerator = context.config.profile(model.spec.accelerator.profile)
             from kiban.sizing import resolve_sizing
 
-            sizing = resolve_sizing(model.spec, accelerator)
+            sizing = resolve_sizing(model.spec, accelerator, context.config.max_nodes_per_replica)
             if not sizing.fits:
                 return PassResult(skipped="the model does not fit (the reconciler reports it)")
             configs = scaling_configs(model, sizing.gpus_per_replica)
@@ -531,13 +553,19 @@ class Autoscaler:
         now = self.clock()
         self._forget_stale(now)
         current = model.spec.scaling.desired_replicas()
-        deployment = observe.find_kind(observe.observed_children(indexes, ref), "Deployment")
-        ready = int(((deployment or {}).get("status") or {}).get("readyReplicas") or 0)
-        collected = await context.io(
-            lambda: self.collector.collect(model.served_model_name, ref[0], time_s=now,
-                                           current_replicas=current, ready_replicas=ready,
-                                           ttft_percentiles=ttft_percentiles(configs))
-        )
+        ready = observe.ready_replicas(observe.observed_children(indexes, ref), sizing.multi_node)
+        held = wake.held_requests(body.get("status"), now)
+        if held > 0 and current == 0:  # waking from zero: no engine to read, and no time to lose
+            collected = Collected(Observation(
+                time_s=now, metrics_available=False, reason_unavailable="no engine is running (waking from zero)",
+                current_replicas=current, ready_replicas=ready, held_requests=held), reason_code=NO_SERIES)
+        else:
+            collected = await context.io(
+                lambda: self.collector.collect(model.served_model_name, ref[0], time_s=now,
+                                               current_replicas=current, ready_replicas=ready,
+                                               ttft_percentiles=ttft_percentiles(configs))
+            )
+            collected = replace(collected, observation=replace(collected.observation, held_requests=held))
         memory = self.memory.get(ref)
         state = memory.state if memory else seed_state(now, current)
         learning_memory, learned = learn_engine(

@@ -49,6 +49,9 @@ class Observation:
     prompt_mix: tuple[tuple[float, float], ...] | None = None
     current_replicas: int
     ready_replicas: int = 0
+    # requests the Kiban gateway holds because no replica is ready (status.gateway.held, fresh
+    # entries only): the wake-from-zero signal, which needs no engine to be scraped
+    held_requests: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -439,6 +442,34 @@ def _fail_safe(obs: Observation, config: ScalingConfig, state: PolicyState, why:
     return decision, state
 
 
+def wake_from_zero(obs: Observation, config: ScalingConfig, state: PolicyState) -> tuple[Decision, PolicyState] | None:
+    """Requests held at the gateway with no replica requested → at least one replica now.
+
+    Checked before the metrics: at zero replicas no engine is scraped, so the metrics are
+    unavailable by construction, and waiting a scrape and a rate window would add them to
+    the held requests' time to first token. None when it does not apply.
+    """
+    if obs.held_requests <= 0 or obs.current_replicas > 0:
+        return None
+    limit, limited_by = replica_limit(config)
+    target = min(max(config.min_replicas, 1), limit)
+    reason = (f"{obs.held_requests} requests held at the gateway with no replica → {target} "
+              f"{'replica' if target == 1 else 'replicas'} now (wake from zero)")
+    limited = None
+    if target < 1:
+        limited = limited_by
+        reason = f"{obs.held_requests} requests held at the gateway, but {_limit_note(limited_by, limit, config)}"
+    now = obs.time_s
+    new_state = replace(
+        state,
+        recommendations=_prune(state.recommendations + ((now, target),), now, config.scale_down_stabilization_s),
+        last_scale_time_s=now if target != obs.current_replicas else state.last_scale_time_s,
+        last_traffic_time_s=now,
+        first_seen_time_s=state.first_seen_time_s if state.first_seen_time_s is not None else now,
+    )
+    return Decision(target, reason, None, None, None, limited, metrics_ok=obs.metrics_available), new_state
+
+
 # -- the policy's stages (each pure, each tested on its own) -------------------------------------
 
 
@@ -459,7 +490,7 @@ def update_history(obs: Observation, config: ScalingConfig, state: PolicyState) 
     """Stage 0: add the observation to the rate, burst and token windows and prune them."""
     now, rate = obs.time_s, obs.arrival_rate_rps
     first_seen = state.first_seen_time_s if state.first_seen_time_s is not None else now
-    busy = rate > 0 or (obs.running or 0) > 0 or (obs.waiting or 0) > 0
+    busy = rate > 0 or (obs.running or 0) > 0 or (obs.waiting or 0) > 0 or obs.held_requests > 0
     last_traffic = now if busy else state.last_traffic_time_s
     rate_samples = _prune(state.rate_samples + ((now, rate),), now, config.trend_window_s)
     previous = state.burst_samples[-1][0] if state.burst_samples else None
@@ -546,7 +577,8 @@ def idle_sizing(obs: Observation, config: ScalingConfig, history: History, profi
     current = obs.current_replicas
     idle_since = history.last_traffic_s if history.last_traffic_s is not None else history.first_seen_s
     idle_s = history.now_s - idle_since
-    if config.min_replicas == 0 and idle_s >= config.scale_to_zero_idle_s and (obs.waiting or 0) == 0:
+    if (config.min_replicas == 0 and idle_s >= config.scale_to_zero_idle_s and (obs.waiting or 0) == 0
+            and obs.held_requests == 0):
         recommended = 0
         head = (f"no requests for {idle_s:.0f} s (≥ {config.scale_to_zero_idle_s:.0f} s) "
                 "and minReplicas is 0 → 0 replicas")
@@ -726,8 +758,12 @@ def decide(
     obs: Observation, config: ScalingConfig, state: PolicyState, profile: EngineProfile
 ) -> tuple[Decision, PolicyState]:
     """One autoscaling decision and the state to pass to the next call: the stages above in turn
-    (history, forecast + steady capacity + burst allowance, observed queue, limits, scale-down)."""
-    why = check_observation(obs)
+    (wake from zero, history, forecast + steady capacity + burst allowance, observed queue, limits,
+    scale-down). Wake from zero comes before the metrics check: at zero replicas none are scraped."""
+    why = check_observation(obs)  # raises on a bad replica count, before anything else
+    woken = wake_from_zero(obs, config, state)
+    if woken is not None:
+        return woken
     if why is not None:
         return _fail_safe(obs, config, state, why)
     history = update_history(obs, config, state)

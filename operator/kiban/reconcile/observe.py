@@ -4,7 +4,8 @@ Children and pods are seen through kopf indexes (an in-memory informer cache fil
 watches), so a reconcile pass costs no list calls: the pass that runs after a write sees the
 write when its watch event arrives, and the child's event itself triggers that pass. The
 projections here keep only the fields plan and status read, to keep memory flat at 1,000 models.
-Which optional APIs exist (PodMonitor, Route) is read from discovery and cached.
+Which optional APIs exist (PodMonitor, Route, InferencePool, LeaderWorkerSet) is read from discovery
+and cached.
 """
 
 from __future__ import annotations
@@ -53,7 +54,11 @@ CHILD_RESOURCES: tuple[ChildResource, ...] = (
     ChildResource("networking.k8s.io", "v1", "networkpolicies"),
     ChildResource("monitoring.coreos.com", "v1", "podmonitors", optional=True),
     ChildResource("route.openshift.io", "v1", "routes", optional=True),
+    ChildResource("inference.networking.k8s.io", "v1", "inferencepools", optional=True),
+    ChildResource("leaderworkerset.x-k8s.io", "v1", "leaderworkersets", optional=True),
 )
+# the kinds that run the engine pods: one of them per model (kiban.builders.build_children)
+WORKLOAD_KINDS = ("Deployment", "LeaderWorkerSet")
 PODS_INDEX = "kiban_pods"
 MODELS_INDEX = "kiban_models"
 OPTIONAL_GROUPS = frozenset(c.group for c in CHILD_RESOURCES if c.optional)
@@ -164,6 +169,26 @@ def settled(cached: Iterable[Mapping[str, Any]], applied: Mapping[Any, Mapping[s
 
 def find_kind(children: Iterable[Mapping[str, Any]], kind: str) -> Mapping[str, Any] | None:
     return next((c for c in children if c.get("kind") == kind), None)
+
+
+def workload_kind(multi_node: bool) -> str:
+    return "LeaderWorkerSet" if multi_node else "Deployment"
+
+
+def ready_replicas(children: Iterable[Mapping[str, Any]], multi_node: bool) -> int:
+    """Ready replicas of a model: Deployment pods, or LeaderWorkerSet groups whose every pod is
+    ready (the LWS controller counts a group only when its leader and worker StatefulSet are)."""
+    workload = find_workload(children, workload_kind(multi_node))
+    return int(((workload or {}).get("status") or {}).get("readyReplicas") or 0)
+
+
+def find_workload(children: Iterable[Mapping[str, Any]], kind: str | None = None) -> Mapping[str, Any] | None:
+    """The model's Deployment or LeaderWorkerSet (`kind` picks one while both exist, mid-switch).
+    Both report status.replicas / readyReplicas / updatedReplicas, in replicas (LWS: groups)."""
+    children = list(children)
+    if kind is not None:
+        return find_kind(children, kind)
+    return next((c for c in children if c.get("kind") in WORKLOAD_KINDS), None)
 
 
 class ApiDiscovery:

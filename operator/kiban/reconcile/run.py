@@ -28,6 +28,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from kiban.api.v1alpha1 import FoundationModel
+from kiban.builders.leaderworkerset import LWS_API_VERSION, shared_cache_problem
 from kiban.builders.names import label_value
 from kiban.clock import rfc3339
 from kiban.config import ConfigError, OperatorConfig
@@ -156,11 +157,35 @@ def resolved_status(model: FoundationModel, config: OperatorConfig, sizing: Any)
         "gpusPerReplica": sizing.gpus_per_replica,
         "tensorParallelSize": sizing.tensor_parallel_size,
         "pipelineParallelSize": sizing.pipeline_parallel_size,
+        "nodesPerReplica": sizing.nodes_per_replica,
         "image": model.spec.engine.image or config.vllm_image,
         "servedModelName": model.served_model_name,
         "sizingReason": str(sizing.reason),
         "sizingMessage": sizing.message,
+        "gateway": model.spec.exposure.through_gateway(config.gateway_default),
     }
+
+
+def missing_workload_api(sizing: Any, served: frozenset[str]) -> str | None:
+    """Why the workload cannot be created (a multi-node model without the LeaderWorkerSet API), or None."""
+    if not sizing.multi_node or LWS_API_VERSION in served:
+        return None
+    return (f"one replica needs {sizing.nodes_per_replica} nodes ({sizing.message}); a replica that spans "
+            f"nodes is a LeaderWorkerSet group, and this cluster does not serve {LWS_API_VERSION}: "
+            "install LeaderWorkerSet (sigs.k8s.io/lws), or pin a layout that fits one node")
+
+
+def workload_blocked(model: FoundationModel, sizing: Any, served: frozenset[str]) -> tuple[str, str] | None:
+    """(reason, message) when a replica spanning nodes cannot run here, else None."""
+    if not sizing.multi_node:
+        return None
+    missing = missing_workload_api(sizing, served)
+    if missing:
+        return "LeaderWorkerSetNotServed", missing
+    cache = shared_cache_problem(model)
+    if cache:
+        return "CacheNotShareable", cache
+    return None
 
 
 def _now(context: OperatorContext) -> str:
@@ -215,7 +240,7 @@ async def _pass(
     for key in observe.settled(cached, mine or {}):
         del mine[key]  # type: ignore[union-attr]
     pods = observe.from_index(indexes.get(observe.PODS_INDEX), (namespace, label_value(name)))
-    deployment = observe.find_kind(children, "Deployment")
+    deployment = observe.find_workload(children)
 
     try:
         model = FoundationModel.from_object(body)
@@ -228,7 +253,7 @@ async def _pass(
 
     from kiban.sizing import resolve_sizing
 
-    gpu = resolve_sizing(model.spec, profile)
+    gpu = resolve_sizing(model.spec, profile, context.config.max_nodes_per_replica)
     replicas = model.spec.scaling.desired_replicas()
     if not gpu.fits:
         # nothing is created or deleted: the user fixes the spec, the running children stay
@@ -239,6 +264,11 @@ async def _pass(
         return await _finish(context, body, world, Outcome(), model=model)
 
     served = await context.io(context.discovery.served_groups, priority=URGENT)  # cached: rarely a call
+    blocked = workload_blocked(model, gpu, served)
+    if blocked:  # as above: say why, change nothing
+        reason, message = blocked
+        world = World(generation, Sizing(False, message, reason), replicas, deployment, pods, namespace=namespace)
+        return await _finish(context, body, world, Outcome(), model=model)
     desired = desired_for(context, ref, body, model, gpu, replicas, served)
     the_plan = plan(desired, children, body["metadata"]["uid"])
     result = ApplyResult()
@@ -247,14 +277,15 @@ async def _pass(
                     actions=[f"{a.verb} {a.kind}/{a.name}: {a.reason}" for a in the_plan.actions]))
         result = await execute(context, the_plan, namespace)
         _remember_writes(context, ref, result)
-    wanted_deployment = next((c for c in desired if c["kind"] == "Deployment"), None)
-    seen_deployment = result.returned.get(f"Deployment/{wanted_deployment['metadata']['name']}") if wanted_deployment else None
+    wanted_deployment = next((c for c in desired if c["kind"] in observe.WORKLOAD_KINDS), None)
+    kind = wanted_deployment["kind"] if wanted_deployment else "Deployment"
+    seen_deployment = result.returned.get(f"{kind}/{wanted_deployment['metadata']['name']}") if wanted_deployment else None
     service = next((c for c in desired if c["kind"] == "Service"), None)
     world = World(
         generation=generation,
         sizing=Sizing(True),
         desired_replicas=replicas,
-        deployment=seen_deployment or deployment,
+        deployment=seen_deployment or observe.find_workload(children, kind),
         pods=pods,
         service_name=service["metadata"]["name"] if service else None,
         namespace=namespace,
@@ -263,24 +294,28 @@ async def _pass(
         conflicts=the_plan.conflicts,
         apply_errors=result.errors,
         resolved=resolved_status(model, context.config, gpu),
+        gateway_url=(context.config.gateway_url
+                     if model.spec.exposure.through_gateway(context.config.gateway_default) else None),
+        workload_kind=kind,
+        pods_per_replica=gpu.nodes_per_replica,
     )
     outcome = Outcome(plan=the_plan, errors=list(result.errors))
     for action in result.written:
-        if action.kind == "Deployment" and action.verb in ("create", "update"):
+        if action.kind in observe.WORKLOAD_KINDS and action.verb in ("create", "update"):
             verb = "Created" if action.verb == "create" else "Updated"
-            context.post_event_later(body, "Normal", verb, f"{verb} Deployment {action.name}: {action.reason}")
+            context.post_event_later(body, "Normal", verb, f"{verb} {action.kind} {action.name}: {action.reason}")
     return await _finish(context, body, world, outcome, model=model, gpus=gpu.gpus_per_replica)
 
 
 def write_stages(the_plan: Plan) -> list[Plan]:
     """The plan cut into stages run one after another; the actions of a stage run concurrently.
 
-    The Deployment goes first (it is what starts pods, and what a user waits for), then every
-    other create and update at once, then the deletes (a replacement exists before the old
-    object goes).
+    The workload (Deployment or LeaderWorkerSet) goes first (it is what starts pods, and what a
+    user waits for), then every other create and update at once, then the deletes (a replacement
+    exists before the old object goes).
     """
-    first = tuple(a for a in (*the_plan.creates, *the_plan.updates) if a.kind == "Deployment")
-    rest = tuple(a for a in (*the_plan.creates, *the_plan.updates) if a.kind != "Deployment")
+    first = tuple(a for a in (*the_plan.creates, *the_plan.updates) if a.kind in observe.WORKLOAD_KINDS)
+    rest = tuple(a for a in (*the_plan.creates, *the_plan.updates) if a.kind not in observe.WORKLOAD_KINDS)
     stages = [Plan(creates=first), Plan(creates=rest), Plan(deletes=the_plan.deletes)]
     return [stage for stage in stages if not stage.empty]
 
@@ -291,7 +326,7 @@ async def execute(context: OperatorContext, the_plan: Plan, namespace: str) -> A
     for stage in write_stages(the_plan):
         results = await asyncio.gather(*(
             context.io(context.writer.execute_one, action, namespace,
-                       priority=URGENT if action.kind == "Deployment" else NORMAL)
+                       priority=URGENT if action.kind in observe.WORKLOAD_KINDS else NORMAL)
             for action in stage.actions
         ))
         for part in results:

@@ -1,6 +1,6 @@
 """Status, rebuilt from the world on every pass.
 
-Pure: what we observed (the Deployment, its pods, the sizing result, the plan) in, the
+Pure: what we observed (the workload, its pods, the sizing result, the plan) in, the
 FoundationModel's status fields out. The previous status is read for one thing only: keeping a
 condition's lastTransitionTime while its status has not changed. Fields other engineers own
 (status.scaling, written by the autoscaler) are never produced here, so a merge patch of this
@@ -43,6 +43,11 @@ class World:
     conflicts: Sequence[str] = ()
     apply_errors: Sequence[str] = field(default=())
     resolved: Mapping[str, Any] | None = None  # status.resolved: GPUs, tensor parallel, image
+    gateway_url: str | None = None  # through the Kiban gateway: status.endpoint is the gateway's
+    # `deployment` is the workload: a Deployment, or a LeaderWorkerSet whose replicas are groups of
+    # pods_per_replica pods (its readyReplicas counts groups whose every pod is ready)
+    workload_kind: str = "Deployment"
+    pods_per_replica: int = 1
 
 
 def condition(type_: str, status: bool | None, reason: str, message: str, generation: int) -> dict:
@@ -108,14 +113,9 @@ def _scheduled(world: World) -> dict:
     if world.desired_replicas == 0:
         return condition("Scheduled", True, "NoReplicasRequested", "the model is scaled to zero", gen)
     scheduled = sum(1 for pod in world.pods if (pod.get("spec") or {}).get("nodeName"))
-    if world.deployment is None or scheduled < world.desired_replicas:
-        return condition(
-            "Scheduled",
-            None,
-            "Pending",
-            f"{scheduled} of {world.desired_replicas} pods scheduled",
-            gen,
-        )
+    wanted = world.desired_replicas * world.pods_per_replica
+    if world.deployment is None or scheduled < wanted:
+        return condition("Scheduled", None, "Pending", f"{scheduled} of {wanted} pods scheduled", gen)
     return condition("Scheduled", True, "PodsScheduled", f"{scheduled} pods scheduled", gen)
 
 
@@ -137,7 +137,8 @@ def _progressing(world: World, counts: Mapping[str, int]) -> dict:
     if world.wrote_children or world.deployment is None:
         return condition("Progressing", True, "ChildrenApplied", "applied the desired children", gen)
     if counts["observed_generation"] < counts["generation"]:
-        return condition("Progressing", True, "RollingOut", "the Deployment controller has not seen the newest spec", gen)
+        return condition("Progressing", True, "RollingOut",
+                         f"the {world.workload_kind} controller has not seen the newest spec", gen)
     if counts["updated"] < counts["spec_replicas"] or counts["replicas"] > counts["spec_replicas"]:
         return condition(
             "Progressing",
@@ -146,7 +147,7 @@ def _progressing(world: World, counts: Mapping[str, int]) -> dict:
             f"{counts['updated']} of {counts['spec_replicas']} replicas updated",
             gen,
         )
-    return condition("Progressing", False, "RolloutComplete", "the Deployment is up to date", gen)
+    return condition("Progressing", False, "RolloutComplete", f"the {world.workload_kind} is up to date", gen)
 
 
 def _ready(world: World, counts: Mapping[str, int], degraded: Mapping[str, Any]) -> dict:
@@ -154,14 +155,16 @@ def _ready(world: World, counts: Mapping[str, int], degraded: Mapping[str, Any])
     if degraded["status"] == "True":
         return condition("Ready", False, degraded["reason"], degraded["message"], gen)
     if world.deployment is None:
-        return condition("Ready", False, "DeploymentMissing", "the Deployment has not been created yet", gen)
+        kind = world.workload_kind
+        return condition("Ready", False, f"{kind}Missing", f"the {kind} has not been created yet", gen)
     if world.desired_replicas == 0:
         return condition("Ready", False, "ScaledToZero", "no replicas are requested", gen)
     ready, wanted = counts["ready"], world.desired_replicas
     up_to_date = counts["updated"] >= wanted and counts["observed_generation"] >= counts["generation"]
+    groups = f" (each a group of {world.pods_per_replica} pods)" if world.pods_per_replica > 1 else ""
     if ready >= wanted and up_to_date:
-        return condition("Ready", True, "ReplicasReady", f"{ready} of {wanted} replicas ready", gen)
-    return condition("Ready", False, "ReplicasNotReady", f"{ready} of {wanted} replicas ready", gen)
+        return condition("Ready", True, "ReplicasReady", f"{ready} of {wanted} replicas ready{groups}", gen)
+    return condition("Ready", False, "ReplicasNotReady", f"{ready} of {wanted} replicas ready{groups}", gen)
 
 
 def merge_conditions(
@@ -200,7 +203,9 @@ def build_status(world: World, previous_conditions: Iterable[Mapping[str, Any]],
     }
     if world.resolved is not None:
         status["resolved"] = dict(world.resolved)
-    if world.service_name:
+    if world.gateway_url:
+        status["endpoint"] = world.gateway_url.rstrip("/") + "/v1"
+    elif world.service_name:
         status["endpoint"] = endpoint_url(world.service_name, world.namespace)
     return status
 
