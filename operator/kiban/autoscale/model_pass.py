@@ -16,6 +16,12 @@ Protocol; every write goes through the operator's single writer (kiban.reconcile
   kiban.drift (see kiban.drift.tracker): condition DriftDetected, status.drift, Events,
   kiban_drift_score / kiban_drift_detected; on workload drift the capacity model takes the new
   window's token means at once (until its token window holds only the new mix).
+- the engine, learned online (kiban.autoscale.learning): every pass adds each engine's vLLM
+  counters to a fit of the step times around the datasheet profile, and the model's pods'
+  creation → Ready times to the cold start; decisions size with the fitted engine and look
+  ahead by the learned cold start; status.scaling.engine shows prior, fitted value and sd, and
+  an Event (EngineRefit) says when the fit moved capacity per replica by more than 20 %. A new
+  engine revision or service-time drift starts the evidence again; workload drift discounts it.
 
 PolicyState lives per model in an `Autoscaler`, which one operator instance owns (the
 OperatorContext's `autoscaler`, made by kiban.operator_cli.build_context); nothing is kept at
@@ -39,12 +45,14 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from kiban.api.v1alpha1 import FoundationModel, ScalingStatus, SloSpec, plain
-from kiban.autoscale import wake
+from kiban.autoscale import learning, wake
 from kiban.autoscale.collector import NO_SERIES, Collected, Collector, DriftSeries, PrometheusHttp
-from kiban.autoscale.policy import Decision, Observation, PolicyState, ScalingConfig, decide
+from kiban.autoscale.policy import (Decision, Observation, PolicyState, ScalingConfig, capacity_per_replica_rps, decide,
+                                    round_tokens_up)
 from kiban.capacity.batching import Slo
 from kiban.clock import rfc3339
 from kiban.capacity.engine_profile import EngineProfile
+from kiban.capacity.fitting import DEFAULT_MAX_NUM_BATCHED_TOKENS
 from kiban.config import ConfigError
 from kiban.drift import tracker as drift
 from kiban.drift.detector import DriftConfig
@@ -208,8 +216,10 @@ def _ms(seconds: float | None) -> float | None:
     return round(seconds * 1000.0, 3) if seconds is not None and math.isfinite(seconds) else None
 
 
-def scaling_status(decision: Decision, collected: Collected, last_scale_time: str | None) -> dict[str, Any]:
-    """status.scaling as the CRD defines it (ScalingStatus, camelCase, milliseconds)."""
+def scaling_status(decision: Decision, collected: Collected, last_scale_time: str | None,
+                   engine: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """status.scaling as the CRD defines it (ScalingStatus, camelCase, milliseconds); `engine`:
+    status.scaling.engine (engine_status)."""
     obs = collected.observation
     rate = obs.arrival_rate_rps if obs.metrics_available else None
     status = ScalingStatus(
@@ -221,6 +231,7 @@ def scaling_status(decision: Decision, collected: Collected, last_scale_time: st
                                   if decision.capacity_per_replica_rps is not None else None),
         arrival_rate_rps=round(rate, 6) if rate is not None else None,
         last_scale_time=last_scale_time,
+        engine=engine,
     )
     return status.model_dump(mode="json", by_alias=True)  # None fields kept: a merge patch clears them
 
@@ -316,6 +327,130 @@ def record_metrics(metrics: OperatorMetrics, key: ModelKey, decision: Decision, 
         metrics.set_model_gauge("scaling_limited", key, 1.0 if decision.limited == reason else 0.0, reason=reason)
 
 
+# -- pure: the engine learned online --------------------------------------------------------------
+
+ENGINE_REFIT_EVENT = "EngineRefit"  # the Event when the fit moved capacity per replica by more than 20 %
+BATCHED_TOKENS_FLAG = "--max-num-batched-tokens"
+
+
+def max_num_batched_tokens(model: FoundationModel) -> int:
+    """The engine's token budget per step: --max-num-batched-tokens in spec.engine.extraArgs, else
+    vLLM's default for the OpenAI server (2048)."""
+    args = list(model.spec.engine.extra_args)
+    for i, arg in enumerate(args):
+        text = arg.split("=", 1)[1] if arg.startswith(BATCHED_TOKENS_FLAG + "=") else (
+            args[i + 1] if arg == BATCHED_TOKENS_FLAG and i + 1 < len(args) else None)
+        if text is not None:
+            try:
+                value = int(text)
+            except ValueError:
+                continue
+            if value > 0:
+                return value
+    return DEFAULT_MAX_NUM_BATCHED_TOKENS
+
+
+def learn_engine(memory: learning.LearningMemory | None, prior: EngineProfile, collected: Collected,
+                 pods: Sequence[Mapping[str, Any]], now_s: float, revision: str, window_s: float,
+                 budget: int = DEFAULT_MAX_NUM_BATCHED_TOKENS) -> tuple[learning.LearningMemory, learning.Learned]:
+    """This pass's evidence into the model's learning memory: the engines' counter increases over
+    the rate window (weighted by the share of the window not seen at the last pass, since
+    consecutive windows overlap) and its pods (kopf's pod index projection)."""
+    memory = memory or learning.LearningMemory()
+    last = memory.evidence.time_s
+    weight = 1.0 if last is None else min(1.0, max(0.0, (now_s - last) / window_s))
+    obs = collected.observation
+    windows = collected.engine_windows if obs.metrics_available else ()
+    return learning.learn(memory, prior, windows, learning.pod_starts(pods), now_s, revision,
+                          prompt_mix=obs.prompt_mix, weight=weight, max_num_batched_tokens=budget)
+
+
+def learning_after_drift(memory: learning.LearningMemory, outcome: drift.DriftOutcome) -> learning.LearningMemory:
+    """Service-time drift (or a regression after a spec change) starts the step-time evidence
+    again; workload drift (a Refit) discounts it; otherwise it is kept."""
+    assessment = outcome.assessment
+    if assessment is not None and (assessment.service_time_drift or assessment.performance_regression):
+        return learning.forget_engine(memory)
+    if outcome.new_refit is not None:
+        return learning.discount_engine(memory)
+    return memory
+
+
+def with_learned_startup(configs: Sequence[ScalingConfig], learned: learning.Learned) -> tuple[ScalingConfig, ...]:
+    """The configs with the learned cold start as look-ahead (the spec has no field for it)."""
+    return tuple(replace(c, startup_s=learned.startup.value_s) if c.startup_s is None else c for c in configs)
+
+
+def fit_capacities(prior: EngineProfile, fitted: EngineProfile, observation: Any,
+                   configs: Sequence[ScalingConfig]) -> tuple[float | None, float | None]:
+    """Capacity per replica with the prior and with the fitted engine at this pass's token means
+    (on the capacity grid, no prompt mix, so both are cached and only the engine differs), for
+    the first SLO with a TTFT target; (None, None) without traffic or token means."""
+    from kiban.autoscale.policy import sizing_utilization
+
+    obs = observation
+    if not obs.metrics_available or not (obs.arrival_rate_rps or 0) > 0:
+        return None, None
+    if obs.mean_prompt_tokens is None or obs.mean_output_tokens is None or not configs:
+        return None, None
+    prompt = round_tokens_up(max(1.0, float(obs.mean_prompt_tokens)))
+    output = max(1.0, round_tokens_up(float(obs.mean_output_tokens)))
+    config = next((c for c in configs if c.slo.ttft_ms is not None), configs[0])
+    out = []
+    for profile in (prior, fitted):
+        try:
+            fits = prompt + output <= profile.kv_cache_tokens
+            out.append(capacity_per_replica_rps(profile, prompt, output, config.slo, sizing_utilization(config))
+                       if fits else None)
+        except ValueError:
+            out.append(None)
+    return out[0], out[1]
+
+
+def engine_status(learned: learning.Learned, capacities: tuple[float | None, float | None]) -> dict[str, Any]:
+    """status.scaling.engine (EngineFitStatus, camelCase): prior, fitted and sd per parameter."""
+    from kiban.api.v1alpha1 import ColdStartStatus, EngineFitStatus, FittedParameter
+
+    fit = learned.fit
+
+    def parameter(name: str) -> FittedParameter:
+        sd = fit.sd.get(name)
+        return FittedParameter(prior=round(getattr(fit.prior, name), 6), fitted=round(getattr(fit.profile, name), 6),
+                               sd=round(sd, 6) if sd is not None and math.isfinite(sd) else None)
+
+    prior_rps, fitted_rps = capacities
+    status = EngineFitStatus(
+        alpha_ms=parameter("alpha_ms"), beta_ms=parameter("beta_ms"), gamma_ms=parameter("gamma_ms"),
+        delta_ms=parameter("delta_ms"), mixed_step_cost="gamma" if fit.regime == "gamma>=alpha" else "alpha",
+        observations=round(fit.observations, 1),
+        capacity_prior_rps=round(prior_rps, 6) if prior_rps is not None else None,
+        capacity_fitted_rps=round(fitted_rps, 6) if fitted_rps is not None else None,
+        cold_start=ColdStartStatus(prior_seconds=round(learned.startup.prior_s, 3),
+                                   learned_seconds=round(learned.startup.value_s, 3),
+                                   samples=learned.startup.samples),
+    )
+    return status.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def record_engine_metrics(metrics: OperatorMetrics, key: ModelKey, learned: learning.Learned,
+                          capacities: tuple[float | None, float | None]) -> None:
+    """The engine fit's per-model gauges (docs/metrics.md): prior, fitted and sd per parameter,
+    the cold start, and the fitted / prior capacity ratio."""
+    fit = learned.fit
+    for name in fit.sd:
+        parameter = name.removesuffix("_ms")
+        metrics.set_model_gauge("engine_parameter_ms", key, getattr(fit.prior, name), parameter=parameter,
+                                estimate="prior")
+        metrics.set_model_gauge("engine_parameter_ms", key, getattr(fit.profile, name), parameter=parameter,
+                                estimate="fitted")
+        metrics.set_model_gauge("engine_parameter_ms", key, fit.sd[name], parameter=parameter, estimate="sd")
+    metrics.set_model_gauge("engine_cold_start_seconds", key, learned.startup.prior_s, estimate="prior")
+    metrics.set_model_gauge("engine_cold_start_seconds", key, learned.startup.value_s, estimate="learned")
+    prior_rps, fitted_rps = capacities
+    metrics.set_model_gauge("engine_fit_capacity_ratio", key,
+                            fitted_rps / prior_rps if prior_rps and fitted_rps is not None else float("nan"))
+
+
 # -- the pass ------------------------------------------------------------------------------------
 
 
@@ -324,6 +459,7 @@ class _Memory:
     state: PolicyState
     seen_s: float
     drift: drift.DriftMemory | None = None
+    learning: learning.LearningMemory | None = None
 
 
 @dataclass
@@ -336,6 +472,7 @@ class PassResult:
     scaled_to: int | None = None
     skipped: str | None = None  # why no decision was made (autoscaling off, invalid spec, ...)
     drift: Any = None  # the DriftAssessment when this pass ran a drift window
+    learned: Any = None  # the engine as learned this pass (kiban.autoscale.learning.Learned)
 
 
 @dataclass
@@ -431,6 +568,10 @@ class Autoscaler:
             collected = replace(collected, observation=replace(collected.observation, held_requests=held))
         memory = self.memory.get(ref)
         state = memory.state if memory else seed_state(now, current)
+        learning_memory, learned = learn_engine(
+            memory.learning if memory else None, profile, collected,
+            observe.from_index(indexes.get(observe.PODS_INDEX), ref), now, drift.engine_revision(body.get("spec") or {}),
+            self.settings.window_s, max_num_batched_tokens(model))
         drift_memory, outcome = None, drift.DriftOutcome(None, None)
         drift_config = self._drift_config(model, ref)
         if drift_config is not None:
@@ -441,11 +582,19 @@ class Autoscaler:
                                                                  now, collected.observation)
                 if outcome.new_refit is not None:
                     state = drift.reset_policy_state(state)
+                learning_memory = learning_after_drift(learning_memory, outcome)
             collected = replace(collected, observation=drift.observation_with_refit(collected.observation,
                                                                                     drift_memory.refit))
-        decision, state = decide_strictest(collected.observation, configs, state, profile, collected.ttft_slo_s)
-        self.memory[ref] = _Memory(state, now, drift_memory)
-        result = PassResult(decision=decision, collected=collected, drift=outcome.assessment)
+        configs = with_learned_startup(configs, learned)
+        decision, state = decide_strictest(collected.observation, configs, state, learned.profile,
+                                           collected.ttft_slo_s)
+        capacities = fit_capacities(profile, learned.profile, collected.observation, configs)
+        learning_memory, refit_message = learning.capacity_moved(learning_memory, *capacities, fit=learned.fit)
+        self.memory[ref] = _Memory(state, now, drift_memory, learning_memory)
+        result = PassResult(decision=decision, collected=collected, drift=outcome.assessment, learned=learned)
+        if refit_message is not None:
+            log.info(kv("Engine fit moved capacity", name=ref[1], namespace=ref[0], detail=refit_message))
+            await context.io(context.writer.post_event, body, "Normal", ENGINE_REFIT_EVENT, refit_message)
 
         key = ModelKey(ref[0], ref[1], model.served_model_name)
         if decision.replicas != current:
@@ -458,8 +607,10 @@ class Autoscaler:
 
         last_scale = (rfc3339(state.last_scale_time_s) if state.last_scale_time_s is not None
                       else ((body.get("status") or {}).get("scaling") or {}).get("lastScaleTime"))
-        await self._write_status(context, body, ref, decision, collected, last_scale, model, drift_memory, outcome)
+        await self._write_status(context, body, ref, decision, collected, last_scale, model, drift_memory, outcome,
+                                 engine=engine_status(learned, capacities))
         record_metrics(context.metrics, key, decision, collected)
+        record_engine_metrics(context.metrics, key, learned, capacities)
         if outcome.assessment is not None:
             for attribute, value, labels in drift.drift_metric_values(outcome.assessment):
                 context.metrics.set_model_gauge(attribute, key, value, **labels)
@@ -528,7 +679,7 @@ class Autoscaler:
     async def _write_status(self, context: Any, body: Mapping[str, Any], ref: ModelRef, decision: Decision,
                             collected: Collected, last_scale: str | None, model: FoundationModel,
                             drift_memory: drift.DriftMemory | None = None,
-                            outcome: drift.DriftOutcome | None = None) -> None:
+                            outcome: drift.DriftOutcome | None = None, engine: Mapping[str, Any] | None = None) -> None:
         namespace, name = ref
         current_status = body.get("status") or {}
         existing = current_status.get("conditions") or []
@@ -538,7 +689,8 @@ class Autoscaler:
         conditions = merge_own_conditions(existing, own + drift_own, rfc3339(self.clock()))
         if drift_memory is None:  # drift is off: its condition goes
             conditions = [c for c in conditions if c.get("type") not in DRIFT_CONDITIONS]
-        patch = {"scaling": scaling_status(decision, collected, last_scale), "conditions": conditions, **drift_patch}
+        patch = {"scaling": scaling_status(decision, collected, last_scale, engine), "conditions": conditions,
+                 **drift_patch}
         stored_scaling = {k: v for k, v in patch["scaling"].items() if v is not None}  # null deletes a key
         if current_status.get("scaling") == stored_scaling and existing == conditions and not drift_patch:
             return

@@ -100,12 +100,24 @@ def project_model(body: Mapping[str, Any]) -> dict[str, Any]:
     return model
 
 
+POD_REVISION_LABELS = ("pod-template-hash", "controller-revision-hash")  # which template a pod was made from
+
+
+def _pod_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """Name and uid (status), creation time and revision label (the autoscaler's learned cold start)."""
+    labels = metadata.get("labels") or {}
+    return {"name": metadata.get("name"), "uid": metadata.get("uid"),
+            "creationTimestamp": metadata.get("creationTimestamp"),
+            "labels": {k: labels[k] for k in POD_REVISION_LABELS if k in labels}}
+
+
 def project_pod(body: Mapping[str, Any]) -> dict[str, Any]:
-    """The parts of a pod status needs: name, node, phase and conditions."""
+    """The parts of a pod status and the autoscaler need: name, node, phase, conditions, when it
+    was created and from which template."""
     metadata = body.get("metadata") or {}
     status = body.get("status") or {}
     return {
-        "metadata": {"name": metadata.get("name"), "uid": metadata.get("uid")},
+        "metadata": _pod_metadata(metadata),
         "spec": {"nodeName": (body.get("spec") or {}).get("nodeName")},
         "status": {
             "phase": status.get("phase"),
