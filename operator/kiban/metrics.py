@@ -54,6 +54,22 @@ _MODEL_GAUGES: dict[str, tuple[str, str, tuple[str, ...]]] = {
         ("signal", "test"),
     ),
     "drift_detected": ("kiban_drift_detected", "1 while drift is declared for the signal.", ("signal",)),
+    "engine_parameter_ms": (
+        "kiban_engine_parameter_ms",
+        "The engine's step-time parameters (alpha, beta, gamma, delta; ms): the datasheet prior, the "
+        "online fit and its sd.",
+        ("parameter", "estimate"),
+    ),
+    "engine_cold_start_seconds": (
+        "kiban_engine_cold_start_seconds",
+        "Creation to Ready of the model's pods: the profile's prior and the learned value.",
+        ("estimate",),
+    ),
+    "engine_fit_capacity_ratio": (
+        "kiban_engine_fit_capacity_ratio",
+        "Capacity per replica with the fitted engine over the datasheet prior's, at the current token means.",
+        (),
+    ),
 }
 
 

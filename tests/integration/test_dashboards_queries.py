@@ -26,6 +26,9 @@ import requests
 from kiban_dev.devcluster import PrometheusServer, ToolsMissingError
 from kiban_dev.devcluster.processes import free_port
 from kiban_dev.devcluster.prometheus import build_config
+from kiban.autoscale import learning
+from kiban.autoscale.model_pass import record_engine_metrics
+from kiban.capacity.profiles import get_profile_by_name
 from kiban.metrics import ModelKey, OperatorMetrics
 from kiban_dev.chartgen import dashboards, render
 from kiban_serving.sim.process import SimulatorProcess
@@ -56,6 +59,10 @@ def populate(metrics: OperatorMetrics) -> None:
         metrics.set_model_gauge("drift_score", KEY, score, signal="prompt_tokens", test=test)
     metrics.set_model_gauge("drift_detected", KEY, 0, signal="prompt_tokens")
     metrics.count_scale_event(KEY, "up")
+    # the engine fit's series as the autoscaler writes them: prior, fitted, sd, cold start, ratio
+    prior = get_profile_by_name("nvidia-l4/8B")
+    _, learned = learning.learn(learning.LearningMemory(), prior, [], [], 100.0)
+    record_engine_metrics(metrics, KEY, learned, (1.0, 1.2))
     metrics.record_reconcile(succeeded=True, seconds=0.02)
     metrics.record_reconcile(succeeded=False, seconds=0.3)
     metrics.autoscaler_pass_duration_seconds.observe(0.8)

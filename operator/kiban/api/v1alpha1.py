@@ -1474,6 +1474,46 @@ class ResolvedStatus(StatusModel):
     )
 
 
+class FittedParameter(StatusModel):
+    """One engine parameter: the datasheet prior, what the online fit learned, and its sd."""
+
+    prior: float | None = Field(default=None, description="The engine profile's (datasheet) value.")
+    fitted: float | None = Field(default=None, description="The posterior mode after the evidence so far.")
+    sd: float | None = Field(default=None, description="Posterior standard deviation (statistical only).")
+
+
+class ColdStartStatus(StatusModel):
+    """Creation to Ready of the model's own pods: the look-ahead a scale-up needs."""
+
+    prior_seconds: float | None = Field(default=None, description="The engine profile's start-up estimate.")
+    learned_seconds: float | None = Field(
+        default=None, description="The slowest recent pod of the revision (a pod still starting counts as it waits)."
+    )
+    samples: int | None = Field(default=None, description="Pods of the revision seen becoming Ready.")
+
+
+class EngineFitStatus(StatusModel):
+    """The engine the capacity model sizes with: learned online from vLLM's metrics, the profile as prior."""
+
+    alpha_ms: FittedParameter | None = Field(default=None, description="Decode step time at zero batch (ms).")
+    beta_ms: FittedParameter | None = Field(default=None, description="Extra step time per decoding sequence (ms).")
+    gamma_ms: FittedParameter | None = Field(default=None, description="Fixed cost of a step that prefills (ms).")
+    delta_ms: FittedParameter | None = Field(default=None, description="Prefill time per prompt token (ms).")
+    mixed_step_cost: str | None = Field(
+        default=None, description="What a step mixing prefill and decodes pays as fixed cost: gamma or alpha."
+    )
+    observations: float | None = Field(
+        default=None, description="Engine steps and requests behind the fit (decayed over 30 min)."
+    )
+    capacity_prior_rps: float | None = Field(
+        default=None, description="Capacity per replica with the datasheet prior, at the current token means."
+    )
+    capacity_fitted_rps: float | None = Field(
+        default=None, description="Capacity per replica with the fitted engine, at the current token means."
+    )
+    cold_start: ColdStartStatus | None = Field(default=None, description="Learned creation-to-Ready time.")
+
+
 class ScalingStatus(StatusModel):
     """The autoscaler's latest decision and what it predicts."""
 
@@ -1487,6 +1527,9 @@ class ScalingStatus(StatusModel):
     arrival_rate_rps: float | None = Field(default=None, description="Observed arrival rate, requests per second.")
     last_scale_time: str | None = Field(
         default=None, json_schema_extra={"format": "date-time"}, description="When replicas last changed."
+    )
+    engine: EngineFitStatus | None = Field(
+        default=None, description="The engine as learned online: prior, fitted value and sd per parameter."
     )
 
 

@@ -3,8 +3,10 @@
 A pass: read every model from the operator's cache (pure preparation) → one batched
 Prometheus collection for all of them (kiban.autoscale.collector, on the autoscaler's own
 bounded executor behind a circuit breaker, never the reconciler's I/O pool) → the drift windows
-that are due, batched the same way → the capacity maths for every model in one call off the
-event loop (a worker process, `Decider`) → writes, Events and metrics per model.
+that are due, batched the same way → each model's engine learned from its engines' counters
+and pods (kiban.autoscale.learning, in a thread) → the capacity maths for every model, and the
+engine fit's capacities, in one call off the event loop (a worker process, `Decider`) → writes,
+Events and metrics per model.
 
 The decision is kiban.autoscale.policy.decide (pure); Prometheus sits behind the collector's
 Protocol; every write goes through the operator's single writer (kiban.reconcile.apply):
@@ -22,6 +24,12 @@ Protocol; every write goes through the operator's single writer (kiban.reconcile
   kiban.drift (see kiban.drift.tracker): condition DriftDetected, status.drift, Events,
   kiban_drift_score / kiban_drift_detected; on workload drift the capacity model takes the new
   window's token means at once (until its token window holds only the new mix).
+- the engine, learned online (kiban.autoscale.learning): every pass adds each engine's vLLM
+  counters to a fit of the step times around the datasheet profile, and the model's pods'
+  creation → Ready times to the cold start; decisions size with the fitted engine and look
+  ahead by the learned cold start; status.scaling.engine shows prior, fitted value and sd, and
+  an Event (EngineRefit) says when the fit moved capacity per replica by more than 20 %. A new
+  engine revision or service-time drift starts the evidence again; workload drift discounts it.
 
 Ownership of status (server-side apply on /status, one field manager per writer): the
 autoscaler (`kiban-autoscaler`) applies only status.scaling and its conditions
@@ -60,7 +68,7 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from kiban.api.v1alpha1 import FoundationModel, ScalingStatus, SloSpec, plain
-from kiban.autoscale import wake
+from kiban.autoscale import learning, wake
 from kiban.autoscale.breaker import CircuitBreaker
 from kiban.autoscale.collector import (
     NO_SERIES,
@@ -75,10 +83,12 @@ from kiban.autoscale.collector import (
     drift_range_s,
     series_key,
 )
-from kiban.autoscale.policy import Decision, Observation, PolicyState, ScalingConfig, decide
+from kiban.autoscale.policy import (Decision, Observation, PolicyState, ScalingConfig, capacity_per_replica_rps, decide,
+                                    round_tokens_up)
 from kiban.capacity.batching import Slo
 from kiban.clock import rfc3339
 from kiban.capacity.engine_profile import EngineProfile
+from kiban.capacity.fitting import DEFAULT_MAX_NUM_BATCHED_TOKENS
 from kiban.config import ConfigError
 from kiban.drift import tracker as drift
 from kiban.drift.detector import DriftConfig
@@ -269,8 +279,10 @@ def _ms(seconds: float | None) -> float | None:
     return round(seconds * 1000.0, 3) if seconds is not None and math.isfinite(seconds) else None
 
 
-def scaling_status(decision: Decision, collected: Collected, last_scale_time: str | None) -> dict[str, Any]:
-    """status.scaling as the CRD defines it (ScalingStatus, camelCase, milliseconds)."""
+def scaling_status(decision: Decision, collected: Collected, last_scale_time: str | None,
+                   engine: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """status.scaling as the CRD defines it (ScalingStatus, camelCase, milliseconds); `engine`:
+    status.scaling.engine (engine_status)."""
     obs = collected.observation
     rate = obs.arrival_rate_rps if obs.metrics_available else None
     status = ScalingStatus(
@@ -282,6 +294,7 @@ def scaling_status(decision: Decision, collected: Collected, last_scale_time: st
                                   if decision.capacity_per_replica_rps is not None else None),
         arrival_rate_rps=round(rate, 6) if rate is not None else None,
         last_scale_time=last_scale_time,
+        engine=engine,
     )
     return status.model_dump(mode="json", by_alias=True)  # None fields kept: a merge patch clears them
 
@@ -389,6 +402,130 @@ def record_metrics(metrics: OperatorMetrics, key: ModelKey, decision: Decision, 
     metrics.set_model_gauge("metrics_available", key, 1.0 if obs.metrics_available else 0.0)
     for reason in LIMIT_REASONS:
         metrics.set_model_gauge("scaling_limited", key, 1.0 if decision.limited == reason else 0.0, reason=reason)
+
+
+# -- pure: the engine learned online --------------------------------------------------------------
+
+ENGINE_REFIT_EVENT = "EngineRefit"  # the Event when the fit moved capacity per replica by more than 20 %
+BATCHED_TOKENS_FLAG = "--max-num-batched-tokens"
+
+
+def max_num_batched_tokens(model: FoundationModel) -> int:
+    """The engine's token budget per step: --max-num-batched-tokens in spec.engine.extraArgs, else
+    vLLM's default for the OpenAI server (2048)."""
+    args = list(model.spec.engine.extra_args)
+    for i, arg in enumerate(args):
+        text = arg.split("=", 1)[1] if arg.startswith(BATCHED_TOKENS_FLAG + "=") else (
+            args[i + 1] if arg == BATCHED_TOKENS_FLAG and i + 1 < len(args) else None)
+        if text is not None:
+            try:
+                value = int(text)
+            except ValueError:
+                continue
+            if value > 0:
+                return value
+    return DEFAULT_MAX_NUM_BATCHED_TOKENS
+
+
+def learn_engine(memory: learning.LearningMemory | None, prior: EngineProfile, collected: Collected,
+                 pods: Sequence[Mapping[str, Any]], now_s: float, revision: str, window_s: float,
+                 budget: int = DEFAULT_MAX_NUM_BATCHED_TOKENS) -> tuple[learning.LearningMemory, learning.Learned]:
+    """This pass's evidence into the model's learning memory: the engines' counter increases over
+    the rate window (weighted by the share of the window not seen at the last pass, since
+    consecutive windows overlap) and its pods (kopf's pod index projection)."""
+    memory = memory or learning.LearningMemory()
+    last = memory.evidence.time_s
+    weight = 1.0 if last is None else min(1.0, max(0.0, (now_s - last) / window_s))
+    obs = collected.observation
+    windows = collected.engine_windows if obs.metrics_available else ()
+    return learning.learn(memory, prior, windows, learning.pod_starts(pods), now_s, revision,
+                          prompt_mix=obs.prompt_mix, weight=weight, max_num_batched_tokens=budget)
+
+
+def learning_after_drift(memory: learning.LearningMemory, outcome: drift.DriftOutcome) -> learning.LearningMemory:
+    """Service-time drift (or a regression after a spec change) starts the step-time evidence
+    again; workload drift (a Refit) discounts it; otherwise it is kept."""
+    assessment = outcome.assessment
+    if assessment is not None and (assessment.service_time_drift or assessment.performance_regression):
+        return learning.forget_engine(memory)
+    if outcome.new_refit is not None:
+        return learning.discount_engine(memory)
+    return memory
+
+
+def with_learned_startup(configs: Sequence[ScalingConfig], learned: learning.Learned) -> tuple[ScalingConfig, ...]:
+    """The configs with the learned cold start as look-ahead (the spec has no field for it)."""
+    return tuple(replace(c, startup_s=learned.startup.value_s) if c.startup_s is None else c for c in configs)
+
+
+def fit_capacities(prior: EngineProfile, fitted: EngineProfile, observation: Any,
+                   configs: Sequence[ScalingConfig]) -> tuple[float | None, float | None]:
+    """Capacity per replica with the prior and with the fitted engine at this pass's token means
+    (on the capacity grid, no prompt mix, so both are cached and only the engine differs), for
+    the first SLO with a TTFT target; (None, None) without traffic or token means."""
+    from kiban.autoscale.policy import sizing_utilization
+
+    obs = observation
+    if not obs.metrics_available or not (obs.arrival_rate_rps or 0) > 0:
+        return None, None
+    if obs.mean_prompt_tokens is None or obs.mean_output_tokens is None or not configs:
+        return None, None
+    prompt = round_tokens_up(max(1.0, float(obs.mean_prompt_tokens)))
+    output = max(1.0, round_tokens_up(float(obs.mean_output_tokens)))
+    config = next((c for c in configs if c.slo.ttft_ms is not None), configs[0])
+    out = []
+    for profile in (prior, fitted):
+        try:
+            fits = prompt + output <= profile.kv_cache_tokens
+            out.append(capacity_per_replica_rps(profile, prompt, output, config.slo, sizing_utilization(config))
+                       if fits else None)
+        except ValueError:
+            out.append(None)
+    return out[0], out[1]
+
+
+def engine_status(learned: learning.Learned, capacities: tuple[float | None, float | None]) -> dict[str, Any]:
+    """status.scaling.engine (EngineFitStatus, camelCase): prior, fitted and sd per parameter."""
+    from kiban.api.v1alpha1 import ColdStartStatus, EngineFitStatus, FittedParameter
+
+    fit = learned.fit
+
+    def parameter(name: str) -> FittedParameter:
+        sd = fit.sd.get(name)
+        return FittedParameter(prior=round(getattr(fit.prior, name), 6), fitted=round(getattr(fit.profile, name), 6),
+                               sd=round(sd, 6) if sd is not None and math.isfinite(sd) else None)
+
+    prior_rps, fitted_rps = capacities
+    status = EngineFitStatus(
+        alpha_ms=parameter("alpha_ms"), beta_ms=parameter("beta_ms"), gamma_ms=parameter("gamma_ms"),
+        delta_ms=parameter("delta_ms"), mixed_step_cost="gamma" if fit.regime == "gamma>=alpha" else "alpha",
+        observations=round(fit.observations, 1),
+        capacity_prior_rps=round(prior_rps, 6) if prior_rps is not None else None,
+        capacity_fitted_rps=round(fitted_rps, 6) if fitted_rps is not None else None,
+        cold_start=ColdStartStatus(prior_seconds=round(learned.startup.prior_s, 3),
+                                   learned_seconds=round(learned.startup.value_s, 3),
+                                   samples=learned.startup.samples),
+    )
+    return status.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def record_engine_metrics(metrics: OperatorMetrics, key: ModelKey, learned: learning.Learned,
+                          capacities: tuple[float | None, float | None]) -> None:
+    """The engine fit's per-model gauges (docs/metrics.md): prior, fitted and sd per parameter,
+    the cold start, and the fitted / prior capacity ratio."""
+    fit = learned.fit
+    for name in fit.sd:
+        parameter = name.removesuffix("_ms")
+        metrics.set_model_gauge("engine_parameter_ms", key, getattr(fit.prior, name), parameter=parameter,
+                                estimate="prior")
+        metrics.set_model_gauge("engine_parameter_ms", key, getattr(fit.profile, name), parameter=parameter,
+                                estimate="fitted")
+        metrics.set_model_gauge("engine_parameter_ms", key, fit.sd[name], parameter=parameter, estimate="sd")
+    metrics.set_model_gauge("engine_cold_start_seconds", key, learned.startup.prior_s, estimate="prior")
+    metrics.set_model_gauge("engine_cold_start_seconds", key, learned.startup.value_s, estimate="learned")
+    prior_rps, fitted_rps = capacities
+    metrics.set_model_gauge("engine_fit_capacity_ratio", key,
+                            fitted_rps / prior_rps if prior_rps and fitted_rps is not None else float("nan"))
 
 
 # -- pure: one model prepared for a pass --------------------------------------------------------
@@ -572,8 +709,9 @@ class DecideJob:
     observation: Observation
     configs: tuple[ScalingConfig, ...]
     state: PolicyState
-    profile: EngineProfile
+    profile: EngineProfile  # the engine sized with (the learned one, kiban.autoscale.learning)
     ttft_slo_s: Mapping[float, float | None]
+    prior: EngineProfile | None = None  # the datasheet profile: fit_capacities compares the two
 
 
 DEFERRED = "deferred"  # decide_all's answer for a model left for the next pass (the solve budget ran out)
@@ -603,14 +741,37 @@ def decide_all(jobs: Sequence[DecideJob], budget_s: float | None = None) -> list
     return out
 
 
-def decide_all_counted(jobs: Sequence[DecideJob],
-                       budget_s: float | None = None) -> tuple[list[tuple[Decision, PolicyState] | str], int]:
-    """decide_all and how many capacity-model solves it took (cache misses: the costly part)."""
+FitCapacities = tuple[float | None, float | None]  # capacity per replica with the prior and the fitted engine
+
+
+@dataclass(frozen=True)
+class PassAnswers:
+    """What the capacity maths of one pass gave: each job's decision (or its error text, or
+    DEFERRED), the engine fit's capacities (fit_capacities, for jobs with a prior that were
+    decided) and how many capacity-model solves it took (cache misses: the costly part)."""
+
+    answers: list[tuple[Decision, PolicyState] | str]
+    fits: list[FitCapacities]
+    solves: int
+
+
+def decide_all_counted(jobs: Sequence[DecideJob], budget_s: float | None = None) -> PassAnswers:
+    """decide_all, then fit_capacities for every decided job with a prior (the same solves, in the
+    same process, so both hit the same caches and neither runs on the event loop)."""
     from kiban.autoscale.policy import capacity_cache_misses
 
     before = capacity_cache_misses()
     out = decide_all(jobs, budget_s)
-    return out, capacity_cache_misses() - before
+    fits: list[FitCapacities] = []
+    for job, answer in zip(jobs, out):
+        fit: FitCapacities = (None, None)
+        if job.prior is not None and not isinstance(answer, str):
+            try:
+                fit = fit_capacities(job.prior, job.profile, job.observation, job.configs)
+            except Exception as exc:  # noqa: BLE001 - the decision stands; the fit's numbers are unknown
+                log.warning(kv("Skipped the engine fit's capacities", error=f"{type(exc).__name__}: {exc}"))
+        fits.append(fit)
+    return PassAnswers(out, fits, capacity_cache_misses() - before)
 
 
 class Decider:
@@ -632,19 +793,24 @@ class Decider:
 
     async def run(self, jobs: Sequence[DecideJob],
                   budget_s: float | None = None) -> list[tuple[Decision, PolicyState] | str]:
+        """The decisions alone (decide_pass without the engine fit's capacities)."""
+        return (await self.decide_pass(jobs, budget_s)).answers
+
+    async def decide_pass(self, jobs: Sequence[DecideJob], budget_s: float | None = None) -> PassAnswers:
         if not jobs:
-            return []
+            return PassAnswers([], [], 0)
         if self.workers > 0:
             loop = asyncio.get_running_loop()
             try:
-                out, self.last_solves = await loop.run_in_executor(self._process_pool(), decide_all_counted,
-                                                                   list(jobs), budget_s)
-                return out
+                got = await loop.run_in_executor(self._process_pool(), decide_all_counted, list(jobs), budget_s)
+                self.last_solves = got.solves
+                return got
             except concurrent.futures.process.BrokenProcessPool:
                 log.warning(kv("Capacity worker died; deciding this pass in a thread"))
                 self.shutdown()
-        out, self.last_solves = await asyncio.to_thread(decide_all_counted, list(jobs), budget_s)
-        return out
+        got = await asyncio.to_thread(decide_all_counted, list(jobs), budget_s)
+        self.last_solves = got.solves
+        return got
 
     def shutdown(self) -> None:
         if self._pool is not None:
@@ -655,11 +821,22 @@ class Decider:
 # -- the pass ------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Learning:
+    """One model's engine learning this pass, for _act: the memory after this pass's evidence,
+    the learned engine, and the capacities with the prior and the fitted engine (fit_capacities)."""
+
+    memory: learning.LearningMemory
+    learned: learning.Learned
+    capacities: FitCapacities = (None, None)
+
+
 @dataclass
 class _Memory:
     state: PolicyState
     seen_s: float
     drift: drift.DriftMemory | None = None
+    learning: learning.LearningMemory | None = None
 
 
 @dataclass
@@ -673,6 +850,7 @@ class PassResult:
     skipped: str | None = None  # why no decision was made (autoscaling off, invalid spec, ...)
     drift: Any = None  # the DriftAssessment when this pass ran a drift window
     error: str | None = None  # a scale write the API server refused
+    learned: Any = None  # the engine as learned this pass (kiban.autoscale.learning.Learned)
 
 
 @dataclass
@@ -834,24 +1012,31 @@ class Autoscaler:
         summary.phases["collect"] = round(time.perf_counter() - mark, 3)
         mark = time.perf_counter()
 
+        learned_all = await asyncio.to_thread(self._learn_all, prepared, collected, indexes, now)
+        summary.phases["learn"] = round(time.perf_counter() - mark, 3)
+        mark = time.perf_counter()
         jobs, states = [], []
-        for item in prepared:
+        for item, (learning_memory, learned) in zip(prepared, learned_all):
             memory = self.memory.get(item.uid)
             state = memory.state if memory else seed_state(now, item.current)
             got = collected[self._key(item)]
             drift_memory, outcome = drifts.get(item.uid, (None, drift.DriftOutcome(None, None)))
+            learning_memory = learning_after_drift(learning_memory, outcome)
             if outcome.new_refit is not None:
                 state = drift.reset_policy_state(state)
             if drift_memory is not None:
                 got = replace(got, observation=drift.observation_with_refit(got.observation, drift_memory.refit))
-            jobs.append(DecideJob(got.observation, item.configs, state, item.profile, dict(got.ttft_slo_s)))
-            states.append((got, drift_memory, outcome))
-        decisions = await self.decider.run(jobs, budget_s=self.settings.interval_s * SOLVE_BUDGET_SHARE)
+            configs = with_learned_startup(item.configs, learned)
+            jobs.append(DecideJob(got.observation, configs, state, learned.profile, dict(got.ttft_slo_s),
+                                  prior=item.profile))
+            states.append((got, drift_memory, outcome, learning_memory, learned))
+        decided = await self.decider.decide_pass(jobs, budget_s=self.settings.interval_s * SOLVE_BUDGET_SHARE)
         summary.phases["decide"] = round(time.perf_counter() - mark, 3)
-        summary.phases["solves"] = self.decider.last_solves
+        summary.phases["solves"] = decided.solves
         mark = time.perf_counter()
 
-        for item, (got, drift_memory, outcome), answer in zip(prepared, states, decisions):
+        for item, (got, drift_memory, outcome, learning_memory, learned), answer, fit in zip(
+                prepared, states, decided.answers, decided.fits):
             if answer == DEFERRED:
                 summary.deferred += 1
                 summary.results[item.ref] = PassResult(skipped="deferred to the next pass (first decision)")
@@ -861,7 +1046,8 @@ class Autoscaler:
                 summary.results[item.ref] = PassResult(skipped=answer)
                 continue
             summary.decided += 1
-            writes.append(self._act(context, item, got, answer, drift_memory, outcome, now, summary))
+            writes.append(self._act(context, item, got, answer, drift_memory, outcome, now, summary,
+                                    Learning(learning_memory, learned, tuple(fit))))
         summary.phases["deferred"] = summary.deferred
         if writes:
             await asyncio.gather(*writes)
@@ -871,6 +1057,30 @@ class Autoscaler:
             self.metrics.autoscaler_pass_duration_seconds.observe(summary.seconds)
             self.metrics.autoscaler_pass_models.set(summary.decided)
         return summary
+
+    def _learn_all(self, prepared: Sequence[Prepared], collected: Mapping[SeriesKey, Collected],
+                   indexes: Mapping[str, Any], now: float) -> list[tuple[learning.LearningMemory, learning.Learned]]:
+        """learn_engine for every model (about 1 ms each: run in a thread, off the event loop). A
+        model whose evidence cannot be learned from keeps what it learned before (one bad model
+        never costs the others their pass)."""
+        pods_index = indexes.get(observe.PODS_INDEX)
+        out = []
+        for item in prepared:
+            memory = self.memory.get(item.uid)
+            got = collected[self._key(item)]
+            revision = drift.engine_revision(item.body.get("spec") or {})
+            budget = max_num_batched_tokens(item.model)
+            try:
+                out.append(learn_engine(memory.learning if memory else None, item.profile, got,
+                                        observe.from_index(pods_index, item.ref), now, revision,
+                                        self.settings.window_s, budget))
+            except Exception as exc:  # noqa: BLE001 - said in the log; this pass adds no evidence
+                log.warning(kv("Skipped the engine fit", name=item.ref[1], namespace=item.ref[0],
+                               error=f"{type(exc).__name__}: {exc}"[:300]))
+                out.append(learn_engine(memory.learning if memory else None, item.profile,
+                                        replace(got, engine_windows=()), [], now, revision,
+                                        self.settings.window_s, budget))
+        return out
 
     async def _drift_windows(self, prepared: Sequence[Prepared], collected: Mapping[SeriesKey, Collected],
                              now: float) -> dict[str, tuple[drift.DriftMemory, drift.DriftOutcome]]:
@@ -926,12 +1136,14 @@ class Autoscaler:
 
     async def _act(self, context: Any, item: Prepared, collected: Collected, answer: tuple[Decision, PolicyState],
                    drift_memory: drift.DriftMemory | None, outcome: drift.DriftOutcome, now: float,
-                   summary: PassSummary) -> None:
-        """Write one model's decision: scale (if it changed), its status, Events, metrics."""
+                   summary: PassSummary, learned: Learning | None = None) -> None:
+        """Write one model's decision: scale (if it changed), its status (status.scaling with the
+        engine fit as status.scaling.engine), Events (EngineRefit among them), metrics."""
         decision, state = answer
         ref, current = item.ref, item.current
         previous = self.memory.get(item.uid)
-        result = PassResult(decision=decision, collected=collected, drift=outcome.assessment)
+        result = PassResult(decision=decision, collected=collected, drift=outcome.assessment,
+                            learned=learned.learned if learned is not None else None)
         summary.results[ref] = result
         key = ModelKey(ref[0], ref[1], item.model.served_model_name)
         active = scaling_active_condition(ACTIVE, "replicas follow the capacity model every "
@@ -951,12 +1163,22 @@ class Autoscaler:
         elif not decision.metrics_ok:
             log.debug(kv("Held replicas: metrics unavailable", name=ref[1], namespace=ref[0],
                          replicas=current, reason=decision.reason))
-        self.memory[item.uid] = _Memory(state, now, drift_memory)
+        engine = None
+        learning_memory = previous.learning if previous else None
+        if learned is not None:  # the evidence is real whether or not the scale went through
+            learning_memory, refit_message = learning.capacity_moved(learned.memory, *learned.capacities,
+                                                                     fit=learned.learned.fit)
+            engine = engine_status(learned.learned, learned.capacities)
+            if refit_message is not None:
+                log.info(kv("Engine fit moved capacity", name=ref[1], namespace=ref[0], detail=refit_message))
+                context.post_event_later(item.body, "Normal", ENGINE_REFIT_EVENT, refit_message)
+            record_engine_metrics(context.metrics, key, learned.learned, learned.capacities)
+        self.memory[item.uid] = _Memory(state, now, drift_memory, learning_memory)
         current_status = item.body.get("status") or {}
         if result.error is None:
             last_scale = (rfc3339(state.last_scale_time_s) if state.last_scale_time_s is not None
                           else (current_status.get("scaling") or {}).get("lastScaleTime"))
-            scaling = scaling_status(decision, collected, last_scale)
+            scaling = scaling_status(decision, collected, last_scale, engine)
         else:
             scaling = dict(current_status.get("scaling") or {})  # unchanged: nothing was scaled
         own = autoscaler_conditions(decision, collected, item.generation) + [active]

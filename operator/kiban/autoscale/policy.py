@@ -15,10 +15,11 @@ import functools
 import math
 from dataclasses import dataclass, replace
 
-from kiban.capacity.batching import Slo, max_arrival_rate, predict
+from kiban.capacity.batching import Slo, max_arrival_rate, predict, prefill_alone_ms
 from kiban.capacity.engine_profile import EngineProfile
 
 TOKEN_GRID_RATIO = 1.02  # token means are rounded up to this relative grid for the capacity cache
+CAPACITY_GRID_RATIO = 1.10  # capacities are solved at this grid's points and interpolated between them
 MIN_TREND_SAMPLES = 3
 MIN_TREND_SPAN_S = 30.0
 BURST_FACTOR_WINDOWS = 2  # a missed burst's factor fades over this many burst windows
@@ -147,6 +148,9 @@ class PolicyState:
     # the capacity model's last inputs (prompt tokens, output tokens, prompt mix) on their grids,
     # kept while they still cover the new ones: the capacity cache's key (sticky_inputs)
     capacity_inputs: tuple | None = None
+    # (capacity per replica, rate, prompt, output) of the last decision with traffic: the next
+    # capacity may move from it only as far as stable_capacity allows
+    last_capacity: tuple[float, float, float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -185,13 +189,45 @@ def round_tokens_up(tokens: float) -> float:
 
 
 @functools.lru_cache(maxsize=CACHE_SIZE)
+def _capacity_node(
+    profile: EngineProfile, prompt_tokens: float, output_tokens: float, slo: Slo, target_utilization: float,
+    prompt_mix: tuple[tuple[float, float], ...] | None = None,
+) -> float:
+    """Memoised max_arrival_rate: a pure function of hashable values, so caching is safe."""
+    return max_arrival_rate(profile, prompt_tokens, output_tokens, slo, target_utilization, prompt_mix=prompt_mix)
+
+
+def _grid_bracket(tokens: float) -> tuple[float, float, float]:
+    """The two CAPACITY_GRID_RATIO grid points around `tokens` and where it lies between them (0-1)."""
+    position = math.log(tokens) / math.log(CAPACITY_GRID_RATIO)
+    low = math.floor(position + 1e-9)
+    share = min(1.0, max(0.0, position - low))
+    return round(CAPACITY_GRID_RATIO**low, 6), round(CAPACITY_GRID_RATIO**(low + 1), 6), share
+
+
+@functools.lru_cache(maxsize=CACHE_SIZE)
 def capacity_per_replica_rps(
     profile: EngineProfile, prompt_tokens: float, output_tokens: float, slo: Slo, target_utilization: float,
     prompt_mix: tuple[tuple[float, float], ...] | None = None,
 ) -> float:
-    """Memoised max_arrival_rate: a pure function of hashable values, so caching is safe.
-    A prompt mix captures the long-prompt tail that the mean alone hides."""
-    return max_arrival_rate(profile, prompt_tokens, output_tokens, slo, target_utilization, prompt_mix=prompt_mix)
+    """The largest rate one replica sustains within the SLO (max_arrival_rate), memoised.
+
+    Without a prompt mix, interpolated log-linearly between the capacities at the corners of a
+    10 % geometric grid in prompt and output tokens (each corner computed once): capacity falls
+    smoothly with both, so the grid costs about 1 % at most and a workload whose means wander
+    costs a few dozen capacity solves, not one per decision. A prompt mix captures the
+    long-prompt tail that the mean alone hides; it is solved exactly."""
+    if prompt_mix is not None or prompt_tokens <= 1 or output_tokens <= 1:
+        return _capacity_node(profile, prompt_tokens, output_tokens, slo, target_utilization, prompt_mix)
+    p0, p1, sp = _grid_bracket(prompt_tokens)
+    o0, o1, so = _grid_bracket(output_tokens)
+    corners = [[_capacity_node(profile, p, o, slo, target_utilization) for o in (o0, o1)] for p in (p0, p1)]
+    if min(min(row) for row in corners) <= 0:  # an unattainable corner: no smooth surface to follow
+        return _capacity_node(profile, prompt_tokens, output_tokens, slo, target_utilization)
+    logs = [[math.log(c) for c in row] for row in corners]
+    low = logs[0][0] * (1 - so) + logs[0][1] * so
+    high = logs[1][0] * (1 - so) + logs[1][1] * so
+    return math.exp(low * (1 - sp) + high * sp)
 
 
 def trend_slope_rps_per_s(samples: tuple[tuple[float, float], ...], z: float = TREND_SIGNIFICANCE_Z) -> float:
@@ -274,7 +310,10 @@ def burst_capacity_per_replica_rps(
     steady = capacity_per_replica_rps(profile, prompt_tokens, output_tokens, slo, 1.0, prompt_mix)
     if not steady > 0:
         return 0.0
-    unloaded = predict(profile, steady * 1e-4, prompt_tokens, output_tokens, prompt_mix=prompt_mix).ttft_p95_s
+    if prompt_mix is None:  # an idle engine prefills a lone prompt at once: no chain to solve
+        unloaded = prefill_alone_ms(profile, prompt_tokens, 0.0) / 1000.0
+    else:
+        unloaded = predict(profile, steady * 1e-4, prompt_tokens, output_tokens, prompt_mix=prompt_mix).ttft_p95_s
     return steady * transient_tolerance(slo.ttft_ms / 1000.0, unloaded, sample_s)
 
 
@@ -331,6 +370,28 @@ def held_burst_factor(factors: tuple[tuple[float, float], ...], now_s: float, wi
         share = max(0.0, 1.0 - (now_s - time_s) / window_s) if fade and window_s > 0 else 1.0
         held = max(held, 1.0 + (factor - 1.0) * share)
     return held
+
+
+MAX_CAPACITY_STEP = 2.0  # capacity per replica moves at most this factor per decision ...
+
+
+def _moved(new: float, old: float) -> float:
+    return max(new / old, old / new) if new > 0 and old > 0 else math.inf
+
+
+def stable_capacity(previous: tuple[float, float, float, float] | None, capacity: float, rate: float,
+                    prompt: float, output: float, step: float = MAX_CAPACITY_STEP) -> float:
+    """The capacity per replica, moved from the last decision's by at most `step` x, unless the
+    arrival rate, the mean prompt or the mean output moved by more (then by as much as they did).
+
+    A window of a handful of heavy-tailed requests makes the token means and the prompt mix,
+    and with them the capacity, jump between ticks (0.007 to 1.54 req/s in the demo); the
+    workload itself rarely changes that fast without the rate or a mean saying so."""
+    if previous is None or not capacity > 0 or not previous[0] > 0:
+        return capacity
+    last, last_rate, last_prompt, last_output = previous
+    allowed = max(step, _moved(rate, last_rate), _moved(prompt, last_prompt), _moved(output, last_output))
+    return min(max(capacity, last / allowed), last * allowed)
 
 
 def sizing_utilization(config: ScalingConfig) -> float:
@@ -398,8 +459,10 @@ def _predicted_latency_s(profile: EngineProfile, per_replica_rps: float, prompt_
 
 
 def capacity_cache_misses() -> int:
-    """Capacity-model solves so far in this process (each a miss of one of the caches above)."""
-    return (capacity_per_replica_rps.cache_info().misses + burst_capacity_per_replica_rps.cache_info().misses
+    """Capacity-model solves so far in this process (each a miss of one of the caches above): the
+    grid nodes and exactly solved mixes (_capacity_node), burst capacities and predicted latencies;
+    an interpolation between cached nodes solves nothing and is not counted."""
+    return (_capacity_node.cache_info().misses + burst_capacity_per_replica_rps.cache_info().misses
             + _predicted_latency_s.cache_info().misses)
 
 
@@ -594,32 +657,26 @@ def wake_from_zero(obs: Observation, config: ScalingConfig, state: PolicyState) 
     return Decision(target, reason, None, None, None, limited, metrics_ok=obs.metrics_available), new_state
 
 
-# -- the policy ---------------------------------------------------------------------------------
+# -- the policy's stages (each pure, each tested on its own) -------------------------------------
 
 
-def decide(
-    obs: Observation, config: ScalingConfig, state: PolicyState, profile: EngineProfile
-) -> tuple[Decision, PolicyState]:
-    """One autoscaling decision and the state to pass to the next call."""
-    if isinstance(obs.current_replicas, bool) or not isinstance(obs.current_replicas, int) or obs.current_replicas < 0:
-        raise ValueError(f"current_replicas must be an integer >= 0, got {obs.current_replicas!r}")
-    woken = wake_from_zero(obs, config, state)
-    if woken is not None:
-        return woken
-    if not obs.metrics_available:
-        return _fail_safe(obs, config, state, obs.reason_unavailable or "collector reported none")
-    rate = obs.arrival_rate_rps
-    if not _usable(rate) or rate > MAX_ARRIVAL_RPS:
-        return _fail_safe(obs, config, state, f"arrival_rate_rps is {rate!r}")
-    if rate > 0:
-        for name in ("mean_prompt_tokens", "mean_output_tokens"):
-            if not _usable(getattr(obs, name)) or getattr(obs, name) > MAX_TOKENS:
-                return _fail_safe(obs, config, state, f"{name} is {getattr(obs, name)!r}")
-    for name in ("running", "waiting"):
-        if getattr(obs, name) is not None and not _usable(getattr(obs, name)):
-            return _fail_safe(obs, config, state, f"{name} is {getattr(obs, name)!r}")
+@dataclass(frozen=True)
+class History:
+    """The windows of own history a decision reads, with this observation added."""
 
-    now = obs.time_s
+    now_s: float
+    first_seen_s: float
+    last_traffic_s: float | None
+    rate_samples: tuple[tuple[float, float], ...]
+    burst_samples: tuple[tuple[float, float], ...]
+    token_samples: tuple[tuple[float, float, float, float], ...]
+    sample_s: float | None  # the length one rate sample covers (the rate window), None: unknown
+
+
+def update_history(obs: Observation, config: ScalingConfig, state: PolicyState) -> History:
+    """Stage 0: add the observation to the rate, burst and token windows and prune them; a rise of
+    current replicas from zero (kubectl scale, a gateway's wake) counts as traffic."""
+    now, rate = obs.time_s, obs.arrival_rate_rps
     first_seen = state.first_seen_time_s if state.first_seen_time_s is not None else now
     busy = (rate > 0 or (obs.running or 0) > 0 or (obs.waiting or 0) > 0 or obs.held_requests > 0
             or woke_from_zero(state, obs.current_replicas))
@@ -628,179 +685,337 @@ def decide(
     previous = state.burst_samples[-1][0] if state.burst_samples else None
     sample_s = obs.rate_window_s if _usable(obs.rate_window_s) and obs.rate_window_s > 0 else (
         now - previous if previous is not None else None)
-    burst_samples = _prune(state.burst_samples + ((now, beyond_poisson_rps(rate, sample_s)),), now, config.burst_window_s)
+    burst_samples = _prune(state.burst_samples + ((now, beyond_poisson_rps(rate, sample_s)),), now,
+                           config.burst_window_s)
     token_samples = state.token_samples
     if rate > 0:
         token_samples += ((now, rate, float(obs.mean_prompt_tokens), float(obs.mean_output_tokens)),)
     token_samples = _prune(token_samples, now, config.token_window_s)
-    lookahead_s = config.startup_s if config.startup_s is not None else profile.startup_s
-    current = obs.current_replicas
-    limit, limited_by = replica_limit(config)
-    slo = config.slo
+    return History(now, first_seen, last_traffic, rate_samples, burst_samples, token_samples, sample_s)
+
+
+@dataclass(frozen=True)
+class Sizing:
+    """What the rate asks for, before burst factors, limits and scale-down: the replica count,
+    the reason's head and notes, and the numbers behind them."""
+
+    recommended: int
+    head: str
+    notes: tuple[str, ...] = ()
+    capacity: float | None = None  # the capacity per replica sized with (req/s)
+    forecast: float | None = None
+    mean_prompt: float | None = None  # the token means sized with (the window's, rate-weighted)
+    mean_output: float | None = None
+    prompt: float | None = None  # the capacity model's inputs: the means rounded up onto the token
+    output: float | None = None  # grid, or kept ones that cover them (capacity_inputs_stage; busy only)
+    prompt_mix: tuple[tuple[float, float], ...] | None = None
+
+
+def capacity_inputs_stage(obs: Observation, config: ScalingConfig, state: PolicyState, history: History,
+                          profile: EngineProfile, prompt: float, output: float,
+                          mix: tuple[tuple[float, float], ...] | None) -> tuple:
+    """Stage 2a, the inputs to solve the capacity with, chosen so the capacity cache hits.
+
+    Token means alone: as they are, since capacity_per_replica_rps interpolates between cached
+    nodes of its 10 % grid and a wandering mean costs no solve. With a prompt mix (quantised onto
+    MIX_GRID, and solved exactly: the grid does not interpolate mixes): the kept inputs while they
+    still cover the new ones (sticky_inputs), else the kept or another model's solved inputs when
+    they decide alike (reusable_inputs), else the new ones."""
+    new = (prompt, output, mix)
+    if mix is None:
+        return new
+    kept = state.capacity_inputs
+    inputs = sticky_inputs(kept, prompt, output, mix)
     utilization = sizing_utilization(config)
-    notes: list[str] = []
+    if inputs != kept:
+        demand = (config.peak_factor * max(obs.arrival_rate_rps * config.max_lookahead_factor,
+                                           burst_allowance_rps(history, config))
+                  + (obs.waiting or 0) / config.backlog_drain_s)
+        inputs = reusable_inputs(kept, inputs, profile, config.slo, utilization, demand, config.min_replicas)
+    if inputs[0] + inputs[1] <= profile.kv_cache_tokens:
+        note_solved(profile, config.slo, utilization, inputs)
+    return inputs
 
-    capacity = forecast = None
-    capacity_inputs = state.capacity_inputs
-    mean_prompt, mean_output = obs.mean_prompt_tokens, obs.mean_output_tokens
-    if rate == 0:
-        idle_since = last_traffic if last_traffic is not None else first_seen
-        idle_s = now - idle_since
-        if (config.min_replicas == 0 and idle_s >= config.scale_to_zero_idle_s and (obs.waiting or 0) == 0
-                and obs.held_requests == 0):
-            recommended = 0
-            head = (f"no requests for {idle_s:.0f} s (≥ {config.scale_to_zero_idle_s:.0f} s) "
-                    "and minReplicas is 0 → 0 replicas")
-        else:
-            recommended = max(config.min_replicas, 1 if current > 0 else 0)
-            head = f"λ=0 req/s for {idle_s:.0f} s → {recommended} replicas (minimum kept while idle)"
-        forecast = 0.0
-    if rate == 0 and recommended > 0 and config.burst_window_s > 0 and current > 0:
-        # a lull inside a bursty stretch: keep the fleet the recent bursts need
-        burst = burst_rate_rps([r for _, r in burst_samples], burst_overflow_share(config))
-        means = windowed_token_means(token_samples)
-        if burst > 0 and means is not None:
-            mean_prompt, mean_output = means
-            # in a lull no live sample bounds the next burst, so its fleet stays at the steady
-            # capacity (sizing it at the burst capacity here cost code 0.4 % attainment)
-            capacity = capacity_per_replica_rps(profile, round_tokens_up(mean_prompt),
-                                                max(1.0, round_tokens_up(mean_output)), slo, utilization)
-            if capacity > 0:
-                keep = math.ceil(round(burst * config.peak_factor / capacity, 9))
-                if keep > recommended:
-                    recommended = keep
-                    head += f"; burst allowance {burst:.3g} req/s over {config.burst_window_s:.0f} s → {keep} replicas"
-    elif rate > 0:
-        means = windowed_token_means(token_samples) or (mean_prompt, mean_output)
-        mean_prompt, mean_output = means
-        prompt, output, mix = sticky_inputs(state.capacity_inputs, round_tokens_up(mean_prompt),
-                                            max(1.0, round_tokens_up(mean_output)), _mix(obs.prompt_mix))
-        if (prompt, output, mix) != state.capacity_inputs:
-            recent_burst = (burst_rate_rps([r for _, r in burst_samples], burst_overflow_share(config))
-                            if config.burst_window_s > 0 else 0.0)
-            demand = config.peak_factor * max(rate * config.max_lookahead_factor, recent_burst) \
-                + (obs.waiting or 0) / config.backlog_drain_s
-            prompt, output, mix = reusable_inputs(state.capacity_inputs, (prompt, output, mix), profile, slo,
-                                                  utilization, demand, config.min_replicas)
-        capacity_inputs = (prompt, output, mix)
-        if prompt + output <= profile.kv_cache_tokens:
-            note_solved(profile, slo, utilization, capacity_inputs)
-        fits_kv = prompt + output <= profile.kv_cache_tokens
-        capacity = (capacity_per_replica_rps(profile, prompt, output, slo, utilization, mix)
-                    if fits_kv else 0.0)
-        slo_text = slo.describe()
-        slo_attainable = True
-        if capacity <= 0 and fits_kv:  # even a lone request misses the SLO: size for utilisation only
-            capacity = capacity_per_replica_rps(profile, prompt, output, Slo(), float(config.target_utilization))
-            notes.append(f"{slo_text} is unattainable on {profile.name} even unloaded: sized for utilisation only")
-            slo_text = "no latency target"
-            slo_attainable = False
-        slope = trend_slope_rps_per_s(rate_samples)
-        forecast = forecast_rate_rps(rate, slope, lookahead_s, config.max_lookahead_factor)
-        burst = (burst_rate_rps([r for _, r in burst_samples], burst_overflow_share(config))
-                 if config.burst_window_s > 0 else 0.0)
-        queue_hurts = _queue_hurts(obs, slo)
-        backlog_rps = (obs.waiting or 0) / config.backlog_drain_s if queue_hurts else 0.0
-        sizing_rate = forecast * config.peak_factor + backlog_rps
-        # a burst is sized against what a replica absorbs of one sample's worth of it (above its
-        # steady-state capacity, by the TTFT target's slack); without a TTFT target, the capacity
-        absorbs = capacity
-        if capacity > 0 and burst > 0 and slo_attainable and slo.ttft_ms is not None:
-            absorbs = burst_capacity_per_replica_rps(profile, prompt, output, slo, sample_s, mix)
-        if capacity > 0:
-            # any traffic at all needs a replica to serve it, however small the rate rounds
-            recommended = max(config.min_replicas, 1, math.ceil(round(sizing_rate / capacity, 9)),
-                              math.ceil(round(burst * config.peak_factor / absorbs, 9)) if absorbs > 0 else 0)
-        else:  # requests this long do not fit one replica's KV cache: no size helps, so hold
-            recommended = max(config.min_replicas, current, 1)
-            notes.append(f"a request of {prompt:.0f}+{output:.0f} tokens does not fit {profile.name}'s KV cache: "
-                         f"holding {recommended} replicas")
-        head = f"λ={rate:.3g} req/s"
-        if forecast > rate:
-            head += f" (expected {forecast:.3g} req/s in {lookahead_s:.0f} s)"
-        if burst > forecast:
-            head += f", burst allowance {burst:.3g} req/s (≤ {burst_overflow_share(config):.2%} of the last " \
-                    f"{config.burst_window_s:.0f} s above it; a replica absorbs {absorbs:.3g} req/s of a burst)"
-        if config.peak_factor > 1:
-            head += f" × peak {config.peak_factor:g}"
-        if backlog_rps > 0:
-            head += f" + {obs.waiting:.0f} waiting to drain in {config.backlog_drain_s:.0f} s"
-        head += f"; one replica sustains {capacity:.3g} req/s at {slo_text}"
-        if utilization < 1:
-            head += f", utilisation ≤ {utilization:.0%}"
-        head += f" → {recommended} replicas"
 
+def forecast_stage(rate: float, rate_samples: tuple[tuple[float, float], ...], lookahead_s: float,
+                   config: ScalingConfig) -> float:
+    """Stage 1, forecast: the rate expected one look-ahead (cold start) from now."""
+    slope = trend_slope_rps_per_s(rate_samples)
+    return forecast_rate_rps(rate, slope, lookahead_s, config.max_lookahead_factor)
+
+
+@dataclass(frozen=True)
+class SteadyCapacity:
+    """Stage 2's answer: the capacity per replica at the SLO, and whether the SLO was attainable."""
+
+    capacity: float  # 0: a request does not fit the KV cache
+    fits_kv: bool
+    slo_attainable: bool
+    slo_text: str
+    notes: tuple[str, ...] = ()
+
+
+def steady_capacity_stage(profile: EngineProfile, prompt: float, output: float, config: ScalingConfig,
+                          prompt_mix: tuple[tuple[float, float], ...] | None) -> SteadyCapacity:
+    """Stage 2, steady capacity: the largest steady rate one replica sustains within the SLO at
+    the window's request shape; an SLO even a lone request misses falls back to utilisation."""
+    slo = config.slo
+    fits_kv = prompt + output <= profile.kv_cache_tokens
+    capacity = (capacity_per_replica_rps(profile, prompt, output, slo, sizing_utilization(config), prompt_mix)
+                if fits_kv else 0.0)
+    if capacity <= 0 and fits_kv:  # even a lone request misses the SLO: size for utilisation only
+        capacity = capacity_per_replica_rps(profile, prompt, output, Slo(), float(config.target_utilization))
+        note = f"{slo.describe()} is unattainable on {profile.name} even unloaded: sized for utilisation only"
+        return SteadyCapacity(capacity, fits_kv, False, "no latency target", (note,))
+    return SteadyCapacity(capacity, fits_kv, True, slo.describe())
+
+
+def burst_allowance_rps(history: History, config: ScalingConfig) -> float:
+    """Stage 3a, burst allowance: the rate the recent bursts ask the standing fleet to absorb."""
+    if config.burst_window_s <= 0:
+        return 0.0
+    return burst_rate_rps([r for _, r in history.burst_samples], burst_overflow_share(config))
+
+
+def burst_absorption_rps(profile: EngineProfile, prompt: float, output: float, config: ScalingConfig,
+                         capacity: float, solved: float, sample_s: float | None,
+                         prompt_mix: tuple[tuple[float, float], ...] | None) -> float:
+    """Stage 3b: what one replica absorbs of a burst lasting one rate sample (its burst capacity),
+    scaled as the steady capacity was by stable_capacity; the steady capacity without a TTFT target."""
+    if config.slo.ttft_ms is None or not capacity > 0:
+        return capacity
+    return burst_capacity_per_replica_rps(profile, prompt, output, config.slo, sample_s, prompt_mix) * capacity / solved
+
+
+def idle_sizing(obs: Observation, config: ScalingConfig, history: History, profile: EngineProfile) -> Sizing:
+    """No arrivals in the window: keep the minimum (or go to zero after the idle window), and in a
+    lull inside a bursty stretch the fleet the recent bursts need (stage 3 at the steady capacity)."""
+    current = obs.current_replicas
+    idle_since = history.last_traffic_s if history.last_traffic_s is not None else history.first_seen_s
+    idle_s = history.now_s - idle_since
+    if (config.min_replicas == 0 and idle_s >= config.scale_to_zero_idle_s and (obs.waiting or 0) == 0
+            and obs.held_requests == 0):
+        recommended = 0
+        head = (f"no requests for {idle_s:.0f} s (≥ {config.scale_to_zero_idle_s:.0f} s) "
+                "and minReplicas is 0 → 0 replicas")
+    else:
+        recommended = max(config.min_replicas, 1 if current > 0 else 0)
+        head = f"λ=0 req/s for {idle_s:.0f} s → {recommended} replicas (minimum kept while idle)"
+    sizing = Sizing(recommended, head, forecast=0.0, mean_prompt=obs.mean_prompt_tokens,
+                    mean_output=obs.mean_output_tokens)
+    if not (recommended > 0 and config.burst_window_s > 0 and current > 0):
+        return sizing
+    burst = burst_allowance_rps(history, config)
+    means = windowed_token_means(history.token_samples)
+    if not (burst > 0 and means is not None):
+        return sizing
+    mean_prompt, mean_output = means
+    # in a lull no live sample bounds the next burst, so its fleet stays at the steady
+    # capacity (sizing it at the burst capacity here cost code 0.4 % attainment)
+    capacity = capacity_per_replica_rps(profile, round_tokens_up(mean_prompt), max(1.0, round_tokens_up(mean_output)),
+                                        config.slo, sizing_utilization(config))
+    sizing = replace(sizing, capacity=capacity, mean_prompt=mean_prompt, mean_output=mean_output)
+    if capacity > 0:
+        keep = math.ceil(round(burst * config.peak_factor / capacity, 9))
+        if keep > recommended:
+            head += f"; burst allowance {burst:.3g} req/s over {config.burst_window_s:.0f} s → {keep} replicas"
+            sizing = replace(sizing, recommended=keep, head=head)
+    return sizing
+
+
+def busy_sizing(obs: Observation, config: ScalingConfig, state: PolicyState, history: History,
+                profile: EngineProfile) -> Sizing:
+    """Arrivals in the window: stages 1-3 (forecast, steady capacity, burst allowance) and the
+    drain of a harmful queue, as one replica count and its reason."""
+    rate, slo, mix = obs.arrival_rate_rps, config.slo, _mix(obs.prompt_mix)
+    lookahead_s = config.startup_s if config.startup_s is not None else profile.startup_s
+    mean_prompt, mean_output = windowed_token_means(history.token_samples) or (obs.mean_prompt_tokens,
+                                                                               obs.mean_output_tokens)
+    prompt, output, mix = capacity_inputs_stage(obs, config, state, history, profile, round_tokens_up(mean_prompt),
+                                                max(1.0, round_tokens_up(mean_output)), mix)
+    steady = steady_capacity_stage(profile, prompt, output, config, mix)
+    notes = list(steady.notes)
+    forecast = forecast_stage(rate, history.rate_samples, lookahead_s, config)
+    burst = burst_allowance_rps(history, config)
+    backlog_rps = (obs.waiting or 0) / config.backlog_drain_s if _queue_hurts(obs, slo) else 0.0
+    sizing_rate = forecast * config.peak_factor + backlog_rps
+    # a burst is sized against what a replica absorbs of one sample's worth of it (above its
+    # steady-state capacity, by the TTFT target's slack); without a TTFT target, the capacity
+    solved = steady.capacity
+    capacity = stable_capacity(state.last_capacity, solved, rate, prompt, output)
+    absorbs = (burst_absorption_rps(profile, prompt, output, config, capacity, solved, history.sample_s, mix)
+               if burst > 0 and steady.slo_attainable else capacity)
+    if capacity > 0:
+        # any traffic at all needs a replica to serve it, however small the rate rounds
+        recommended = max(config.min_replicas, 1, math.ceil(round(sizing_rate / capacity, 9)),
+                          math.ceil(round(burst * config.peak_factor / absorbs, 9)) if absorbs > 0 else 0)
+    else:  # requests this long do not fit one replica's KV cache: no size helps, so hold
+        recommended = max(config.min_replicas, obs.current_replicas, 1)
+        notes.append(f"a request of {prompt:.0f}+{output:.0f} tokens does not fit {profile.name}'s KV cache: "
+                     f"holding {recommended} replicas")
+    head = f"λ={rate:.3g} req/s"
+    if forecast > rate:
+        head += f" (expected {forecast:.3g} req/s in {lookahead_s:.0f} s)"
+    if burst > forecast:
+        head += f", burst allowance {burst:.3g} req/s (≤ {burst_overflow_share(config):.2%} of the last " \
+                f"{config.burst_window_s:.0f} s above it; a replica absorbs {absorbs:.3g} req/s of a burst)"
+    if config.peak_factor > 1:
+        head += f" × peak {config.peak_factor:g}"
+    if backlog_rps > 0:
+        head += f" + {obs.waiting:.0f} waiting to drain in {config.backlog_drain_s:.0f} s"
+    head += f"; one replica sustains {capacity:.3g} req/s at {steady.slo_text}"
+    utilization = sizing_utilization(config)
+    if utilization < 1:
+        head += f", utilisation ≤ {utilization:.0%}"
+    head += f" → {recommended} replicas"
+    return Sizing(recommended, head, tuple(notes), capacity, forecast, mean_prompt, mean_output, prompt, output, mix)
+
+
+def burst_factor_stage(obs: Observation, config: ScalingConfig, state: PolicyState, recommended: int
+                       ) -> tuple[int, tuple[tuple[float, float], ...], tuple[str, ...]]:
+    """Stage 3c, observed queue: bursts the rate missed but the TTFT histogram saw raise the count
+    by a factor that fades over the burst windows. Returns (count, the factors kept, notes)."""
     burst_factors = state.burst_factors
-    if config.burst_window_s > 0:
-        slo_s = slo.ttft_ms / 1000.0 if slo.ttft_ms is not None else None
-        floor = queue_floor_replicas(obs.observed_ttft_slo_percentile_s, obs.observed_ttft_p95_s, slo_s,
-                                     obs.ready_replicas)
-        if floor is not None and recommended > 0:
-            floor = min(floor, math.ceil(round(obs.ready_replicas * config.burst_floor_max_step, 9)))
-            if floor > recommended:
-                burst_factors += ((now, min(floor / recommended, config.burst_floor_max_step)),)
-        factor_window_s = BURST_FACTOR_WINDOWS * config.burst_window_s
-        burst_factors = _prune(burst_factors, now, factor_window_s)
-        factor = held_burst_factor(burst_factors, now, factor_window_s, config.burst_floor_fade)
-        if factor > 1 and recommended > 0:
-            boosted = math.ceil(round(recommended * factor, 9))
-            if boosted > recommended:
-                notes.append(f"× {factor:.2f} → {boosted} replicas: bursts in the last {factor_window_s:.0f} s "
-                             "queued past the TTFT target at the size the rate alone asked for")
-                recommended = boosted
+    if config.burst_window_s <= 0:
+        return recommended, burst_factors, ()
+    now, slo = obs.time_s, config.slo
+    slo_s = slo.ttft_ms / 1000.0 if slo.ttft_ms is not None else None
+    floor = queue_floor_replicas(obs.observed_ttft_slo_percentile_s, obs.observed_ttft_p95_s, slo_s,
+                                 obs.ready_replicas)
+    if floor is not None and recommended > 0:
+        floor = min(floor, math.ceil(round(obs.ready_replicas * config.burst_floor_max_step, 9)))
+        if floor > recommended:
+            burst_factors += ((now, min(floor / recommended, config.burst_floor_max_step)),)
+    factor_window_s = BURST_FACTOR_WINDOWS * config.burst_window_s
+    burst_factors = _prune(burst_factors, now, factor_window_s)
+    factor = held_burst_factor(burst_factors, now, factor_window_s, config.burst_floor_fade)
+    if factor > 1 and recommended > 0:
+        boosted = math.ceil(round(recommended * factor, 9))
+        if boosted > recommended:
+            note = (f"× {factor:.2f} → {boosted} replicas: bursts in the last {factor_window_s:.0f} s "
+                    "queued past the TTFT target at the size the rate alone asked for")
+            return boosted, burst_factors, (note,)
+    return recommended, burst_factors, ()
 
-    limited = None
+
+def limits_stage(recommended: int, config: ScalingConfig) -> tuple[int, str | None, tuple[str, ...]]:
+    """Stage 4, limits: maxReplicas and the GPU budget. Returns (count, which limit held it, notes)."""
+    limit, limited_by = replica_limit(config)
     if recommended > limit:
-        limited = limited_by
-        notes.append(_limit_note(limited_by, limit, config))
-        recommended = limit
-    recommendations = _prune(state.recommendations + ((now, recommended),), now, config.scale_down_stabilization_s)
+        return limit, limited_by, (_limit_note(limited_by, limit, config),)
+    return recommended, None, ()
 
+
+def scale_down_stage(obs: Observation, config: ScalingConfig, recommended: int,
+                     recommendations: tuple[tuple[float, int], ...], first_seen_s: float
+                     ) -> tuple[int, tuple[str, ...]]:
+    """Stage 5, scale-down: up at once; down only to the highest recommendation of the
+    stabilisation window, by bounded steps, never with a harmful queue, never before one
+    window of history. Scale-to-zero, after its own idle window, goes through the same window."""
+    now, current = obs.time_s, obs.current_replicas
+    limit, _ = replica_limit(config)
+    notes: list[str] = []
     target = recommended
     # scale-to-zero waits out its idle window and then, like every scale-down, the stabilisation
     # window (a model woken by hand is not sent straight back to zero)
-    if recommended < current and now - first_seen < config.scale_down_stabilization_s:
+    if recommended < current and now - first_seen_s < config.scale_down_stabilization_s:
         notes.append(f"held at {current}: less than one {config.scale_down_stabilization_s:.0f} s "
                      "scale-down window of history yet")
         target = current
     elif recommended < current:
         stabilised = max(r for _, r in recommendations)
-        stepped = max(stabilised, current - scale_down_step(current, config.max_scale_down_step))
-        target = min(current, stepped)
+        step = scale_down_step(current, config.max_scale_down_step)
+        target = min(current, max(stabilised, current - step))
         if stabilised >= current:
             notes.append(f"held at {current}: {stabilised} recommended within the "
                          f"{config.scale_down_stabilization_s:.0f} s scale-down window")
         elif target > stabilised:
-            notes.append(f"stepped down from {current} to {target} (at most "
-                         f"{scale_down_step(current, config.max_scale_down_step)} per decision)")
-        if _queue_hurts(obs, slo) and target < current:
+            notes.append(f"stepped down from {current} to {target} (at most {step} per decision)")
+        if _queue_hurts(obs, config.slo) and target < current:
             target = current
             notes.append(f"{obs.waiting:.0f} requests waiting with TTFT above target: not scaling down")
-    target = min(target, limit)
+    return min(target, limit), tuple(notes)
 
-    predicted_ttft = predicted_itl = None
-    if rate > 0 and target > 0 and mean_prompt + mean_output <= profile.kv_cache_tokens:
+
+def predicted_latency(obs: Observation, config: ScalingConfig, profile: EngineProfile, target: int,
+                      sizing: Sizing) -> tuple[float | None, float | None]:
+    """The TTFT and ITL p95 the model expects at the target size (reported, never decided on)."""
+    rate = obs.arrival_rate_rps
+    if rate > 0 and target > 0 and sizing.mean_prompt + sizing.mean_output <= profile.kv_cache_tokens:
         per_replica = rate * config.peak_factor / target
-        kept = capacity_inputs if capacity_inputs is not None else (mean_prompt, mean_output, _mix(obs.prompt_mix))
-        predicted_ttft, predicted_itl = predicted_latency_s(profile, per_replica, kept[0], kept[1], kept[2])
-    elif rate > 0:
-        predicted_ttft = math.inf
+        if sizing.prompt is not None:  # the inputs the capacity was solved with (cached, never optimistic)
+            prompt, output, mix = sizing.prompt, sizing.output, sizing.prompt_mix
+        else:
+            prompt, output, mix = sizing.mean_prompt, sizing.mean_output, _mix(obs.prompt_mix)
+        return predicted_latency_s(profile, per_replica, prompt, output, mix)
+    if rate > 0:
+        return math.inf, None
+    return None, None
 
-    reason = "; ".join([head] + notes)
+
+def check_observation(obs: Observation) -> str | None:
+    """Why the observation cannot be decided on (None: it can); a bad replica count raises."""
+    if isinstance(obs.current_replicas, bool) or not isinstance(obs.current_replicas, int) or obs.current_replicas < 0:
+        raise ValueError(f"current_replicas must be an integer >= 0, got {obs.current_replicas!r}")
+    if not obs.metrics_available:
+        return obs.reason_unavailable or "collector reported none"
+    rate = obs.arrival_rate_rps
+    if not _usable(rate) or rate > MAX_ARRIVAL_RPS:  # absurd rates are refused like NaN, never remembered
+        return f"arrival_rate_rps is {rate!r}"
+    if rate > 0:
+        for name in ("mean_prompt_tokens", "mean_output_tokens"):
+            if not _usable(getattr(obs, name)) or getattr(obs, name) > MAX_TOKENS:
+                return f"{name} is {getattr(obs, name)!r}"
+    for name in ("running", "waiting"):
+        if getattr(obs, name) is not None and not _usable(getattr(obs, name)):
+            return f"{name} is {getattr(obs, name)!r}"
+    return None
+
+
+# -- the policy ---------------------------------------------------------------------------------
+
+
+def decide(
+    obs: Observation, config: ScalingConfig, state: PolicyState, profile: EngineProfile
+) -> tuple[Decision, PolicyState]:
+    """One autoscaling decision and the state to pass to the next call: the stages above in turn
+    (wake from zero, history, forecast + steady capacity + burst allowance, observed queue, limits,
+    scale-down). Wake from zero comes before the metrics check: at zero replicas none are scraped."""
+    why = check_observation(obs)  # raises on a bad replica count, before anything else
+    woken = wake_from_zero(obs, config, state)
+    if woken is not None:
+        return woken
+    if why is not None:
+        return _fail_safe(obs, config, state, why)
+    history = update_history(obs, config, state)
+    now, rate = history.now_s, obs.arrival_rate_rps
+    sizing = (busy_sizing(obs, config, state, history, profile) if rate > 0
+              else idle_sizing(obs, config, history, profile))
+    recommended, burst_factors, burst_notes = burst_factor_stage(obs, config, state, sizing.recommended)
+    recommended, limited, limit_notes = limits_stage(recommended, config)
+    recommendations = _prune(state.recommendations + ((now, recommended),), now, config.scale_down_stabilization_s)
+    target, down_notes = scale_down_stage(obs, config, recommended, recommendations, history.first_seen_s)
+    predicted_ttft, predicted_itl = predicted_latency(obs, config, profile, target, sizing)
+
+    reason = "; ".join((sizing.head,) + sizing.notes + burst_notes + limit_notes + down_notes)
+    capacity = sizing.capacity
     new_state = PolicyState(
         recommendations=recommendations,
-        rate_samples=rate_samples,
-        last_scale_time_s=now if target != current else state.last_scale_time_s,
-        last_traffic_time_s=last_traffic,
-        first_seen_time_s=first_seen,
-        burst_samples=burst_samples,
-        token_samples=token_samples,
+        rate_samples=history.rate_samples,
+        last_scale_time_s=now if target != obs.current_replicas else state.last_scale_time_s,
+        last_traffic_time_s=history.last_traffic_s,
+        first_seen_time_s=history.first_seen_s,
+        burst_samples=history.burst_samples,
+        token_samples=history.token_samples,
         burst_factors=burst_factors,
-        last_replicas=current,
-        capacity_inputs=capacity_inputs,
+        last_replicas=obs.current_replicas,
+        capacity_inputs=((sizing.prompt, sizing.output, sizing.prompt_mix) if sizing.prompt is not None
+                         else state.capacity_inputs),
+        last_capacity=((capacity, rate, sizing.prompt, sizing.output) if rate > 0 and capacity is not None
+                       and capacity > 0 and sizing.mean_prompt is not None else state.last_capacity),
     )
     decision = Decision(target, reason, predicted_ttft, predicted_itl, capacity, limited,
-                        metrics_ok=True, forecast_rate_rps=forecast)
+                        metrics_ok=True, forecast_rate_rps=sizing.forecast)
     return decision, new_state
 
 

@@ -20,7 +20,8 @@ import math
 from dataclasses import dataclass
 
 from kiban.api.v1alpha1 import Dtype, Quantization
-from kiban.capacity.batching import PromptMix, Slo, max_arrival_rate, predict, replicas_needed
+from kiban.capacity.batching import (PRECISE_RATE_SEARCH_STEPS, PromptMix, Slo, max_arrival_rate, predict,
+                                     replicas_needed)
 from kiban.capacity.engine_profile import EngineProfile
 from kiban.capacity.profiles import GPUS, derive_profile_for
 from kiban.config import AcceleratorProfile
@@ -101,7 +102,7 @@ def compare_pair(model: ModelCandidate, accelerator: AcceleratorCandidate, load:
         profile = derive_profile_for(gpu, model.params_b, sizing.tensor_parallel_size, model.bytes_per_parameter,
                                      gpu_memory_utilization, pp=sizing.pipeline_parallel_size)
         capacity = max_arrival_rate(profile, load.prompt_tokens, load.output_tokens, slo, target_utilization,
-                                    prompt_mix=load.prompt_mix)
+                                    prompt_mix=load.prompt_mix, search_steps=PRECISE_RATE_SEARCH_STEPS)
     except ValueError as exc:
         return cannot(str(exc), gpus_per_replica=sizing.gpus_per_replica)
     if capacity <= 0:

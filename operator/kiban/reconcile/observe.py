@@ -101,6 +101,17 @@ def project_model(body: Mapping[str, Any]) -> dict[str, Any]:
     return model
 
 
+POD_REVISION_LABELS = ("pod-template-hash", "controller-revision-hash")  # which template a pod was made from
+
+
+def _pod_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """Name and uid (status), creation time and revision label (the autoscaler's learned cold start)."""
+    labels = metadata.get("labels") or {}
+    return {"name": metadata.get("name"), "uid": metadata.get("uid"),
+            "creationTimestamp": metadata.get("creationTimestamp"),
+            "labels": {k: labels[k] for k in POD_REVISION_LABELS if k in labels}}
+
+
 def _container_state(state: Mapping[str, Any] | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for kind in ("waiting", "terminated"):
@@ -112,8 +123,9 @@ def _container_state(state: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def project_pod(body: Mapping[str, Any]) -> dict[str, Any]:
-    """The parts of a pod status needs: name, node, phase, conditions and, per container, why it
-    is not running (waiting/terminated reason, message, exit code, restarts)."""
+    """The parts of a pod status and the autoscaler need: name, node, phase, conditions, when it
+    was created and from which template (the learned cold start), and, per container, why it is
+    not running (waiting/terminated reason, message, exit code, restarts)."""
     metadata = body.get("metadata") or {}
     status = body.get("status") or {}
     containers = [
@@ -122,7 +134,7 @@ def project_pod(body: Mapping[str, Any]) -> dict[str, Any]:
         for c in status.get("containerStatuses") or ()
     ]
     projected = {
-        "metadata": {"name": metadata.get("name"), "uid": metadata.get("uid")},
+        "metadata": _pod_metadata(metadata),
         "spec": {"nodeName": (body.get("spec") or {}).get("nodeName")},
         "status": {
             "phase": status.get("phase"),

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from kiban_dev.benchmark import report
+from kiban_dev.benchmark import matrix, report
+from kiban_dev.benchmark.oracle import SloUnattainable
 from kiban_dev.benchmark.run import (
     DEFAULT_TRACE_DIR,
     PEER_CANDIDATES,
@@ -42,12 +43,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate-factor", type=float, default=defaults.rate_factor,
                    help="multiply each trace's arrival rate by this (seeded replication)")
     p.add_argument("--cold-start-s", type=float, default=defaults.cold_start_s,
-                   help="seconds from requesting a replica to it serving (billed, serves nothing)")
+                   help="seconds from requesting a replica to it serving (billed, serves nothing); "
+                        "default: drawn per seed from [60, 300] (120 with --home)")
+    p.add_argument("--home", action="store_true",
+                   help="the home game: the fleet runs the datasheet profile itself (no true engine)")
+    p.add_argument("--matrix", action="store_true",
+                   help="the matrix: conv, code, conv+code x A100/8B, H100/70B, L4/8B x rate 1, 4, seeds 0-2 "
+                        "(with --quick: two short cells, two seeds)")
     p.add_argument("--warmup-s", type=float, default=defaults.warmup_s,
                    help="policies observe from t=0 but act from here (they start with history)")
     p.add_argument("--max-replicas", type=int, default=defaults.max_replicas)
     p.add_argument("--seed", type=int, default=defaults.seed)
-    p.add_argument("--quick", action="store_true", help="only the first 10 minutes of each trace")
+    p.add_argument("--quick", action="store_true", help="only the first 5 minutes of each trace and one knob value per peer, no tuning "
+                        "(checks that everything runs; its numbers mean nothing)")
     p.add_argument("--jobs", type=int, default=defaults.jobs, help="traces simulated in parallel processes")
     p.add_argument("--json", type=Path, help="write the result rows as a JSON list here")
     p.add_argument("--out", type=Path, help="write results.md, results.json, bar.json and PNG plots here")
@@ -70,14 +78,39 @@ def main(argv: list[str] | None = None) -> int:
         bench = BenchConfig(
             profile=args.profile, slo_ttft_ms=args.slo_ttft_ms, attainment=args.attainment,
             cold_start_s=args.cold_start_s, warmup_s=args.warmup_s, rate_factor=args.rate_factor, seed=args.seed,
-            max_replicas=args.max_replicas, quick=args.quick, jobs=args.jobs,
+            max_replicas=args.max_replicas, quick=args.quick and not args.matrix, jobs=args.jobs,
+            true_engine=not args.home,
         )
         specs = specs_from(args.trace)
     except (ValueError, KeyError) as exc:
         print(f"kiban-bench: {exc}", file=sys.stderr)
         return 2
+    try:
+        if args.matrix:
+            return _matrix(bench, args)
+        return _single(bench, specs, args)
+    except SloUnattainable as exc:
+        print(f"kiban-bench: {exc}", file=sys.stderr)
+        return 2
+
+
+def _matrix(bench: BenchConfig, args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    with tqdm(total=len(matrix.cells(args.quick)), desc="kiban-bench --matrix", unit="cell", file=sys.stderr) as bar:
+        rows = matrix.run_matrix(bench, quick=args.quick, progress=lambda label: (bar.set_postfix_str(label), bar.update(1)))
+    elapsed = time.monotonic() - started
+    log.info("Ran matrix cells=%d rows=%d seconds=%.1f", len(matrix.cells(args.quick)), len(rows), elapsed)
+    out = args.out or (Path("bench/results/matrix-quick") if args.quick else Path("bench/results/matrix"))
+    text = report.write_matrix(rows, bench, out, elapsed_s=elapsed, quick=args.quick)
+    if args.json:
+        report.write_json(rows, args.json)
+    print(text)
+    return 0
+
+
+def _single(bench: BenchConfig, specs: list[TraceSpec], args: argparse.Namespace) -> int:
     # oracle, clairvoyant, about two static-peak tries, kiban, then the peers' targets (an estimate)
-    runs_per_trace = 1 + 1 + 2 + 1 + sum(len(c) for c in PEER_CANDIDATES.values())
+    runs_per_trace = 1 + 1 + 2 + 1 + 5 * len(PEER_CANDIDATES)
     total = len(specs) if bench.jobs > 1 and len(specs) > 1 else len(specs) * runs_per_trace
     started = time.monotonic()
     with tqdm(total=total, desc="kiban-bench", unit="run", file=sys.stderr) as bar:

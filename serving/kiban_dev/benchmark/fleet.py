@@ -27,13 +27,15 @@ from __future__ import annotations
 
 import heapq
 import math
+import random
 from bisect import bisect_left
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Protocol
 
 import numpy as np
 
 from kiban.capacity.engine_profile import EngineProfile
+from kiban.capacity.fitting import EngineWindow
 from kiban.gateway.routing import least_outstanding
 from kiban_dev.benchmark.observe import (
     ITL_BUCKETS_S,
@@ -77,6 +79,8 @@ class FleetConfig:
     max_num_seqs: int | None = None  # overrides the profile's (tests use 1 for M/M/c)
     billing_interval_s: float = 60.0  # the horizon is the trace end rounded up to this
     warmup_s: float = 0.0  # policies observe from t=0, their decisions apply from here on
+    cold_start_jitter: float = 0.0  # each replica's start takes cold_start_s x (1 +- up to this), seeded
+    seed: int = 0  # draws the per-replica cold-start jitter
 
     def __post_init__(self) -> None:
         if self.gpus_per_replica < 1:
@@ -91,6 +95,15 @@ class FleetConfig:
             raise ValueError(f"initial_replicas must be within [min_replicas, max_replicas], got {self.initial_replicas!r}")
         if self.billing_interval_s <= 0:
             raise ValueError(f"billing_interval_s must be > 0, got {self.billing_interval_s!r}")
+        if not 0 <= self.cold_start_jitter < 1:
+            raise ValueError(f"cold_start_jitter must be in [0, 1), got {self.cold_start_jitter!r}")
+
+    def replica_cold_start_s(self, index: int) -> float:
+        """The cold start of the fleet's replica number `index` (seeded, the same for every policy)."""
+        if not self.cold_start_jitter:
+            return self.cold_start_s
+        u = random.Random(f"kiban-fleet-{self.seed}-{index}").uniform(-1.0, 1.0)
+        return self.cold_start_s * (1.0 + self.cold_start_jitter * u)
 
     def horizon_s(self, trace: Trace) -> float:
         """Where billing stops: the trace end rounded up to whole billing intervals."""
@@ -108,6 +121,14 @@ class Replica:
     outstanding: int = 0
     gone_s: float | None = None
     no_finish_before_s: float = -math.inf  # see Fleet._refresh_bound
+    # vLLM's per-engine counters observed at request end (sums in seconds): inter-token latency,
+    # prefill time and prompt tokens of finished requests, for EngineWindow
+    itl_sum_s: float = 0.0
+    itl_count: int = 0
+    prefill_sum_s: float = 0.0
+    prefill_count: int = 0
+    request_prompt_sum: int = 0
+    last_snapshot: tuple[float, ...] | None = None  # the counters at the previous scrape
 
 
 @dataclass
@@ -175,6 +196,7 @@ class MissBudget:
 
     slo_ttft_s: float
     misses: int
+    attainable: np.ndarray | None = None  # per request: counted at all (None: every request)
 
 
 class Fleet:
@@ -246,7 +268,7 @@ class Fleet:
         self.scale_events += 1
         if desired > len(active):
             for _ in range(desired - len(active)):
-                self._new_replica(now_s, now_s + self.config.cold_start_s)
+                self._new_replica(now_s, now_s + self.config.replica_cold_start_s(len(self.replicas)))
         else:
             surplus = len(active) - desired
             starting = sorted((r for r in active if r.state == STARTING), key=lambda r: -r.index)
@@ -332,8 +354,14 @@ class Fleet:
         m.itl_counts[bisect_left(ITL_BUCKETS_S, tpot)] += 1
         m.ttft_sum += ttft
         m.itl_sum += tpot
+        if done.output_tokens > 1:
+            replica.itl_sum_s += done.decode_s
+            replica.itl_count += done.output_tokens - 1
+        replica.prefill_sum_s += done.prefill_s
+        replica.prefill_count += 1
+        replica.request_prompt_sum += done.prompt_tokens
         budget = self.miss_budget
-        if budget is not None and ttft > budget.slo_ttft_s:
+        if budget is not None and ttft > budget.slo_ttft_s and (budget.attainable is None or budget.attainable[request]):
             self._misses += 1
             if self._misses > budget.misses:
                 raise _MissBudgetSpent
@@ -412,6 +440,34 @@ class Fleet:
             front_queue=len(self._front) - self._front_head,
         )
 
+    def engine_windows(self) -> tuple[EngineWindow, ...]:
+        """Per ready replica, its vLLM counters since the previous scrape (EngineWindow), the
+        batch averaged over the scrapes at both ends. A replica's first scrape gives none."""
+        windows = []
+        for replica in self.replicas:
+            if replica.state != READY:
+                replica.last_snapshot = None
+                continue
+            engine = replica.engine
+            now = (float(engine.num_running), replica.itl_sum_s, float(replica.itl_count), float(engine.num_steps),
+                   float(engine.prompt_tokens_total), replica.prefill_sum_s, float(replica.prefill_count),
+                   float(replica.request_prompt_sum))
+            before, replica.last_snapshot = replica.last_snapshot, now
+            if before is None:
+                continue
+            d = [a - b for a, b in zip(now, before)]
+            windows.append(EngineWindow(
+                mean_running=0.5 * (now[0] + before[0]), itl_sum_s=d[1], itl_count=d[2], steps=d[3],
+                prompt_tokens=d[4], prefill_sum_s=d[5], prefill_count=d[6], request_prompt_sum=d[7],
+                request_prompt_count=d[6]))
+        return tuple(windows)
+
+    def pods(self) -> tuple[tuple[float, float | None], ...]:
+        """(created, Ready or None) of the replicas asked for and not removed, as the operator sees
+        its pods; the warm start's replicas, Ready from the start, tell nothing and are left out."""
+        return tuple((r.requested_s, None if r.state == STARTING else r.ready_s)
+                     for r in self.replicas if r.state in (STARTING, READY) and r.ready_s > r.requested_s)
+
     # ------------------------------------------------------------------ the run
 
     def run(self) -> FleetResult:
@@ -457,7 +513,8 @@ class Fleet:
                 self._advance_engines(now, every=True)
                 self._account_inflight(now)
                 current = self._metrics.snapshot(now)
-                obs = observe(previous, current, self.gauges())
+                obs = replace(observe(previous, current, self.gauges()),
+                              engine_windows=self.engine_windows(), pods=self.pods())
                 previous = current
                 desired = self.policy.desired_replicas(obs)
                 if now >= config.warmup_s:

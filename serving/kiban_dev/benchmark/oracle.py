@@ -40,14 +40,28 @@ class OracleResult:
         return self.gpu_seconds / 3600.0
 
 
-def window_meets(window: Trace, replicas: int, config: FleetConfig, slo_ttft_s: float, attainment: float) -> tuple[bool, np.ndarray]:
-    """Do `replicas` warm, empty replicas serve this window's requests within the SLO?"""
+class SloUnattainable(ValueError):
+    """No replica count meets the SLO for the attainable requests of some interval."""
+
+
+def attainment_over(ttft_s: np.ndarray, slo_ttft_s: float, attainable: np.ndarray | None) -> float:
+    """Share of the attainable requests (all when None) whose TTFT met the target; 1 when none is."""
+    met = ttft_s <= slo_ttft_s
+    if attainable is not None:
+        met = met[attainable]
+    return float(np.mean(met)) if len(met) else 1.0
+
+
+def window_meets(window: Trace, replicas: int, config: FleetConfig, slo_ttft_s: float, attainment: float,
+                 attainable: np.ndarray | None = None) -> tuple[bool, np.ndarray]:
+    """Do `replicas` warm, empty replicas serve this window's attainable requests within the SLO?"""
     fixed = replace(config, initial_replicas=replicas, min_replicas=replicas, max_replicas=replicas)
-    budget = MissBudget(slo_ttft_s, allowed_misses(len(window), attainment))
+    counted = len(window) if attainable is None else int(np.sum(attainable))
+    budget = MissBudget(slo_ttft_s, allowed_misses(counted, attainment), attainable)
     result = simulate(window, fixed, miss_budget=budget)
     if result.aborted:
         return False, result.ttft_s
-    return float(np.mean(result.ttft_s <= slo_ttft_s)) >= attainment, result.ttft_s
+    return attainment_over(result.ttft_s, slo_ttft_s, attainable) >= attainment, result.ttft_s
 
 
 def fewest_replicas(meets, floor: int, ceiling: int, hint: int):
@@ -91,8 +105,10 @@ def oracle(
     slo_ttft_s: float,
     attainment: float = 0.99,
     interval_s: float | None = None,
+    attainable: np.ndarray | None = None,
 ) -> OracleResult:
-    """Cheapest per-interval counts meeting the SLO with perfect foresight and instant start."""
+    """Cheapest per-interval counts meeting the SLO (for the attainable requests: those whose
+    prefill alone fits the target) with perfect foresight and instant start."""
     if not 0 < attainment <= 1:
         raise ValueError(f"attainment must be in (0, 1], got {attainment!r}")
     interval_s = config.billing_interval_s if interval_s is None else interval_s
@@ -111,13 +127,17 @@ def oracle(
             counts.append(floor)
             continue
         window = trace.window(start, start + interval_s)
+        mask = attainable[lo:hi] if attainable is not None else None
         try:
             c, times = fewest_replicas(
-                lambda n: window_meets(window, n, config, slo_ttft_s, attainment),
+                lambda n: window_meets(window, n, config, slo_ttft_s, attainment, mask),
                 floor, config.max_replicas, previous,
             )
-        except ValueError as exc:
-            raise ValueError(f"interval {i} of {trace.name}: {exc}") from None
+        except ValueError:
+            raise SloUnattainable(
+                f"trace {trace.name}: no fleet of up to {config.max_replicas} replicas serves {attainment:.0%} of the "
+                f"attainable requests of minute {i} within TTFT {slo_ttft_s * 1000:g} ms "
+                "(raise --max-replicas or the target)") from None
         counts.append(c)
         ttft[lo:hi] = times
         previous = c

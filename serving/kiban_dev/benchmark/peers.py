@@ -10,12 +10,21 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from kiban.autoscale.policy import Observation, PolicyState, ScalingConfig, decide
+from kiban.autoscale.learning import Learned, LearningMemory, learn
+from kiban.autoscale.policy import (
+    Observation,
+    PolicyState,
+    ScalingConfig,
+    capacity_per_replica_rps,
+    decide,
+    round_tokens_up,
+)
+from kiban.capacity.fitting import PodStart
 from kiban.capacity.batching import Slo
 from kiban.capacity.engine_profile import EngineProfile
-from kiban_dev.benchmark.observe import FleetObservation
+from kiban_dev.benchmark.observe import FleetObservation, histogram_quantile
 
 
 class _Windowed:
@@ -59,22 +68,30 @@ def ttft_quantile_s(obs: FleetObservation, q: float) -> float | None:
 
 @dataclass
 class KibanPolicy:
-    """Kiban's real policy (kiban.autoscale.policy.decide), fed what its collector would read.
+    """Kiban's real policy (kiban.autoscale.policy.decide), fed what its collector would read,
+    learning its engine as the operator does (kiban.autoscale.learning).
 
     The FoundationModel equivalent: the TTFT SLO at p99 (the benchmark's bar is 99 % of
-    requests), look-ahead = the fleet's cold start, the replica's engine profile.
+    requests) and the operator's defaults for everything else. `profile` is the datasheet
+    prior the operator ships, not the fleet's true engine: the step times are fitted from the
+    engines' vLLM counters, the look-ahead from when the replicas it asked for became Ready
+    (its prior is the profile's start-up estimate). `cold_start_s` set fixes the look-ahead
+    instead (the home game of earlier benchmarks).
     """
 
     profile: EngineProfile
     slo_ttft_ms: float
-    cold_start_s: float
+    cold_start_s: float | None = None
     min_replicas: int = 1
     max_replicas: int = 64
     gpus_per_replica: int = 1
     interval_s: float = 15.0
+    learn: bool = True
     name: str = "kiban"
     config: ScalingConfig = field(init=False)
     state: PolicyState = field(init=False)
+    memory: LearningMemory = field(init=False)
+    learned: Learned | None = field(init=False, default=None)
     last_reason: str = field(init=False, default="")
 
     def __post_init__(self) -> None:
@@ -86,6 +103,7 @@ class KibanPolicy:
             gpus_per_replica=self.gpus_per_replica,
         )
         self.state = PolicyState()
+        self.memory = LearningMemory()
 
     def desired_replicas(self, obs: FleetObservation) -> int:
         observation = Observation(
@@ -102,7 +120,14 @@ class KibanPolicy:
             current_replicas=obs.replicas,
             ready_replicas=obs.ready_replicas,
         )
-        decision, self.state = decide(observation, self.config, self.state, self.profile)
+        profile, config = self.profile, self.config
+        if self.learn:
+            pods = [PodStart("fleet", created, ready) for created, ready in obs.pods]
+            self.memory, self.learned = learn(self.memory, self.profile, obs.engine_windows, pods, obs.now_s)
+            profile = self.learned.profile
+            if self.cold_start_s is None:
+                config = replace(config, startup_s=self.learned.startup.value_s)
+        decision, self.state = decide(observation, config, self.state, profile)
         self.last_reason = decision.reason
         return decision.replicas
 
@@ -276,3 +301,160 @@ class AibrixAPAPolicy:
         if desired != current:
             self._last_change_s = now
         return desired
+
+
+class _Recommendations:
+    """(time, replicas) recommendations kept for an HPA stabilisation window."""
+
+    def __init__(self) -> None:
+        self.items: deque[tuple[float, int]] = deque()
+
+    def add(self, now_s: float, value: int, keep_s: float) -> None:
+        self.items.append((now_s, value))
+        while self.items and now_s - self.items[0][0] > keep_s:
+            self.items.popleft()
+
+    def within(self, now_s: float, window_s: float) -> list[int]:
+        return [v for t, v in self.items if now_s - t <= window_s]
+
+
+@dataclass
+class LlmdSloPolicy:
+    """llm-d's SLO-aware law (KEDA on the endpoint picker's latency metrics, reference/peers.md).
+
+    s_raw = max(P90 TTFT / TTFT target, P90 TPOT / TPOT target), the P90s by histogram_quantile
+    over 1-minute bucket rates, 0 when idle; s = the 45 s average of min(s_raw, 2). With n
+    provisioned and r ready, credit c = r / n when 0 < r < n, else 1: above 0.55,
+    d = n + ceil(n (s c / 0.55 - 1)); below 0.40, d = n - floor(n (1 - s / 0.40)); else n. HPA
+    behaviour: up by at most max(100 %, 4 pods) per 60 s, the lowest recommendation of the last
+    30 s; down 1 pod per 120 s, the highest recommendation of the last 180 s. The benchmark has
+    no TPOT target, so only the TTFT term counts. The user sets the targets; the runner tunes
+    the TTFT target (the law's own knob), polled every 15 s.
+    """
+
+    ttft_target_s: float
+    interval_s: float = 15.0
+    quantile_window_s: float = 60.0
+    average_window_s: float = 45.0
+    up_threshold: float = 0.55
+    down_threshold: float = 0.40
+    cap: float = 2.0
+    up_period_s: float = 60.0
+    up_window_s: float = 30.0
+    down_period_s: float = 120.0
+    down_window_s: float = 180.0
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.ttft_target_s > 0:
+            raise ValueError(f"ttft_target_s must be > 0, got {self.ttft_target_s!r}")
+        self.name = self.name or f"llm-d slo (TTFT target {self.ttft_target_s * 1000:.0f} ms)"
+        self._buckets: deque[tuple[float, tuple[int, ...]]] = deque()
+        self._scores = _Windowed(self.average_window_s)
+        self._recommendations = _Recommendations()
+        self._history: deque[tuple[float, int]] = deque()  # (time, replicas provisioned)
+        self._last_down_s = -math.inf
+
+    def score(self, obs: FleetObservation) -> float:
+        """min(P90 TTFT over the last minute / target, cap); 0 when nothing finished."""
+        self._buckets.append((obs.now_s, obs.ttft_bucket_deltas))
+        while self._buckets and obs.now_s - self._buckets[0][0] >= self.quantile_window_s:
+            self._buckets.popleft()
+        counts = tuple(sum(c) for c in zip(*(b for _, b in self._buckets)))
+        p90 = histogram_quantile(0.90, obs.ttft_buckets_s, counts) if counts and sum(counts) else None
+        return 0.0 if p90 is None else min(p90 / self.ttft_target_s, self.cap)
+
+    def desired_replicas(self, obs: FleetObservation) -> int:
+        now, n, r = obs.now_s, max(1, obs.replicas), obs.ready_replicas
+        self._scores.add(now, self.score(obs))
+        s = self._scores.mean(now, self.average_window_s)
+        credit = r / n if 0 < r < n else 1.0
+        if s > self.up_threshold:
+            raw = n + math.ceil(round(n * (s * credit / self.up_threshold - 1.0), 9))
+        elif s < self.down_threshold:
+            raw = n - math.floor(round(n * (1.0 - s / self.down_threshold), 9))
+        else:
+            raw = n
+        raw = max(1, raw)
+        self._recommendations.add(now, raw, max(self.up_window_s, self.down_window_s))
+        self._history.append((now, n))
+        while self._history and now - self._history[0][0] > self.up_period_s:
+            self._history.popleft()
+        if raw > n:
+            desired = min(self._recommendations.within(now, self.up_window_s))
+            base = min(v for _, v in self._history)  # replicas at the start of the 60 s period
+            desired = min(max(desired, n), base + max(base, 4))
+            return max(desired, n)
+        if raw < n:
+            desired = max(self._recommendations.within(now, self.down_window_s))
+            if desired < n and now - self._last_down_s >= self.down_period_s:
+                self._last_down_s = now
+                return n - 1
+        return n
+
+
+@dataclass
+class DynamoPlannerPolicy:
+    """NVIDIA Dynamo's planner in throughput mode (reference/peers.md).
+
+    Every 180 s it predicts the next interval's request rate and input/output lengths from the
+    past intervals (ARIMA, its default predictor) and sets replicas = predicted rate / one
+    engine's capacity at the TTFT target, that capacity read from a profiling sweep of the real
+    engine: here the capacity model on the fleet's true engine (`engine`, which Kiban never
+    gets), as an offline sweep would measure it. At least 1 replica. The runner tunes the TTFT
+    target the capacity is read at.
+    """
+
+    engine: EngineProfile
+    ttft_target_s: float
+    interval_s: float = 180.0
+    min_history: int = 4  # intervals before ARIMA is fitted; the last value until then
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.ttft_target_s > 0:
+            raise ValueError(f"ttft_target_s must be > 0, got {self.ttft_target_s!r}")
+        self.name = self.name or f"dynamo planner (TTFT target {self.ttft_target_s * 1000:.0f} ms)"
+        self._rates: list[float] = []
+        self._prompts: list[float] = []
+        self._outputs: list[float] = []
+
+    def desired_replicas(self, obs: FleetObservation) -> int:
+        self._rates.append(obs.arrival_rate_rps)
+        if obs.mean_prompt_tokens is not None and obs.mean_output_tokens is not None:
+            self._prompts.append(obs.mean_prompt_tokens)
+            self._outputs.append(obs.mean_output_tokens)
+        rate = max(0.0, arima_forecast(self._rates, self.min_history))
+        if rate <= 0:
+            return 1
+        if not self._prompts:
+            return max(1, obs.replicas)
+        prompt = max(1.0, arima_forecast(self._prompts, self.min_history))
+        output = max(1.0, arima_forecast(self._outputs, self.min_history))
+        slo = Slo(ttft_ms=self.ttft_target_s * 1000.0, ttft_percentile=99)
+        capacity = capacity_per_replica_rps(self.engine, round_tokens_up(prompt), max(1.0, round_tokens_up(output)),
+                                            slo, 1.0)
+        if not capacity > 0:
+            return max(1, obs.replicas)
+        return max(1, math.ceil(round(rate / capacity, 9)))
+
+
+def arima_forecast(series: list[float], min_history: int = 4) -> float:
+    """One-step ARIMA(1,1,1) forecast of the series (statsmodels); the last value while the
+    series is shorter than min_history or the fit fails."""
+    if not series:
+        return 0.0
+    if len(series) < min_history or max(series) == min(series):
+        return float(series[-1])
+    import warnings
+
+    from statsmodels.tsa.arima.model import ARIMA
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            fitted = ARIMA(series, order=(1, 1, 1)).fit()
+            value = float(fitted.forecast(1)[0])
+        except Exception:  # statsmodels raises several kinds on degenerate series
+            return float(series[-1])
+    return value if math.isfinite(value) else float(series[-1])

@@ -5,7 +5,9 @@ Two dashboards:
   model, and the operator's own health;
 - per model (`kiban-model`, variable `model_name`): arrival rate, TTFT and ITL percentiles
   against the SLO, queue and running requests, KV-cache usage, desired vs actual replicas with
-  the reasons a decision was capped, predicted vs observed latency, drift scores.
+  the reasons a decision was capped, predicted vs observed latency, drift scores, and the engine
+  as learned online (fitted step times against the datasheet prior with their sd, the capacity
+  that moves, the learned cold start).
 
 Each panel is first written as a `PanelSpec` (title, unit, PromQL queries) so the same queries
 feed the Grafana JSON, the integration test that runs every query against a real Prometheus,
@@ -218,6 +220,30 @@ def model_panels() -> list[PanelSpec]:
                   (Query(f"max by (signal, test) (kiban_drift_score{{{M}}})", "{{signal}} {{test}}"),
                    Query(f"max by (signal) (kiban_drift_detected{{{M}}})", "detected: {{signal}}")),
                   unit="short", dashed=("detected",)),
+        PanelSpec("Engine fit against the datasheet",
+                  (Query(f'max by (parameter) (kiban_engine_parameter_ms{{{M}, estimate="fitted"}}) / '
+                         f'max by (parameter) (kiban_engine_parameter_ms{{{M}, estimate="prior"}})',
+                         "{{parameter}} fitted / prior"),
+                   Query(f'max by (parameter) (kiban_engine_parameter_ms{{{M}, estimate="sd"}}) / '
+                         f'max by (parameter) (kiban_engine_parameter_ms{{{M}, estimate="prior"}})',
+                         "sd / prior: {{parameter}}"),
+                   Query(f"max(kiban_engine_fit_capacity_ratio{{{M}}})", "capacity per replica: fitted / prior")),
+                  unit="short", dashed=("sd",),
+                  description="Each step-time parameter the online fit learned from vLLM's metrics, as a multiple "
+                              "of the datasheet profile's (1 = the prior), its posterior sd on the same scale, and "
+                              "the capacity per replica the fit gives over the prior's at the current token means. "
+                              "An EngineRefit Event marks a move of that capacity by more than 20 %."),
+        PanelSpec("Engine parameters (ms): prior, fitted, sd",
+                  (Query(f"max by (parameter, estimate) (kiban_engine_parameter_ms{{{M}}})",
+                         "{{parameter}} {{estimate}}"),),
+                  kind="stat", unit="ms",
+                  description="alpha: decode step at zero batch; beta: per decoding sequence; gamma: fixed cost "
+                              "of a step that prefills; delta: per prompt token. status.scaling.engine has them too."),
+        PanelSpec("Cold start: prior vs learned",
+                  (Query(f"max by (estimate) (kiban_engine_cold_start_seconds{{{M}}})", "{{estimate}}"),),
+                  unit="s",
+                  description="Creation to Ready of the model's own pods (the slowest recent one of the revision), "
+                              "the look-ahead a scale-up plans with; prior: the engine profile's estimate."),
     ]
 
 

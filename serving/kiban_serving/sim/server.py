@@ -68,6 +68,7 @@ from kiban_serving.sim.protocol import (
     request_validation_error,
     vllm_validation_error,
 )
+from kiban_serving.sim.true_engine import perturbed_profile
 from kiban_serving.sim.tokens import (
     EOS_TOKEN_ID,
     PromptError,
@@ -718,11 +719,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--step-jitter", type=float, default=0.0, help="uniform +/- fraction on each step time")
     parser.add_argument("--mean-output-tokens", type=int, default=DEFAULT_MEAN_OUTPUT_TOKENS)
+    parser.add_argument("--true-engine-seed", type=int, default=None,
+                        help="serve a perturbed 'true' engine: each step-time parameter and the KV capacity "
+                             "x a seeded log-uniform factor in [0.7, 1.4] (kiban_serving.sim.true_engine)")
     parser.add_argument("--api-key", default=None, help="guard /v1 paths with this key (default: $VLLM_API_KEY)")
     parser.add_argument("--lora-modules", nargs="+", default=[], metavar="NAME=PATH",
                         help="LoRA adapters served under NAME (the simulator serves them with the base model's engine)")
     parser.add_argument("--log-level", default="INFO")
     return parser
+
+
+def profile_from_args(args: argparse.Namespace) -> EngineProfile:
+    """The datasheet profile named by --profile, or its true engine with --true-engine-seed."""
+    profile = get_profile_by_name(args.profile)
+    if args.true_engine_seed is not None:
+        profile = perturbed_profile(profile, args.true_engine_seed)
+    return profile
 
 
 def config_from_args(args: argparse.Namespace) -> SimConfig:
@@ -731,7 +743,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         served_model_name=names[0],
         extra_served_names=tuple(names[1:]),
         model=args.model,
-        profile=get_profile_by_name(args.profile),
+        profile=profile_from_args(args),
         max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens,
         max_model_len=args.max_model_len,

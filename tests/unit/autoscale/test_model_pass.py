@@ -109,7 +109,7 @@ def test_scaling_status_matches_the_crd_in_milliseconds():
     assert status == {
         "desiredReplicas": 3, "reason": DECISION.reason, "predictedTtftP95Ms": 412.346,
         "predictedItlP95Ms": 75.5, "capacityPerReplicaRps": 2.281235, "arrivalRateRps": 6.0,
-        "lastScaleTime": "2025-01-01T00:00:00Z",
+        "lastScaleTime": "2025-01-01T00:00:00Z", "engine": None,
     }
 
 

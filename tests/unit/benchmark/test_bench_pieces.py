@@ -154,3 +154,23 @@ def test_window_bucket_counts_are_per_bucket_from_cumulative_snapshots():
     counts = window_bucket_counts(earlier, later)
     assert counts == (0, 10, 0, 0)
     assert 0.1 < histogram_quantile(0.95, bounds, counts) <= 0.5
+
+
+def test_an_slo_no_fleet_can_meet_is_a_one_line_error_naming_trace_and_target(tmp_path: Path, capsys) -> None:
+    trace = write_azure(tmp_path / "heavy.csv", 40.0, 90, seed=6)
+    assert cli.main(["--trace", str(trace), "--slo-ttft-ms", "300", "--rate-factor", "1", "--max-replicas", "1",
+                     "--warmup-s", "30", "--home"]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("kiban-bench: trace")]
+    assert len(errors) == 1 and "heavy" in errors[0] and "300 ms" in errors[0], err
+    assert "Traceback" not in err
+
+
+def test_unattainable_requests_are_those_whose_prefill_alone_misses() -> None:
+    from kiban.capacity.batching import prefill_alone_ms
+    from kiban_dev.benchmark.run import unattainable_mask
+
+    trace = Trace("t", np.array([0.0, 1.0, 2.0]), np.array([100, 5000, 20000]), np.array([10, 10, 10]))
+    limit_s = prefill_alone_ms(A100, 5000, 0.0) / 1000.0  # the second request exactly fits
+    assert unattainable_mask(trace, A100, limit_s).tolist() == [True, True, False]
+    assert 20000 * A100.delta_ms / 1000.0 > limit_s

@@ -127,15 +127,16 @@ def test_max_arrival_rate_sits_on_the_binding_constraint():
     rate = max_arrival_rate(profile, 1000, 150, slo, target_utilization=0.95)
     assert rate > 0
     assert ttft_percentile_s(profile, rate, 1000, 150, 99) <= 0.150
-    assert ttft_percentile_s(profile, rate * 1.001, 1000, 150, 99) > 0.150 or \
-        predict(profile, rate * 1.001, 1000, 150).utilization > 0.95
+    # one step of the search grid (0.17 %) above the answer breaks a constraint
+    assert ttft_percentile_s(profile, rate * 1.002, 1000, 150, 99) > 0.150 or \
+        predict(profile, rate * 1.002, 1000, 150).utilization > 0.95
 
 
 def test_utilisation_caps_capacity_when_latency_is_easy():
     profile = make_profile()
     rate = max_arrival_rate(profile, 500, 100, Slo(ttft_ms=10_000), target_utilization=0.6)
     top = predict(profile, 0.0, 500, 100).max_throughput_rps
-    assert rate == pytest.approx(0.6 * top, rel=1e-4)  # the search grid is 3e-5 fine
+    assert rate == pytest.approx(0.6 * top, rel=2e-3)  # the search grid is 0.17 % fine
     assert rate <= 0.6 * top
 
 

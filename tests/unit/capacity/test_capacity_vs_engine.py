@@ -64,7 +64,7 @@ def test_load_points_are_shares_of_the_utilisation_capped_capacity():
     capacity = max_arrival_rate(profile, 1000, 130, Slo(), harness.TARGET_UTILIZATION)
     rates = harness.load_points(profile.name, shape)
     assert rates == pytest.approx([share * capacity for share in harness.LOAD_SHARES])
-    assert predict(profile, rates[-1], 1000, 130).utilization == pytest.approx(0.85 * 0.75, rel=1e-3)
+    assert predict(profile, rates[-1], 1000, 130).utilization == pytest.approx(0.85 * 0.75, rel=2e-3)  # 0.17 % search grid
 
 
 def test_conv_mix_keeps_the_trace_mean(conv_shape):

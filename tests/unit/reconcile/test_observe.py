@@ -45,9 +45,12 @@ def test_projections_drop_what_plan_and_status_never_read():
     body = {"apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": {"name": "m", "managedFields": [{}], "uid": "u"}, "spec": {"replicas": 1}, "status": {}}
     assert "managedFields" not in project_child(body)["metadata"]
-    pod = project_pod({"metadata": {"name": "p"}, "spec": {"nodeName": "n", "containers": [{}]},
+    pod = project_pod({"metadata": {"name": "p", "creationTimestamp": "2026-12-01T20:00:00Z",
+                                    "labels": {"pod-template-hash": "abc", "app": "x"}},
+                       "spec": {"nodeName": "n", "containers": [{}]},
                        "status": {"phase": "Running", "conditions": [], "podIP": "1.2.3.4"}})
-    assert pod == {"metadata": {"name": "p", "uid": None}, "spec": {"nodeName": "n"},
+    assert pod == {"metadata": {"name": "p", "uid": None, "creationTimestamp": "2026-12-01T20:00:00Z",
+                                "labels": {"pod-template-hash": "abc"}}, "spec": {"nodeName": "n"},
                    "status": {"phase": "Running", "conditions": []}}
 
 
