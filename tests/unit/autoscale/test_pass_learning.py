@@ -1,4 +1,4 @@
-"""The autoscaler's pass (kiban.autoscale.model_pass.Autoscaler.run_once) learning its engine and
+"""The autoscaler's pass (kiban.autoscale.model_pass.Autoscaler.run_pass) learning its engine and
 staying stable, driven by a simulated engine.
 
 A kiban_serving.sim.engine replays a load in simulated time and is scraped every 15 s as vLLM
@@ -100,10 +100,12 @@ class Writer:
         self.events: list[tuple[str, str, str]] = []
         self.replicas: int | None = None
 
-    def patch_status(self, namespace: str, name: str, patch: dict) -> None:
-        self.status.update(patch)
+    def apply_status(self, namespace: str, name: str, status: dict, field_manager: str) -> None:
+        # server-side apply as the autoscaler's field manager: what it applied is what it owns
+        assert field_manager == "kiban-autoscaler", field_manager
+        self.status = dict(status)
 
-    def post_event(self, body: Any, event_type: str, reason: str, message: str) -> None:
+    def post_event_later(self, body: Any, event_type: str, reason: str, message: str) -> None:
         self.events.append((event_type, reason, message))
 
     def scale_foundation_model(self, namespace: str, name: str, replicas: int, field_manager: str) -> None:
@@ -123,7 +125,7 @@ def model_body(ttft_ms: int, accelerator: str) -> dict:
 
 def run_passes(true_engine, requests: list[tuple[float, int, int]], seconds: float, ttft_ms: int = 2000,
                pods: list[dict] | None = None):
-    """run_once every 15 s over the replayed engine; (status.scaling per pass, the autoscaler, writer).
+    """run_pass every 15 s over the replayed engine; (status.scaling per pass, the autoscaler, writer).
     The FoundationModel's accelerator is the true engine's GPU: its datasheet is the prior."""
     scrapes = engine_fit.replay(true_engine, requests, seconds)
     clock = {"now": 0.0}
@@ -137,7 +139,8 @@ def run_passes(true_engine, requests: list[tuple[float, int, int]], seconds: flo
     async def io(fn, *args, **_):
         return fn(*args)
 
-    context = SimpleNamespace(config=load_config({}), io=io, writer=writer, metrics=OperatorMetrics())
+    context = SimpleNamespace(config=load_config({}), io=io, writer=writer, metrics=OperatorMetrics(),
+                              post_event_later=writer.post_event_later)
     body = model_body(ttft_ms, true_engine.gpu)
     deployment = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": NAME, "namespace": NAMESPACE},
                   "status": {"readyReplicas": 1}}
@@ -148,8 +151,8 @@ def run_passes(true_engine, requests: list[tuple[float, int, int]], seconds: flo
     t = WINDOW_S
     while t <= seconds:
         clock["now"] = t
-        result = asyncio.run(autoscaler.run_once(context, body, indexes))
-        memory = autoscaler.memory[ref]
+        result = asyncio.run(autoscaler.run_pass(context, indexes)).results[ref]
+        memory = autoscaler.memory["u1"]  # by UID
         history.append((t, dict(writer.status.get("scaling") or {}), memory.state.last_capacity, result))
         t += INTERVAL_S
     return history, autoscaler, writer
