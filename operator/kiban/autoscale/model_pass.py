@@ -532,9 +532,10 @@ def record_engine_metrics(metrics: OperatorMetrics, key: ModelKey, learned: lear
 
 
 def strip_none(mapping: Mapping[str, Any]) -> dict[str, Any]:
-    """A status object as server-side apply should send it: unknown values left out (an applied
-    null is not a value; leaving a field out lets its owner's apply remove it)."""
-    return {k: v for k, v in mapping.items() if v is not None}
+    """A status object as server-side apply should send it: unknown values left out at every
+    depth (an applied null is not a value, and the CRD refuses one where it wants a number, as in
+    status.scaling.engine; leaving a field out lets its owner's apply remove it)."""
+    return {k: (strip_none(v) if isinstance(v, Mapping) else v) for k, v in mapping.items() if v is not None}
 
 
 def own_status(status: Mapping[str, Any], fields: Sequence[str], condition_types: Sequence[str]) -> dict[str, Any]:

@@ -280,3 +280,33 @@ def test_a_wake_pass_decides_only_the_woken_model_and_asks_prometheus_nothing():
     assert set(summary.results) == {("ns", "m0")}
     assert writer.scales == [("m0", 1, "kiban-autoscaler")]
     assert "wake from zero" in summary.results[("ns", "m0")].decision.reason
+
+
+def test_the_applied_status_has_no_null_at_any_depth_not_even_in_the_engine_fit():
+    """status.scaling.engine without traffic has no capacities yet; the CRD types them as
+    numbers, so an applied null there made the API server refuse the autoscaler's whole apply."""
+    from kiban.autoscale import learning
+    from kiban.autoscale.collector import Collected
+    from kiban.autoscale.model_pass import applied_status, engine_status, scaling_status
+    from kiban.autoscale.policy import Decision
+    from kiban.api.v1alpha1 import FoundationModel
+    from kiban.autoscale.model_pass import engine_profile_for
+
+    profile = engine_profile_for(FoundationModel.from_object(body("m0", "u0")))
+    _, learned = learning.learn(learning.LearningMemory(), profile, (), (), 100.0)
+    engine = engine_status(learned, (None, None))
+    obs = Observation(time_s=100.0, metrics_available=False, current_replicas=2)
+    decision = Decision(2, "metrics unavailable: kept 2 replicas", None, None, None, None, metrics_ok=False)
+    applied = applied_status({"scaling": scaling_status(decision, Collected(obs), None, engine)}, [])
+
+    def nulls(value, path="status"):
+        if value is None:
+            return [path]
+        if isinstance(value, dict):
+            return [n for k, v in value.items() for n in nulls(v, f"{path}.{k}")]
+        if isinstance(value, list):
+            return [n for i, v in enumerate(value) for n in nulls(v, f"{path}[{i}]")]
+        return []
+
+    assert "engine" in applied["scaling"] and "alphaMs" in applied["scaling"]["engine"]
+    assert nulls(applied) == []
