@@ -276,3 +276,16 @@ def test_a_wake_pass_decides_only_the_woken_model_and_asks_prometheus_nothing():
     assert set(summary.results) == {("ns", "m0")}
     assert writer.scales == [("m0", 1, "kiban-autoscaler")]
     assert "wake from zero" in summary.results[("ns", "m0")].decision.reason
+
+
+@pytest.mark.parametrize("interval_s", [1.0, 15.0, 600.0])
+def test_any_valid_interval_builds_an_autoscaler(interval_s):
+    """A long interval (600 s, as tests and quiet clusters set) once made the breaker's cooldown
+    longer than its maximum: the operator did not start."""
+    scaler = Autoscaler.from_settings(AutoscaleSettings("http://127.0.0.1:9", interval_s=interval_s))
+    try:
+        breaker = scaler.collector.prometheus.breaker
+        assert breaker.cooldown_s >= interval_s or breaker.cooldown_s == 5.0
+        assert breaker.max_cooldown_s >= breaker.cooldown_s
+    finally:
+        scaler.shutdown()
