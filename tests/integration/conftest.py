@@ -11,13 +11,12 @@ leaderworkerset  session: the real LeaderWorkerSet controller (sigs.k8s.io/lws f
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import pytest
 from pinned_tools import start_or_fail
 
-from support import CRDS, kubectl
+from support import CRDS, kubectl, wait_established
 
 
 @pytest.fixture(scope="session")
@@ -27,13 +26,7 @@ def crds(kubeconfig: Path) -> Path:
     assert files, f"{CRDS} has no CRDs: run `make crds`"
     for path in files:
         kubectl(kubeconfig, "apply", "--server-side", "-f", str(path))
-    for attempt in range(10):  # a CRD just applied may have no status yet: kubectl wait then errors out
-        done = kubectl(kubeconfig, "wait", "--for=condition=Established", "--timeout=60s", "crd", "--all", check=False)
-        if done.returncode == 0:
-            break
-        time.sleep(0.5)
-    else:
-        pytest.fail(f"the CRDs never became Established: {done.stderr}")
+    wait_established(kubeconfig)
     return kubeconfig
 
 

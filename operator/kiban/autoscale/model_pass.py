@@ -112,6 +112,7 @@ ACTIVE = "Autoscaling"
 NO_ENGINE_PROFILE = "NoEngineProfile"
 SCALING_FAILED = "ScalingFailed"
 INVALID_SCALING = "InvalidScalingSpec"
+MAX_BREAKER_COOLDOWN_S = 120.0  # the breaker's longest wait, unless one interval is longer
 PROMETHEUS_THREADS = 4  # Prometheus queries in flight at once (the autoscaler's own executor)
 SOLVE_BUDGET_SHARE = 0.2  # of the interval, spent at most on new models' first decisions per pass
 CAPACITY_WORKERS_ENV = "KIBAN_CAPACITY_WORKERS"  # processes for the capacity maths; 0: a thread
@@ -891,7 +892,9 @@ class Autoscaler:
         prometheus = PrometheusHttp(settings.prometheus_url, timeout_s=settings.query_timeout_s,
                                     bearer_token_file=settings.prometheus_bearer_token_file,
                                     ca_file=settings.prometheus_ca_file)
-        guarded = GuardedPrometheus(prometheus, CircuitBreaker(cooldown_s=max(settings.interval_s, 5.0)))
+        cooldown = max(settings.interval_s, 5.0)  # a tripped breaker waits one interval, then probes
+        guarded = GuardedPrometheus(prometheus, CircuitBreaker(cooldown_s=cooldown,
+                                                               max_cooldown_s=max(cooldown, MAX_BREAKER_COOLDOWN_S)))
         collector = Collector(guarded, settings.window_s, namespace_label=settings.namespace_label,
                               token_window_s=settings.tokens_window_s, namespace=settings.namespace)
         return cls(collector=collector, settings=settings, clock=clock, decider=Decider(settings.capacity_workers))

@@ -310,3 +310,16 @@ def test_the_applied_status_has_no_null_at_any_depth_not_even_in_the_engine_fit(
 
     assert "engine" in applied["scaling"] and "alphaMs" in applied["scaling"]["engine"]
     assert nulls(applied) == []
+
+
+@pytest.mark.parametrize("interval_s", [1.0, 15.0, 600.0])
+def test_any_valid_interval_builds_an_autoscaler(interval_s):
+    """A long interval (600 s, as tests and quiet clusters set) once made the breaker's cooldown
+    longer than its maximum: the operator did not start."""
+    scaler = Autoscaler.from_settings(AutoscaleSettings("http://127.0.0.1:9", interval_s=interval_s))
+    try:
+        breaker = scaler.collector.prometheus.breaker
+        assert breaker.cooldown_s >= interval_s or breaker.cooldown_s == 5.0
+        assert breaker.max_cooldown_s >= breaker.cooldown_s
+    finally:
+        scaler.shutdown()
