@@ -157,13 +157,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from kubernetes import config
 
-    from kiban_dev.devcluster import ControlPlane, tool_path
+    from kiban_dev.devcluster import ControlPlane, tool_path, wait_crds_established
 
     with ControlPlane() as cluster:
         kubectl = [str(tool_path("kubectl")), f"--kubeconfig={cluster.kubeconfig}"]
         for path in sorted((REPO / "crds").glob("*.yaml")):
             subprocess.run([*kubectl, "apply", "--server-side", "-f", str(path)], check=True, capture_output=True)
-        subprocess.run([*kubectl, "wait", "--for=condition=Established", "crd", "--all"], check=True, capture_output=True)
+        wait_crds_established(cluster.kubeconfig)
         api = config.new_client_from_config(config_file=str(cluster.kubeconfig))
         log_path = Path(tempfile.gettempdir()) / "kiban-operator-scale.log"
         print(f"operator log: {log_path}", flush=True)

@@ -26,7 +26,9 @@ def crds(kubeconfig: Path) -> Path:
     assert files, f"{CRDS} has no CRDs: run `make crds`"
     for path in files:
         kubectl(kubeconfig, "apply", "--server-side", "-f", str(path))
-    kubectl(kubeconfig, "wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
+    from kiban_dev.devcluster import wait_crds_established
+
+    wait_crds_established(kubeconfig)
     return kubeconfig
 
 
