@@ -330,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from kubernetes import config
 
-    from kiban_dev.devcluster import ControlPlane, PrometheusServer, tool_path
+    from kiban_dev.devcluster import ControlPlane, PrometheusServer, tool_path, wait_crds_established
     from kiban_dev.devcluster.prometheus import build_config, file_sd_scrape_config
     from kiban_dev.devcluster.processes import free_port
 
@@ -347,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         kubectl = [str(tool_path("kubectl")), f"--kubeconfig={cluster.kubeconfig}"]
         for path in sorted((REPO / "crds").glob("*.yaml")):
             subprocess.run([*kubectl, "apply", "--server-side", "-f", str(path)], check=True, capture_output=True)
-        subprocess.run([*kubectl, "wait", "--for=condition=Established", "crd", "--all"], check=True, capture_output=True)
+        wait_crds_established(cluster.kubeconfig)
         api = config.new_client_from_config(config_file=str(cluster.kubeconfig))
         log_path = Path(tempfile.gettempdir()) / "kiban-operator-scale.log"
         print(f"operator log: {log_path}; Prometheus {prometheus.url} scraping the stand-in exporter "

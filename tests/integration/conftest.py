@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from pinned_tools import start_or_fail
 
-from support import CRDS, kubectl, wait_established
+from support import CRDS, kubectl
 
 
 @pytest.fixture(scope="session")
@@ -26,7 +26,9 @@ def crds(kubeconfig: Path) -> Path:
     assert files, f"{CRDS} has no CRDs: run `make crds`"
     for path in files:
         kubectl(kubeconfig, "apply", "--server-side", "-f", str(path))
-    wait_established(kubeconfig)
+    from kiban_dev.devcluster import wait_crds_established
+
+    wait_crds_established(kubeconfig)
     return kubeconfig
 
 

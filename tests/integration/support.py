@@ -51,18 +51,6 @@ def kubectl(kubeconfig: Path, *args: str, input_text: str | None = None, check: 
     return done
 
 
-def wait_established(kubeconfig: Path, *crds: str) -> None:
-    """`kubectl wait --for=condition=Established` on `crds` (default: all), tried again while a CRD
-    just applied has no status yet (kubectl wait then errors out at once instead of waiting)."""
-    for _ in range(10):
-        done = kubectl(kubeconfig, "wait", "--for=condition=Established", "--timeout=60s", *(crds or ("crd", "--all")),
-                       check=False)
-        if done.returncode == 0:
-            return
-        time.sleep(0.5)
-    pytest.fail(f"the CRDs never became Established: {done.stderr}")
-
-
 class LoggedProcess:
     """A child process (`self.args`, `self.env`) logging to `self.log_path`, stopped with SIGTERM
     (SIGKILL after 20 s). As a context manager it starts on enter and, on exit, stops and prints

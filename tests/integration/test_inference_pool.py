@@ -20,7 +20,8 @@ import pytest
 import yaml
 
 from pinned_tools import start_or_fail
-from support import CRDS, OperatorProcess, kubectl, wait_established, wait_for
+from kiban_dev.devcluster import wait_crds_established
+from support import CRDS, OperatorProcess, kubectl, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -37,7 +38,7 @@ def cluster(tmp_path_factory) -> Iterator[Path]:
     try:
         for path in sorted(CRDS.glob("*.yaml")):
             kubectl(plane.kubeconfig, "apply", "--server-side", "-f", str(path))
-        wait_established(plane.kubeconfig)
+        wait_crds_established(plane.kubeconfig)
         yield plane.kubeconfig
     finally:
         plane.stop()
@@ -86,7 +87,7 @@ def test_pools_appear_only_where_the_api_is_served(cluster, pool_crd, tmp_path):
     assert "InferencePool/" not in logs and "Traceback" not in logs, logs[-3000:]  # never planned, nothing failed
 
     kubectl(cluster, "apply", "--server-side", "-f", str(pool_crd))
-    wait_established(cluster, "crd/inferencepools.inference.networking.k8s.io")
+    wait_crds_established(cluster, "inferencepools.inference.networking.k8s.io")
     with OperatorProcess(cluster, namespace, tmp_path / "operator-served.log", env=env):
         for body in (model("pooled", namespace), model("optout", namespace, inferencePool=False)):
             custom.create_namespaced_custom_object("kiban.dev", "v1alpha1", namespace, "foundationmodels", body)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import yaml
 
-from kiban_dev.devcluster import ControlPlane, PrometheusServer, tool_path
+from kiban_dev.devcluster import ControlPlane, PrometheusServer, tool_path, wait_crds_established
 from kiban_dev.devcluster.processes import Component, free_port, pid_alive, start_component, stop_components
 from kiban_dev.devcluster.prometheus import build_config
 from kiban_dev.demo.backer import PodBacker
@@ -219,7 +219,7 @@ class DemoStack:
     def _install_crds(self) -> None:
         for path in sorted((REPO / "crds").glob("*.yaml")):
             self._kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
-        self._kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
+        wait_crds_established(self.kubeconfig)
 
     def _ensure_namespace(self) -> None:
         from kubernetes import client

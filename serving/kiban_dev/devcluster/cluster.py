@@ -14,6 +14,7 @@ import logging
 import random
 import shutil
 import ssl
+import subprocess
 import tempfile
 import time
 import urllib.error
@@ -151,6 +152,23 @@ def kwok_args(kubeconfig: Path, stages: Path, pod_cidr: str) -> list[str]:
         "--node-lease-duration-seconds=40",  # kwok renews Leases, so the node controller keeps nodes Ready
         f"--cidr={pod_cidr}",
     ]
+
+
+def wait_crds_established(kubeconfig: Path, *names: str, timeout_s: float = 60.0) -> None:
+    """`kubectl wait --for=condition=Established crd NAMES` (every CRD without names), retried:
+    kubectl's wait fails at once ("accessor error: <nil>") on a CRD the API server has not given
+    a status yet, which a busy control plane shows for a moment after the apply."""
+    args = [str(tool_path("kubectl")), f"--kubeconfig={kubeconfig}", "wait", "--for=condition=Established",
+            "crd", *(names or ("--all",))]
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = max(1, int(deadline - time.monotonic()))
+        done = subprocess.run([*args, f"--timeout={left}s"], capture_output=True, text=True, timeout=left + 30)
+        if done.returncode == 0:
+            return
+        if time.monotonic() >= deadline:
+            raise ControlPlaneError(f"CRDs not Established within {timeout_s:.0f}s: {done.stderr.strip()}")
+        time.sleep(0.5)
 
 
 class ControlPlane:
