@@ -156,6 +156,7 @@ class AutoscaleSettings:
     drift_window_s: float | None = None  # overrides spec.drift.windowSeconds
     drift_min_samples: int | None = None  # overrides the detector's min_samples
     drift_psi_threshold: float | None = None  # overrides the detector's psi_threshold
+    engine_fit: bool = True  # learn the engine's step times online (KIBAN_ENGINE_FIT=false pins the datasheet)
 
     @property
     def window_s(self) -> float:
@@ -181,7 +182,23 @@ class AutoscaleSettings:
         return cls(prometheus_url=config.prometheus_url, interval_s=float(config.autoscale_interval_seconds),
                    prometheus_bearer_token_file=config.prometheus_bearer_token_file,
                    prometheus_ca_file=config.prometheus_ca_file, namespace=namespace,
-                   capacity_workers=workers, **drift_overrides(environ))
+                   capacity_workers=workers, engine_fit=engine_fit_setting(environ), **drift_overrides(environ))
+
+
+ENGINE_FIT_ENV = "KIBAN_ENGINE_FIT"
+
+
+def engine_fit_setting(environ: Mapping[str, str]) -> bool:
+    """KIBAN_ENGINE_FIT (default true). false sizes with the datasheet profile as it is: for a
+    simulator run faster than real time (--speedup), whose engine-time latencies against
+    wall-time rates no fit can read, or a profile measured on the very GPU. Cold starts are
+    learned either way."""
+    text = (environ.get(ENGINE_FIT_ENV) or "true").strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{ENGINE_FIT_ENV} must be true or false, got {text!r}")
 
 
 def drift_overrides(environ: Mapping[str, str]) -> dict[str, float | int]:
@@ -430,15 +447,17 @@ def max_num_batched_tokens(model: FoundationModel) -> int:
 
 def learn_engine(memory: learning.LearningMemory | None, prior: EngineProfile, collected: Collected,
                  pods: Sequence[Mapping[str, Any]], now_s: float, revision: str, window_s: float,
-                 budget: int = DEFAULT_MAX_NUM_BATCHED_TOKENS) -> tuple[learning.LearningMemory, learning.Learned]:
+                 budget: int = DEFAULT_MAX_NUM_BATCHED_TOKENS, fit: bool = True,
+                 ) -> tuple[learning.LearningMemory, learning.Learned]:
     """This pass's evidence into the model's learning memory: the engines' counter increases over
     the rate window (weighted by the share of the window not seen at the last pass, since
-    consecutive windows overlap) and its pods (kopf's pod index projection)."""
+    consecutive windows overlap) and its pods (kopf's pod index projection). `fit` false: no
+    step-time evidence (the prior stays); the cold start is still learned."""
     memory = memory or learning.LearningMemory()
     last = memory.evidence.time_s
     weight = 1.0 if last is None else min(1.0, max(0.0, (now_s - last) / window_s))
     obs = collected.observation
-    windows = collected.engine_windows if obs.metrics_available else ()
+    windows = collected.engine_windows if obs.metrics_available and fit else ()
     return learning.learn(memory, prior, windows, learning.pod_starts(pods), now_s, revision,
                           prompt_mix=obs.prompt_mix, weight=weight, max_num_batched_tokens=budget)
 
@@ -1077,7 +1096,7 @@ class Autoscaler:
             try:
                 out.append(learn_engine(memory.learning if memory else None, item.profile, got,
                                         observe.from_index(pods_index, item.ref), now, revision,
-                                        self.settings.window_s, budget))
+                                        self.settings.window_s, budget, fit=self.settings.engine_fit))
             except Exception as exc:  # noqa: BLE001 - said in the log; this pass adds no evidence
                 log.warning(kv("Skipped the engine fit", name=item.ref[1], namespace=item.ref[0],
                                error=f"{type(exc).__name__}: {exc}"[:300]))

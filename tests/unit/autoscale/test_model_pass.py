@@ -238,3 +238,13 @@ def test_status_is_rewritten_for_what_a_reader_would_see_not_for_every_wobble_of
     assert material_change(before, worded)
     eleven = {"scaling": {**wobble["scaling"], "desiredReplicas": 11}, "conditions": wobble["conditions"]}
     assert material_change({**wobble, "scaling": {**wobble["scaling"], "desiredReplicas": 10}}, eleven)
+
+
+def test_engine_fit_setting_reads_true_and_false_and_names_the_variable_on_anything_else():
+    from kiban.autoscale.model_pass import engine_fit_setting
+    from kiban.config import ConfigError
+
+    assert engine_fit_setting({}) is True and engine_fit_setting({"KIBAN_ENGINE_FIT": " On "}) is True
+    assert engine_fit_setting({"KIBAN_ENGINE_FIT": "false"}) is False and engine_fit_setting({"KIBAN_ENGINE_FIT": "0"}) is False
+    with pytest.raises(ConfigError, match="KIBAN_ENGINE_FIT"):
+        engine_fit_setting({"KIBAN_ENGINE_FIT": "maybe"})
