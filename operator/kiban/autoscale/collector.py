@@ -756,10 +756,10 @@ class Collector:
                 break  # nothing scraped at all: the other answers would be empty too
         return self._finish(answers, failures, targets, time_s)
 
-    async def collect_all_async(self, targets: Sequence[Target], *, time_s: float,
-                                run: Runner) -> dict[SeriesKey, Collected]:
-        """collect_all with every query in flight at once through `run` (its executor bounds them)."""
-        queries = self.queries(targets)
+    async def _ask_all(self, queries: Mapping[str, str], time_s: float,
+                       run: Runner) -> tuple[dict[str, list[Sample]], dict[str, PrometheusUnavailable]]:
+        """Every query in flight at once through `run`; answers and failures by key (an
+        unexpected exception is a failure of its query, never of the pass)."""
         outcomes = await asyncio.gather(
             *(run(lambda promql=promql: self._ask(promql, time_s)) for promql in queries.values()),
             return_exceptions=True)
@@ -772,6 +772,12 @@ class Collector:
                 failures[key] = PrometheusUnavailable(QUERY_FAILED, f"{type(outcome).__name__}: {outcome}")
             else:
                 answers[key] = outcome
+        return answers, failures
+
+    async def collect_all_async(self, targets: Sequence[Target], *, time_s: float,
+                                run: Runner) -> dict[SeriesKey, Collected]:
+        """collect_all with every query in flight at once through `run` (its executor bounds them)."""
+        answers, failures = await self._ask_all(self.queries(targets), time_s, run)
         return self._finish(answers, failures, targets, time_s)
 
     def collect(
@@ -805,19 +811,7 @@ class Collector:
 
     async def collect_drift_all_async(self, keys: Sequence[SeriesKey], *, time_s: float, window_s: float,
                                       run: Runner) -> dict[SeriesKey, DriftSeries]:
-        queries = self.drift_queries(window_s)
-        outcomes = await asyncio.gather(
-            *(run(lambda promql=promql: self._ask(promql, time_s)) for promql in queries.values()),
-            return_exceptions=True)
-        answers: dict[str, list[Sample]] = {}
-        failures: dict[str, PrometheusUnavailable] = {}
-        for key, outcome in zip(queries, outcomes):
-            if isinstance(outcome, PrometheusUnavailable):
-                failures[key] = outcome
-            elif isinstance(outcome, BaseException):
-                failures[key] = PrometheusUnavailable(QUERY_FAILED, f"{type(outcome).__name__}: {outcome}")
-            else:
-                answers[key] = outcome
+        answers, failures = await self._ask_all(self.drift_queries(window_s), time_s, run)
         return drift_from_answers(answers, failures, keys, time_s=time_s, window_s=window_s,
                                   namespace_label=self.namespace_label)
 
