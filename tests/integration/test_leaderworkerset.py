@@ -285,6 +285,24 @@ def ready_groups(state: dict[str, tuple[str, bool]], lws: str, groups: int) -> l
             and state.get(f"{lws}-{g}-1", ("", False))[1]]
 
 
+def first_touch(recorder: PodRecorder, group_prefix: str, new: str) -> int:
+    """The first pod event of a group that deletes one of its pods or carries the new template."""
+    return next(i for i, (pod, _, revision, _, deleting) in enumerate(recorder.events)
+                if pod.startswith(group_prefix) and (deleting or revision == new))
+
+
+def assert_a_group_ready_until(recorder: PodRecorder, timeline: list, lws: str, until: int, after: str) -> None:
+    """A ready group after every pod event before `until` (asserted, with the events around the
+    first gap on failure); after it, gaps are lws v0.9.0's stale worker StatefulSet status, printed."""
+    gaps = [i for i in range(until) if not ready_groups(timeline[i], lws, 2)]
+    assert not gaps, "no ready group after these pod events:\n" + "\n".join(
+        f"{i}: {recorder.events[i]} -> {timeline[i]}" for i in range(max(0, gaps[0] - 6), min(len(timeline), gaps[-1] + 3)))
+    late = [i for i in range(until, len(timeline)) if not ready_groups(timeline[i], lws, 2)]
+    if late:
+        print(f"after {after}, {len(late)} of {len(timeline) - until} pod events left no group ready "
+              "(the lws v0.9.0 stale worker StatefulSet status)")
+
+
 def roll(cluster: Cluster, name: str, operator: OperatorProcess, replicas: int) -> tuple[str, PodRecorder]:
     """Change the engine spec and record the pods until every group runs the new template."""
     old = cluster.group_set(name)["metadata"]["annotations"]["kiban.dev/spec-hash"]
@@ -321,21 +339,14 @@ def test_a_spec_change_rolls_one_group_at_a_time_never_below_min_replicas(cluste
     first_new = {g: next(i for i, s in enumerate(timeline) if s.get(f"roll-group-{g}", ("",))[0] == new)
                  for g in (0, 1)}
     assert first_new[1] < first_new[0]
-    group0_touched = next(i for i, (pod, _, revision, _, deleting) in enumerate(recorder.events)
-                          if pod.startswith("roll-group-0") and (deleting or revision == new))
-    gaps = [i for i in range(group0_touched) if not ready_groups(timeline[i], "roll-group", 2)]
-    assert not gaps, "no ready group after these pod events:\n" + "\n".join(
-        f"{i}: {recorder.events[i]} -> {timeline[i]}" for i in range(max(0, gaps[0] - 6), min(len(timeline), gaps[-1] + 3)))
+    group0_touched = first_touch(recorder, "roll-group-0", new)
+    assert_a_group_ready_until(recorder, timeline, "roll-group", group0_touched, "LWS began group 0")
     # LWS moved on to group 0 only once group 1's leader was Ready on the new template
     group1_leader_ready = next(i for i, s in enumerate(timeline)
                                if s.get("roll-group-1", ("", False)) == (new, True))
     assert group1_leader_ready < group0_touched, (group1_leader_ready, group0_touched)
-    # After that, lws v0.9.0 may count group 1 ready while its worker StatefulSet's status is still
-    # the old generation's (as in the surge test below): a gap that is LWS's, reported not asserted.
-    late_gaps = [i for i in range(group0_touched, len(timeline)) if not ready_groups(timeline[i], "roll-group", 2)]
-    if late_gaps:
-        print(f"after LWS began group 0, {len(late_gaps)} of {len(timeline) - group0_touched} pod events left no "
-              "group ready (the lws v0.9.0 stale worker StatefulSet status)")
+    # (after that, lws v0.9.0 may count group 1 ready while its worker StatefulSet's status is
+    # still the old generation's, as in the surge test below: reported, not asserted)
 
 
 def test_the_default_rollout_surges_one_whole_group_and_keeps_the_ready_one(cluster: Cluster,
@@ -352,17 +363,10 @@ def test_the_default_rollout_surges_one_whole_group_and_keeps_the_ready_one(clus
     surge_ready = next((i for i, s in enumerate(timeline)
                         if 1 in ready_groups(s, "surge-group", 2) and s["surge-group-1"][0] == new), None)
     assert surge_ready is not None, "the surge group was never ready on the new template"
-    group0_touched = next(i for i, (pod, _, revision, _, deleting) in enumerate(recorder.events)
-                          if pod.startswith("surge-group-0") and (deleting or revision == new))
+    group0_touched = first_touch(recorder, "surge-group-0", new)
     assert surge_ready < group0_touched, (surge_ready, group0_touched)
     reclaimed = next(i for i, row in enumerate(recorder.events) if row[0].startswith("surge-group-1") and row[4])
-    gaps = [i for i in range(reclaimed) if not ready_groups(timeline[i], "surge-group", 2)]
-    assert not gaps, "no ready group after these pod events:\n" + "\n".join(
-        f"{i}: {recorder.events[i]} -> {timeline[i]}" for i in range(max(0, gaps[0] - 6), min(len(timeline), gaps[-1] + 3)))
-    late_gaps = [i for i in range(reclaimed, len(timeline)) if not ready_groups(timeline[i], "surge-group", 2)]
-    if late_gaps:
-        print(f"after the surge group was reclaimed, {len(late_gaps)} of {len(timeline) - reclaimed} pod events "
-              "left no group ready (the lws v0.9.0 stale worker StatefulSet status)")
+    assert_a_group_ready_until(recorder, timeline, "surge-group", reclaimed, "the surge group was reclaimed")
     surged = [state for state in timeline if state.get("surge-group-1", ("",))[0] == new]
     assert surged, "no surge group (index 1) on the new template was started"
     final = timeline[-1]
