@@ -16,6 +16,7 @@ first decision in status.scaling), p50/p99 of create -> Deployment, the operator
 operator's own "Autoscaler pass" log lines, the largest pass that covered the whole fleet).
 
 Run: python -m kiban_dev.operator_bench [--sizes 200 1000] [--out bench/results/operator_scale.json]
+     python -m kiban_dev.operator_bench --write-cost   # ms per status write, per CRD variant (docs/operations.md)
 Targets: p99 <= 2 s at 200; all 1,000 converged within 60 s; peak RSS <= 300 MB at 1,000; one
 autoscaler pass over 1,000 models <= 5 s. A benchmark, not a test: it asserts nothing.
 """
@@ -319,14 +320,113 @@ def run_round(api, namespace: str, count: int, timeout: float) -> dict:
     }
 
 
+def crd_variants(crd: dict) -> dict[str, dict]:
+    """The FoundationModel CRD as shipped, without its CEL rules, and with no schema at all, each
+    under its own name: what a status write costs the API server for each (write_cost)."""
+    import copy
+
+    def renamed(kind: str) -> dict:
+        out = copy.deepcopy(crd)
+        plural = kind.lower() + "s"
+        out["metadata"]["name"] = f"{plural}.{GROUP}"
+        out["spec"]["names"] = {"plural": plural, "singular": kind.lower(), "kind": kind, "listKind": kind + "List"}
+        return out
+
+    def strip_rules(node: object) -> None:
+        if isinstance(node, dict):
+            node.pop("x-kubernetes-validations", None)
+            for value in node.values():
+                strip_rules(value)
+        elif isinstance(node, list):
+            for value in node:
+                strip_rules(value)
+
+    no_rules = renamed("NoRulesModel")
+    strip_rules(no_rules)
+    no_schema = renamed("NoSchemaModel")
+    for version in no_schema["spec"]["versions"]:
+        version.pop("additionalPrinterColumns", None)
+        version["schema"] = {"openAPIV3Schema": {"type": "object", "properties": {
+            part: {"type": "object", "x-kubernetes-preserve-unknown-fields": True} for part in ("spec", "status")}}}
+    return {PLURAL: crd, "norulesmodels": no_rules, "noschemamodels": no_schema}
+
+
+def write_cost(count: int = 100, rounds: int = 2) -> list[dict]:
+    """Milliseconds per status write (server-side apply and merge patch, 1 and 8 client threads)
+    and per GET, on a fresh control plane with nothing else running in it, for the shipped CRD
+    and the two variants of crd_variants: what bounds the operator's write rate on this machine."""
+    import yaml
+    from kubernetes import client, config, dynamic
+
+    from kiban_dev.devcluster import ControlPlane, tool_path, wait_crds_established
+
+    shipped = yaml.safe_load((REPO / "crds" / "kiban.dev_foundationmodels.yaml").read_text())
+    variants = crd_variants(shipped)
+    rows = []
+    with ControlPlane(node_pool={"cpu": 1}, startup_timeout=300) as cluster:
+        kubectl = [str(tool_path("kubectl")), f"--kubeconfig={cluster.kubeconfig}"]
+        for crd in variants.values():
+            subprocess.run([*kubectl, "apply", "--server-side", "-f", "-"], input=yaml.safe_dump(crd).encode(),
+                           check=True, capture_output=True)
+        wait_crds_established(cluster.kubeconfig)
+        api = config.new_client_from_config(config_file=str(cluster.kubeconfig))
+        client.CoreV1Api(api).create_namespace({"metadata": {"name": "cost"}})
+        custom, dyn = client.CustomObjectsApi(api), dynamic.DynamicClient(api)
+        for plural, crd in variants.items():
+            kind = crd["spec"]["names"]["kind"]
+            for i in range(count):
+                custom.create_namespaced_custom_object(GROUP, VERSION, "cost", plural,
+                                                       {**model(f"m-{i:04d}"), "kind": kind})
+
+        def status(i: int, k: int) -> dict:
+            return {"scaling": {"desiredReplicas": 1, "arrivalRateRps": 0.1 * k + i * 0.001,
+                                "reason": f"λ={k} req/s → 1 replicas"},
+                    "conditions": [{"type": t, "status": "True", "reason": "R", "message": f"m {k}",
+                                    "lastTransitionTime": "2026-12-02T00:00:00Z", "observedGeneration": 1}
+                                   for t in ("MetricsAvailable", "ScalingActive")]}
+
+        for k in range(rounds):
+            for plural, crd in variants.items():
+                kind = crd["spec"]["names"]["kind"]
+                resource = dyn.resources.get(api_version=f"{GROUP}/{VERSION}", kind=kind)
+                calls = {
+                    "apply": lambda i: dyn.server_side_apply(
+                        resource.subresources["status"], name=f"m-{i:04d}", namespace="cost",
+                        body={"apiVersion": f"{GROUP}/{VERSION}", "kind": kind,
+                              "metadata": {"name": f"m-{i:04d}", "namespace": "cost"}, "status": status(i, k)},
+                        field_manager="kiban-autoscaler", force_conflicts=True),
+                    "merge": lambda i: custom.patch_namespaced_custom_object_status(
+                        GROUP, VERSION, "cost", plural, f"m-{i:04d}", {"status": status(i, k + 100)}),
+                    "get": lambda i: custom.get_namespaced_custom_object(GROUP, VERSION, "cost", plural, f"m-{i:04d}"),
+                }
+                for call, fn in calls.items():
+                    for threads in (1, 8):
+                        started = time.perf_counter()
+                        with ThreadPoolExecutor(threads) as pool:
+                            list(pool.map(fn, range(count)))
+                        ms = 1000 * (time.perf_counter() - started) / count
+                        rows.append({"round": k, "crd": plural, "call": call, "threads": threads,
+                                     "ms_per_call": round(ms, 1), "load_average": list(os.getloadavg())})
+                        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[200, 1000])
+    parser.add_argument("--write-cost", action="store_true",
+                        help="only measure what one status write costs the API server (write_cost), per CRD variant")
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds to wait per round")
     parser.add_argument("--passes", type=int, default=3, help="autoscaler passes to time after each round")
     parser.add_argument("--out", type=Path, help="also write the results as JSON here")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the control plane on SIGTERM too
+    if args.write_cost:
+        rows = write_cost()
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(rows, indent=2) + "\n")
+        return 0
 
     from kubernetes import config
 

@@ -583,6 +583,11 @@ def applied_status(fields: Mapping[str, Any], conditions: Sequence[Mapping[str, 
 
 STATUS_REFRESH_S = 300.0  # the autoscaler's numbers in status are at most this old...
 MATERIAL_CHANGE = 0.10  # ...or within this relative change of the live ones (kiban_* gauges are live)
+# numbers that moved by more than MATERIAL_CHANGE are rewritten at most every this many intervals
+# (60 s at the default 15 s) when nothing a reader acts on changed (a replica count, a condition,
+# wording): at low traffic some number moves 10 % nearly every pass, which cost one status write
+# per model per pass (67/s at 1,000 models)
+NUMBERS_REFRESH_INTERVALS = 4
 _NUMBER = re.compile(r"[-+]?\d[\d.,]*(?:e[-+]?\d+)?")
 
 
@@ -597,6 +602,16 @@ def _shape(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_shape(v) for v in value]
     return value
+
+
+def status_write_due(before: Mapping[str, Any], wanted: Mapping[str, Any], age_s: float | None,
+                     numbers_refresh_s: float) -> bool:
+    """Whether to apply `wanted` over `before`, written `age_s` ago by this operator (None: not
+    by this process): at once when a reader would see something new besides numbers; numbers
+    that moved materially after `numbers_refresh_s`; any numbers after STATUS_REFRESH_S."""
+    if not before or age_s is None or _shape(before) != _shape(wanted) or age_s >= STATUS_REFRESH_S:
+        return True
+    return age_s >= numbers_refresh_s and material_change(before, wanted)
 
 
 def material_change(before: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool:
@@ -911,8 +926,10 @@ class Autoscaler:
     # models the gateway holds requests for at zero replicas, waiting for a wake pass (notice)
     waking: set[ModelRef] = field(default_factory=set)
     _woken: asyncio.Event = field(default_factory=asyncio.Event)
-    # per model UID: its writes of an earlier pass still in flight (WRITE_WAIT_SHARE)
+    # per model UID: its writes of an earlier pass still in flight (WRITE_WAIT_SHARE), and the
+    # models a wake pass had to leave for that reason (woken again when their writes land)
     writing: dict[str, asyncio.Task] = field(default_factory=dict)
+    wake_after_writes: dict[str, ModelRef] = field(default_factory=dict)
 
     @classmethod
     def from_settings(cls, settings: AutoscaleSettings, clock: Callable[[], float] = time.time) -> Autoscaler:
@@ -1015,8 +1032,10 @@ class Autoscaler:
             if uid in self.writing:  # an earlier pass's writes have not landed: decide it after they do
                 seen_uids.add(uid)
                 metadata = body.get("metadata") or {}
-                summary.results[(metadata.get("namespace", ""), metadata.get("name", ""))] = PassResult(
-                    skipped=WRITES_IN_FLIGHT)
+                ref = (metadata.get("namespace", ""), metadata.get("name", ""))
+                summary.results[ref] = PassResult(skipped=WRITES_IN_FLIGHT)
+                if only is not None:  # a wake must not wait for the next full pass
+                    self.wake_after_writes[uid] = ref
                 continue
             item = prepare(body, indexes, context.config, self._drift_config, now)
             seen_uids.add(item.uid)
@@ -1112,6 +1131,9 @@ class Autoscaler:
     def _landed(self, uid: str, task: asyncio.Task) -> None:
         if self.writing.get(uid) is task:
             del self.writing[uid]
+        if (ref := self.wake_after_writes.pop(uid, None)) is not None:
+            self.waking.add(ref)
+            self._woken.set()
         if not task.cancelled() and task.exception() is not None:
             log.warning(kv("Autoscaler writes failed", uid=uid,
                            error=f"{type(task.exception()).__name__}: {task.exception()}"[:300]))
@@ -1288,9 +1310,9 @@ class Autoscaler:
         if wanted == before or self.applied.get(slot) == wanted:
             return False
         written_at = self.applied_at.get(slot)
-        recent = written_at is not None and self.clock() - written_at < STATUS_REFRESH_S
-        if recent and before and not material_change(before, wanted):
-            return False  # numbers only moved a little: status refreshes at least every STATUS_REFRESH_S
+        if not status_write_due(before, wanted, None if written_at is None else self.clock() - written_at,
+                                NUMBERS_REFRESH_INTERVALS * self.settings.interval_s):
+            return False  # only numbers moved: status_write_due says when they are rewritten
         try:
             await context.io(context.writer.apply_status, metadata["namespace"], metadata["name"], wanted, manager)
         except ApiException as exc:

@@ -361,12 +361,15 @@ def test_a_slow_write_never_stalls_the_pass_and_its_model_sits_out_until_it_land
         second = await scaler.run_pass(context, models)  # m0 sits out, m1 is decided
         assert second.results[("ns", "m0")].skipped == WRITES_IN_FLIGHT
         assert second.results[("ns", "m1")].decision is not None
+        woken = await scaler.run_pass(context, models, only={("ns", "m0")})  # a wake pass must not drop it
+        assert woken.results[("ns", "m0")].skipped == WRITES_IN_FLIGHT and not scaler.waking
         context.release.set()
         for _ in range(100):
             if not scaler.writing:
                 break
             await asyncio.sleep(0.01)
         assert not scaler.writing and "m0" in [name for name, _, _ in writer.applies]
+        assert scaler.waking == {("ns", "m0")}  # queued for a wake pass once its writes landed
         third = await scaler.run_pass(context, models)
         assert third.results[("ns", "m0")].decision is not None
 

@@ -240,6 +240,21 @@ def test_status_is_rewritten_for_what_a_reader_would_see_not_for_every_wobble_of
     assert material_change({**wobble, "scaling": {**wobble["scaling"], "desiredReplicas": 10}}, eleven)
 
 
+def test_numbers_alone_are_rewritten_every_few_intervals_and_anything_else_at_once():
+    from kiban.autoscale.model_pass import status_write_due
+
+    before = {"scaling": {"desiredReplicas": 2, "arrivalRateRps": 1.02, "reason": "λ=1.02 req/s → 2 replicas"}}
+    moved = {"scaling": {"desiredReplicas": 2, "arrivalRateRps": 1.3, "reason": "λ=1.3 req/s → 2 replicas"}}
+    wobble = {"scaling": {"desiredReplicas": 2, "arrivalRateRps": 1.05, "reason": "λ=1.05 req/s → 2 replicas"}}
+    scaled = {"scaling": {"desiredReplicas": 3, "arrivalRateRps": 1.3, "reason": "λ=1.3 req/s → 3 replicas"}}
+    assert not status_write_due(before, moved, 15.0, 60.0)  # 27 % after one pass: the gauges carry it
+    assert status_write_due(before, moved, 60.0, 60.0)  # a minute later it is written
+    assert not status_write_due(before, wobble, 120.0, 60.0)  # 3 %: not even after two minutes...
+    assert status_write_due(before, wobble, 300.0, 60.0)  # ...but within five
+    assert status_write_due(before, scaled, 1.0, 60.0)  # a decision is written at once
+    assert status_write_due({}, moved, 1.0, 60.0) and status_write_due(before, moved, None, 60.0)  # first write; a restart
+
+
 def test_engine_fit_setting_reads_true_and_false_and_names_the_variable_on_anything_else():
     from kiban.autoscale.model_pass import engine_fit_setting
     from kiban.config import ConfigError
