@@ -15,7 +15,7 @@ import functools
 import math
 from dataclasses import dataclass, replace
 
-from kiban.capacity.batching import Slo, max_arrival_rate, predict, prefill_alone_ms
+from kiban.capacity.batching import Slo, max_arrival_rate, predict, prefill_alone_ms, prompt_atoms
 from kiban.capacity.engine_profile import EngineProfile
 
 TOKEN_GRID_RATIO = 1.02  # token means are rounded up to this relative grid for the capacity cache
@@ -24,6 +24,13 @@ MIN_TREND_SAMPLES = 3
 MIN_TREND_SPAN_S = 30.0
 BURST_FACTOR_WINDOWS = 2  # a missed burst's factor fades over this many burst windows
 TREND_SIGNIFICANCE_Z = 2.0  # a rate trend is extrapolated only when slope > z x its standard error
+# The prompt-length law the capacity model is given: three probability slices of the window's
+# prompt mix (the bulk, the tail, the longest 1 %: a p99 target is set by the longest prompts),
+# each at its mean as a multiple of the overall mean, snapped to a geometric grid, and held until
+# a slice moves by more than SHAPE_HOLD x a grid step. Structural choices, not tuned on a trace.
+PROMPT_SHAPE_MASSES = (0.90, 0.09, 0.01)
+SHAPE_GRID_RATIO = 1.25
+SHAPE_HOLD = 1.5  # a held shape is replaced once a slice moved 1.5 grid steps from it (no flapping)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -137,6 +144,8 @@ class PolicyState:
     # (capacity per replica, rate, prompt, output) of the last decision with traffic: the next
     # capacity may move from it only as far as stable_capacity allows
     last_capacity: tuple[float, float, float, float] | None = None
+    mix_samples: tuple[tuple[float, float, tuple[tuple[float, float], ...]], ...] = ()  # (time_s, rate, prompt mix)
+    prompt_shape: tuple[tuple[float, float], ...] | None = None  # the held shape (held_shape)
 
 
 @dataclass(frozen=True)
@@ -196,14 +205,16 @@ def capacity_per_replica_rps(
     10 % geometric grid in prompt and output tokens (each corner computed once): capacity falls
     smoothly with both, so the grid costs about 1 % at most and a workload whose means wander
     costs a few dozen capacity solves, not one per decision. A prompt mix captures the
-    long-prompt tail that the mean alone hides; it is solved exactly."""
-    if prompt_mix is not None or prompt_tokens <= 1 or output_tokens <= 1:
+    long-prompt tail that the mean alone hides; only its shape is used (batching.prompt_atoms
+    rescales it to the mean), so with a fixed shape (prompt_shape) the same grid applies."""
+    if prompt_tokens <= 1 or output_tokens <= 1:
         return _capacity_node(profile, prompt_tokens, output_tokens, slo, target_utilization, prompt_mix)
     p0, p1, sp = _grid_bracket(prompt_tokens)
     o0, o1, so = _grid_bracket(output_tokens)
-    corners = [[_capacity_node(profile, p, o, slo, target_utilization) for o in (o0, o1)] for p in (p0, p1)]
+    corners = [[_capacity_node(profile, p, o, slo, target_utilization, prompt_mix) for o in (o0, o1)]
+               for p in (p0, p1)]
     if min(min(row) for row in corners) <= 0:  # an unattainable corner: no smooth surface to follow
-        return _capacity_node(profile, prompt_tokens, output_tokens, slo, target_utilization)
+        return _capacity_node(profile, prompt_tokens, output_tokens, slo, target_utilization, prompt_mix)
     logs = [[math.log(c) for c in row] for row in corners]
     low = logs[0][0] * (1 - so) + logs[0][1] * so
     high = logs[1][0] * (1 - so) + logs[1][1] * so
@@ -305,11 +316,119 @@ def burst_capacity_per_replica_rps(
     steady = capacity_per_replica_rps(profile, prompt_tokens, output_tokens, slo, 1.0, prompt_mix)
     if not steady > 0:
         return 0.0
-    if prompt_mix is None:  # an idle engine prefills a lone prompt at once: no chain to solve
-        unloaded = prefill_alone_ms(profile, prompt_tokens, 0.0) / 1000.0
-    else:
-        unloaded = predict(profile, steady * 1e-4, prompt_tokens, output_tokens, prompt_mix=prompt_mix).ttft_p95_s
+    unloaded = unloaded_ttft_p95_s(profile, prompt_tokens, prompt_mix)
     return steady * transient_tolerance(slo.ttft_ms / 1000.0, unloaded, sample_s)
+
+
+def unloaded_ttft_p95_s(profile: EngineProfile, prompt_tokens: float,
+                        prompt_mix: tuple[tuple[float, float], ...] | None = None) -> float:
+    """The TTFT p95 of an idle engine: each prompt prefilled alone at once (the capacity model's
+    limit at zero load), over the mix rescaled to the mean prompt, or the mean prompt alone."""
+    atoms = prompt_atoms(prompt_tokens, prompt_mix)
+    cumulative = 0.0
+    for tokens, probability in atoms:  # sorted by length
+        cumulative += probability
+        if cumulative >= 0.95 - 1e-12:
+            return prefill_alone_ms(profile, tokens, 0.0) / 1000.0
+    return prefill_alone_ms(profile, atoms[-1][0], 0.0) / 1000.0
+
+
+def windowed_prompt_mix(samples: tuple[tuple[float, float, tuple[tuple[float, float], ...]], ...]
+                        ) -> tuple[tuple[float, float], ...] | None:
+    """The rate-weighted average of the windows' prompt mixes (as token_samples weights the means),
+    as (tokens, probability) sorted by tokens; None without a usable sample."""
+    weights: dict[float, float] = {}
+    total = 0.0
+    for _, rate, mix in samples:
+        if not rate > 0:
+            continue
+        for tokens, probability in mix:
+            weights[tokens] = weights.get(tokens, 0.0) + rate * probability
+        total += rate
+    if not total > 0 or not weights:
+        return None
+    mass = sum(weights.values())
+    return tuple((t, w / mass) for t, w in sorted(weights.items()) if w > 0)
+
+
+def prompt_shape(mix: tuple[tuple[float, float], ...] | None,
+                 masses: tuple[float, ...] = PROMPT_SHAPE_MASSES) -> tuple[tuple[float, float], ...] | None:
+    """The mix's shape as few atoms: one per probability slice (masses, shortest prompts first),
+    at the slice's mean length as a multiple of the overall mean, snapped to the capacity grid.
+
+    A window's mix moves every tick (a handful of long prompts more or less), and each distinct
+    mix is a fresh capacity solve; this summary keeps what sets a latency percentile (the tail,
+    resolved to the top 1 %) and changes only when the shape does, so it caches."""
+    mix = _mix(mix)
+    if mix is None:
+        return None
+    atoms = sorted((t, p) for t, p in mix if p > 0)
+    total = sum(p for _, p in atoms)
+    mean = sum(t * p for t, p in atoms) / total
+    if not mean > 0:
+        return None
+    out: dict[float, float] = {}
+    index, left = 0, atoms[0][1] / total
+    for mass in masses:
+        need, tokens_mass = mass, 0.0
+        while need > 1e-12 and index < len(atoms):
+            take = min(need, left)
+            tokens_mass += take * atoms[index][0]
+            need -= take
+            left -= take
+            if left <= 1e-12:
+                index += 1
+                left = atoms[index][1] / total if index < len(atoms) else 0.0
+        taken = mass - need
+        if taken <= 0:
+            continue
+        ratio = max(tokens_mass / taken / mean, 1e-6)
+        out[ratio] = out.get(ratio, 0.0) + taken
+    return tuple(sorted(out.items()))
+
+
+def snapped_shape(shape: tuple[tuple[float, float], ...]) -> tuple[tuple[float, float], ...]:
+    """A prompt shape with each slice's ratio on the SHAPE_GRID_RATIO grid (slices that meet merge)."""
+    out: dict[float, float] = {}
+    for ratio, mass in shape:
+        snapped = round(SHAPE_GRID_RATIO ** round(math.log(ratio) / math.log(SHAPE_GRID_RATIO)), 6)
+        out[snapped] = round(out.get(snapped, 0.0) + mass, 6)
+    return tuple(sorted(out.items()))
+
+
+def _quantile_ratio(shape: tuple[tuple[float, float], ...], mass: float) -> float:
+    """The ratio at cumulative mass `mass` of a shape (its slices in order)."""
+    cumulative = 0.0
+    for ratio, share in shape:
+        cumulative += share
+        if cumulative >= mass - 1e-9:
+            return ratio
+    return shape[-1][0]
+
+
+def _within(held: tuple[tuple[float, float], ...], shape: tuple[tuple[float, float], ...], tolerance: float) -> bool:
+    """Every slice of `shape` within `tolerance` (log) of the held shape at the same cumulative mass."""
+    marks = []
+    cumulative = 0.0
+    for _, mass in shape:
+        marks.append(cumulative + 0.5 * mass)
+        cumulative += mass
+    return all(abs(math.log(_quantile_ratio(shape, m) / _quantile_ratio(held, m))) <= tolerance for m in marks)
+
+
+def held_shape(held: tuple[tuple[float, float], ...] | None, shape: tuple[tuple[float, float], ...] | None
+               ) -> tuple[tuple[float, float], ...] | None:
+    """The prompt shape to size with: the held one while every slice of the new shape lies within
+    SHAPE_HOLD grid steps of it, else the new shape snapped. Each new shape costs fresh capacity
+    solves; a shape that only wobbles around a grid point changes no decision worth them."""
+    if shape is None:
+        return held
+    if held is not None and _within(held, shape, SHAPE_HOLD * math.log(SHAPE_GRID_RATIO)):
+        return held
+    snapped = snapped_shape(shape)
+    if held is not None and snapped == held:
+        return held
+    return snapped
 
 
 def burst_overflow_share(config: ScalingConfig) -> float:
@@ -453,6 +572,8 @@ class History:
     burst_samples: tuple[tuple[float, float], ...]
     token_samples: tuple[tuple[float, float, float, float], ...]
     sample_s: float | None  # the length one rate sample covers (the rate window), None: unknown
+    mix_samples: tuple[tuple[float, float, tuple[tuple[float, float], ...]], ...] = ()
+    prompt_shape: tuple[tuple[float, float], ...] | None = None  # of the windowed mix (prompt_shape)
 
 
 def update_history(obs: Observation, config: ScalingConfig, state: PolicyState) -> History:
@@ -471,7 +592,14 @@ def update_history(obs: Observation, config: ScalingConfig, state: PolicyState) 
     if rate > 0:
         token_samples += ((now, rate, float(obs.mean_prompt_tokens), float(obs.mean_output_tokens)),)
     token_samples = _prune(token_samples, now, config.token_window_s)
-    return History(now, first_seen, last_traffic, rate_samples, burst_samples, token_samples, sample_s)
+    mix_samples = state.mix_samples
+    mix = _mix(obs.prompt_mix)
+    if rate > 0 and mix is not None:
+        mix_samples += ((now, rate, mix),)
+    mix_samples = _prune(mix_samples, now, config.token_window_s)
+    shape = held_shape(state.prompt_shape, prompt_shape(windowed_prompt_mix(mix_samples)))
+    return History(now, first_seen, last_traffic, rate_samples, burst_samples, token_samples, sample_s,
+                   mix_samples, shape)
 
 
 @dataclass(frozen=True)
@@ -579,7 +707,7 @@ def busy_sizing(obs: Observation, config: ScalingConfig, state: PolicyState, his
                 profile: EngineProfile) -> Sizing:
     """Arrivals in the window: stages 1-3 (forecast, steady capacity, burst allowance) and the
     drain of a harmful queue, as one replica count and its reason."""
-    rate, slo, mix = obs.arrival_rate_rps, config.slo, _mix(obs.prompt_mix)
+    rate, slo, mix = obs.arrival_rate_rps, config.slo, history.prompt_shape
     lookahead_s = config.startup_s if config.startup_s is not None else profile.startup_s
     mean_prompt, mean_output = windowed_token_means(history.token_samples) or (obs.mean_prompt_tokens,
                                                                                obs.mean_output_tokens)
@@ -616,6 +744,8 @@ def busy_sizing(obs: Observation, config: ScalingConfig, state: PolicyState, his
     if backlog_rps > 0:
         head += f" + {obs.waiting:.0f} waiting to drain in {config.backlog_drain_s:.0f} s"
     head += f"; one replica sustains {capacity:.3g} req/s at {steady.slo_text}"
+    if mix is not None:
+        head += f" (prompt mix of the last {config.token_window_s:.0f} s)"
     utilization = sizing_utilization(config)
     if utilization < 1:
         head += f", utilisation ≤ {utilization:.0%}"
@@ -690,13 +820,15 @@ def scale_down_stage(obs: Observation, config: ScalingConfig, recommended: int,
 
 
 def predicted_latency(obs: Observation, config: ScalingConfig, profile: EngineProfile, target: int,
-                      sizing: Sizing) -> tuple[float | None, float | None]:
-    """The TTFT and ITL p95 the model expects at the target size (reported, never decided on)."""
+                      sizing: Sizing, shape: tuple[tuple[float, float], ...] | None = None
+                      ) -> tuple[float | None, float | None]:
+    """The TTFT and ITL p95 the model expects at the target size (reported, never decided on),
+    at the prompt shape the capacity was sized with."""
     rate = obs.arrival_rate_rps
     if rate > 0 and target > 0 and sizing.mean_prompt + sizing.mean_output <= profile.kv_cache_tokens:
         per_replica = rate * config.peak_factor / target
         prediction = _predict_cached(profile, _round_up_on_grid(per_replica), round_tokens_up(sizing.mean_prompt),
-                                     max(1.0, round_tokens_up(sizing.mean_output)), _mix(obs.prompt_mix))
+                                     max(1.0, round_tokens_up(sizing.mean_output)), shape)
         return prediction.ttft_p95_s, prediction.itl_p95_s
     if rate > 0:
         return math.inf, None
@@ -738,7 +870,7 @@ def decide(
     recommended, limited, limit_notes = limits_stage(recommended, config)
     recommendations = _prune(state.recommendations + ((now, recommended),), now, config.scale_down_stabilization_s)
     target, down_notes = scale_down_stage(obs, config, recommended, recommendations, history.first_seen_s)
-    predicted_ttft, predicted_itl = predicted_latency(obs, config, profile, target, sizing)
+    predicted_ttft, predicted_itl = predicted_latency(obs, config, profile, target, sizing, history.prompt_shape)
 
     reason = "; ".join((sizing.head,) + sizing.notes + burst_notes + limit_notes + down_notes)
     capacity = sizing.capacity
@@ -753,6 +885,8 @@ def decide(
         burst_factors=burst_factors,
         last_capacity=((capacity, rate, sizing.prompt, sizing.output) if rate > 0 and capacity is not None
                        and capacity > 0 and sizing.mean_prompt is not None else state.last_capacity),
+        mix_samples=history.mix_samples,
+        prompt_shape=history.prompt_shape,
     )
     decision = Decision(target, reason, predicted_ttft, predicted_itl, capacity, limited,
                         metrics_ok=True, forecast_rate_rps=sizing.forecast)
