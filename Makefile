@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST := $(PY) -m pytest
 
-.PHONY: all venv lock tools crds check-crds chart check-chart docs test test-unit test-integration test-e2e bench bench-operator demo dev-cluster kind-e2e clean
+.PHONY: all venv lock tools image image-base crds check-crds chart check-chart docs test test-unit test-integration test-e2e bench bench-operator bench-gateway demo dev-cluster kind-e2e clean
 
 all: test
 
@@ -30,6 +30,14 @@ lock: $(STAMP)
 ## tools: pinned kube-apiserver, controller-manager, scheduler, kubectl, kwok, helm, etcd, prometheus into a cache outside the repo
 tools:
 	bash hack/tools/build.sh
+
+## image: the operator image localhost/kiban-operator:dev from the Containerfile, on a Debian base built here, no registry (docs/image.md)
+image:
+	bash hack/image/build.sh
+
+## image-base: only that base, localhost/kiban-base:bookworm-py311 (mmdebstrap, cached by its recipe)
+image-base:
+	bash hack/image/build.sh base
 
 ## crds: regenerate crds/ from the pydantic models in operator/kiban/api
 crds: $(STAMP)
@@ -71,6 +79,10 @@ bench: $(STAMP)
 ## bench-operator: 200 and 1,000 FoundationModels applied at once on the dev cluster
 bench-operator: $(STAMP) tools
 	$(PY) -m kiban_dev.operator_bench
+
+## bench-gateway: requests/s and added TTFT/e2e latency through the Kiban gateway vs straight to kiban-sim (bench/results/gateway.md)
+bench-gateway: $(STAMP)
+	$(PY) -m kiban_dev.gateway_bench run --out bench/results --profile
 
 ## demo: the README's first command; local control plane, simulated GPUs, Prometheus, autoscaling under a real trace
 demo: $(STAMP) tools

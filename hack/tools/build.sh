@@ -28,6 +28,7 @@ check_pin() { # module-dir go-module version: versions.env and go.mod must agree
 }
 
 # build_go <tool> <version> <module-dir> <binary-name>=<package>...
+# GO_LDFLAGS_EXTRA (optional, set for one call) is added to the linker flags, e.g. a version stamp.
 build_go() {
   local tool=$1 version=$2 moddir=$3; shift 3
   local dest="${CACHE}/${tool}-${version}"
@@ -43,7 +44,7 @@ build_go() {
   log "${tool} ${version}: building ${names[*]}"
   for i in "${!pkgs[@]}"; do
     (cd "${TOOLS_DIR}/${moddir}" && GOFLAGS="-mod=mod -buildvcs=false" \
-      go build -trimpath -ldflags "-s -w" -o "${staging}/${names[$i]}" "${pkgs[$i]}")
+      go build -trimpath -ldflags "-s -w ${GO_LDFLAGS_EXTRA:-}" -o "${staging}/${names[$i]}" "${pkgs[$i]}")
     log "${tool} ${version}: built ${names[$i]} ($((SECONDS - started))s so far)"
   done
   mkdir -p "${dest}/bin"
@@ -70,6 +71,59 @@ install_kwok_stages() {
   done
   mv -f "${staging}" "${dest}"
   log "kwok ${KWOK_VERSION}: wrote default stages to ${dest}"
+}
+
+# The Gateway API Inference Extension's InferencePool CRD: the module is downloaded through the Go
+# module proxy into the module cache (checked against go.sum), and its directory recorded, so the
+# tests copy the CRD YAML out of the module itself; nothing of it is committed or built.
+GAIE_CRD=config/crd/bases/inference.networking.k8s.io_inferencepools.yaml
+fetch_gaie() {
+  local dest="${CACHE}/gaie-${GAIE_VERSION}"
+  if [[ -s "${dest}/module-dir" && -f "$(cat "${dest}/module-dir")/${GAIE_CRD}" ]]; then
+    log "gateway-api-inference-extension ${GAIE_VERSION}: cached in $(cat "${dest}/module-dir")"
+    return 0
+  fi
+  command -v go >/dev/null || die "go is not on PATH; install Go (see go.mod's go line) to fetch the InferencePool CRD"
+  check_pin gaie sigs.k8s.io/gateway-api-inference-extension "${GAIE_VERSION}"
+  local moddir
+  (cd "${TOOLS_DIR}/gaie" && GOFLAGS=-mod=mod go mod download sigs.k8s.io/gateway-api-inference-extension)
+  moddir="$(cd "${TOOLS_DIR}/gaie" && GOFLAGS=-mod=mod go list -m -f '{{.Dir}}' sigs.k8s.io/gateway-api-inference-extension)"
+  [[ -f "${moddir}/${GAIE_CRD}" ]] || die "gateway-api-inference-extension ${GAIE_VERSION} has no ${GAIE_CRD}"
+  mkdir -p "${dest}"
+  printf '%s\n' "${moddir}" >"${dest}/module-dir"
+  log "gateway-api-inference-extension ${GAIE_VERSION}: module at ${moddir}"
+}
+
+# copy_module_files <module-dir> <go-module> <dest-dir> <path-in-module>...: files out of a pinned
+# module (the LeaderWorkerSet CRDs), never a copy in the repository; skipped when dest has files.
+copy_module_files() {
+  local moddir=$1 module=$2 dest=$3; shift 3
+  [[ -n "$(ls -A "${dest}" 2>/dev/null)" ]] && return 0
+  local src staging f
+  src="$(cd "${TOOLS_DIR}/${moddir}" && GOFLAGS=-mod=mod go list -m -f '{{.Dir}}' "${module}")"
+  staging="$(mktemp -d "${CACHE}/.${moddir}-files.XXXXXX")"
+  chmod 0755 "${staging}"
+  for f in "$@"; do
+    [[ -f "${src}/${f}" ]] || die "${module} has no ${f}"
+    install -m 0644 "${src}/${f}" "${staging}/$(basename "${f}")"
+  done
+  mkdir -p "$(dirname "${dest}")"
+  rm -rf "${dest}"
+  mv "${staging}" "${dest}"
+  log "${module}: copied $# files to ${dest}"
+}
+
+# LeaderWorkerSet: the controller manager (with its webhooks), the two CRDs it needs (v0.9.0
+# starts a DisaggregatedSet controller too and exits when that CRD is missing) and the webhook
+# configurations controller-gen wrote for them (kiban_dev.devcluster.leaderworkerset points them
+# at 127.0.0.1).
+build_lws() {
+  GO_LDFLAGS_EXTRA="-X sigs.k8s.io/lws/pkg/version.GitVersion=${LWS_VERSION}" \
+    build_go lws "${LWS_VERSION}" lws lws-controller=sigs.k8s.io/lws/cmd
+  copy_module_files lws sigs.k8s.io/lws "${CACHE}/lws-${LWS_VERSION}/crds" \
+    config/crd/bases/leaderworkerset.x-k8s.io_leaderworkersets.yaml \
+    config/crd/bases/disaggregatedset.x-k8s.io_disaggregatedsets.yaml
+  copy_module_files lws sigs.k8s.io/lws "${CACHE}/lws-${LWS_VERSION}/webhook" config/webhook/manifests.yaml
 }
 
 # Prometheus from Debian: a distribution-maintained, signed build of a pinned version.
@@ -102,11 +156,14 @@ main() {
   log "cache: ${CACHE}"
   if ! all_present "${CACHE}/kubernetes-${KUBERNETES_VERSION}" kube-apiserver kube-controller-manager kube-scheduler kubectl \
     || ! all_present "${CACHE}/kwok-${KWOK_VERSION}" kwok || [[ ! -s "${CACHE}/kwok-${KWOK_VERSION}/stages/default.yaml" ]] \
-    || ! all_present "${CACHE}/helm-${HELM_VERSION}" helm || ! all_present "${CACHE}/etcd-${ETCD_VERSION}" etcd; then
+    || ! all_present "${CACHE}/helm-${HELM_VERSION}" helm || ! all_present "${CACHE}/etcd-${ETCD_VERSION}" etcd \
+    || ! all_present "${CACHE}/lws-${LWS_VERSION}" lws-controller || [[ ! -s "${CACHE}/lws-${LWS_VERSION}/webhook/manifests.yaml" ]] \
+    || [[ -z "$(ls -A "${CACHE}/lws-${LWS_VERSION}/crds" 2>/dev/null)" ]]; then
     check_pin kubernetes k8s.io/kubernetes "${KUBERNETES_VERSION}"
     check_pin kwok sigs.k8s.io/kwok "${KWOK_VERSION}"
     check_pin helm helm.sh/helm/v3 "${HELM_VERSION}"
     check_pin etcd go.etcd.io/etcd/server/v3 "${ETCD_VERSION}"
+    check_pin lws sigs.k8s.io/lws "${LWS_VERSION}"
   fi
   build_go etcd "${ETCD_VERSION}" etcd etcd=go.etcd.io/etcd/server/v3
   build_go kubernetes "${KUBERNETES_VERSION}" kubernetes \
@@ -117,7 +174,9 @@ main() {
   build_go kwok "${KWOK_VERSION}" kwok kwok=sigs.k8s.io/kwok/cmd/kwok
   install_kwok_stages
   build_go helm "${HELM_VERSION}" helm helm=helm.sh/helm/v3/cmd/helm
+  build_lws
   install_prometheus
+  fetch_gaie
   log "all tools ready"
 }
 

@@ -18,6 +18,7 @@ SUBCOMMAND_MODULES = (
     "kiban.operator_cli",  # kiban run
     "kiban.capacity.cli",  # kiban capacity plan|mmc|vllm
     "kiban.api.cli",  # kiban crd
+    "kiban.gateway.cli",  # kiban gateway
 )
 PLUGIN_GROUP = "kiban.subcommands"
 

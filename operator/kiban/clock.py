@@ -2,7 +2,8 @@
 
 One formatter for every timestamp the operator writes (condition transition times,
 status.scaling.lastScaleTime, Event times, drift re-fit deadlines), from epoch seconds (the
-autoscaler's injected clock) or a datetime (the reconciler's).
+autoscaler's injected clock) or a datetime (the reconciler's), and the one parser of the
+API server's timestamps (pods' creation and Ready times, for the learned cold start).
 """
 
 from __future__ import annotations
@@ -20,3 +21,17 @@ def rfc3339(moment: float | datetime | None = None) -> str:
     elif moment.tzinfo is not None:
         moment = moment.astimezone(UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def epoch_s(timestamp: str | None) -> float | None:
+    """An RFC 3339 timestamp as the API server writes it ("2026-12-01T18:35:51Z", fractions and
+    offsets allowed) in epoch seconds; None for None or text that is not one."""
+    if not timestamp or not isinstance(timestamp, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()

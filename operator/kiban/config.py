@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic.alias_generators import to_camel
 
 DEFAULT_VLLM_IMAGE = "vllm/vllm-openai:v0.33.0"
+DEFAULT_GATEWAY_POD_LABELS = {"app.kubernetes.io/component": "gateway", "app.kubernetes.io/part-of": "kiban"}
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 
 
@@ -126,6 +127,31 @@ class OperatorConfig(BaseModel):
         default=1800, ge=60, description="How long a pod may take to load its model before it is restarted."
     )
     shm_size_limit: str = Field(default="16Gi", description="Size limit of the memory-backed /dev/shm.")
+    gateway_default: bool = Field(
+        default=False,
+        description="Expose models through the Kiban gateway when spec.exposure.gateway.enabled is unset "
+        "(the chart sets it when it installs the gateway).",
+    )
+    gateway_namespace: str = Field(
+        default="kiban-system", min_length=1, description="Namespace of the Kiban gateway pods (NetworkPolicy)."
+    )
+    gateway_pod_labels: dict[str, str] = Field(
+        default_factory=lambda: dict(DEFAULT_GATEWAY_POD_LABELS),
+        description="Labels of the Kiban gateway pods, which engine NetworkPolicies admit.",
+    )
+    gateway_url: str | None = Field(
+        default=None, description="The gateway's in-cluster base URL, e.g. http://kiban-gateway.kiban-system.svc:8080 "
+        "(status.endpoint of gateway-exposed models)."
+    )
+    max_nodes_per_replica: int = Field(
+        default=4,
+        ge=1,
+        le=16,
+        description=(
+            "Most nodes one replica may span (a LeaderWorkerSet group); a model that needs more is "
+            "reported as ModelDoesNotFit."
+        ),
+    )
     log_level: str = Field(default="INFO")
     accelerator_profiles: dict[str, AcceleratorProfile] = Field(
         default_factory=lambda: {p.name: p for p in BUILTIN_PROFILES}
@@ -159,8 +185,14 @@ ENV_FIELDS: dict[str, str] = {
     "KIBAN_RUN_AS_USER": "run_as_user",
     "KIBAN_STARTUP_TIMEOUT_SECONDS": "startup_timeout_seconds",
     "KIBAN_SHM_SIZE_LIMIT": "shm_size_limit",
+    "KIBAN_MAX_NODES_PER_REPLICA": "max_nodes_per_replica",
     "KIBAN_LOG_LEVEL": "log_level",
+    "KIBAN_GATEWAY_DEFAULT": "gateway_default",
+    "KIBAN_GATEWAY_NAMESPACE": "gateway_namespace",
+    "KIBAN_GATEWAY_POD_LABELS": "gateway_pod_labels",
+    "KIBAN_GATEWAY_URL": "gateway_url",
 }
+LABEL_FIELDS = ("monitor_labels", "gateway_pod_labels")
 PROFILES_ENV = "KIBAN_ACCELERATOR_PROFILES"
 
 
@@ -208,7 +240,7 @@ def load_config(environ: Mapping[str, str]) -> OperatorConfig:
         raw = environ.get(env_name)
         if raw is None or (raw == "" and field != "watch_namespace"):
             continue
-        values[field] = parse_labels(raw, source=env_name) if field == "monitor_labels" else raw
+        values[field] = parse_labels(raw, source=env_name) if field in LABEL_FIELDS else raw
     profiles = {p.name: p for p in BUILTIN_PROFILES}
     if environ.get(PROFILES_ENV):
         profiles.update(load_profiles_file(Path(environ[PROFILES_ENV])))

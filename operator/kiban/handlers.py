@@ -7,33 +7,32 @@ Structure
 - indexes (kopf's informer cache, no API calls per pass):
   kiban_models (FoundationModels), kiban_children_<plural> (children with
   app.kubernetes.io/managed-by=kiban, keyed by owning FoundationModel), kiban_pods.
+- on.startup: make the work queue (paused until this replica leads) and hand the live indexes
+  to `on_startup` (kiban.tasks: leader election, and on the leader the resync, the autoscaler
+  and the queue). on.cleanup: `on_cleanup`, then the queue stops.
 - on.event (FoundationModel): put the model on the operator-wide WorkQueue
   (kiban.reconcile.queue), whose workers run the passes. Only watch events are used, no
-  on.create/update/resume: those make kopf write a progress and a diff-base annotation on
-  every model (an extra patch and watch event each), and a failed pass is retried by the
-  queue instead. A MODIFIED event that changed neither generation, labels nor annotations
-  (our own status patch, the autoscaler's) is not queued.
-- resync: kopf re-lists every watched resource each time its watch is reopened, which is
-  every `resync_seconds` (settings.watching.server_timeout, see kiban.operator_cli), and
-  delivers each listed object as an event of type None; those queue every model, the
-  level-based safety net. It needs no per-model timer (a timer makes kopf put a finalizer on
-  every model: one more write each, and deletion waits for a running operator), and a
-  replica paused by peering neither lists nor watches, so it never resyncs behind the leader.
+  on.create/update/resume and no timer: those make kopf write a progress and a diff-base
+  annotation, and a timer a finalizer, on every model (an extra write each, and a deletion
+  that waits for a running operator). A failed pass is retried by the queue instead. A
+  MODIFIED event that changed neither generation, labels nor annotations (our own status
+  apply, the autoscaler's) is not queued.
+- the resync is not kopf's: kopf lists once, then only watches. kiban.reconcile.resync
+  re-lists everything every `resync_seconds` on the leader; kopf's own initial list (events of
+  type None) queues every model once at start.
 - on.event (each child kind and pods with our label): queue the owner, so a hand edit is put
-  back and status follows pods (scheduled, ready) within a second. The re-list of children
-  queues nothing: the models' own re-list covers them.
-- on.event (FoundationModel DELETED): drop its metrics; children go by garbage collection.
-- timer `autoscale`: one pass of the operator's Autoscaler (OperatorContext.autoscaler,
-  kiban.autoscale.model_pass) for the model, every
-  config.autoscale_interval_seconds, for the models it has work for (autoscaling on, or
-  autoscaler status left to clear: see `autoscale_wanted`); peering keeps it (and everything
-  else) on one replica.
+  back and status follows pods (scheduled, ready) within a second.
+- on.event (FoundationModel DELETED): drop its metrics, its queue state and the autoscaler's
+  memory of it (by UID); children go by garbage collection.
+- on.event (FoundationModel MODIFIED or re-listed) with requests the Kiban gateway holds at zero
+  replicas (status.gateway.held): the leader's autoscaler task runs a pass for it at once
+  (Autoscaler.notice), the wake from zero.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import kopf
@@ -42,14 +41,13 @@ from kiban.api.v1alpha1 import GROUP, PLURAL, VERSION
 from kiban.reconcile import observe
 from kiban.reconcile.logfmt import kv
 from kiban.reconcile.queue import WorkQueue
-from kiban.reconcile.run import OperatorContext, reconcile_for_queue
+from kiban.reconcile.plan import child_key
+from kiban.reconcile.run import OperatorContext, forget_write, reconcile_for_queue
 
 log = logging.getLogger("kiban.handlers")
 
 FM = (GROUP, VERSION, PLURAL)
-RETRY_DELAY_SECONDS = 5.0
 RECONCILE_WORKERS = 10_000  # passes in flight: the I/O pool, not this, bounds the API calls
-AUTOSCALER_CONDITIONS = frozenset({"MetricsAvailable", "ScalingLimited"})
 
 
 def _indexes(kwargs: Mapping[str, Any]) -> dict[str, Any]:
@@ -68,7 +66,7 @@ def _queue(memo: Any, workers: int) -> WorkQueue:
     if context.queue is None:
         context.queue = WorkQueue(
             lambda ref, indexes, trigger: reconcile_for_queue(context, ref, indexes, trigger),
-            workers=workers, retry_seconds=RETRY_DELAY_SECONDS,
+            workers=workers, paused=not context.leading,
         )
     return context.queue
 
@@ -85,36 +83,35 @@ def fingerprint(body: Mapping[str, Any]) -> tuple:
     )
 
 
-def autoscale_wanted(spec: Mapping[str, Any], status: Mapping[str, Any]) -> bool:
-    """Whether the autoscale timer has anything to do for a model: autoscaling is on (the
-    default), or it is off but status.scaling / the autoscaler's conditions are left to clear.
-    Models that match nothing get no timer, hence no kopf finalizer."""
-    if (spec.get("scaling") or {}).get("autoscaling", True):
-        return True
-    if (status or {}).get("scaling") is not None:
-        return True
-    return any(c.get("type") in AUTOSCALER_CONDITIONS for c in (status or {}).get("conditions") or ())
-
-
 def register(
     registry: kopf.OperatorRegistry,
     *,
-    autoscale_interval_seconds: float | None = None,
     workers: int = RECONCILE_WORKERS,
+    on_startup: Callable[[OperatorContext], Awaitable[None]] | None = None,
+    on_cleanup: Callable[[OperatorContext], Awaitable[None]] | None = None,
 ) -> kopf.OperatorRegistry:
-    """Register every handler of the operator into `registry` and return it (the resync period
-    is a watch setting: kiban.operator_cli.operator_settings)."""
+    """Register every handler of the operator into `registry` and return it."""
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
         """Same credentials as the kubernetes client: in-cluster, else KUBECONFIG."""
         return kopf.login_via_client(**kwargs)
 
+    @kopf.on.startup(registry=registry)
+    async def start_tasks(memo: Any, **kwargs: Any) -> None:
+        context = _context(memo)
+        context.indexes = _indexes(kwargs)  # kopf's live index objects, filled by its watches
+        _queue(memo, workers)
+        if on_startup is not None:
+            await on_startup(context)
+
     @kopf.on.cleanup(registry=registry)
     async def stop_queue(memo: Any, **_: Any) -> None:
-        queue = _context(memo).queue
-        if queue is not None:
-            await queue.stop()
+        context = _context(memo)
+        if on_cleanup is not None:
+            await on_cleanup(context)
+        if context.queue is not None:
+            await context.queue.stop()
 
     # ---- indexes: the cache a pass reads instead of listing (async: no thread hop per event)
     @kopf.index(*FM, id=observe.MODELS_INDEX, registry=registry)
@@ -147,8 +144,13 @@ def register(
             context = _context(memo)
             context.metrics.forget_model(namespace, name)
             context.forget(ref)
+            if context.autoscaler is not None:
+                context.autoscaler.forget(str((body.get("metadata") or {}).get("uid") or ""))
             log.info(kv("Forgot deleted FoundationModel", name=name, namespace=namespace))
             return
+        autoscaler = _context(memo).autoscaler
+        if autoscaler is not None and type in ("MODIFIED", None):
+            autoscaler.notice(_context(memo), body)  # the gateway holds requests: the leader wakes it now
         seen = fingerprint(body)
         if type == "MODIFIED" and queued_as.get(ref) == seen:
             return  # status or bookkeeping only: nothing a pass reads has changed
@@ -165,6 +167,8 @@ def register(
         indexes = _indexes(kwargs)
         if not observe.from_index(indexes.get(observe.MODELS_INDEX), ref):
             return  # the owner is gone or not ours to watch
+        if type == "DELETED" and body.get("kind") != "Pod":
+            forget_write(_context(memo), ref, child_key(body))
         _queue(memo, workers).add(ref, indexes, f"{body.get('kind', 'child')} {type}")
 
     for resource in (*observe.CHILD_RESOURCES, observe.ChildResource("", "v1", "pods")):
@@ -172,17 +176,5 @@ def register(
             resource.group, resource.version, resource.plural,
             id=f"reconcile_owner_of_{resource.plural}", labels=observe.MANAGED_LABELS, registry=registry,
         )(owner_event)
-
-    # ---- the autoscaler's hook
-    if autoscale_interval_seconds:
-
-        def wanted(spec: kopf.Spec, status: kopf.Status, **_: Any) -> bool:
-            return autoscale_wanted(spec, status)
-
-        @kopf.timer(*FM, interval=autoscale_interval_seconds, when=wanted, registry=registry)
-        async def autoscale(body: kopf.Body, memo: Any, **kwargs: Any) -> None:
-            context = _context(memo)
-            if context.autoscaler is not None:
-                await context.autoscaler.run_once(context, body, _indexes(kwargs))
 
     return registry

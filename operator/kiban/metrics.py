@@ -54,6 +54,22 @@ _MODEL_GAUGES: dict[str, tuple[str, str, tuple[str, ...]]] = {
         ("signal", "test"),
     ),
     "drift_detected": ("kiban_drift_detected", "1 while drift is declared for the signal.", ("signal",)),
+    "engine_parameter_ms": (
+        "kiban_engine_parameter_ms",
+        "The engine's step-time parameters (alpha, beta, gamma, delta; ms): the datasheet prior, the "
+        "online fit and its sd.",
+        ("parameter", "estimate"),
+    ),
+    "engine_cold_start_seconds": (
+        "kiban_engine_cold_start_seconds",
+        "Creation to Ready of the model's pods: the profile's prior and the learned value.",
+        ("estimate",),
+    ),
+    "engine_fit_capacity_ratio": (
+        "kiban_engine_fit_capacity_ratio",
+        "Capacity per replica with the fitted engine over the datasheet prior's, at the current token means.",
+        (),
+    ),
 }
 
 
@@ -92,6 +108,39 @@ class OperatorMetrics:
             "kiban_scale_events_total",
             "Scale operations performed.",
             ["namespace", "foundationmodel", "model_name", "direction"],
+            registry=self.registry,
+        )
+        # the operator's own health: the autoscaler's one pass, Prometheus, the event loop, leadership
+        self.autoscaler_pass_duration_seconds = Histogram(
+            "kiban_autoscaler_pass_duration_seconds",
+            "Time of one autoscaler pass over every model.",
+            registry=self.registry,
+            buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0, 60.0),
+        )
+        self.autoscaler_pass_models = Gauge(
+            "kiban_autoscaler_pass_models", "Models the last autoscaler pass decided for.", registry=self.registry,
+        )
+        self.prometheus_query_duration_seconds = Histogram(
+            "kiban_prometheus_query_duration_seconds",
+            "Latency of one Prometheus query, by outcome.",
+            ["result"],
+            registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+        )
+        self.event_loop_lag_seconds = Histogram(
+            "kiban_event_loop_lag_seconds",
+            "How late the operator's event loop ran a timer (CPU work on the loop shows here).",
+            registry=self.registry,
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+        )
+        self.leader = Gauge("kiban_leader", "1 while this operator replica holds the leader Lease.",
+                            registry=self.registry)
+        self.api_writes_total = Counter(
+            "kiban_api_writes_total", "Writes to the Kubernetes API, by field manager.", ["field_manager"],
+            registry=self.registry,
+        )
+        self.resyncs_total = Counter(
+            "kiban_resyncs_total", "Periodic re-reads of every model and child from the API.", ["result"],
             registry=self.registry,
         )
         self._gauges: dict[str, Gauge] = {}

@@ -1,10 +1,13 @@
 """`kiban run`: start the operator (kopf) against the current kubeconfig or in-cluster account.
 
-Peering: with several operator replicas, pass `--peering NAME` (the kopf.dev peering CRDs from
-crds/kopf-peering.yaml must be installed; the operator creates its peering object). kopf pauses
-every replica but the one with the highest `--priority`; the default priority is random per
-process so replicas differ (equal priorities would only warn). `--standalone` skips peering
-(one replica, tests, a developer's laptop). Without either, kopf peers when the CRDs exist.
+Leader election is always on, whatever the flags: every `kiban run` is a candidate for one
+coordination.k8s.io/v1 Lease (`--lease-namespace`/`--lease-name`; default the operator's own
+namespace, KIBAN_OPERATOR_NAMESPACE, else the one watched namespace, else `default`), and only
+the holder reconciles, autoscales, resyncs and posts Events (kiban.reconcile.leader,
+kiban.tasks). The others keep their caches warm and take over within about 12 s of the
+leader's death (lease 10 s, retry 2 s). kopf itself always runs standalone: its peering is not
+used (`--standalone`, `--peering`, `--priority` are accepted for old manifests and change
+nothing).
 """
 
 from __future__ import annotations
@@ -13,17 +16,19 @@ import argparse
 import asyncio
 import logging
 import os
-import random
 from typing import Any
 
 import kopf
 
 from kiban.config import ConfigError, load_config
 from kiban.metrics import OperatorMetrics
+from kiban.reconcile.leader import DEFAULT_LEASE_NAME, LeaseSettings, default_identity
 
 log = logging.getLogger("kiban.operator")
 DEFAULT_METRICS_PORT = 8080
 DEFAULT_RESYNC_SECONDS = 300.0  # the chart's operator.resyncSeconds default too (a test keeps them equal)
+WATCH_TIMEOUT_S = 60  # kopf re-opens each watch this often (from its resourceVersion: no re-list)
+SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -34,13 +39,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="watch this namespace (repeatable; glob patterns allowed); default KIBAN_WATCH_NAMESPACE or all",
     )
     scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace")
-    parser.add_argument("--standalone", action="store_true", help="no peering: act alone")
-    parser.add_argument("--peering", metavar="NAME", help="kopf peering object to coordinate replicas through")
-    parser.add_argument("--priority", type=int, default=None, help="peering priority (default: random)")
+    parser.add_argument("--standalone", action="store_true",
+                        help="accepted for old manifests; leader election decides who acts")
+    parser.add_argument("--peering", metavar="NAME", help="ignored (kopf peering is replaced by the leader Lease)")
+    parser.add_argument("--priority", type=int, default=None, help="ignored (see --peering)")
+    parser.add_argument("--lease-namespace", metavar="NS",
+                        help="namespace of the leader Lease (default: KIBAN_OPERATOR_NAMESPACE, the in-cluster "
+                             "namespace, else the one watched namespace, else default)")
+    parser.add_argument("--lease-name", default=DEFAULT_LEASE_NAME, help="name of the leader Lease")
+    parser.add_argument("--lease-duration", type=float, default=10.0,
+                        help="seconds a standby waits on an unrenewed Lease before taking over")
     parser.add_argument("--metrics-port", type=int, default=DEFAULT_METRICS_PORT, help="0 disables /metrics")
     parser.add_argument("--liveness", metavar="URL", help="kopf liveness endpoint, e.g. http://0.0.0.0:8081/healthz")
     parser.add_argument("--resync-seconds", type=float, default=DEFAULT_RESYNC_SECONDS,
-                        help="period of the level-based resync (every watch is re-listed this often)")
+                        help="period of the level-based resync: every model, child and pod is re-listed "
+                             "from the API and every model reconciled this often (leader only)")
     parser.add_argument("--workers", type=int, default=10_000, help="most reconcile passes in flight at once")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.set_defaults(func=run)
@@ -54,39 +67,73 @@ def _namespaces(args: argparse.Namespace, watch_namespace: str | None) -> list[s
     return [watch_namespace] if watch_namespace else []
 
 
-def operator_settings(resync_seconds: float = DEFAULT_RESYNC_SECONDS) -> kopf.OperatorSettings:
-    """kopf settings for many models: no per-handler success Events, short batching, and
-    watches that end every `resync_seconds`, because kopf re-lists a resource each time it
-    reopens its watch: that re-list is the operator's level-based resync (kiban.handlers).
+def scans_the_cluster(namespaces: list[str]) -> bool:
+    """Whether kopf must list CRDs and namespaces: cluster-wide, or a namespace glob to resolve.
 
-    The progress and diff-base storage are only used by the autoscale timer's bookkeeping
-    (no create/update handlers are registered); they stay in kiban.dev annotations.
-    The default resync is 300 s (the watch timeout this operator always had): a re-list of
-    every resource costs a pass per model and re-indexes every child, and one that lands in
-    the middle of a 1,000-model burst was seen to slow the intake of new models to a trickle.
-    Child and pod events already catch edits; the resync is the safety net.
+    With exact namespace names only, kopf's cluster scanning is off: the operator then needs no
+    cluster-wide read at all (the chart's namespace-scoped install has no ClusterRole); kopf
+    treats the names as existing namespaces and the resources as discovered once at start.
     """
+    return not namespaces or any(ch in ns for ns in namespaces for ch in "*?[!")
+
+
+def operator_settings(*, scan_cluster: bool = True) -> kopf.OperatorSettings:
+    """kopf settings for many models: no per-handler success Events, short batching, watches
+    that are re-opened every WATCH_TIMEOUT_S (and given up client-side 30 s later, so a frozen
+    API server is noticed).
+
+    kopf lists each resource once and then only watches; the level-based resync is the
+    operator's own (kiban.reconcile.resync, every --resync-seconds, default 300 s). No
+    create/update handlers or timers are registered, so kopf writes no progress or diff-base
+    annotation and no finalizer; the names stay those it used before, so a kopf that meets its
+    old finalizer on a model being deleted lets it go too (kiban.reconcile.resync removes it).
+    """
+    from kiban.reconcile.apply import LEGACY_FINALIZER
+
     settings = kopf.OperatorSettings()
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kiban.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix="kiban.dev", key="last-handled-configuration"
     )
-    settings.persistence.finalizer = "kiban.dev/finalizer"
+    settings.persistence.finalizer = LEGACY_FINALIZER
     settings.posting.level = logging.WARNING  # our own Events say what happened
-    settings.watching.server_timeout = max(1, round(resync_seconds))
+    settings.watching.server_timeout = WATCH_TIMEOUT_S
+    settings.watching.client_timeout = WATCH_TIMEOUT_S + 30
     settings.batching.batch_window = 0.02  # per-object debounce before a handler sees an event
+    # never give up on the API server: kopf's default backoffs end after ~90 s of errors, and an
+    # outage longer than that would end its watches (retry every 10 s for about a day instead)
+    settings.networking.error_backoffs = [1, 1, 2, 3, 5, 8] + [10] * 8640
+    settings.scanning.disabled = not scan_cluster
     return settings
 
 
-def build_context(config: Any, metrics: OperatorMetrics):
-    """The per-operator context: one ApiClient (bigger pool), the writer, discovery, metrics,
-    and the autoscaler."""
+def lease_namespace(args: argparse.Namespace, namespaces: list[str], environ: Any = os.environ) -> str:
+    """Where the leader Lease lives: the flag, the operator's own namespace (the chart sets
+    KIBAN_OPERATOR_NAMESPACE; in a pod the ServiceAccount's), the one watched namespace, else default."""
+    if args.lease_namespace:
+        return args.lease_namespace
+    if environ.get("KIBAN_OPERATOR_NAMESPACE"):
+        return environ["KIBAN_OPERATOR_NAMESPACE"]
+    try:
+        with open(SERVICE_ACCOUNT_NAMESPACE, encoding="utf-8") as handle:
+            return handle.read().strip() or "default"
+    except OSError:
+        pass
+    exact = [ns for ns in namespaces if not any(ch in ns for ch in "*?[")]
+    return exact[0] if len(namespaces) == 1 and exact else "default"
+
+
+def build_context(config: Any, metrics: OperatorMetrics, *, identity: str | None = None,
+                  namespaces: list[str] | None = None):
+    """The per-operator context: one ApiClient (bigger pool), the writer (Events name this
+    replica, writes are counted per field manager), the resync's lister, discovery, metrics,
+    and the autoscaler (its queries narrowed to the one watched namespace, if one)."""
     from kubernetes import client as k8s
     from kubernetes import config as k8s_config
 
     from kiban.autoscale.model_pass import Autoscaler, AutoscaleSettings
     from kiban.reconcile.apply import Writer
-    from kiban.reconcile.observe import ApiDiscovery
+    from kiban.reconcile.observe import ApiDiscovery, Lister
     from kiban.reconcile.run import IO_THREADS, OperatorContext
 
     configuration = k8s.Configuration()
@@ -96,12 +143,18 @@ def build_context(config: Any, metrics: OperatorMetrics):
         k8s_config.load_kube_config(client_configuration=configuration)
     configuration.connection_pool_maxsize = IO_THREADS + 8  # every I/O thread keeps its connection
     api = k8s.ApiClient(configuration)
+    exact = [ns for ns in namespaces or () if not any(ch in ns for ch in "*?[")]
+    only = exact[0] if namespaces and len(namespaces) == 1 and exact else None
+    autoscaler = Autoscaler.from_settings(AutoscaleSettings.from_config(config, namespace=only))
+    autoscaler.metrics = metrics
     return OperatorContext(
         config=config,
-        writer=Writer(api, field_manager=config.field_manager),
+        writer=Writer(api, field_manager=config.field_manager, instance=identity or default_identity(),
+                      on_write=lambda manager: metrics.api_writes_total.labels(field_manager=manager).inc()),
         discovery=ApiDiscovery(api),
         metrics=metrics,
-        autoscaler=Autoscaler.from_settings(AutoscaleSettings.from_config(config)),
+        autoscaler=autoscaler,
+        lister=Lister(api),
     )
 
 
@@ -118,30 +171,31 @@ def run(args: argparse.Namespace) -> int:
     if not args.verbose:  # kopf logs every handler success at INFO: one line per watch event
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     from kiban import handlers
+    from kiban.tasks import OperatorTasks
 
+    if args.peering or args.priority is not None:
+        log.warning('"Ignored --peering/--priority: the leader Lease decides which replica acts"')
     metrics = OperatorMetrics()
     if args.metrics_port:
         metrics.serve(args.metrics_port)
         log.info(f'"Started metrics server" port={args.metrics_port}')
-    context = build_context(config, metrics)
-    registry = handlers.register(
-        kopf.OperatorRegistry(),
-        autoscale_interval_seconds=config.autoscale_interval_seconds,
-        workers=args.workers,
-    )
     namespaces = _namespaces(args, config.watch_namespace)
-    peering_name = None if args.standalone else args.peering
-    if peering_name:
-        context.writer.ensure_peering(peering_name, namespaces)
-    priority = args.priority if args.priority is not None else random.randint(1, 1_000_000)
+    identity = default_identity()
+    context = build_context(config, metrics, identity=identity, namespaces=namespaces)
+    lease = LeaseSettings(namespace=lease_namespace(args, namespaces), name=args.lease_name,
+                          duration_s=args.lease_duration, renew_deadline_s=args.lease_duration * 0.7,
+                          retry_s=min(2.0, args.lease_duration / 5))
+    tasks = OperatorTasks(context, namespaces=namespaces, lease=lease, resync_seconds=args.resync_seconds,
+                          autoscale_interval_s=config.autoscale_interval_seconds, identity=identity)
+    log.info(f'"Starting" identity={identity} lease={lease.namespace}/{lease.name}')
+    registry = handlers.register(kopf.OperatorRegistry(), workers=args.workers,
+                                 on_startup=tasks.start, on_cleanup=tasks.stop)
     try:
         kopf.run(
             registry=registry,
-            settings=operator_settings(args.resync_seconds),
+            settings=operator_settings(scan_cluster=scans_the_cluster(namespaces)),
             memo=kopf.Memo(context=context),
-            standalone=args.standalone or None,
-            peering_name=peering_name,
-            priority=priority if peering_name else None,
+            standalone=True,
             clusterwide=not namespaces,
             namespaces=namespaces,
             liveness_endpoint=args.liveness,
@@ -150,4 +204,6 @@ def run(args: argparse.Namespace) -> int:
         pass
     finally:
         context.shutdown()
+        if context.autoscaler is not None:
+            context.autoscaler.shutdown()
     return 0

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import yaml
 
+from kiban.api import engine_policy
 from kiban.api.v1alpha1 import FoundationModel
 from kiban.autoscale import model_pass
 from kiban.autoscale.collector import Collected
@@ -33,7 +34,7 @@ from kiban.config import load_config
 from kiban.sizing import resolve_sizing
 
 REPO = Path(__file__).resolve().parents[2]
-DOCUMENTS = (REPO / "README.md", REPO / "docs" / "autoscaling.md")
+DOCUMENTS = (REPO / "README.md", REPO / "docs" / "autoscaling.md", REPO / "docs" / "security.md")
 EXAMPLE_MODEL = REPO / "examples" / "model.yaml"
 BLOCK = re.compile(r"^(?P<indent>[ ]*)(?P<open><!-- generated: (?P<name>[a-z0-9-]+) \(make docs\) -->\n)"
                    r"(?P<body>.*?)^(?P=indent)(?P<close><!-- /generated -->)", re.DOTALL | re.MULTILINE)
@@ -62,6 +63,37 @@ def example_decision():
     return decision, status, conditions
 
 
+def _grouped(table: dict[str, str]) -> dict[str, list[str]]:
+    by_reason: dict[str, list[str]] = {}
+    for name, reason in table.items():
+        by_reason.setdefault(reason, []).append(name)
+    return by_reason
+
+
+def refused_flags_table() -> str:
+    """engine_policy's refused flags, grouped by reason, with every other spelling argparse accepts."""
+    rows = ["| refused in `spec.engine.extraArgs` | also refused as | why |", "|---|---|---|"]
+    for category, table in (("owned", engine_policy.OWNED_FLAGS), ("widening", engine_policy.WIDENING_FLAGS)):
+        for reason, flags in _grouped(table).items():
+            others = sorted(o for o, r in engine_policy.REFUSED_OPTIONS.items() if r.long_flag in flags and o not in flags)
+            rows.append(f"| {', '.join(f'`{f}`' for f in sorted(flags))} | {', '.join(f'`{o}`' for o in others) or '–'} "
+                        f"| {category}: {reason} |")
+    rows.append(f"| `{engine_policy.TRUST_REMOTE_CODE}` unless `spec.model.trustRemoteCode: true` | `--trust_remote_code` "
+                f"| widening: {engine_policy.TRUST_REMOTE_CODE_REASON} |")
+    return "\n".join(rows) + "\n"
+
+
+def refused_env_table() -> str:
+    rows = ["| refused in `spec.engine.env` | why |", "|---|---|"]
+    for reason, names in _grouped(engine_policy.REFUSED_ENV).items():
+        rows.append(f"| {', '.join(f'`{n}`' for n in sorted(names))} | {reason} |")
+    for prefix, reason in engine_policy.REFUSED_ENV_PREFIXES.items():
+        rows.append(f"| every name starting `{prefix}` | {reason} |")
+    rows.append(f"| {', '.join(f'`{n}`' for n in engine_policy.SECRET_ENV)} with a literal `value` | a credential: "
+                "only from a Secret (`valueFrom.secretKeyRef`, `spec.model.credentialsSecretRef`) |")
+    return "\n".join(rows) + "\n"
+
+
 def snippets() -> dict[str, str]:
     """Block name -> its Markdown body (ending in a newline)."""
     decision, status, conditions = example_decision()
@@ -71,6 +103,8 @@ def snippets() -> dict[str, str]:
     return {
         "scaling-reason": f"```text\n{decision.reason}\n```\n",
         "scaling-status": f"```yaml\n{status_yaml}```\n",
+        "refused-flags": refused_flags_table(),
+        "refused-env": refused_env_table(),
     }
 
 

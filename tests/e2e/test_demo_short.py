@@ -2,7 +2,7 @@
 
 Real kube-apiserver/etcd/scheduler/controller-manager with kwok GPU nodes (session fixture),
 the operator as a process, a real Prometheus scraping one kiban-sim per Running pod through
-file_sd, and the ServiceRouter in front. The load rises from a trickle to about three
+file_sd, and the Kiban gateway process in front. The load rises from a trickle to about three
 replicas' worth of the Azure conversation trace; the test stops it once the scale-up is served.
 """
 
@@ -71,6 +71,20 @@ def test_load_scales_the_model_up_with_prometheus_series_per_pod(demo_stack_fact
         f'sum by (pod) (vllm:request_success_total{{model_name="{served}",foundationmodel="{name}"}}) > 0')
     assert served_pods, "no backed pod completed a request"
     assert len(result.requests_by_backend) >= 1
+    # every request went through the gateway process (its own counter, scraped by Prometheus)
+    through = stack.prometheus.query(f'sum(kiban_gateway_requests_total{{model_name="{served}",code="200"}})')
+    assert through and float(through[0]["value"][1]) >= sum(result.requests_by_backend.values()) * 0.9, through
+
+    # what the summary prints and the plot draws come out of the short run too
+    assert "foundationmodel.kiban.dev/llama-8b" in result.kubectl_get and "deployment.apps/llama-8b" in result.kubectl_get
+    from kiban_dev.demo.record import format_summary
+    from kiban_dev.demo.runner import write_outputs
+
+    paths = write_outputs(result, stack.config.out_dir)
+    assert paths["plot"].read_bytes()[:4] == b"\x89PNG"
+    text = format_summary(result.summary())
+    assert "GPU-hours" in text and "static fleet sized for the peak" in text and "kubectl get fm,deploy,pods" in text
+    assert any(s.predicted_ttft_p95_ms for s in result.samples), "no predicted TTFT in status.scaling"
 
     stack.delete_model(name)
     stack.stop()

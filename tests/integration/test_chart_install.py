@@ -6,9 +6,12 @@
   console.openshift.io). Those are excluded explicitly (EXCLUDED_KINDS) rather than installing
   stand-in CRDs into the shared session cluster, where other tests' operators would start creating
   PodMonitors; the PrometheusRule's spec is checked to be the promtool-tested rule file instead;
+- the namespace-scoped install (watchNamespace): nothing cluster-scoped rendered, installed with
+  `helm install --skip-crds` by a namespace admin who can write nothing cluster-wide;
 - helm install gets both operator pods scheduled (kwok runs them on the untainted cpu node);
 - RBAC both ways, with the chart ServiceAccount's own token (TokenRequest): the operator run with
-  that token reconciles examples/model.yaml to Ready, and calls outside its rules are refused.
+  that token reconciles examples/model.yaml to Ready, and calls outside its rules (cluster-wide
+  reads included) are refused.
 """
 
 from __future__ import annotations
@@ -71,6 +74,12 @@ def template(*args: str, namespace: str = "kiban-system", release: str = "kiban"
     return [doc for doc in yaml.safe_load_all(text) if doc]
 
 
+def component(objects: list[dict], name: str) -> dict:
+    """The one object of the app.kubernetes.io/component `name` (operator or gateway)."""
+    (found,) = [o for o in objects if o["metadata"]["labels"].get("app.kubernetes.io/component") == name]
+    return found
+
+
 def by_kind(objects: list[dict]) -> dict[str, list[dict]]:
     kinds: dict[str, list[dict]] = {}
     for obj in objects:
@@ -90,7 +99,12 @@ def test_helm_lint_passes_strict(values):
 def test_default_values_render_no_openshift_or_monitoring_objects_without_those_apis():
     kinds = by_kind(template())
     assert set(kinds) == {"ServiceAccount", "ConfigMap", "ClusterRole", "ClusterRoleBinding", "Service",
-                          "Deployment", "NetworkPolicy", "PodDisruptionBudget"}
+                          "Deployment", "NetworkPolicy", "PodDisruptionBudget", "Role", "RoleBinding"}
+    (lease_role,) = kinds["Role"]  # the leader Lease: exactly its verbs, in the release namespace only
+    assert lease_role["metadata"]["namespace"] == "kiban-system"
+    assert lease_role["rules"] == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                                    "verbs": ["get", "create", "update"]}]
+    assert not any("kopf.dev" in r["apiGroups"] for r in kinds["ClusterRole"][0]["rules"])
     dashboards = [c for c in kinds["ConfigMap"] if c["metadata"]["labels"].get("grafana_dashboard") == "1"]
     assert sorted(next(iter(c["data"])) for c in dashboards) == ["kiban-fleet.json", "kiban-model.json"]
 
@@ -98,7 +112,8 @@ def test_default_values_render_no_openshift_or_monitoring_objects_without_those_
 def test_monitoring_objects_render_where_the_api_is_served_and_rules_are_the_tested_file():
     kinds = by_kind(template(*MONITORING_API))
     assert "ConsoleLink" not in kinds and "Route" not in kinds
-    (monitor,) = kinds["ServiceMonitor"]
+    monitor = component(kinds["ServiceMonitor"], "operator")
+    assert component(kinds["ServiceMonitor"], "gateway")["spec"]["endpoints"][0]["port"] == "admin"
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
     assert monitor["spec"]["endpoints"][0]["honorLabels"] is True
     (rule,) = kinds["PrometheusRule"]
@@ -114,7 +129,7 @@ def test_openshift_values_add_a_console_link_to_the_fleet_dashboard():
 
 @pytest.mark.parametrize("values", [[], ["-f", str(OPENSHIFT_VALUES)]], ids=["default", "openshift"])
 def test_operator_pod_is_restricted_without_a_fixed_uid(values):
-    (deployment,) = by_kind(template(*values))["Deployment"]
+    deployment = component(by_kind(template(*values))["Deployment"], "operator")
     pod = deployment["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     security = container["securityContext"]
@@ -123,7 +138,10 @@ def test_operator_pod_is_restricted_without_a_fixed_uid(values):
     assert security["seccompProfile"] == {"type": "RuntimeDefault"}
     assert "runAsUser" not in security and "runAsUser" not in pod["securityContext"]
     assert deployment["spec"]["replicas"] == 2
-    assert any(a.startswith("--peering=") for a in container["args"])
+    assert "--lease-namespace=kiban-system" in container["args"] and "--lease-name=kiban" in container["args"]
+    assert not any(a.startswith(("--peering", "--standalone")) for a in container["args"])
+    env = {e["name"]: e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") for e in container["env"]}
+    assert env["KIBAN_POD_NAME"] == "metadata.name" and env["KIBAN_OPERATOR_NAMESPACE"] == "metadata.namespace"
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert "--liveness=http://0.0.0.0:8081/healthz" in container["args"]
 
@@ -136,7 +154,7 @@ def test_accelerator_profiles_from_values_reach_the_file_the_operator_reads(tmp_
         "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-L40S"}, "resourceName": "nvidia.com/gpu",
         "gpuMemoryGiB": 48, "gpusPerNode": 8}}}))
     kinds = by_kind(template("-f", str(values)))
-    (deployment,) = kinds["Deployment"]
+    deployment = component(kinds["Deployment"], "operator")
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     env = {e["name"]: e.get("value") for e in container["env"]}
     mount = next(m for m in container["volumeMounts"] if m["name"] == "accelerator-profiles")
@@ -154,19 +172,125 @@ def test_schema_rejects_a_misspelt_value_naming_it():
     assert result.returncode != 0 and "prometheusURL" in result.stderr
 
 
-def test_watch_namespace_narrows_rbac_to_a_role_and_cluster_reads_kopf_needs():
-    kinds = by_kind(template("--set", "watchNamespace=models"))
-    (cluster_role,) = kinds["ClusterRole"]
-    assert cluster_role["rules"] == [
-        {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["get", "list", "watch"]},
-        {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
-    ]
-    (role,) = kinds["Role"]
-    assert role["metadata"]["namespace"] == "models"
-    assert kinds["RoleBinding"][0]["subjects"][0]["namespace"] == "kiban-system"
+CLUSTER_SCOPED_KINDS = {"ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "ConsoleLink",
+                        "ClusterKopfPeering", "Namespace", "ValidatingAdmissionPolicy", "PriorityClass"}
+
+
+def test_watch_namespace_is_a_namespace_scoped_install_with_nothing_cluster_scoped():
+    objects = template("--set", "watchNamespace=models")  # helm template leaves crds/ out, as --skip-crds does
+    kinds = by_kind(objects)
+    assert not CLUSTER_SCOPED_KINDS & set(kinds), sorted(CLUSTER_SCOPED_KINDS & set(kinds))
+    assert all(o["metadata"].get("namespace") for o in objects), [o["kind"] for o in objects if not o["metadata"].get("namespace")]
+    operator_roles = [r for r in kinds["Role"] if r["metadata"]["labels"].get("app.kubernetes.io/component") == "operator"]
+    (role,) = [r for r in operator_roles if r["metadata"]["namespace"] == "models"]
+    (leader,) = [r for r in operator_roles if r["metadata"]["namespace"] == "kiban-system"]  # the Lease only
+    assert {g for rule in leader["rules"] for g in rule["apiGroups"]} == {"coordination.k8s.io"}
+    (binding,) = [b for b in kinds["RoleBinding"] if b["roleRef"]["name"] == role["metadata"]["name"]
+                  and b["metadata"]["namespace"] == "models"]
+    assert binding["subjects"][0]["namespace"] == "kiban-system"
     pods = next(r for r in role["rules"] if r["resources"] == ["pods"])
     assert pods["verbs"] == ["get", "list", "watch"]
     assert not any("secrets" in r["resources"] or "*" in r["verbs"] for r in role["rules"])
+    # and the operator is told the one namespace, so it scans nothing cluster-wide
+    deployment = component(kinds["Deployment"], "operator")
+    assert "--namespace=models" in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+def test_namespace_scoped_install_refuses_the_cluster_scoped_openshift_extras():
+    result = helm("template", "kiban", str(CHART), "--set", "watchNamespace=models", "-f", str(OPENSHIFT_VALUES),
+                  check=False)
+    assert result.returncode != 0 and "namespace-scoped install" in result.stderr
+
+
+def test_the_operator_turns_kopf_cluster_scanning_off_for_exact_namespaces():
+    from kiban.operator_cli import operator_settings, scans_the_cluster
+
+    assert scans_the_cluster([]) and scans_the_cluster(["team-*"]) and not scans_the_cluster(["models", "b"])
+    assert operator_settings(scan_cluster=False).scanning.disabled is True
+    assert operator_settings().scanning.disabled is False
+
+
+def test_gateway_runs_two_restricted_replicas_with_probes_and_a_disruption_budget():
+    kinds = by_kind(template())
+    deployment = component(kinds["Deployment"], "gateway")
+    assert deployment["spec"]["replicas"] >= 2
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["args"][0] == "gateway" and "--all-namespaces" in container["args"]
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True and security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"]} and pod["securityContext"]["runAsNonRoot"] is True
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
+    assert pod["serviceAccountName"] == "kiban-gateway"
+    pdb = component(kinds["PodDisruptionBudget"], "gateway")
+    assert pdb["spec"]["minAvailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    public = next(s for s in kinds["Service"] if s["metadata"]["name"] == "kiban-gateway")
+    assert [p["targetPort"] for p in public["spec"]["ports"]] == ["http"]  # metrics and probes stay inside
+
+
+def test_gateway_role_reads_models_pods_and_named_secrets_and_patches_status_only():
+    kinds = by_kind(template())
+    role = next(r for r in kinds["ClusterRole"] if r["metadata"]["name"] == "kiban-gateway")
+    assert role["rules"] == [
+        {"apiGroups": ["kiban.dev"], "resources": ["foundationmodels"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": ["kiban.dev"], "resources": ["foundationmodels/status"], "verbs": ["patch"]},
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
+    ]
+    namespaced = by_kind(template("--set", "watchNamespace=models"))
+    assert component(namespaced["Role"], "gateway")["metadata"]["namespace"] == "models"
+    assert "--namespace=models" in component(namespaced["Deployment"], "gateway")["spec"]["template"]["spec"][
+        "containers"][0]["args"]
+
+
+def test_operator_is_told_the_gateway_default_and_the_gateway_pods_labels():
+    from kiban.config import parse_labels
+
+    kinds = by_kind(template(namespace="ai"))
+    operator = component(kinds["Deployment"], "operator")
+    env = {e["name"]: e.get("value") for e in operator["spec"]["template"]["spec"]["containers"][0]["env"]}
+    gateway = component(kinds["Deployment"], "gateway")
+    assert env["KIBAN_GATEWAY_DEFAULT"] == "true" and env["KIBAN_GATEWAY_NAMESPACE"] == "ai"
+    labels = parse_labels(env["KIBAN_GATEWAY_POD_LABELS"], source="KIBAN_GATEWAY_POD_LABELS")
+    assert labels.items() <= gateway["spec"]["template"]["metadata"]["labels"].items()
+    assert env["KIBAN_GATEWAY_URL"] == "http://kiban-gateway.ai.svc:8080"
+    off = by_kind(template("--set", "gateway.enabled=false"))
+    assert [d["metadata"]["name"] for d in off["Deployment"]] == ["kiban"]
+    env_off = {e["name"] for e in component(off["Deployment"], "operator")["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert "KIBAN_GATEWAY_DEFAULT" not in env_off
+LWS_API = ("--api-versions", "leaderworkerset.x-k8s.io/v1")
+LWS_RULE = {"apiGroups": ["leaderworkerset.x-k8s.io"], "resources": ["leaderworkersets"],
+            "verbs": ["get", "list", "watch", "create", "patch", "delete"]}
+
+
+@pytest.mark.parametrize("namespaced", [False, True], ids=["cluster-wide", "watch-namespace"])
+def test_leaderworkerset_verbs_are_requested_only_where_the_api_is_served(namespaced):
+    """Exactly the verbs kiban.reconcile.apply uses on a child (apply, read, delete), nothing else."""
+    values = ["--set", "watchNamespace=models"] if namespaced else []
+    kind = "Role" if namespaced else "ClusterRole"
+
+    def lws_rules(*extra: str) -> list[dict]:
+        roles = [r for r in by_kind(template(*values, *extra))[kind] if not r["metadata"]["name"].endswith("-leader")]
+        role = component(roles, "operator")  # the leader Lease's own Role aside
+        return [r for r in role["rules"] if "leaderworkerset.x-k8s.io" in r["apiGroups"]]
+
+    assert lws_rules() == []
+    assert lws_rules(*LWS_API) == [LWS_RULE]
+
+
+def test_the_node_limit_reaches_the_operator():
+    from kiban.config import load_config
+
+    def env(*extra: str) -> dict:
+        deployment = component(by_kind(template(*extra))["Deployment"], "operator")
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        return {e["name"]: e.get("value") for e in container["env"]}
+
+    assert env()["KIBAN_MAX_NODES_PER_REPLICA"] == "4"
+    limit = env("--set", "operator.maxNodesPerReplica=2")["KIBAN_MAX_NODES_PER_REPLICA"]
+    assert load_config({"KIBAN_MAX_NODES_PER_REPLICA": limit}).max_nodes_per_replica == 2
 
 
 # ----------------------------------------------------------------------------- the real control plane
@@ -197,29 +321,82 @@ def watched_namespace(kube_api) -> Iterator[str]:
     core.delete_namespace(name)
 
 
+# What a cluster admin grants a namespace admin once, beside the built-in `admin` role, so that
+# they may install Kiban in their namespaces: the Role the chart creates may only grant what its
+# creator holds (RBAC's escalation check), and `admin` knows nothing of these API groups.
+INSTALLER_EXTRAS = [
+    {"apiGroups": ["kiban.dev"], "resources": ["foundationmodels", "foundationmodels/status", "foundationmodels/scale",
+                                               "foundationmodels/finalizers"], "verbs": ["*"]},
+    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]},
+    {"apiGroups": ["monitoring.coreos.com"], "resources": ["podmonitors"], "verbs": ["*"]},
+    {"apiGroups": ["route.openshift.io"], "resources": ["routes", "routes/custom-host"], "verbs": ["*"]},
+    {"apiGroups": ["inference.networking.k8s.io"], "resources": ["inferencepools"], "verbs": ["*"]},
+    {"apiGroups": ["leaderworkerset.x-k8s.io"], "resources": ["leaderworkersets"], "verbs": ["*"]},
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
+]
+
+
 @pytest.fixture
-def release(kubeconfig, namespace, watched_namespace) -> Iterator[dict]:
-    """helm install (namespace mode: watches `watched_namespace`), uninstalled afterwards."""
-    name = f"k{uuid.uuid4().hex[:6]}"
-    helm("install", name, str(CHART), "--namespace", namespace, "--set", f"watchNamespace={watched_namespace}",
-         "--wait", "--timeout", "120s", kubeconfig=kubeconfig, timeout=200)
-    try:
-        yield {"name": name, "namespace": namespace, "watch": watched_namespace, "fullname": f"{name}-kiban"}
-    finally:
-        helm("uninstall", name, "--namespace", namespace, "--wait", "--timeout", "60s",
-             kubeconfig=kubeconfig, check=False, timeout=120)
-
-
-def test_helm_install_schedules_both_operator_pods(kube_api, release):
+def namespace_admin(kube_api, kubeconfig, namespace, watched_namespace, tmp_path) -> Iterator[Path]:
+    """A kubeconfig for a ServiceAccount that is `admin` in the two namespaces and nothing cluster-wide."""
     from kubernetes import client
 
-    pods = client.CoreV1Api(kube_api).list_namespaced_pod(
-        release["namespace"], label_selector=f"app.kubernetes.io/instance={release['name']}").items
-    assert len(pods) == 2
-    for pod in pods:
-        assert pod.status.phase == "Running"
-        assert pod.spec.node_name.startswith("kiban-cpu-"), pod.spec.node_name
-        assert pod.spec.service_account_name == release["fullname"]
+    core, rbac = client.CoreV1Api(kube_api), client.RbacAuthorizationV1Api(kube_api)
+    core.create_namespaced_service_account(namespace, {"metadata": {"name": "installer"}})
+    extras = f"kiban-installer-extras-{uuid.uuid4().hex[:6]}"
+    rbac.create_cluster_role({"metadata": {"name": extras}, "rules": INSTALLER_EXTRAS})
+    subject = [{"kind": "ServiceAccount", "name": "installer", "namespace": namespace}]
+    for ns in (namespace, watched_namespace):
+        for role in ("admin", extras):
+            rbac.create_namespaced_role_binding(ns, {
+                "metadata": {"name": f"installer-{role}"[:63]},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+                "subjects": subject})
+    token = core.create_namespaced_service_account_token(
+        "installer", namespace, {"spec": {"expirationSeconds": 3600}}).status.token
+    try:
+        yield token_kubeconfig(kubeconfig, token, tmp_path / "installer.kubeconfig")
+    finally:
+        rbac.delete_cluster_role(extras)
+
+
+@pytest.fixture
+def release(kubeconfig, namespace, watched_namespace, namespace_admin) -> Iterator[dict]:
+    """helm install by a namespace admin (namespace-scoped: watches `watched_namespace`, --skip-crds:
+    the session applied crds/ as the cluster admin), uninstalled by them afterwards."""
+    name = f"k{uuid.uuid4().hex[:6]}"
+    helm("install", name, str(CHART), "--namespace", namespace, "--set", f"watchNamespace={watched_namespace}",
+         "--skip-crds", "--wait", "--timeout", "120s", kubeconfig=namespace_admin, timeout=200)
+    try:
+        yield {"name": name, "namespace": namespace, "watch": watched_namespace, "fullname": f"{name}-kiban",
+               "installer": namespace_admin}
+    finally:
+        helm("uninstall", name, "--namespace", namespace, "--wait", "--timeout", "60s",
+             kubeconfig=namespace_admin, check=False, timeout=120)
+
+
+def test_the_namespace_admin_can_write_nothing_cluster_wide(release):
+    installer = release["installer"]
+    for denied in (("create", "clusterroles.rbac.authorization.k8s.io"), ("create", "clusterrolebindings.rbac.authorization.k8s.io"),
+                   ("create", "customresourcedefinitions.apiextensions.k8s.io"), ("create", "namespaces"),
+                   ("create", "validatingadmissionpolicies.admissionregistration.k8s.io"),
+                   ("list", "secrets", "--all-namespaces")):
+        assert not can_i(installer, *denied), f"the installer may {' '.join(denied)}"
+    assert can_i(installer, "create", "roles.rbac.authorization.k8s.io", "-n", release["watch"])
+
+
+def test_helm_install_schedules_both_operator_pods_and_both_gateway_pods(kube_api, release):
+    from kubernetes import client
+
+    core = client.CoreV1Api(kube_api)
+    for component_name, account in (("operator", release["fullname"]), ("gateway", release["fullname"] + "-gateway")):
+        pods = core.list_namespaced_pod(release["namespace"], label_selector=(
+            f"app.kubernetes.io/instance={release['name']},app.kubernetes.io/component={component_name}")).items
+        assert len(pods) == 2, component_name
+        for pod in pods:
+            assert pod.status.phase == "Running"
+            assert pod.spec.node_name.startswith("kiban-cpu-"), pod.spec.node_name
+            assert pod.spec.service_account_name == account
 
 
 def token_kubeconfig(admin: Path, token: str, out: Path) -> Path:
@@ -238,13 +415,24 @@ def token_kubeconfig(admin: Path, token: str, out: Path) -> Path:
     return out
 
 
-@pytest.fixture
-def operator_kubeconfig(kube_api, kubeconfig, release, tmp_path) -> Path:
+def account_kubeconfig(kube_api, admin: Path, account: str, namespace: str, out: Path) -> Path:
     from kubernetes import client
 
     request = client.CoreV1Api(kube_api).create_namespaced_service_account_token(
-        release["fullname"], release["namespace"], {"spec": {"expirationSeconds": 3600}})
-    return token_kubeconfig(kubeconfig, request.status.token, tmp_path / "operator.kubeconfig")
+        account, namespace, {"spec": {"expirationSeconds": 3600}})
+    return token_kubeconfig(admin, request.status.token, out)
+
+
+@pytest.fixture
+def operator_kubeconfig(kube_api, kubeconfig, release, tmp_path) -> Path:
+    return account_kubeconfig(kube_api, kubeconfig, release["fullname"], release["namespace"],
+                              tmp_path / "operator.kubeconfig")
+
+
+@pytest.fixture
+def gateway_kubeconfig(kube_api, kubeconfig, release, tmp_path) -> Path:
+    return account_kubeconfig(kube_api, kubeconfig, release["fullname"] + "-gateway", release["namespace"],
+                              tmp_path / "gateway.kubeconfig")
 
 
 class Answer(str):
@@ -264,8 +452,11 @@ def test_service_account_is_refused_outside_its_rules(operator_kubeconfig, relea
     watched, other = release["watch"], release["namespace"]
     assert can_i(sa, "patch", "deployments.apps", "-n", watched)
     assert can_i(sa, "patch", "foundationmodels.kiban.dev", "--subresource=status", "-n", watched)
-    assert can_i(sa, "list", "customresourcedefinitions.apiextensions.k8s.io")
+    assert can_i(sa, "update", "leases.coordination.k8s.io", "-n", other)
+    assert not can_i(sa, "update", "leases.coordination.k8s.io", "-n", watched)
+    assert not can_i(sa, "delete", "leases.coordination.k8s.io", "-n", other)
     for denied in (
+        ("list", "customresourcedefinitions.apiextensions.k8s.io"), ("list", "namespaces"),
         ("list", "secrets", "--all-namespaces"), ("get", "secrets", "-n", watched), ("delete", "nodes"),
         ("delete", "pods", "-n", watched), ("create", "deployments.apps", "-n", other),
         ("list", "foundationmodels.kiban.dev", "--all-namespaces"), ("create", "clusterroles.rbac.authorization.k8s.io"),
@@ -278,14 +469,48 @@ def test_service_account_is_refused_outside_its_rules(operator_kubeconfig, relea
     assert refused.returncode != 0 and "forbidden" in refused.stderr.lower()
 
 
+def test_gateway_service_account_is_refused_outside_its_rules(gateway_kubeconfig, release):
+    sa, watched, other = gateway_kubeconfig, release["watch"], release["namespace"]
+    for allowed in (("watch", "foundationmodels.kiban.dev", "-n", watched),
+                    ("patch", "foundationmodels.kiban.dev", "--subresource=status", "-n", watched),
+                    ("list", "pods", "-n", watched), ("get", "secrets", "-n", watched)):
+        assert can_i(sa, *allowed), f"the gateway may not {' '.join(allowed)}"
+    for denied in (("patch", "foundationmodels.kiban.dev", "-n", watched),  # no spec changes
+                   ("patch", "foundationmodels.kiban.dev", "--subresource=scale", "-n", watched),
+                   ("list", "secrets", "-n", watched), ("watch", "secrets", "-n", watched),
+                   ("create", "pods", "-n", watched), ("delete", "pods", "-n", watched),
+                   ("get", "secrets", "-n", other), ("list", "foundationmodels.kiban.dev", "-n", other),
+                   ("patch", "deployments.apps", "-n", watched)):
+        assert not can_i(sa, *denied), f"the gateway may {' '.join(denied)}"
+
+
+def chart_operator_env(namespace: str) -> dict[str, str]:
+    """The KIBAN_GATEWAY_* settings the chart gives the operator when installed in `namespace`."""
+    operator = component(by_kind(template(namespace=namespace))["Deployment"], "operator")
+    return {e["name"]: e["value"] for e in operator["spec"]["template"]["spec"]["containers"][0]["env"]
+            if e["name"].startswith("KIBAN_GATEWAY_")}
+
+
 def test_operator_with_the_chart_service_account_reconciles_a_model_to_ready(
-        kube_api, kubeconfig, operator_kubeconfig, release, tmp_path):
+        kube_api, kubeconfig, operator_kubeconfig, gateway_kubeconfig, release, tmp_path):
+    """The README's example under the chart's RBAC: the operator and the gateway each run with
+    their own ServiceAccount's token; the model is reconciled to Ready (its pod backed by a
+    simulator on the pod's IP) and a completion goes through the gateway."""
+    import asyncio
+
+    import aiohttp
     from kubernetes import client
+
+    from kiban_dev.demo.backer import PodBacker
+    from support import GatewayProcess
 
     watched = release["watch"]
     log_path = tmp_path / "operator.log"
-    with OperatorProcess(operator_kubeconfig, watched, log_path, "--peering", release["fullname"],
-                         unset=("KIBAN_ACCELERATOR_PROFILES",)) as operator:
+    backer = PodBacker(kube_api, tmp_path / "file_sd", tmp_path / "sims", namespace=watched, startup_seconds=0)
+    gateway = GatewayProcess(gateway_kubeconfig, watched, tmp_path / "gateway.log", pod_name="gw-chart")
+    with gateway, backer, OperatorProcess(operator_kubeconfig, watched, log_path, "--lease-namespace", release["namespace"],
+                                          "--lease-name", release["fullname"], env=chart_operator_env(release["namespace"]),
+                                          unset=("KIBAN_ACCELERATOR_PROFILES",)) as operator:
         proc = operator.proc
         kubectl(kubeconfig, "apply", "-n", watched, "-f", str(ROOT / "examples" / "model.yaml"))
         custom = client.CustomObjectsApi(kube_api)
@@ -299,7 +524,20 @@ def test_operator_with_the_chart_service_account_reconciles_a_model_to_ready(
 
         body = wait_for(ready, 120, "llama-8b Ready=True under the chart's RBAC")
         assert body["status"]["readyReplicas"] >= 1
-        peering = custom.get_namespaced_custom_object("kopf.dev", "v1", watched, "kopfpeerings", release["fullname"])
-        assert peering["metadata"]["name"] == release["fullname"]
+        lease = client.CoordinationV1Api(kube_api).read_namespaced_lease(release["fullname"], release["namespace"])
+        assert lease.spec.holder_identity and lease.spec.lease_duration_seconds == 10
         logs = log_path.read_text(errors="replace")
         assert "403" not in logs and "Forbidden" not in logs, logs[-5000:]
+        assert body["status"]["resolved"]["gateway"] is True
+        assert body["status"]["endpoint"] == chart_operator_env(release["namespace"])["KIBAN_GATEWAY_URL"] + "/v1"
+
+        async def complete() -> tuple[int, dict]:
+            async with aiohttp.ClientSession() as session, session.post(gateway.url + "/v1/chat/completions", json={
+                    "model": "llama-8b", "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 8}) as r:
+                return r.status, await r.json()
+
+        status, answer = asyncio.run(complete())
+        assert status == 200, answer
+        assert answer["usage"]["completion_tokens"] >= 1
+        gateway_logs = gateway.logs()
+        assert "403" not in gateway_logs and "Forbidden" not in gateway_logs, gateway_logs[-3000:]

@@ -1,8 +1,11 @@
 """Every query of every generated dashboard panel returns series from a real Prometheus.
 
-The Prometheus (the pinned binary) scrapes two real endpoints and loads the chart's rule file:
+The Prometheus (the pinned binary) scrapes three real endpoints and loads the chart's rule file:
 - kiban-sim (the vLLM simulator) under steady load from a few client threads, for the vllm:*
   series; it exposes vLLM 0.33's names, labels and buckets;
+- the Kiban gateway those clients call (kiban.gateway.server, in-process, its routing table fed
+  the model and pods a watch would deliver: one pod the sim, one refusing connections), for the
+  kiban_gateway_* series; one request is held at zero and times out before the pods appear;
 - the operator's own metrics object, kiban.metrics.OperatorMetrics (not a stand-in registry:
   the same class `kiban run` serves), populated through its public methods as the reconcile
   pass and the autoscaler do, for the kiban_* series.
@@ -23,6 +26,9 @@ import requests
 from kiban_dev.devcluster import PrometheusServer, ToolsMissingError
 from kiban_dev.devcluster.processes import free_port
 from kiban_dev.devcluster.prometheus import build_config
+from kiban.autoscale import learning
+from kiban.autoscale.model_pass import record_engine_metrics
+from kiban.capacity.profiles import get_profile_by_name
 from kiban.metrics import ModelKey, OperatorMetrics
 from kiban_dev.chartgen import dashboards, render
 from kiban_serving.sim.process import SimulatorProcess
@@ -53,8 +59,18 @@ def populate(metrics: OperatorMetrics) -> None:
         metrics.set_model_gauge("drift_score", KEY, score, signal="prompt_tokens", test=test)
     metrics.set_model_gauge("drift_detected", KEY, 0, signal="prompt_tokens")
     metrics.count_scale_event(KEY, "up")
+    # the engine fit's series as the autoscaler writes them: prior, fitted, sd, cold start, ratio
+    prior = get_profile_by_name("nvidia-l4/8B")
+    _, learned = learning.learn(learning.LearningMemory(), prior, [], [], 100.0)
+    record_engine_metrics(metrics, KEY, learned, (1.0, 1.2))
     metrics.record_reconcile(succeeded=True, seconds=0.02)
     metrics.record_reconcile(succeeded=False, seconds=0.3)
+    metrics.autoscaler_pass_duration_seconds.observe(0.8)
+    metrics.autoscaler_pass_models.set(1)
+    metrics.prometheus_query_duration_seconds.labels(result="ok").observe(0.01)
+    metrics.event_loop_lag_seconds.observe(0.002)
+    metrics.leader.set(1)
+    metrics.api_writes_total.labels(field_manager="kiban").inc()
 
 
 def send_load(url: str, stop: threading.Event, max_requests: int = 3000) -> None:
@@ -70,6 +86,66 @@ def send_load(url: str, stop: threading.Event, max_requests: int = 3000) -> None
             time.sleep(0.1)
 
 
+class GatewayThread:
+    """The gateway's servers on an event loop of their own thread (no API server: fed by hand)."""
+
+    def __init__(self) -> None:
+        import asyncio
+
+        from kiban.gateway.server import Gateway, GatewaySettings
+
+        self.loop = asyncio.new_event_loop()
+        self.gateway = Gateway(GatewaySettings(), api=None)
+        self.port, self.admin_port = free_port(), free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.stop_event = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import asyncio
+
+        from kiban.gateway.server import serve
+
+        asyncio.set_event_loop(self.loop)
+        self.stop_event = asyncio.Event()
+        self.loop.run_until_complete(serve(self.gateway, "127.0.0.1", self.port, "127.0.0.1", self.admin_port,
+                                           self.stop_event, shutdown_timeout_s=2))
+
+    def start(self) -> GatewayThread:
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                requests.get(f"http://127.0.0.1:{self.admin_port}/healthz", timeout=1)
+                return self
+            except requests.RequestException:
+                time.sleep(0.1)
+        raise RuntimeError("the gateway thread did not start")
+
+    def call(self, fn, *args) -> None:
+        self.loop.call_soon_threadsafe(fn, *args)
+
+    def stop(self) -> None:
+        if self.stop_event is not None:
+            self.loop.call_soon_threadsafe(self.stop_event.set)
+        self.thread.join(timeout=10)
+
+
+def engine_pod(name: str, port: int) -> dict:
+    return {"metadata": {"name": name, "namespace": KEY.namespace, "labels": {"kiban.dev/model": KEY.foundationmodel}},
+            "spec": {"containers": [{"name": "vllm", "ports": [{"name": "http", "containerPort": port}]}]},
+            "status": {"phase": "Running", "podIP": "127.0.0.1", "conditions": [{"type": "Ready", "status": "True"}]}}
+
+
+def model_body() -> dict:
+    return {"apiVersion": "kiban.dev/v1alpha1", "kind": "FoundationModel",
+            "metadata": {"name": KEY.foundationmodel, "namespace": KEY.namespace},
+            "spec": {"model": {"uri": "hf://org/llama", "parameters": "8B", "servedModelName": MODEL},
+                     "accelerator": {"profile": "nvidia-l4"}, "scaling": {"minReplicas": 0, "maxReplicas": 2,
+                                                                          "autoscaling": False},
+                     "exposure": {"gateway": {"enabled": True, "maxHoldSeconds": 1}}}}
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     """(Prometheus, OperatorMetrics): sim under load and the operator's metrics, both scraped every second."""
@@ -82,17 +158,28 @@ def stack(tmp_path_factory):
     stop = threading.Event()
     clients: list[threading.Thread] = []
     prometheus = None
+    gateway = GatewayThread()
     try:
         sim.__enter__()
         sim.wait_healthy()
         populate(metrics)
-        clients = [threading.Thread(target=send_load, args=(sim.url, stop), daemon=True) for _ in range(6)]
+        gateway.start()
+        gateway.call(gateway.gateway.on_model, (KEY.namespace, KEY.foundationmodel), None, model_body())
+        time.sleep(0.5)
+        held = requests.post(gateway.url + "/v1/completions", json={"model": MODEL, "prompt": "x"}, timeout=10)
+        assert held.status_code == 503  # held at zero for maxHoldSeconds, then refused with Retry-After
+        closed = free_port()
+        gateway.call(gateway.gateway.on_pod, (KEY.namespace, "a-refusing"), None, engine_pod("a-refusing", closed))
+        gateway.call(gateway.gateway.on_pod, (KEY.namespace, "b-sim"), None, engine_pod("b-sim", sim.port))
+        clients = [threading.Thread(target=send_load, args=(gateway.url, stop), daemon=True) for _ in range(6)]
         for client in clients:
             client.start()
         config = build_config([
             {"job_name": "vllm", "static_configs": [{"targets": [f"127.0.0.1:{sim.port}"]}]},
             {"job_name": "kiban-operator", "honor_labels": True,
              "static_configs": [{"targets": [f"127.0.0.1:{operator_port}"]}]},
+            {"job_name": "kiban-gateway", "honor_labels": True,
+             "static_configs": [{"targets": [f"127.0.0.1:{gateway.admin_port}"]}]},
         ], scrape_interval="1s", rule_files=[RULES_FILE])
         prometheus = PrometheusServer(config, workdir=workdir / "prometheus")
         try:
@@ -108,6 +195,7 @@ def stack(tmp_path_factory):
             prometheus.stop()
         server.shutdown()
         thread.join(timeout=5)
+        gateway.stop()
         sim.stop()
 
 

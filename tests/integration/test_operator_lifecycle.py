@@ -13,94 +13,34 @@ import time
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 
-from support import REPO, OperatorProcess, kubectl
+from support import (
+    FM_GROUP,
+    FM_PLURAL,
+    FM_VERSION,
+    REPO,
+    Cluster,
+    OperatorProcess,
+    condition_is,
+    kubectl,
+    model_body,
+    ready_with_running_pods,
+)
 from support import wait_for as _wait_for
 
 pytestmark = pytest.mark.integration
 
 EXAMPLES = REPO / "examples"
-FM_GROUP, FM_VERSION, FM_PLURAL = "kiban.dev", "v1alpha1", "foundationmodels"
 
 
 # ----------------------------------------------------------------------------- helpers
-
+# model_body, Cluster, condition_is and ready_with_running_pods are in support.py (the operator
+# image's test uses them too)
 
 wait_for = partial(_wait_for, interval=0.25)  # this file polls every 0.25 s
-
-
-def model_body(name: str, **spec_overrides: Any) -> dict:
-    spec: dict[str, Any] = {
-        "model": {"uri": "hf://Qwen/Qwen2.5-0.5B-Instruct", "parameters": "500M"},
-        "accelerator": {"profile": "nvidia-l4"},
-        "scaling": {"autoscaling": False, "minReplicas": 1, "maxReplicas": 4},
-    }
-    for key, value in spec_overrides.items():
-        spec[key] = {**spec.get(key, {}), **value} if isinstance(value, dict) else value
-    return {"apiVersion": f"{FM_GROUP}/{FM_VERSION}", "kind": "FoundationModel", "metadata": {"name": name}, "spec": spec}
-
-
-class Cluster:
-    """Typed reads and writes the tests use (the test's own client, not the operator's)."""
-
-    def __init__(self, api, namespace: str) -> None:
-        from kubernetes import client
-
-        self.namespace = namespace
-        self.custom = client.CustomObjectsApi(api)
-        self.apps = client.AppsV1Api(api)
-        self.core = client.CoreV1Api(api)
-
-    def create_model(self, body: dict) -> dict:
-        return self.custom.create_namespaced_custom_object(FM_GROUP, FM_VERSION, self.namespace, FM_PLURAL, body)
-
-    def model(self, name: str) -> dict:
-        return self.custom.get_namespaced_custom_object(FM_GROUP, FM_VERSION, self.namespace, FM_PLURAL, name)
-
-    def patch_model(self, name: str, patch: dict) -> dict:
-        return self.custom.patch_namespaced_custom_object(FM_GROUP, FM_VERSION, self.namespace, FM_PLURAL, name, patch)
-
-    def condition(self, name: str, type_: str) -> dict | None:
-        for cond in (self.model(name).get("status") or {}).get("conditions") or []:
-            if cond["type"] == type_:
-                return cond
-        return None
-
-    def deployment(self, name: str):
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            return self.apps.read_namespaced_deployment(name, self.namespace)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-
-    def replica_sets(self, name: str) -> list:
-        return [
-            rs for rs in self.apps.list_namespaced_replica_set(self.namespace).items
-            if any(ref.name == name for ref in rs.metadata.owner_references or [])
-        ]
-
-    def pods(self) -> list:
-        return self.core.list_namespaced_pod(self.namespace).items
-
-    def events(self, reason: str) -> list:
-        return [e for e in self.core.list_namespaced_event(self.namespace).items if e.reason == reason]
-
-
-def condition_is(cluster: Cluster, name: str, type_: str, status: str, reason: str | None = None):
-    def check():
-        cond = cluster.condition(name, type_)
-        if cond and cond["status"] == status and (reason is None or cond["reason"] == reason):
-            return cond
-        return None
-
-    return check
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -118,15 +58,6 @@ def operator(crds: Path, namespace: str, tmp_path: Path) -> Iterator[OperatorPro
 
 
 # ----------------------------------------------------------------------------- tests
-
-
-def ready_with_running_pods(cluster: Cluster, name: str, operator: OperatorProcess, timeout: float = 90.0) -> dict:
-    def check():
-        if operator.proc is not None and operator.proc.poll() is not None:
-            pytest.fail(f"the operator exited with {operator.proc.returncode}:\n{operator.logs()[-5000:]}")
-        return condition_is(cluster, name, "Ready", "True")()
-
-    return wait_for(check, timeout, what=f"{name} Ready=True")
 
 
 def test_model_becomes_ready_with_owned_children_and_status(cluster: Cluster, operator: OperatorProcess):
@@ -312,8 +243,18 @@ def static_volumes(cluster: Cluster) -> Iterator[Callable[[int], None]]:
         cluster.core.delete_persistent_volume(name)
 
 
+def workload_template(cluster: Cluster, model: dict) -> dict:
+    """The pod template of a model's Deployment, or of its LeaderWorkerSet's leaders (multi-node)."""
+    if (model["status"].get("resolved") or {}).get("nodesPerReplica", 1) > 1:
+        group_set = cluster.custom.get_namespaced_custom_object(
+            "leaderworkerset.x-k8s.io", "v1", cluster.namespace, "leaderworkersets", f"{model['metadata']['name']}-group")
+        return group_set["spec"]["leaderWorkerTemplate"]["leaderTemplate"]
+    name = model["status"]["endpoint"].split("//")[1].split(".")[0]
+    return cluster.apps.api_client.sanitize_for_serialization(cluster.deployment(name).spec.template)
+
+
 def test_every_example_reaches_ready_on_matching_gpu_nodes(
-    cluster: Cluster, operator: OperatorProcess, crds: Path, static_volumes
+    cluster: Cluster, leaderworkerset: Path, operator: OperatorProcess, crds: Path, static_volumes
 ):
     examples = example_models()
     assert examples, "examples/ holds no FoundationModel"
@@ -338,8 +279,7 @@ def test_every_example_reaches_ready_on_matching_gpu_nodes(
         if doc["spec"].get("scaling", {}).get("minReplicas") == 0:  # scaled to zero: ask for one
             kubectl(crds, "-n", cluster.namespace, "scale", f"fm/{name}", "--replicas=1")
         ready_with_running_pods(cluster, name, operator, timeout=120)
-        deployment = cluster.deployment(cluster.model(name)["status"]["endpoint"].split("//")[1].split(".")[0])
-        selector = deployment.spec.template.spec.node_selector or {}
+        selector = workload_template(cluster, cluster.model(name))["spec"].get("nodeSelector") or {}
         assert selector, f"{path.name}: no nodeSelector for the accelerator"
         pods = [p for p in cluster.pods() if p.metadata.labels.get("app.kubernetes.io/instance") == name]
         assert pods and all(p.status.phase == "Running" for p in pods), f"{path.name}: pods not Running"
@@ -348,34 +288,34 @@ def test_every_example_reaches_ready_on_matching_gpu_nodes(
             assert all(labels.get(k) == v for k, v in selector.items()), f"{path.name}: {pod.metadata.name} on a wrong node"
 
 
-def test_peering_lets_only_the_highest_priority_replica_act(cluster: Cluster, crds: Path, tmp_path: Path):
-    low = OperatorProcess(crds, cluster.namespace, tmp_path / "low.log", "--peering", "kiban", "--priority", "10")
-    high = OperatorProcess(crds, cluster.namespace, tmp_path / "high.log", "--peering", "kiban", "--priority", "20")
-    from kubernetes.client.exceptions import ApiException
+def test_a_route_without_the_route_api_is_said_in_degraded(cluster: Cluster, operator: OperatorProcess):
+    """route: true on a cluster without route.openshift.io used to do nothing and say nothing."""
+    cluster.create_model(model_body("routed", exposure={"route": True}))
+    cond = wait_for(condition_is(cluster, "routed", "Degraded", "True", "RouteApiUnavailable"), 30,
+                    what="Degraded=True RouteApiUnavailable")
+    assert "route.openshift.io/v1 is not served" in cond["message"] and "spec.exposure.route" in cond["message"]
+    assert condition_is(cluster, "routed", "Ready", "False", "RouteApiUnavailable")()
+    wait_for(lambda: cluster.deployment("routed"), 30, what="the rest of the model still deployed")
+    wait_for(lambda: cluster.events("RouteApiUnavailable"), 15, what="a Warning Event")
 
-    def peers() -> dict:
-        try:
-            peering = cluster.custom.get_namespaced_custom_object(
-                "kopf.dev", "v1", cluster.namespace, "kopfpeerings", "kiban")
-        except ApiException as exc:
-            if exc.status == 404:
-                return {}
-            raise
-        return {k: v for k, v in (peering.get("status") or {}).items() if isinstance(v, dict)}
 
-    try:
-        high.start()
-        wait_for(lambda: len(peers()) == 1, 30, what="the first replica's keep-alive")
-        low.start()
-        wait_for(lambda: len(peers()) == 2, 30, what="both replicas in the peering object")
-        cluster.create_model(model_body("peered"))
-        wait_for(lambda: cluster.deployment("peered"), 30, what="the Deployment")
-        wait_for(lambda: '"Created Deployment" name="peered"' in high.logs(), 10, what="the high-priority replica to act")
-        assert '"Created Deployment"' not in low.logs() and '"Planned changes"' not in low.logs()
-        high.stop()  # a clean exit leaves the peering at once: the other replica takes over
-        cluster.create_model(model_body("after"))
-        wait_for(lambda: '"Created Deployment" name="after"' in low.logs(), 60, what="the low-priority replica to take over")
-    finally:
-        print("--- high\n" + high.logs()[-8000:] + "\n--- low\n" + low.logs()[-8000:])
-        high.stop()
-        low.stop()
+def test_a_crash_looping_container_is_degraded_with_the_kubelets_reason(cluster: Cluster, operator: OperatorProcess):
+    """The pod's status says CrashLoopBackOff (written here as a kubelet would: kwok runs no
+    containers); the model must say Degraded with that reason and message, not Progressing forever."""
+    cluster.create_model(model_body("crashy"))
+    ready_with_running_pods(cluster, "crashy", operator)
+    pod = next(p for p in cluster.pods() if p.metadata.labels.get("app.kubernetes.io/instance") == "crashy")
+    status = {"status": {"containerStatuses": [{
+        "name": "vllm", "image": "vllm/vllm-openai:v0.33.0", "imageID": "", "ready": False, "restartCount": 4,
+        "started": False,
+        "state": {"waiting": {"reason": "CrashLoopBackOff",
+                              "message": "back-off 1m20s restarting failed container=vllm pod=crashy"}},
+        "lastState": {"terminated": {"reason": "Error", "exitCode": 1, "message": "ValueError: bad --max-model-len",
+                                     "startedAt": "2026-01-01T00:00:00Z", "finishedAt": "2026-01-01T00:00:05Z"}},
+    }]}}
+    cluster.core.patch_namespaced_pod_status(pod.metadata.name, cluster.namespace, status)
+    cond = wait_for(condition_is(cluster, "crashy", "Degraded", "True", "CrashLoopBackOff"), 30,
+                    what="Degraded=True CrashLoopBackOff")
+    assert f"pod {pod.metadata.name} container vllm" in cond["message"]
+    assert "back-off 1m20s" in cond["message"] and "ValueError: bad --max-model-len" in cond["message"]
+    assert condition_is(cluster, "crashy", "Ready", "False", "CrashLoopBackOff")()

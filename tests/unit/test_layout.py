@@ -5,7 +5,8 @@
 - the runtime distribution (kiban, what the operator image installs) imports nothing of the
   developer distribution, and only the third-party packages its pyproject declares;
 - the simulator and load generator (kiban_serving) import nothing of the developer tooling;
-- the image's lock pins every declared runtime dependency at a version its specifier allows.
+- the image's lock pins every declared runtime dependency at a version its specifier allows;
+- the image build sees operator/ alone (Containerfile COPY sources, .containerignore).
 """
 
 from __future__ import annotations
@@ -139,7 +140,7 @@ ALLOWED = {
     "kiban.api": set(),
     "kiban.clock": set(),
     "kiban.metrics": set(),
-    "kiban.capacity": set(),
+    "kiban.capacity": {"kiban.api", "kiban.config", "kiban.sizing"},  # compare.py: sizing + capacity, priced
     "kiban.config": {"kiban.api"},
     "kiban.sizing": {"kiban.api", "kiban.config"},
     "kiban.builders": {"kiban.api", "kiban.config", "kiban.sizing"},
@@ -148,7 +149,10 @@ ALLOWED = {
     "kiban.autoscale": {"kiban.api", "kiban.capacity", "kiban.clock", "kiban.config", "kiban.drift", "kiban.metrics",
                         "kiban.reconcile", "kiban.sizing"},
     "kiban.handlers": {"kiban.api", "kiban.reconcile"},
-    "kiban.operator_cli": {"kiban.autoscale", "kiban.config", "kiban.handlers", "kiban.metrics", "kiban.reconcile"},
+    "kiban.tasks": {"kiban.reconcile"},
+    "kiban.gateway": {"kiban.api", "kiban.builders"},
+    "kiban.operator_cli": {"kiban.autoscale", "kiban.config", "kiban.handlers", "kiban.metrics", "kiban.reconcile",
+                           "kiban.tasks"},
     "kiban.cli": set(),  # subcommands are imported by name (importlib), not statically
     "kiban.__main__": {"kiban.cli"},
     "kiban_serving.sim": {"kiban.capacity"},
@@ -176,15 +180,52 @@ def runtime_requirements() -> list[Requirement]:
     return [Requirement(text) for text in project["dependencies"]]
 
 
+# Developer tooling the runtime may use only when present: imported inside a function, in a
+# `try` whose handler catches ImportError (and says what to install), never at module level.
+OPTIONAL_RUNTIME_IMPORTS = {"matplotlib"}
+
+
+def import_guarded_names(path: Path) -> set[str]:
+    """Top-level package names imported inside `try: ... except ImportError` within a function."""
+    guarded = set()
+    for function in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        for node in ast.walk(function):
+            if not isinstance(node, ast.Try):
+                continue
+            catches = {getattr(h.type, "id", None) for h in node.handlers}
+            if not catches & {"ImportError", "ModuleNotFoundError"}:
+                continue
+            for statement in node.body:
+                for inner in ast.walk(statement):
+                    if isinstance(inner, ast.Import):
+                        guarded.update(alias.name.split(".")[0] for alias in inner.names)
+                    elif isinstance(inner, ast.ImportFrom) and inner.module and inner.level == 0:
+                        guarded.add(inner.module.split(".")[0])
+    return guarded
+
+
 def test_runtime_imports_only_declared_third_party_packages():
     declared = {canonicalize_name(r.name) for r in runtime_requirements()}
     used = set()
     for path in ROOTS["kiban"].rglob("*.py"):
+        optional = import_guarded_names(path) & OPTIONAL_RUNTIME_IMPORTS
         for name in imported_names(path):
             top = name.split(".")[0]
-            if top != "kiban" and top not in sys.stdlib_module_names:
+            if top != "kiban" and top not in sys.stdlib_module_names and top not in optional:
                 used.add(canonicalize_name(DISTRIBUTION_OF_IMPORT.get(top, top)))
     assert used - declared == set(), "imported by the runtime but not in operator/pyproject.toml"
+
+
+def test_optional_imports_are_guarded_not_module_level():
+    for path in ROOTS["kiban"].rglob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        top_level = {alias.name.split(".")[0] for node in tree.body if isinstance(node, ast.Import)
+                     for alias in node.names}
+        top_level |= {node.module.split(".")[0] for node in tree.body
+                      if isinstance(node, ast.ImportFrom) and node.module}
+        assert not top_level & OPTIONAL_RUNTIME_IMPORTS, f"{path}: imports developer tooling at module level"
 
 
 def locked_versions() -> dict[str, str]:
@@ -213,3 +254,16 @@ def test_developer_tooling_is_not_in_the_runtime_distribution():
     assert find["include"] == ["kiban", "kiban.*"]
     runtime_dependencies = {canonicalize_name(r.name) for r in runtime_requirements()}
     assert runtime_dependencies.isdisjoint({"matplotlib", "scipy", "tqdm", "grafana-foundation-sdk", "pytest"})
+
+
+def test_image_build_sees_only_the_runtime_distribution():
+    """The Containerfile copies from operator/ alone, and .containerignore hides the rest of the
+    repository from the build (tests/integration/test_operator_image.py checks the built image)."""
+    copies = [line.split()[1:] for line in (REPO / "Containerfile").read_text(encoding="utf-8").splitlines()
+              if line.startswith("COPY ")]
+    sources = [arg for args in copies if not any(a.startswith("--from=") for a in args)
+               for arg in [a for a in args if not a.startswith("--")][:-1]]
+    assert sources and all(source.startswith("operator/") for source in sources), sources
+    ignore = [line.strip() for line in (REPO / ".containerignore").read_text(encoding="utf-8").splitlines()
+              if line.strip() and not line.startswith("#")]
+    assert ignore[:2] == ["*", "!operator/"]

@@ -43,8 +43,8 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 {{- end -}}
 
-{{- define "kiban.peeringName" -}}
-{{- default (include "kiban.fullname" .) .Values.peeringName -}}
+{{- define "kiban.leaseName" -}}
+{{- default (include "kiban.fullname" .) .Values.leaseName -}}
 {{- end -}}
 
 {{/* The accelerator-profiles file as config.parse_profiles reads it. */}}
@@ -63,4 +63,28 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- $pairs = append $pairs (printf "%s=%s" $key $value) -}}
 {{- end -}}
 {{- join "," $pairs -}}
+{{- end -}}
+
+{{/* The gateway: its own name, labels (the engine NetworkPolicies admit exactly these) and ServiceAccount. */}}
+{{- define "kiban.gatewayName" -}}
+{{- printf "%s-gateway" (include "kiban.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "kiban.gatewaySelectorLabels" -}}
+app.kubernetes.io/name: {{ include "kiban.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: gateway
+{{- end -}}
+
+{{- define "kiban.gatewayLabels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{ include "kiban.gatewaySelectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: kiban
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{/* KIBAN_GATEWAY_POD_LABELS for the operator: "a=b,c=d" of the gateway's selector labels. */}}
+{{- define "kiban.gatewayPodLabels" -}}
+{{- printf "app.kubernetes.io/name=%s,app.kubernetes.io/instance=%s,app.kubernetes.io/component=gateway" (include "kiban.name" .) .Release.Name -}}
 {{- end -}}

@@ -31,7 +31,9 @@ HEADER = (
 )
 
 # Keys that carry no meaning for the API server (or that it rejects) and are dropped.
-_DROPPED_KEYS = {"title", "additionalProperties", "$defs"}
+# propertyNames (map keys' pattern, pydantic's check): a structural schema has none, so the API
+# server checks map keys with CEL on the map instead (v1alpha1._label_map).
+_DROPPED_KEYS = {"title", "additionalProperties", "$defs", "propertyNames"}
 
 
 class SchemaTranslationError(ValueError):
@@ -90,10 +92,18 @@ def to_structural(node: dict[str, Any], defs: dict[str, Any], *, keep_defaults: 
             }
         elif key == "items":
             out["items"] = to_structural(value, defs, keep_defaults=keep_defaults)
+        elif key == "patternProperties":
+            continue
         else:
             out[key] = value
 
     additional = node.get("additionalProperties")
+    patterned = node.get("patternProperties")
+    if isinstance(patterned, dict) and len(patterned) == 1:
+        # a map with a key pattern (pydantic's form of dict[Annotated[str, pattern], V]): the values'
+        # schema stays; the key rule is CEL on the map (v1alpha1._label_map)
+        additional = next(iter(patterned.values()))
+        out.pop("patternProperties", None)
     if isinstance(additional, dict):
         out["additionalProperties"] = to_structural(additional, defs, keep_defaults=keep_defaults)
     elif additional is True and "properties" not in node:

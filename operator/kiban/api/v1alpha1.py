@@ -15,8 +15,20 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, model_validator
 from pydantic.alias_generators import to_camel
+
+from kiban.api import engine_cel
+from kiban.api.quantity import parse_quantity
+from kiban.api.engine_policy import (
+    MAX_EXTRA_ARG_LENGTH,
+    MAX_EXTRA_ARGS,
+    SECRET_ENV,
+    TRUST_REMOTE_CODE,
+    env_refusal,
+    extra_args_problems,
+    read_token,
+)
 
 GROUP = "kiban.dev"
 VERSION = "v1alpha1"
@@ -28,50 +40,101 @@ SHORT_NAMES = ("fm",)
 
 # hf://org/repo, pvc://claim[/path], s3://bucket[/prefix]; shared by the schema and the builders.
 HF_URI = r"hf://[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9._-]+"
-PVC_URI = r"pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/[^\s]*)?"
+PVC_URI = r"pvc://[a-z0-9]([-a-z0-9]{0,251}[a-z0-9])?(/[^\s]*)?"
 S3_URI = r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\s]*)?"
 MODEL_URI_PATTERN = rf"^({HF_URI}|{PVC_URI}|{S3_URI})$"
 ADAPTER_URI_PATTERN = rf"^({HF_URI}|{PVC_URI})$"
+# a '.' or '..' path segment (the URI always has '://', so every segment follows a '/')
+DOT_SEGMENT = r"/[.]{1,2}(/|$)"
 PARAMETERS_PATTERN = r"^[0-9]+(\.[0-9]+)?[MBT]$"
-QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"
+# Kubernetes' quantity grammar (resource.ParseQuantity), without a sign, a trailing '.' or huge exponents
+QUANTITY_PATTERN = r"^([0-9]{1,18}(\.[0-9]{1,18})?|\.[0-9]{1,18})(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE][-+]?[0-9]{1,2})?$"
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 PROFILE_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 # Served model and adapter names travel in OpenAI request bodies; keep them URL- and label-friendly.
 SERVED_NAME_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$"
+# IsEnvVarName (the strict form every Kubernetes version accepts); '.', '..' and '..x' are refused by CEL
 ENV_NAME_PATTERN = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+# IsConfigMapKey: Secret and ConfigMap keys
+CONFIG_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
+# IsQualifiedName (label keys, taint keys, topology keys): [DNS-subdomain prefix/]name, name <= 63
+QUALIFIED_NAME_PATTERN = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9]$"
+)
+# IsValidLabelValue
+LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$"
+# A container image reference (distribution/reference's grammar, with an optional digest): no
+# spaces, no upper-case repository, so the kubelet never reports InvalidImageName.
+IMAGE_PATTERN = (
+    r"^(([a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?(\.[a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?)*(:[0-9]+)?|"
+    r"\[[0-9a-fA-F:]+\](:[0-9]+)?)/)?"
+    r"[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*(/[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*)*"
+    r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@[A-Za-z][A-Za-z0-9]*([-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$"
+)
+# A Hub revision: a branch, tag or commit; never starting with '-' (it follows --revision)
+REVISION_PATTERN = r"^[A-Za-z0-9_][-A-Za-z0-9_./]*$"
 
 POWERS_OF_TWO = (1, 2, 4, 8, 16)
 # Values vLLM 0.33 accepts for --max-lora-rank.
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
-# Flags the operator sets itself; extraArgs may not override them (the API key never goes in args).
-OPERATOR_OWNED_FLAGS = (
-    "--api-key",
-    "--host",
-    "--port",
-    "--served-model-name",
-    "--tensor-parallel-size",
-    "--pipeline-parallel-size",
-    "--model",
-)
+MAX_PIPELINE_PARALLEL = 16
+MAX_NODES_PER_REPLICA = 16  # the API's bound; the operator's own limit (KIBAN_MAX_NODES_PER_REPLICA) is lower
 
+# The API server's types: an integer field refuses true and "2", a number field refuses true and
+# "0.5" (pydantic's lax mode would coerce them, so `kiban crd validate` would disagree with it).
 StrictInt = Annotated[int, Strict()]
+StrictFloat = Annotated[float, Strict()]
 
 
 @dataclass(frozen=True)
 class CelRule:
-    """A cross-field rule: CEL for the API server, `check` for Python, one message for both."""
+    """A rule: CEL for the API server, `check` for Python, one message for both.
+
+    message_expression / reason: the CEL messageExpression and K8s reason (FieldValueForbidden...);
+    describe(model) -> the Python message when check fails (default: message).
+    """
 
     rule: str
     message: str
     check: Callable[[Any], bool]
     field_path: str | None = None
+    message_expression: str | None = None
+    reason: str | None = None
+    describe: Callable[[Any], str] | None = None
+
+    @classmethod
+    def from_cel(cls, cel: Mapping[str, str], check: Callable[[Any], bool],
+                 describe: Callable[[Any], str] | None = None) -> CelRule:
+        return cls(cel["rule"], cel["message"], check, cel.get("fieldPath"), cel.get("messageExpression"),
+                   cel.get("reason"), describe)
 
     def as_schema(self) -> dict[str, str]:
         out = {"rule": self.rule, "message": self.message}
+        if self.message_expression:
+            out["messageExpression"] = self.message_expression
+        if self.reason:
+            out["reason"] = self.reason
         if self.field_path:
             out["fieldPath"] = self.field_path
         return out
+
+    def failure(self, model: Any) -> str:
+        return self.describe(model) if self.describe else self.message
+
+
+@dataclass(frozen=True)
+class PythonCheck:
+    """The Python side of CEL that lives on a field's own schema (list items, map keys): problems
+    as messages naming the field; the CEL is in that field's json_schema_extra."""
+
+    problems: Callable[[Any], list[str]]
+
+
+def cel_validations(*rules: Mapping[str, str]) -> dict[str, Any]:
+    """json_schema_extra carrying CEL rules on a field's own schema node."""
+    return {"x-kubernetes-validations": [dict(r) for r in rules]}
 
 
 def _schema_default(value: Any) -> Any:
@@ -110,18 +173,69 @@ class KibanModel(BaseModel):
         json_schema_extra=_schema_extra,
     )
     cel_rules: ClassVar[tuple[CelRule, ...]] = ()
+    python_checks: ClassVar[tuple[PythonCheck, ...]] = ()
 
     @model_validator(mode="after")
     def _check_cel_rules(self) -> KibanModel:
+        for check in self.python_checks:
+            problems = check.problems(self)
+            if problems:
+                raise ValueError("; ".join(problems))
         for rule in self.cel_rules:
             if not rule.check(self):
-                raise ValueError(rule.message)
+                raise ValueError(rule.failure(self))
         return self
 
 
 def _section(model: type[BaseModel], description: str) -> Any:
     """A nested object that defaults to `{}` in the schema, so the API server fills its defaults."""
     return Field(default_factory=model, description=description)
+
+
+def _qualified_name_prefix(value: str) -> str:
+    """IsQualifiedName's length rule the pattern cannot say: a prefix of at most 253 characters."""
+    if "/" in value and value.index("/") > 253:
+        raise ValueError(f"{value!r}: the prefix before '/' must be at most 253 characters")
+    return value
+
+
+# Kubernetes label keys / taint keys / topology keys, and label values (apimachinery's rules)
+QualifiedName = Annotated[str, Field(
+    pattern=QUALIFIED_NAME_PATTERN, max_length=317,
+    json_schema_extra=cel_validations({
+        "rule": "!self.contains('/') || self.indexOf('/') <= 253",
+        "message": "a label key's prefix (before '/') must be at most 253 characters",
+        "reason": "FieldValueInvalid"}),
+), AfterValidator(_qualified_name_prefix)]
+LabelValue = Annotated[str, Field(pattern=LABEL_VALUE_PATTERN, max_length=63)]
+
+
+def _label_map(description: str, max_properties: int, where: str) -> Any:
+    """A map of label keys to label values, checked as Kubernetes checks labels and selectors.
+
+    The keys' rule is CEL on the map (a structural schema has no propertyNames); values have a pattern.
+    """
+    rule = {
+        "rule": (f"self.all(k, k.size() <= 317 && k.matches({engine_cel.quote(QUALIFIED_NAME_PATTERN)}) && "
+                 "(!k.contains('/') || k.indexOf('/') <= 253))"),
+        "message": f"{where}: keys must be label keys ([DNS-subdomain prefix/]name, name at most 63 characters)",
+        "reason": "FieldValueInvalid",
+    }
+    return Field(
+        default_factory=dict,
+        description=description,
+        json_schema_extra={"maxProperties": max_properties, **cel_validations(rule)},
+    )
+
+
+def _config_key_rule(camel: str, python: str, where: str) -> CelRule:
+    """IsConfigMapKey's rule the pattern cannot say: not '.', not '..', not starting with '..'."""
+    return CelRule(
+        rule=f"self.{camel} != '.' && !self.{camel}.startsWith('..')",
+        message=f"{where} must not be '.' or start with '..'",
+        check=lambda m: (v := getattr(m, python)) != "." and not v.startswith(".."),
+        field_path=f".{camel}",
+    )
 
 
 # --------------------------------------------------------------------------- spec: model
@@ -156,10 +270,12 @@ class SecretKeyRef(SecretRef):
 
     key: str = Field(
         default="api-key",
-        pattern=r"^[-._a-zA-Z0-9]+$",
+        pattern=CONFIG_KEY_PATTERN,
         max_length=253,
         description="Key inside the Secret whose value is used.",
     )
+
+    cel_rules = (_config_key_rule("key", "key", "the Secret key"),)
 
 
 def parameter_count(parameters: str) -> float:
@@ -195,6 +311,7 @@ class ModelSource(KibanModel):
     )
     revision: str | None = Field(
         default=None,
+        pattern=REVISION_PATTERN,
         max_length=255,
         description="Hub revision (branch, tag or commit) for hf:// models; passed as --revision.",
     )
@@ -215,7 +332,7 @@ class ModelSource(KibanModel):
             "needs 1 byte per parameter, awq/gptq/bitsandbytes (4-bit) half a byte."
         ),
     )
-    max_model_len: int | None = Field(
+    max_model_len: StrictInt | None = Field(
         default=None,
         ge=16,
         le=10_485_760,
@@ -249,6 +366,12 @@ class ModelSource(KibanModel):
             check=lambda m: m.revision is None or m.uri.startswith("hf://"),
             field_path=".revision",
         ),
+        CelRule(
+            rule=f"!self.uri.matches({engine_cel.quote(DOT_SEGMENT)})",
+            message="spec.model.uri must not have '.' or '..' path segments (it would leave the volume or repository)",
+            check=lambda m: not re.search(DOT_SEGMENT, m.uri),
+            field_path=".uri",
+        ),
     )
 
 
@@ -256,11 +379,13 @@ class ModelSource(KibanModel):
 
 
 class SecretKeySelector(KibanModel):
-    """Selects a key of a Secret or ConfigMap."""
+    """Selects a key of a Secret or ConfigMap (named as Kubernetes names them)."""
 
-    name: str = Field(max_length=253, description="Name of the Secret or ConfigMap.")
-    key: str = Field(max_length=253, description="Key to read.")
+    name: str = Field(pattern=DNS_SUBDOMAIN_PATTERN, max_length=253, description="Name of the Secret or ConfigMap.")
+    key: str = Field(pattern=CONFIG_KEY_PATTERN, max_length=253, description="Key to read.")
     optional: bool | None = Field(default=None, description="Whether a missing object or key is allowed.")
+
+    cel_rules = (_config_key_rule("key", "key", "valueFrom key"),)
 
 
 class EnvVarSource(KibanModel):
@@ -291,22 +416,108 @@ class EnvVar(KibanModel):
             message="env: set value or valueFrom, not both",
             check=lambda e: not (e.value is not None and e.value_from is not None),
         ),
+        CelRule(
+            rule="self.name != '.' && !self.name.startsWith('..')",
+            message="spec.engine.env name must not be '.' or start with '..'",
+            check=lambda e: e.name != "." and not e.name.startswith(".."),
+            field_path=".name",
+        ),
+        CelRule.from_cel(
+            engine_cel.env_name_rule(),
+            check=lambda e: env_refusal(e.name) is None,
+            describe=lambda e: f"{e.name} is refused: {env_refusal(e.name)}",
+        ),
+        CelRule.from_cel(
+            engine_cel.env_secret_rule(),
+            check=lambda e: e.name not in SECRET_ENV or e.value is None,
+            describe=lambda e: (f"{e.name} is a credential: take it from a Secret (valueFrom.secretKeyRef or "
+                                "spec.model.credentialsSecretRef), never a literal value"),
+        ),
     )
+
+
+# Container resources the engine may ask for: the standard ones, and extended resources
+# (DOMAIN/NAME, e.g. rdma/hca), which Kubernetes counts in whole units with requests equal to limits.
+STANDARD_RESOURCES = ("cpu", "memory", "ephemeral-storage")
+EXTENDED_RESOURCE_PATTERN = (
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9]$"
+)
+
+
+def _is_resource_name(name: str) -> bool:
+    """validateContainerResourceName, without hugepages: a standard name, or an extended resource."""
+    if name in STANDARD_RESOURCES:
+        return True
+    return (len(name) <= 244 and re.match(EXTENDED_RESOURCE_PATTERN, name) is not None
+            and "kubernetes.io/" not in name and not name.startswith("requests."))
+
+
+def _resource_name_cel(k: str) -> str:
+    return (f"({k} in {list(STANDARD_RESOURCES)!r} || ({k}.size() <= 244 && "
+            f"{k}.matches({engine_cel.quote(EXTENDED_RESOURCE_PATTERN)}) && "
+            f"!{k}.contains('kubernetes.io/') && !{k}.startsWith('requests.')))").replace('"', "'")
+
+
+def _requests_fit_limits(r: ResourceRequirements) -> bool:
+    for name, value in r.requests.items():
+        if name not in r.limits:
+            if name not in STANDARD_RESOURCES:
+                return False
+            continue
+        request, limit = parse_quantity(value), parse_quantity(r.limits[name])
+        if (request != limit) if name not in STANDARD_RESOURCES else (request > limit):
+            return False
+    return True
 
 
 class ResourceRequirements(KibanModel):
     """CPU and memory for the engine container; the GPU resource is set by the operator."""
 
-    requests: dict[str, Annotated[str, Field(pattern=QUANTITY_PATTERN)]] = Field(
+    requests: dict[str, Annotated[str, Field(pattern=QUANTITY_PATTERN, max_length=64)]] = Field(
         default_factory=dict,
         description="Minimum resources, e.g. {cpu: '8', memory: 64Gi}.",
         json_schema_extra={"maxProperties": 16},
     )
-    limits: dict[str, Annotated[str, Field(pattern=QUANTITY_PATTERN)]] = Field(
+    limits: dict[str, Annotated[str, Field(pattern=QUANTITY_PATTERN, max_length=64)]] = Field(
         default_factory=dict,
         description="Maximum resources, e.g. {memory: 96Gi}. GPU limits are set from the accelerator profile.",
         json_schema_extra={"maxProperties": 16},
     )
+
+    cel_rules = (
+        CelRule(
+            rule=(f"self.requests.all(k, {_resource_name_cel('k')}) && "
+                  f"self.limits.all(k, {_resource_name_cel('k')})"),
+            message=("spec.engine.resources: names must be cpu, memory, ephemeral-storage or an extended "
+                     "resource DOMAIN/NAME (hugepages and kubernetes.io/ names are refused)"),
+            check=lambda r: all(_is_resource_name(k) for k in (*r.requests, *r.limits)),
+        ),
+        CelRule(
+            rule=("self.requests.all(k, !(k in self.limits) || "
+                  f"(k in {list(STANDARD_RESOURCES)!r} ? "
+                  "quantity(self.requests[k]).compareTo(quantity(self.limits[k])) <= 0 : "
+                  "quantity(self.requests[k]).compareTo(quantity(self.limits[k])) == 0)) && "
+                  f"self.requests.all(k, k in {list(STANDARD_RESOURCES)!r} || k in self.limits)").replace('"', "'"),
+            message=("spec.engine.resources.requests must not exceed limits, and an extended resource needs a "
+                     "limit equal to its request"),
+            check=_requests_fit_limits,
+            field_path=".requests",
+        ),
+        CelRule(
+            rule=(f"self.requests.all(k, k in {list(STANDARD_RESOURCES)!r} || self.requests[k].matches('^[0-9]{{1,9}}$')) && "
+                  f"self.limits.all(k, k in {list(STANDARD_RESOURCES)!r} || self.limits[k].matches('^[0-9]{{1,9}}$'))"
+                  ).replace('"', "'"),
+            message="spec.engine.resources: extended resources are counted in whole units (a plain integer)",
+            check=lambda r: all(re.fullmatch(r"[0-9]{1,9}", v) for k, v in (*r.requests.items(), *r.limits.items())
+                                if k not in STANDARD_RESOURCES),
+        ),
+    )
+
+
+
+def _extra_args_problems(engine: EngineSpec) -> list[str]:
+    # --trust-remote-code is checked with spec.model.trustRemoteCode on FoundationModelSpec
+    return extra_args_problems(engine.extra_args, trust_remote_code=True)
 
 
 class EngineSpec(KibanModel):
@@ -314,6 +525,7 @@ class EngineSpec(KibanModel):
 
     image: str | None = Field(
         default=None,
+        pattern=IMAGE_PATTERN,
         max_length=512,
         description=(
             "vLLM OpenAI server image. Defaults to the operator's configured image "
@@ -321,51 +533,52 @@ class EngineSpec(KibanModel):
             "disconnected cluster can point every model at a mirror."
         ),
     )
-    max_num_seqs: int | None = Field(
+    max_num_seqs: StrictInt | None = Field(
         default=None,
         ge=1,
         le=4096,
         description="Most sequences in one batch (--max-num-seqs). Defaults to vLLM's own choice.",
     )
-    gpu_memory_utilization: float = Field(
+    gpu_memory_utilization: StrictFloat = Field(
         default=0.9,
         gt=0.0,
         le=1.0,
         description="Fraction of each GPU's memory vLLM may use (--gpu-memory-utilization); also used for sizing.",
     )
-    extra_args: list[Annotated[str, Field(max_length=1024)]] = Field(
+    extra_args: list[Annotated[str, Field(
+        max_length=MAX_EXTRA_ARG_LENGTH,
+        json_schema_extra=cel_validations(engine_cel.known_option_rule(), engine_cel.refused_option_rule()),
+    )]] = Field(
         default_factory=list,
-        max_length=64,
+        max_length=MAX_EXTRA_ARGS,
         description=(
-            "Further `vllm serve` arguments, appended as given. An unknown flag makes vLLM exit at "
-            "start; flags the operator owns (--api-key, --host, --port, --served-model-name, "
-            "--tensor-parallel-size, --pipeline-parallel-size, --model) are rejected."
+            "Further `vllm serve` arguments, read as vLLM 0.33 reads them (--x=y or --x y, _ for -, "
+            "--x.field for JSON fields, short aliases). Refused by the API server, naming the argument: "
+            "options vllm serve does not have or that are abbreviated, values no option takes, options "
+            "the operator sets from the spec (--served-model-name, --port, --tensor-parallel-size, "
+            "--max-model-len, --lora-modules, --download-dir, ...), options that widen what the engine or "
+            "its clients may do (--allowed-local-media-path, --trust-request-chat-template, ...), and "
+            "--trust-remote-code unless spec.model.trustRemoteCode. A value starting with '-' goes "
+            "inline (--seed=-1). The list and reasons: docs/security.md."
         ),
+        json_schema_extra=cel_validations(engine_cel.arity_rule("self")),
     )
     env: list[EnvVar] = Field(
         default_factory=list,
         max_length=64,
-        description="Extra environment variables for the engine container.",
+        description=(
+            "Extra environment variables for the engine container. Names the operator sets (HF_HOME, "
+            "VLLM_API_KEY, ...) or that open the engine up (VLLM_SERVER_DEV_MODE, LD_PRELOAD, "
+            "PYTHONPATH, NVIDIA_VISIBLE_DEVICES, ...) are refused, and credentials (HF_TOKEN, ...) only "
+            "come from a Secret: docs/security.md."
+        ),
     )
     resources: ResourceRequirements = _section(
         ResourceRequirements, "CPU and memory requests and limits for the engine container."
     )
 
+    python_checks = (PythonCheck(_extra_args_problems),)
     cel_rules = (
-        CelRule(
-            rule=(
-                "self.extraArgs.all(a, !["
-                + ", ".join(f"'{f}'" for f in OPERATOR_OWNED_FLAGS)
-                + "].exists(f, a == f || a.startsWith(f + '=')))"
-            ),
-            message=(
-                "spec.engine.extraArgs may not set flags the operator owns: " + ", ".join(OPERATOR_OWNED_FLAGS)
-            ),
-            check=lambda e: not any(
-                a == f or a.startswith(f + "=") for a in e.extra_args for f in OPERATOR_OWNED_FLAGS
-            ),
-            field_path=".extraArgs",
-        ),
         CelRule(
             rule="self.env.all(e, self.env.exists_one(o, o.name == e.name))",
             message="spec.engine.env names must be unique",
@@ -379,6 +592,19 @@ class EngineSpec(KibanModel):
 
 
 GpuCount = Literal["auto"] | StrictInt
+
+
+def _number(value: GpuCount) -> int | None:
+    return value if isinstance(value, int) else None
+
+
+def _range_rule(field: str, python_name: str, high: int) -> CelRule:
+    return CelRule(
+        rule=f"type(self.{field}) == string ? self.{field} == 'auto' : (int(self.{field}) >= 1 && int(self.{field}) <= {high})",
+        message=f"spec.accelerator.{field} must be 'auto' or a number from 1 to {high}",
+        check=lambda a: getattr(a, python_name) == "auto" or 1 <= getattr(a, python_name) <= high,
+        field_path=f".{field}",
+    )
 
 
 def _is_auto_or_power_of_two(value: GpuCount) -> bool:
@@ -410,9 +636,10 @@ class AcceleratorSpec(KibanModel):
     gpus_per_replica: GpuCount = Field(
         default="auto",
         description=(
-            "GPUs per replica, 'auto' or a power of two. auto: tensorParallelSize when that is a "
-            "number, else the smallest power of two whose memory holds the weights plus a KV-cache "
-            "reserve. More GPUs than tensorParallelSize adds pipeline parallelism."
+            "GPUs per replica, 'auto' or a power of two. auto: tensorParallelSize x pipelineParallelSize "
+            "when those are numbers, else the smallest power of two whose memory holds the weights plus "
+            "a KV-cache reserve on one node, else whole nodes (see nodesPerReplica). More GPUs than "
+            "tensorParallelSize adds pipeline parallelism; more than one node holds spans nodes."
         ),
         json_schema_extra={"x-kubernetes-int-or-string": True},
     )
@@ -421,6 +648,25 @@ class AcceleratorSpec(KibanModel):
         description=(
             "Tensor-parallel degree (--tensor-parallel-size), 'auto' or a power of two. auto: equal to "
             "gpusPerReplica, or sized from spec.model.parameters when both are auto."
+        ),
+        json_schema_extra={"x-kubernetes-int-or-string": True},
+    )
+    pipeline_parallel_size: GpuCount = Field(
+        default="auto",
+        description=(
+            "Pipeline-parallel degree (--pipeline-parallel-size), 'auto' or 1-16. auto: gpusPerReplica / "
+            "tensorParallelSize when both are numbers; else 1 on one node, and one stage per node when the "
+            "model needs more than a node (or stages added until a pinned tensorParallelSize fits)."
+        ),
+        json_schema_extra={"x-kubernetes-int-or-string": True},
+    )
+    nodes_per_replica: GpuCount = Field(
+        default="auto",
+        description=(
+            "Nodes one replica spans, 'auto' or 1-16. auto: the fewest nodes whose GPUs hold the weights "
+            "plus the KV-cache reserve, up to the operator's KIBAN_MAX_NODES_PER_REPLICA (default 4). A "
+            "replica on more than one node is one LeaderWorkerSet group (leaderworkerset.x-k8s.io/v1): "
+            "one pod per node, tensor parallel within a node, pipeline stages across nodes."
         ),
         json_schema_extra={"x-kubernetes-int-or-string": True},
     )
@@ -439,6 +685,50 @@ class AcceleratorSpec(KibanModel):
             or (a.gpus_per_replica >= a.tensor_parallel_size and a.gpus_per_replica % a.tensor_parallel_size == 0),
             field_path=".gpusPerReplica",
         ),
+        _range_rule("pipelineParallelSize", "pipeline_parallel_size", MAX_PIPELINE_PARALLEL),
+        _range_rule("nodesPerReplica", "nodes_per_replica", MAX_NODES_PER_REPLICA),
+        CelRule(
+            rule=(
+                "type(self.gpusPerReplica) == string || type(self.tensorParallelSize) == string || "
+                "type(self.pipelineParallelSize) == string || int(self.gpusPerReplica) == "
+                "int(self.tensorParallelSize) * int(self.pipelineParallelSize)"
+            ),
+            message="spec.accelerator.pipelineParallelSize must be gpusPerReplica / tensorParallelSize",
+            check=lambda a: None in (_number(a.gpus_per_replica), _number(a.tensor_parallel_size),
+                                     _number(a.pipeline_parallel_size))
+            or a.gpus_per_replica == a.tensor_parallel_size * a.pipeline_parallel_size,
+            field_path=".pipelineParallelSize",
+        ),
+        CelRule(
+            rule=(
+                "type(self.nodesPerReplica) == string || type(self.pipelineParallelSize) == string || "
+                "int(self.pipelineParallelSize) % int(self.nodesPerReplica) == 0"
+            ),
+            message=(
+                "spec.accelerator.nodesPerReplica must divide pipelineParallelSize: tensor parallel stays "
+                "within a node, pipeline stages are split evenly across nodes"
+            ),
+            check=lambda a: None in (_number(a.nodes_per_replica), _number(a.pipeline_parallel_size))
+            or a.pipeline_parallel_size % a.nodes_per_replica == 0,
+            field_path=".nodesPerReplica",
+        ),
+        CelRule(
+            rule=(
+                "type(self.nodesPerReplica) == string || type(self.gpusPerReplica) == string || "
+                "(int(self.gpusPerReplica) % int(self.nodesPerReplica) == 0 && "
+                "(type(self.tensorParallelSize) == string || "
+                "int(self.gpusPerReplica) % (int(self.tensorParallelSize) * int(self.nodesPerReplica)) == 0))"
+            ),
+            message=(
+                "spec.accelerator.nodesPerReplica must divide gpusPerReplica into whole tensor-parallel "
+                "groups per node (gpusPerReplica a multiple of tensorParallelSize x nodesPerReplica)"
+            ),
+            check=lambda a: None in (_number(a.nodes_per_replica), _number(a.gpus_per_replica))
+            or (a.gpus_per_replica % a.nodes_per_replica == 0
+                and (_number(a.tensor_parallel_size) is None
+                     or a.gpus_per_replica % (a.tensor_parallel_size * a.nodes_per_replica) == 0)),
+            field_path=".nodesPerReplica",
+        ),
     )
 
 
@@ -448,13 +738,13 @@ class AcceleratorSpec(KibanModel):
 class SloSpec(KibanModel):
     """Latency objectives the autoscaler sizes the model to (milliseconds)."""
 
-    ttft_p95_ms: int | None = Field(
+    ttft_p95_ms: StrictInt | None = Field(
         default=None, ge=1, le=600_000, description="95th-percentile time to first token, milliseconds."
     )
-    ttft_p99_ms: int | None = Field(
+    ttft_p99_ms: StrictInt | None = Field(
         default=None, ge=1, le=600_000, description="99th-percentile time to first token, milliseconds."
     )
-    itl_p95_ms: int | None = Field(
+    itl_p95_ms: StrictInt | None = Field(
         default=None, ge=1, le=60_000, description="95th-percentile inter-token latency, milliseconds."
     )
 
@@ -476,11 +766,11 @@ class SloSpec(KibanModel):
 class ScalingSpec(KibanModel):
     """Replica bounds, the latency SLO and how the autoscaler may move between them."""
 
-    min_replicas: int = Field(
+    min_replicas: StrictInt = Field(
         default=1, ge=0, le=1000, description="Fewest replicas; 0 allows scaling to zero when idle."
     )
-    max_replicas: int = Field(default=1, ge=1, le=1000, description="Most replicas.")
-    replicas: int | None = Field(
+    max_replicas: StrictInt = Field(default=1, ge=1, le=1000, description="Most replicas.")
+    replicas: StrictInt | None = Field(
         default=None,
         ge=0,
         le=1000,
@@ -495,28 +785,28 @@ class ScalingSpec(KibanModel):
         default=True, description="Let Kiban's SLO autoscaler choose replicas between minReplicas and maxReplicas."
     )
     slo: SloSpec | None = Field(default=None, description="Latency objectives; required when autoscaling is true.")
-    target_utilization: float = Field(
+    target_utilization: StrictFloat = Field(
         default=0.75,
         gt=0.0,
         lt=1.0,
         description="Highest fraction of a replica's predicted capacity to plan for, in (0, 1): headroom for bursts.",
     )
-    peak_factor: float = Field(
+    peak_factor: StrictFloat = Field(
         default=1.0, ge=1.0, le=100.0, description="Multiplier on the observed arrival rate before sizing (>= 1)."
     )
-    gpu_budget: int | None = Field(
+    gpu_budget: StrictInt | None = Field(
         default=None,
         ge=1,
         le=100_000,
         description="Most GPUs all replicas together may use; caps replicas at gpuBudget / GPUs per replica.",
     )
-    stabilization_window_seconds: int = Field(
+    stabilization_window_seconds: StrictInt = Field(
         default=300,
         ge=0,
         le=3600,
         description="Scale down only to the highest replica count recommended within this many seconds.",
     )
-    scale_to_zero_idle_seconds: int | None = Field(
+    scale_to_zero_idle_seconds: StrictInt | None = Field(
         default=None,
         ge=60,
         le=86_400,
@@ -557,6 +847,50 @@ class ScalingSpec(KibanModel):
         return max(self.min_replicas, min(self.max_replicas, wanted))
 
 
+# --------------------------------------------------------------------------- spec: rollout
+
+
+class RolloutSpec(KibanModel):
+    """How a spec change replaces running replicas (for a multi-node model: whole groups). With a
+    ReadWriteOnce or ReadWriteOncePod cache the Deployment is replaced by Recreate instead (a surge
+    pod could never mount the cache), and these are ignored."""
+
+    max_surge: StrictInt = Field(
+        default=1,
+        ge=0,
+        le=1000,
+        description=(
+            "Extra replicas a rollout may start above the desired count (maxSurge). For a multi-node "
+            "model each is a whole group of nodesPerReplica nodes."
+        ),
+    )
+    max_unavailable: StrictInt = Field(
+        default=0,
+        ge=0,
+        le=1000,
+        description=(
+            "Replicas a rollout may take down at once (maxUnavailable). The operator lowers it so that "
+            "ready replicas never drop below spec.scaling.minReplicas; when that leaves nothing to "
+            "roll with, one replica surges instead."
+        ),
+    )
+
+    cel_rules = (
+        CelRule(
+            rule="self.maxSurge + self.maxUnavailable >= 1",
+            message="spec.rollout.maxSurge and spec.rollout.maxUnavailable cannot both be 0",
+            check=lambda r: r.max_surge + r.max_unavailable >= 1,
+            field_path=".maxSurge",
+        ),
+    )
+
+    def strategy(self, replicas: int, min_replicas: int) -> tuple[int, int]:
+        """(maxSurge, maxUnavailable) for a workload of `replicas`: never below the ready minimum."""
+        unavailable = min(self.max_unavailable, max(0, replicas - min_replicas))
+        surge = self.max_surge if self.max_surge or unavailable else 1
+        return surge, unavailable
+
+
 # --------------------------------------------------------------------------- spec: the rest
 
 
@@ -579,11 +913,16 @@ class CacheSpec(KibanModel):
         description="emptyDir size limit or PVC request, e.g. 100Gi. Required for pvc.",
     )
     storage_class_name: str | None = Field(
-        default=None, max_length=253, description="StorageClass of the PVC; the cluster default when unset."
+        default=None, pattern=DNS_SUBDOMAIN_PATTERN, max_length=253,
+        description="StorageClass of the PVC; the cluster default when unset.",
     )
     access_mode: Literal["ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod"] = Field(
         default="ReadWriteMany",
-        description="PVC access mode. ReadWriteMany lets replicas on different nodes share one download.",
+        description=(
+            "PVC access mode. ReadWriteMany lets replicas on different nodes share one download. "
+            "ReadWriteOnce and ReadWriteOncePod mount on one node (one pod) only, so they need "
+            "spec.scaling.maxReplicas 1, and rollouts replace the pod instead of surging a second one."
+        ),
     )
 
     cel_rules = (
@@ -591,6 +930,12 @@ class CacheSpec(KibanModel):
             rule="self.type != 'pvc' || has(self.size)",
             message="spec.cache.size is required when spec.cache.type is pvc",
             check=lambda c: c.type != CacheVolumeType.pvc or c.size is not None,
+            field_path=".size",
+        ),
+        CelRule(
+            rule="!has(self.size) || quantity(self.size).isGreaterThan(quantity('0'))",
+            message="spec.cache.size must be greater than zero",
+            check=lambda c: c.size is None or parse_quantity(c.size) > 0,
             field_path=".size",
         ),
     )
@@ -607,52 +952,283 @@ class Adapter(KibanModel):
     uri: str = Field(
         pattern=ADAPTER_URI_PATTERN,
         max_length=1024,
-        description="hf://ORG/REPO (vLLM downloads it) or pvc://CLAIM/PATH (mounted read-only).",
+        description=(
+            "hf://ORG/REPO (vLLM downloads it) or pvc://CLAIM/PATH (mounted read-only); no '.' or '..' "
+            "segments, and no '=' or ',' (vLLM's --lora-modules NAME=PATH cannot carry them)."
+        ),
     )
     rank: Literal[1, 8, 16, 32, 64, 128, 256, 320, 512] | None = Field(
         default=None,
         description="The adapter's LoRA rank; --max-lora-rank is set to the largest. vLLM's default (16) when unset.",
     )
 
+    cel_rules = (
+        CelRule(
+            rule=f"!self.uri.matches({engine_cel.quote(DOT_SEGMENT)}) && !self.uri.contains('=') && !self.uri.contains(',')",
+            message=("spec.adapters[].uri must not have '.' or '..' path segments, '=' or ',' "
+                     "(vLLM reads --lora-modules as NAME=PATH)"),
+            check=lambda a: not re.search(DOT_SEGMENT, a.uri) and "=" not in a.uri and "," not in a.uri,
+            field_path=".uri",
+        ),
+    )
+
+
+# int64 fields, bounded where JSON numbers stay exact (the API server reads schema bounds as floats)
+SAFE_INT = 2**53 - 1
+
 
 class Toleration(KibanModel):
-    """A Kubernetes toleration (core/v1 Toleration)."""
+    """A Kubernetes toleration (core/v1 Toleration), checked as the Pod API checks it."""
 
-    key: str | None = Field(default=None, max_length=316, description="Taint key; empty matches all keys with Exists.")
+    key: QualifiedName | None = Field(default=None, description="Taint key; empty matches all keys with Exists.")
     operator: Literal["Exists", "Equal"] | None = Field(default=None, description="Exists or Equal (default Equal).")
-    value: str | None = Field(default=None, max_length=63, description="Taint value for Equal.")
+    value: LabelValue | None = Field(default=None, description="Taint value for Equal; empty with Exists.")
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
         default=None, description="Taint effect to match; empty matches all."
     )
-    toleration_seconds: int | None = Field(default=None, description="For NoExecute: how long the pod stays bound.")
+    toleration_seconds: StrictInt | None = Field(
+        default=None, ge=-SAFE_INT, le=SAFE_INT, description="For NoExecute: how long the pod stays bound."
+    )
+
+    cel_rules = (
+        CelRule(
+            rule="(has(self.key) && self.key != '') || (has(self.operator) && self.operator == 'Exists')",
+            message="spec.scheduling.tolerations[].operator must be Exists when key is empty (it matches every taint)",
+            check=lambda t: bool(t.key) or t.operator == "Exists",
+            field_path=".operator",
+        ),
+        CelRule(
+            rule="!has(self.operator) || self.operator != 'Exists' || !has(self.value) || self.value == ''",
+            message="spec.scheduling.tolerations[].value must be empty when operator is Exists",
+            check=lambda t: t.operator != "Exists" or not t.value,
+            field_path=".value",
+        ),
+        CelRule(
+            rule="!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+            message="spec.scheduling.tolerations[].effect must be NoExecute when tolerationSeconds is set",
+            check=lambda t: t.toleration_seconds is None or t.effect == "NoExecute",
+            field_path=".effect",
+        ),
+    )
+
+
+# ---- core/v1 Affinity, typed so the API server checks it as the Pod API does (validateAffinity)
+
+
+class NodeSelectorRequirement(KibanModel):
+    """A node label requirement (core/v1 NodeSelectorRequirement)."""
+
+    key: QualifiedName = Field(description="Node label key.")
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist", "Gt", "Lt"] = Field(description="How key relates to values.")
+    values: list[LabelValue] = Field(default_factory=list, max_length=64, description="Label values (one integer for Gt, Lt).")
+
+    cel_rules = (
+        CelRule(
+            rule=("self.operator in ['In', 'NotIn'] ? size(self.values) > 0 : "
+                  "self.operator in ['Exists', 'DoesNotExist'] ? size(self.values) == 0 : size(self.values) == 1"),
+            message="affinity: In and NotIn need values, Exists and DoesNotExist take none, Gt and Lt exactly one",
+            check=lambda r: (len(r.values) > 0 if r.operator in ("In", "NotIn")
+                             else len(r.values) == 0 if r.operator in ("Exists", "DoesNotExist")
+                             else len(r.values) == 1),
+            field_path=".values",
+        ),
+    )
+
+
+class NodeFieldRequirement(KibanModel):
+    """A node field requirement (matchFields): only metadata.name, In or NotIn, one value."""
+
+    key: Literal["metadata.name"] = Field(description="The only node field selector key: metadata.name.")
+    operator: Literal["In", "NotIn"] = Field(description="In or NotIn.")
+    values: list[Annotated[str, Field(pattern=DNS_SUBDOMAIN_PATTERN, max_length=253)]] = Field(
+        min_length=1, max_length=1, description="Exactly one node name."
+    )
+
+
+class NodeSelectorTerm(KibanModel):
+    """Node requirements ANDed together (core/v1 NodeSelectorTerm)."""
+
+    match_expressions: list[NodeSelectorRequirement] = Field(default_factory=list, max_length=16,
+                                                             description="Requirements on node labels.")
+    match_fields: list[NodeFieldRequirement] = Field(default_factory=list, max_length=4,
+                                                     description="Requirements on node fields.")
+
+
+class NodeSelector(KibanModel):
+    """Terms ORed together (core/v1 NodeSelector)."""
+
+    node_selector_terms: list[NodeSelectorTerm] = Field(min_length=1, max_length=16,
+                                                        description="At least one term.")
+
+
+class PreferredSchedulingTerm(KibanModel):
+    """A weighted node preference."""
+
+    weight: StrictInt = Field(ge=1, le=100, description="1-100.")
+    preference: NodeSelectorTerm = Field(description="The preferred nodes.")
+
+
+class NodeAffinity(KibanModel):
+    """Node affinity (core/v1 NodeAffinity)."""
+
+    required_during_scheduling_ignored_during_execution: NodeSelector | None = Field(
+        default=None, description="Nodes the pod must land on.")
+    preferred_during_scheduling_ignored_during_execution: list[PreferredSchedulingTerm] = Field(
+        default_factory=list, max_length=16, description="Nodes the pod prefers.")
+
+
+class LabelSelectorRequirement(KibanModel):
+    """A label requirement (metav1.LabelSelectorRequirement)."""
+
+    key: QualifiedName = Field(description="Label key.")
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"] = Field(description="How key relates to values.")
+    values: list[LabelValue] = Field(default_factory=list, max_length=64, description="Label values.")
+
+    cel_rules = (
+        CelRule(
+            rule="self.operator in ['In', 'NotIn'] ? size(self.values) > 0 : size(self.values) == 0",
+            message="labelSelector: In and NotIn need values, Exists and DoesNotExist take none",
+            check=lambda r: (len(r.values) > 0) if r.operator in ("In", "NotIn") else not r.values,
+            field_path=".values",
+        ),
+    )
+
+
+class LabelSelector(KibanModel):
+    """A label selector (metav1.LabelSelector)."""
+
+    match_labels: dict[QualifiedName, LabelValue] = _label_map(
+        "Labels that must all match.", 32, "labelSelector.matchLabels")
+    match_expressions: list[LabelSelectorRequirement] = Field(default_factory=list, max_length=16,
+                                                              description="Requirements ANDed together.")
+
+
+class PodAffinityTerm(KibanModel):
+    """Pods to be near (or away from) within a topology domain (core/v1 PodAffinityTerm)."""
+
+    label_selector: LabelSelector | None = Field(default=None, description="The pods.")
+    namespaces: list[Annotated[str, Field(pattern=DNS_LABEL_PATTERN, max_length=63)]] = Field(
+        default_factory=list, max_length=16, description="Namespaces of those pods; empty: this namespace.")
+    namespace_selector: LabelSelector | None = Field(default=None, description="Namespaces of those pods, by label.")
+    topology_key: QualifiedName = Field(description="Node label whose value is the domain, e.g. kubernetes.io/hostname.")
+
+
+class WeightedPodAffinityTerm(KibanModel):
+    """A weighted pod (anti-)affinity preference."""
+
+    weight: StrictInt = Field(ge=1, le=100, description="1-100.")
+    pod_affinity_term: PodAffinityTerm = Field(description="The term.")
+
+
+class PodAffinity(KibanModel):
+    """Pod affinity or anti-affinity (core/v1 PodAffinity / PodAntiAffinity)."""
+
+    required_during_scheduling_ignored_during_execution: list[PodAffinityTerm] = Field(
+        default_factory=list, max_length=16, description="Terms the pod must satisfy.")
+    preferred_during_scheduling_ignored_during_execution: list[WeightedPodAffinityTerm] = Field(
+        default_factory=list, max_length=16, description="Terms the pod prefers.")
+
+
+class Affinity(KibanModel):
+    """core/v1 Affinity (matchLabelKeys and mismatchLabelKeys are not offered)."""
+
+    node_affinity: NodeAffinity | None = Field(default=None, description="Node affinity.")
+    pod_affinity: PodAffinity | None = Field(default=None, description="Pod affinity.")
+    pod_anti_affinity: PodAffinity | None = Field(default=None, description="Pod anti-affinity.")
 
 
 class SchedulingSpec(KibanModel):
     """Pod placement passed through to the engine pods, added to the accelerator profile's own."""
 
-    node_selector: dict[str, Annotated[str, Field(max_length=63)]] = Field(
-        default_factory=dict,
-        description="Extra node labels to require; a key here overrides the profile's.",
-        json_schema_extra={"maxProperties": 32},
-    )
+    node_selector: dict[QualifiedName, LabelValue] = _label_map(
+        "Extra node labels to require; a key here overrides the profile's.", 32, "spec.scheduling.nodeSelector")
     tolerations: list[Toleration] = Field(
         default_factory=list,
         max_length=32,
         description="Extra tolerations, added to the profile's (nvidia.com/gpu Exists NoSchedule).",
     )
-    affinity: dict[str, Any] | None = Field(
+    affinity: Affinity | None = Field(
         default=None,
-        description="core/v1 Affinity, passed through unchanged.",
-        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+        description="core/v1 Affinity of the engine pods, checked as the Pod API checks it.",
     )
     priority_class_name: str | None = Field(
-        default=None, max_length=253, description="PriorityClass of the engine pods."
+        default=None, pattern=DNS_SUBDOMAIN_PATTERN, max_length=253,
+        description=(
+            "PriorityClass of the engine pods. system-* classes are refused: they preempt the "
+            "cluster's critical pods (and Kubernetes admits them in kube-system only)."
+        ),
+    )
+
+    cel_rules = (
+        CelRule(
+            rule="!has(self.priorityClassName) || !self.priorityClassName.startsWith('system-')",
+            message="spec.scheduling.priorityClassName: system-* priority classes are refused (they preempt critical pods)",
+            check=lambda s: not (s.priority_class_name or "").startswith("system-"),
+            field_path=".priorityClassName",
+        ),
+    )
+
+
+class GatewaySpec(KibanModel):
+    """How the Kiban gateway serves the model: whether it does, routing, and holding while it wakes."""
+
+    enabled: bool | None = Field(
+        default=None,
+        description=(
+            "Reach the model through the Kiban gateway (`kiban gateway`), which checks the API key on "
+            "every path, forwards only the OpenAI /v1 inference paths, routes by load (and prefix), "
+            "and holds requests while the model wakes from zero. The engine pods then admit traffic "
+            "only from the gateway and the monitoring namespace. Unset: the operator's default "
+            "(on when the Helm chart installs the gateway) unless exposure asks for direct access "
+            "(serviceType NodePort/LoadBalancer, route or allowedNamespaceLabels)."
+        ),
+    )
+    routing: Literal["LeastOutstanding", "PrefixAffinity"] = Field(
+        default="LeastOutstanding",
+        description=(
+            "LeastOutstanding: each request goes to the ready pod with the fewest requests in flight. "
+            "PrefixAffinity: requests whose prompts open alike go to the same pod (its prefix cache "
+            "holds them), by consistent hashing with bounded load (no pod above loadFactor x the mean)."
+        ),
+    )
+    prefix_characters: int = Field(
+        default=512, ge=16, le=65_536,
+        description=(
+            "PrefixAffinity: characters of the prompt's opening hashed (chat: the system messages and "
+            "the first user message), about a quarter as many tokens."
+        ),
+    )
+    load_factor: float = Field(
+        default=1.25, ge=1.0, le=10.0,
+        description="PrefixAffinity: most a pod may carry, as a multiple of the mean in-flight load, before its keys move on.",
+    )
+    max_held_requests: int = Field(
+        default=256, ge=0, le=100_000,
+        description=(
+            "Requests each gateway replica holds for the model while it has no ready replica (waking "
+            "from zero, or all pods restarting); more are answered 503 with Retry-After. 0 holds none."
+        ),
+    )
+    max_hold_seconds: int = Field(
+        default=300, ge=1, le=3600,
+        description=(
+            "Longest a request is held waiting for a ready replica before it is answered 503 with "
+            "Retry-After. Cover a cold start: scheduling, image pull and model load."
+        ),
     )
 
 
 class ExposureSpec(KibanModel):
     """How clients reach the model."""
 
+    gateway: GatewaySpec = _section(GatewaySpec, "The Kiban gateway: on or off, routing, holding while waking.")
+    inference_pool: bool | None = Field(
+        default=None,
+        description=(
+            "Create an InferencePool (inference.networking.k8s.io/v1) selecting the engine pods and "
+            "port, for a cluster's own inference gateway. Unset: created when that API is served."
+        ),
+    )
     service_type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = Field(
         default="ClusterIP", description="Type of the Service on port 8000."
     )
@@ -663,20 +1239,19 @@ class ExposureSpec(KibanModel):
         ),
     )
     route_host: str | None = Field(
-        default=None, max_length=253, description="Route host; the router's generated host when unset."
+        default=None, pattern=DNS_SUBDOMAIN_PATTERN, max_length=253,
+        description="Route host (a DNS name); the router's generated host when unset.",
     )
     network_policy: bool = Field(
         default=True,
         description=(
-            "Create a NetworkPolicy allowing port 8000 only from this namespace, allowedNamespaceLabels, "
-            "the operator's monitoring namespace and (with route) the OpenShift router."
+            "Create a NetworkPolicy allowing port 8000 only from the Kiban gateway and the operator's "
+            "monitoring namespace when the model is exposed through the gateway; otherwise from this "
+            "namespace, allowedNamespaceLabels, the monitoring namespace and (with route) the OpenShift router."
         ),
     )
-    allowed_namespace_labels: dict[str, Annotated[str, Field(max_length=63)]] = Field(
-        default_factory=dict,
-        description="Namespaces with all these labels may also reach the model.",
-        json_schema_extra={"maxProperties": 16},
-    )
+    allowed_namespace_labels: dict[QualifiedName, LabelValue] = _label_map(
+        "Namespaces with all these labels may also reach the model.", 16, "spec.exposure.allowedNamespaceLabels")
 
     cel_rules = (
         CelRule(
@@ -685,28 +1260,66 @@ class ExposureSpec(KibanModel):
             check=lambda e: e.route_host is None or e.route,
             field_path=".routeHost",
         ),
+        CelRule(
+            rule="!has(self.gateway.enabled) || !self.gateway.enabled || self.serviceType == 'ClusterIP'",
+            message=(
+                "spec.exposure.serviceType must be ClusterIP with spec.exposure.gateway.enabled true: clients "
+                "outside reach the gateway's own Service, and the engine pods admit only the gateway"
+            ),
+            check=lambda e: not e.gateway.enabled or e.service_type == "ClusterIP",
+            field_path=".serviceType",
+        ),
+        CelRule(
+            rule="!has(self.gateway.enabled) || !self.gateway.enabled || !self.route",
+            message=(
+                "spec.exposure.route exposes the engine's Service directly; with spec.exposure.gateway.enabled "
+                "true expose the gateway instead"
+            ),
+            check=lambda e: not e.gateway.enabled or not e.route,
+            field_path=".route",
+        ),
+        CelRule(
+            rule="!has(self.gateway.enabled) || !self.gateway.enabled || size(self.allowedNamespaceLabels) == 0",
+            message=(
+                "spec.exposure.allowedNamespaceLabels opens the engine pods past the gateway; it needs "
+                "spec.exposure.gateway.enabled false"
+            ),
+            check=lambda e: not e.gateway.enabled or not e.allowed_namespace_labels,
+            field_path=".allowedNamespaceLabels",
+        ),
     )
+
+    def direct_access(self) -> bool:
+        """Whether this exposure asks for clients to reach the engine pods without the gateway."""
+        return self.service_type != "ClusterIP" or self.route or bool(self.allowed_namespace_labels)
+
+    def through_gateway(self, default: bool) -> bool:
+        """Whether clients reach the model through the Kiban gateway: gateway.enabled when set,
+        else the operator's `default` unless the exposure asks for direct access."""
+        if self.gateway.enabled is not None:
+            return self.gateway.enabled
+        return default and not self.direct_access()
 
 
 class DriftSpec(KibanModel):
     """Workload drift detection on prompt and output token distributions."""
 
     enabled: bool = Field(default=False, description="Compare recent token distributions with a reference window.")
-    window_seconds: int = Field(
+    window_seconds: StrictInt = Field(
         default=120, ge=30, le=86_400,
         description="Length of each drift window, seconds (the detector's measured default is 120).",
     )
-    reference_window_seconds: int = Field(
+    reference_window_seconds: StrictInt = Field(
         default=360, ge=30, le=2_592_000,
         description=(
             "Time the rolling reference covers, seconds: the last round(referenceWindowSeconds / "
             "windowSeconds) windows, at least one (default 360: 3 windows of 120 s, as measured)."
         ),
     )
-    js_divergence_threshold: float = Field(
+    js_divergence_threshold: StrictFloat = Field(
         default=0.1, gt=0.0, le=1.0, description="Jensen-Shannon divergence above which drift is reported."
     )
-    p_value_threshold: float = Field(
+    p_value_threshold: StrictFloat = Field(
         default=0.05, gt=0.0, lt=1.0, description="Kolmogorov-Smirnov p-value below which drift is reported."
     )
 
@@ -730,8 +1343,13 @@ class FoundationModelSpec(KibanModel):
             "VLLM_API_KEY environment variable, never on the command line. It guards /v1 only."
         ),
     )
-    exposure: ExposureSpec = _section(ExposureSpec, "Service type, OpenShift Route and NetworkPolicy.")
+    exposure: ExposureSpec = _section(
+        ExposureSpec, "The Kiban gateway, Service type, OpenShift Route, NetworkPolicy and InferencePool."
+    )
     drift: DriftSpec = _section(DriftSpec, "Workload drift detection.")
+    rollout: RolloutSpec = _section(
+        RolloutSpec, "How a spec change replaces replicas: maxSurge 1, maxUnavailable 0 by default."
+    )
 
     cel_rules = (
         CelRule(
@@ -751,6 +1369,17 @@ class FoundationModelSpec(KibanModel):
             field_path=".adapters",
         ),
         CelRule(
+            rule="!has(self.apiKeySecretRef) || self.exposure.serviceType == 'ClusterIP'",
+            message=(
+                "spec.exposure.serviceType NodePort or LoadBalancer with spec.apiKeySecretRef would serve "
+                "/invocations and /metrics to anyone without the key (vLLM's key guards /v1 only): expose the "
+                "model through the Kiban gateway (spec.exposure.gateway.enabled true, serviceType ClusterIP), "
+                "whose Service checks the key on every path"
+            ),
+            check=lambda s: s.api_key_secret_ref is None or s.exposure.service_type == "ClusterIP",
+            field_path=".exposure.serviceType",
+        ),
+        CelRule(
             rule=(
                 "!has(self.scaling.gpuBudget) || type(self.accelerator.gpusPerReplica) == string || "
                 "self.scaling.gpuBudget >= self.scaling.minReplicas * int(self.accelerator.gpusPerReplica)"
@@ -760,6 +1389,21 @@ class FoundationModelSpec(KibanModel):
             or not isinstance(s.accelerator.gpus_per_replica, int)
             or s.scaling.gpu_budget >= s.scaling.min_replicas * s.accelerator.gpus_per_replica,
             field_path=".scaling.gpuBudget",
+        ),
+        CelRule.from_cel(
+            engine_cel.trust_remote_code_rule(),
+            check=lambda s: s.model.trust_remote_code or not any(
+                (t := read_token(i, a)).is_option and t.key == TRUST_REMOTE_CODE
+                for i, a in enumerate(s.engine.extra_args)),
+        ),
+        CelRule(
+            rule="self.cache.type != 'pvc' || self.cache.accessMode == 'ReadWriteMany' || self.scaling.maxReplicas <= 1",
+            message=("spec.cache.accessMode ReadWriteOnce or ReadWriteOncePod mounts on one node only: "
+                     "spec.scaling.maxReplicas must be 1 (a second replica would wait forever on Multi-Attach), "
+                     "or use ReadWriteMany"),
+            check=lambda s: (s.cache.type != CacheVolumeType.pvc or s.cache.access_mode == "ReadWriteMany"
+                             or s.scaling.max_replicas <= 1),
+            field_path=".cache.accessMode",
         ),
     )
 
@@ -818,10 +1462,56 @@ class ResolvedStatus(StatusModel):
     gpus_per_replica: int | None = Field(default=None, description="GPUs per replica.")
     tensor_parallel_size: int | None = Field(default=None, description="Tensor-parallel degree.")
     pipeline_parallel_size: int | None = Field(default=None, description="Pipeline-parallel degree.")
+    nodes_per_replica: int | None = Field(
+        default=None, description="Nodes one replica spans; above 1 each replica is one LeaderWorkerSet group."
+    )
     image: str | None = Field(default=None, description="Engine image in use.")
     served_model_name: str | None = Field(default=None, description="OpenAI model name.")
     sizing_reason: str | None = Field(default=None, description="Why this GPU count, e.g. AutoSized.")
     sizing_message: str | None = Field(default=None, description="The memory arithmetic behind the GPU count.")
+    gateway: bool | None = Field(
+        default=None, description="Whether clients reach the model through the Kiban gateway (spec.exposure.gateway)."
+    )
+
+
+class FittedParameter(StatusModel):
+    """One engine parameter: the datasheet prior, what the online fit learned, and its sd."""
+
+    prior: float | None = Field(default=None, description="The engine profile's (datasheet) value.")
+    fitted: float | None = Field(default=None, description="The posterior mode after the evidence so far.")
+    sd: float | None = Field(default=None, description="Posterior standard deviation (statistical only).")
+
+
+class ColdStartStatus(StatusModel):
+    """Creation to Ready of the model's own pods: the look-ahead a scale-up needs."""
+
+    prior_seconds: float | None = Field(default=None, description="The engine profile's start-up estimate.")
+    learned_seconds: float | None = Field(
+        default=None, description="The slowest recent pod of the revision (a pod still starting counts as it waits)."
+    )
+    samples: int | None = Field(default=None, description="Pods of the revision seen becoming Ready.")
+
+
+class EngineFitStatus(StatusModel):
+    """The engine the capacity model sizes with: learned online from vLLM's metrics, the profile as prior."""
+
+    alpha_ms: FittedParameter | None = Field(default=None, description="Decode step time at zero batch (ms).")
+    beta_ms: FittedParameter | None = Field(default=None, description="Extra step time per decoding sequence (ms).")
+    gamma_ms: FittedParameter | None = Field(default=None, description="Fixed cost of a step that prefills (ms).")
+    delta_ms: FittedParameter | None = Field(default=None, description="Prefill time per prompt token (ms).")
+    mixed_step_cost: str | None = Field(
+        default=None, description="What a step mixing prefill and decodes pays as fixed cost: gamma or alpha."
+    )
+    observations: float | None = Field(
+        default=None, description="Engine steps and requests behind the fit (decayed over 30 min)."
+    )
+    capacity_prior_rps: float | None = Field(
+        default=None, description="Capacity per replica with the datasheet prior, at the current token means."
+    )
+    capacity_fitted_rps: float | None = Field(
+        default=None, description="Capacity per replica with the fitted engine, at the current token means."
+    )
+    cold_start: ColdStartStatus | None = Field(default=None, description="Learned creation-to-Ready time.")
 
 
 class ScalingStatus(StatusModel):
@@ -838,6 +1528,9 @@ class ScalingStatus(StatusModel):
     last_scale_time: str | None = Field(
         default=None, json_schema_extra={"format": "date-time"}, description="When replicas last changed."
     )
+    engine: EngineFitStatus | None = Field(
+        default=None, description="The engine as learned online: prior, fitted value and sd per parameter."
+    )
 
 
 class DriftStatus(StatusModel):
@@ -849,6 +1542,30 @@ class DriftStatus(StatusModel):
     message: str | None = Field(default=None, description="What moved.")
     last_evaluation_time: str | None = Field(
         default=None, json_schema_extra={"format": "date-time"}, description="When drift was last evaluated."
+    )
+
+
+class HeldRequests(StatusModel):
+    """Requests one gateway replica holds for the model because no replica is ready."""
+
+    requests: int = Field(ge=0, description="Requests held now.")
+    since: str = Field(json_schema_extra={"format": "date-time"}, description="When the oldest was first held.")
+    heartbeat: str = Field(
+        json_schema_extra={"format": "date-time"},
+        description="When this entry was last refreshed; the autoscaler ignores entries older than a minute.",
+    )
+
+
+class GatewayStatus(StatusModel):
+    """What the Kiban gateway reports about the model (written by the gateway, read by the autoscaler)."""
+
+    held: dict[str, HeldRequests] = Field(
+        default_factory=dict,
+        description=(
+            "Per gateway replica (pod name), the requests it holds while the model has no ready replica: "
+            "the autoscaler's wake-from-zero signal."
+        ),
+        json_schema_extra={"maxProperties": 64},
     )
 
 
@@ -869,6 +1586,7 @@ class FoundationModelStatus(StatusModel):
     resolved: ResolvedStatus | None = Field(default=None, description="Settings resolved by the operator.")
     scaling: ScalingStatus | None = Field(default=None, description="Latest autoscaling decision.")
     drift: DriftStatus | None = Field(default=None, description="Latest drift evaluation.")
+    gateway: GatewayStatus | None = Field(default=None, description="Requests the Kiban gateway holds (wake from zero).")
 
 
 # --------------------------------------------------------------------------- the resource

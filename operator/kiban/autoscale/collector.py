@@ -43,7 +43,10 @@ from urllib.parse import urlsplit, urlunsplit
 import requests
 
 from kiban.autoscale.breaker import CircuitBreaker
+from kiban.autoscale.engine_counters import COUNTERS as ENGINE_COUNTERS
+from kiban.autoscale.engine_counters import engine_queries, engine_windows
 from kiban.autoscale.policy import Observation
+from kiban.capacity.fitting import EngineWindow
 from kiban.drift.histograms import bin_midpoints
 from kiban.drift.tracker import histogram_from_increase
 
@@ -188,7 +191,8 @@ def _ttft_quantile(percentile: float, selector: str, window: str, by: Sequence[s
 
 
 PROMPT_BUCKETS = "prompt_buckets"  # key of the prompt-token histogram's window bucket counts (prompt_mix)
-PER_ENGINE = ("batch_by_engine", "itl_by_engine")  # answers with one sample per engine, not per model
+# answers with one sample per engine, not per model (the engine fit's counters: engine_counters)
+PER_ENGINE = ("batch_by_engine", "itl_by_engine", *ENGINE_COUNTERS)
 REQUIRED = ("engines", "completion_rate", "in_engine_growth", "mean_prompt_tokens", "mean_output_tokens",
             "running", "waiting", "ttft_p95")
 
@@ -243,6 +247,8 @@ def build_queries(selector: str, window_s: float, token_window_s: float | None =
         queries.setdefault(ttft_key(percentile), _ttft_quantile(percentile, s, w, by))
     # the window's prompt-length law: the same query as the prompt_tokens drift signal's buckets
     queries[PROMPT_BUCKETS] = bucket_increase_query(DRIFT_HISTOGRAMS["prompt_tokens"], s, tw, by)
+    # per engine, for the online engine fit (kiban.capacity.fitting): each counter's increase
+    queries.update(engine_queries(s, w))
     return queries
 
 
@@ -494,6 +500,8 @@ class Collected:
     engines: int = 0
     kv_cache_usage: float | None = None
     decode_pairs: tuple[tuple[float, float], ...] = ()
+    # per engine, its vLLM counters over the rate window (the online engine fit's evidence)
+    engine_windows: tuple[EngineWindow, ...] = ()
     # TTFT in seconds at each SLO percentile asked for (None: no data), for one Observation per SLO
     ttft_slo_s: Mapping[float, float | None] = field(default_factory=dict)
 
@@ -527,6 +535,8 @@ def collected_for(
         engines=int(values.get("engines") or 0),
         kv_cache_usage=_sane(values.get("kv_cache_usage"), 1.0),
         decode_pairs=decode_pairs(answers.get("batch_by_engine", []), answers.get("itl_by_engine", [])),
+        engine_windows=engine_windows(answers, window_s, {_engine_key(s.labels): s.value
+                                                          for s in answers.get("batch_by_engine", [])}),
         ttft_slo_s={p: _sane(values.get(ttft_key(p)), MAX_LATENCY_S) for p in percentiles},
     )
 
@@ -746,10 +756,10 @@ class Collector:
                 break  # nothing scraped at all: the other answers would be empty too
         return self._finish(answers, failures, targets, time_s)
 
-    async def collect_all_async(self, targets: Sequence[Target], *, time_s: float,
-                                run: Runner) -> dict[SeriesKey, Collected]:
-        """collect_all with every query in flight at once through `run` (its executor bounds them)."""
-        queries = self.queries(targets)
+    async def _ask_all(self, queries: Mapping[str, str], time_s: float,
+                       run: Runner) -> tuple[dict[str, list[Sample]], dict[str, PrometheusUnavailable]]:
+        """Every query in flight at once through `run`; answers and failures by key (an
+        unexpected exception is a failure of its query, never of the pass)."""
         outcomes = await asyncio.gather(
             *(run(lambda promql=promql: self._ask(promql, time_s)) for promql in queries.values()),
             return_exceptions=True)
@@ -762,6 +772,12 @@ class Collector:
                 failures[key] = PrometheusUnavailable(QUERY_FAILED, f"{type(outcome).__name__}: {outcome}")
             else:
                 answers[key] = outcome
+        return answers, failures
+
+    async def collect_all_async(self, targets: Sequence[Target], *, time_s: float,
+                                run: Runner) -> dict[SeriesKey, Collected]:
+        """collect_all with every query in flight at once through `run` (its executor bounds them)."""
+        answers, failures = await self._ask_all(self.queries(targets), time_s, run)
         return self._finish(answers, failures, targets, time_s)
 
     def collect(
@@ -795,19 +811,7 @@ class Collector:
 
     async def collect_drift_all_async(self, keys: Sequence[SeriesKey], *, time_s: float, window_s: float,
                                       run: Runner) -> dict[SeriesKey, DriftSeries]:
-        queries = self.drift_queries(window_s)
-        outcomes = await asyncio.gather(
-            *(run(lambda promql=promql: self._ask(promql, time_s)) for promql in queries.values()),
-            return_exceptions=True)
-        answers: dict[str, list[Sample]] = {}
-        failures: dict[str, PrometheusUnavailable] = {}
-        for key, outcome in zip(queries, outcomes):
-            if isinstance(outcome, PrometheusUnavailable):
-                failures[key] = outcome
-            elif isinstance(outcome, BaseException):
-                failures[key] = PrometheusUnavailable(QUERY_FAILED, f"{type(outcome).__name__}: {outcome}")
-            else:
-                answers[key] = outcome
+        answers, failures = await self._ask_all(self.drift_queries(window_s), time_s, run)
         return drift_from_answers(answers, failures, keys, time_s=time_s, window_s=window_s,
                                   namespace_label=self.namespace_label)
 

@@ -15,7 +15,7 @@ import functools
 import math
 from dataclasses import dataclass, replace
 
-from kiban.capacity.batching import Slo, max_arrival_rate, predict, prefill_alone_ms, prompt_atoms
+from kiban.capacity.batching import Slo, max_arrival_rate, predict, prefill_alone_ms
 from kiban.capacity.engine_profile import EngineProfile
 
 TOKEN_GRID_RATIO = 1.02  # token means are rounded up to this relative grid for the capacity cache
@@ -24,13 +24,13 @@ MIN_TREND_SAMPLES = 3
 MIN_TREND_SPAN_S = 30.0
 BURST_FACTOR_WINDOWS = 2  # a missed burst's factor fades over this many burst windows
 TREND_SIGNIFICANCE_Z = 2.0  # a rate trend is extrapolated only when slope > z x its standard error
-# The prompt-length law the capacity model is given: three probability slices of the window's
-# prompt mix (the bulk, the tail, the longest 1 %: a p99 target is set by the longest prompts),
-# each at its mean as a multiple of the overall mean, snapped to a geometric grid, and held until
-# a slice moves by more than SHAPE_HOLD x a grid step. Structural choices, not tuned on a trace.
-PROMPT_SHAPE_MASSES = (0.90, 0.09, 0.01)
-SHAPE_GRID_RATIO = 1.25
-SHAPE_HOLD = 1.5  # a held shape is replaced once a slice moved 1.5 grid steps from it (no flapping)
+# No model is fed more than this: a larger rate is a broken exporter or Prometheus (the collector
+# checks per engine; this is the policy's own guard), and must never enter the policy's memory.
+MAX_ARRIVAL_RPS = 1e6
+MAX_TOKENS = 1e7  # a token mean above this is no request any model takes
+MIX_GRID = 1 / 32  # prompt-mix tail shares are rounded up to this grid, so the capacity cache hits
+PREDICTION_GRID_RATIO = 1.05  # the predicted latency is solved at rates on a 5 % grid, rounded up
+CACHE_SIZE = 16_384  # capacity and latency results kept (about 16 per model at 1,000 models)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -56,6 +56,9 @@ class Observation:
     prompt_mix: tuple[tuple[float, float], ...] | None = None
     current_replicas: int
     ready_replicas: int = 0
+    # requests the Kiban gateway holds because no replica is ready (status.gateway.held, fresh
+    # entries only): the wake-from-zero signal, which needs no engine to be scraped
+    held_requests: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -141,11 +144,13 @@ class PolicyState:
     burst_samples: tuple[tuple[float, float], ...] = ()  # (time_s, arrival_rate_rps) for the burst allowance
     token_samples: tuple[tuple[float, float, float, float], ...] = ()  # (time_s, rate, prompt, output)
     burst_factors: tuple[tuple[float, float], ...] = ()  # (time_s, factor) missed bursts asked for
+    last_replicas: int | None = None  # current_replicas at the previous call: a rise from 0 is traffic
+    # the capacity model's last inputs (prompt tokens, output tokens, prompt mix) on their grids,
+    # kept while they still cover the new ones: the capacity cache's key (sticky_inputs)
+    capacity_inputs: tuple | None = None
     # (capacity per replica, rate, prompt, output) of the last decision with traffic: the next
     # capacity may move from it only as far as stable_capacity allows
     last_capacity: tuple[float, float, float, float] | None = None
-    mix_samples: tuple[tuple[float, float, tuple[tuple[float, float], ...]], ...] = ()  # (time_s, rate, prompt mix)
-    prompt_shape: tuple[tuple[float, float], ...] | None = None  # the held shape (held_shape)
 
 
 @dataclass(frozen=True)
@@ -169,6 +174,12 @@ def _usable(value: float | None) -> bool:
     return value is not None and isinstance(value, (int, float)) and math.isfinite(value) and value >= 0
 
 
+def woke_from_zero(state: PolicyState, current_replicas: int) -> bool:
+    """The model was at zero replicas at the previous call and is not now: someone (a user's
+    `kubectl scale`, a gateway holding a request) woke it, which is traffic by any other name."""
+    return state.last_replicas == 0 and current_replicas > 0
+
+
 def round_tokens_up(tokens: float) -> float:
     """Round a token mean up onto a 2 % geometric grid: cacheable, and never optimistic."""
     if tokens <= 1:
@@ -177,7 +188,7 @@ def round_tokens_up(tokens: float) -> float:
     return round(TOKEN_GRID_RATIO**step, 6)
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=CACHE_SIZE)
 def _capacity_node(
     profile: EngineProfile, prompt_tokens: float, output_tokens: float, slo: Slo, target_utilization: float,
     prompt_mix: tuple[tuple[float, float], ...] | None = None,
@@ -194,7 +205,7 @@ def _grid_bracket(tokens: float) -> tuple[float, float, float]:
     return round(CAPACITY_GRID_RATIO**low, 6), round(CAPACITY_GRID_RATIO**(low + 1), 6), share
 
 
-@functools.lru_cache(maxsize=16384)
+@functools.lru_cache(maxsize=CACHE_SIZE)
 def capacity_per_replica_rps(
     profile: EngineProfile, prompt_tokens: float, output_tokens: float, slo: Slo, target_utilization: float,
     prompt_mix: tuple[tuple[float, float], ...] | None = None,
@@ -205,35 +216,18 @@ def capacity_per_replica_rps(
     10 % geometric grid in prompt and output tokens (each corner computed once): capacity falls
     smoothly with both, so the grid costs about 1 % at most and a workload whose means wander
     costs a few dozen capacity solves, not one per decision. A prompt mix captures the
-    long-prompt tail that the mean alone hides; only its shape is used (batching.prompt_atoms
-    rescales it to the mean), so with a fixed shape (prompt_shape) the same grid applies."""
-    if prompt_tokens <= 1 or output_tokens <= 1:
+    long-prompt tail that the mean alone hides; it is solved exactly."""
+    if prompt_mix is not None or prompt_tokens <= 1 or output_tokens <= 1:
         return _capacity_node(profile, prompt_tokens, output_tokens, slo, target_utilization, prompt_mix)
     p0, p1, sp = _grid_bracket(prompt_tokens)
     o0, o1, so = _grid_bracket(output_tokens)
-    corners = [[_capacity_node(profile, p, o, slo, target_utilization, prompt_mix) for o in (o0, o1)]
-               for p in (p0, p1)]
+    corners = [[_capacity_node(profile, p, o, slo, target_utilization) for o in (o0, o1)] for p in (p0, p1)]
     if min(min(row) for row in corners) <= 0:  # an unattainable corner: no smooth surface to follow
-        return _capacity_node(profile, prompt_tokens, output_tokens, slo, target_utilization, prompt_mix)
+        return _capacity_node(profile, prompt_tokens, output_tokens, slo, target_utilization)
     logs = [[math.log(c) for c in row] for row in corners]
     low = logs[0][0] * (1 - so) + logs[0][1] * so
     high = logs[1][0] * (1 - so) + logs[1][1] * so
     return math.exp(low * (1 - sp) + high * sp)
-
-
-def _round_up_on_grid(value: float) -> float:
-    """A positive value rounded up onto the TOKEN_GRID_RATIO geometric grid."""
-    if not value > 0:
-        return value
-    return round(TOKEN_GRID_RATIO ** math.ceil(math.log(value) / math.log(TOKEN_GRID_RATIO) - 1e-9), 9)
-
-
-@functools.lru_cache(maxsize=4096)
-def _predict_cached(profile: EngineProfile, rate_rps: float, prompt_tokens: float, output_tokens: float,
-                    prompt_mix: tuple[tuple[float, float], ...] | None):
-    """predict() on grid-rounded inputs (rate and tokens rounded up 2 %): the latency a decision
-    reports, never used to decide, so a conservative rounding that caches well is enough."""
-    return predict(profile, rate_rps, prompt_tokens, output_tokens, prompt_mix=prompt_mix)
 
 
 def trend_slope_rps_per_s(samples: tuple[tuple[float, float], ...], z: float = TREND_SIGNIFICANCE_Z) -> float:
@@ -302,7 +296,7 @@ def transient_tolerance(slo_ttft_s: float | None, unloaded_ttft_s: float, sample
     return 1.0 + max(0.0, slo_ttft_s - unloaded_ttft_s) / sample_s
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=CACHE_SIZE)
 def burst_capacity_per_replica_rps(
     profile: EngineProfile, prompt_tokens: float, output_tokens: float, slo: Slo, sample_s: float | None,
     prompt_mix: tuple[tuple[float, float], ...] | None = None,
@@ -316,119 +310,11 @@ def burst_capacity_per_replica_rps(
     steady = capacity_per_replica_rps(profile, prompt_tokens, output_tokens, slo, 1.0, prompt_mix)
     if not steady > 0:
         return 0.0
-    unloaded = unloaded_ttft_p95_s(profile, prompt_tokens, prompt_mix)
+    if prompt_mix is None:  # an idle engine prefills a lone prompt at once: no chain to solve
+        unloaded = prefill_alone_ms(profile, prompt_tokens, 0.0) / 1000.0
+    else:
+        unloaded = predict(profile, steady * 1e-4, prompt_tokens, output_tokens, prompt_mix=prompt_mix).ttft_p95_s
     return steady * transient_tolerance(slo.ttft_ms / 1000.0, unloaded, sample_s)
-
-
-def unloaded_ttft_p95_s(profile: EngineProfile, prompt_tokens: float,
-                        prompt_mix: tuple[tuple[float, float], ...] | None = None) -> float:
-    """The TTFT p95 of an idle engine: each prompt prefilled alone at once (the capacity model's
-    limit at zero load), over the mix rescaled to the mean prompt, or the mean prompt alone."""
-    atoms = prompt_atoms(prompt_tokens, prompt_mix)
-    cumulative = 0.0
-    for tokens, probability in atoms:  # sorted by length
-        cumulative += probability
-        if cumulative >= 0.95 - 1e-12:
-            return prefill_alone_ms(profile, tokens, 0.0) / 1000.0
-    return prefill_alone_ms(profile, atoms[-1][0], 0.0) / 1000.0
-
-
-def windowed_prompt_mix(samples: tuple[tuple[float, float, tuple[tuple[float, float], ...]], ...]
-                        ) -> tuple[tuple[float, float], ...] | None:
-    """The rate-weighted average of the windows' prompt mixes (as token_samples weights the means),
-    as (tokens, probability) sorted by tokens; None without a usable sample."""
-    weights: dict[float, float] = {}
-    total = 0.0
-    for _, rate, mix in samples:
-        if not rate > 0:
-            continue
-        for tokens, probability in mix:
-            weights[tokens] = weights.get(tokens, 0.0) + rate * probability
-        total += rate
-    if not total > 0 or not weights:
-        return None
-    mass = sum(weights.values())
-    return tuple((t, w / mass) for t, w in sorted(weights.items()) if w > 0)
-
-
-def prompt_shape(mix: tuple[tuple[float, float], ...] | None,
-                 masses: tuple[float, ...] = PROMPT_SHAPE_MASSES) -> tuple[tuple[float, float], ...] | None:
-    """The mix's shape as few atoms: one per probability slice (masses, shortest prompts first),
-    at the slice's mean length as a multiple of the overall mean, snapped to the capacity grid.
-
-    A window's mix moves every tick (a handful of long prompts more or less), and each distinct
-    mix is a fresh capacity solve; this summary keeps what sets a latency percentile (the tail,
-    resolved to the top 1 %) and changes only when the shape does, so it caches."""
-    mix = _mix(mix)
-    if mix is None:
-        return None
-    atoms = sorted((t, p) for t, p in mix if p > 0)
-    total = sum(p for _, p in atoms)
-    mean = sum(t * p for t, p in atoms) / total
-    if not mean > 0:
-        return None
-    out: dict[float, float] = {}
-    index, left = 0, atoms[0][1] / total
-    for mass in masses:
-        need, tokens_mass = mass, 0.0
-        while need > 1e-12 and index < len(atoms):
-            take = min(need, left)
-            tokens_mass += take * atoms[index][0]
-            need -= take
-            left -= take
-            if left <= 1e-12:
-                index += 1
-                left = atoms[index][1] / total if index < len(atoms) else 0.0
-        taken = mass - need
-        if taken <= 0:
-            continue
-        ratio = max(tokens_mass / taken / mean, 1e-6)
-        out[ratio] = out.get(ratio, 0.0) + taken
-    return tuple(sorted(out.items()))
-
-
-def snapped_shape(shape: tuple[tuple[float, float], ...]) -> tuple[tuple[float, float], ...]:
-    """A prompt shape with each slice's ratio on the SHAPE_GRID_RATIO grid (slices that meet merge)."""
-    out: dict[float, float] = {}
-    for ratio, mass in shape:
-        snapped = round(SHAPE_GRID_RATIO ** round(math.log(ratio) / math.log(SHAPE_GRID_RATIO)), 6)
-        out[snapped] = round(out.get(snapped, 0.0) + mass, 6)
-    return tuple(sorted(out.items()))
-
-
-def _quantile_ratio(shape: tuple[tuple[float, float], ...], mass: float) -> float:
-    """The ratio at cumulative mass `mass` of a shape (its slices in order)."""
-    cumulative = 0.0
-    for ratio, share in shape:
-        cumulative += share
-        if cumulative >= mass - 1e-9:
-            return ratio
-    return shape[-1][0]
-
-
-def _within(held: tuple[tuple[float, float], ...], shape: tuple[tuple[float, float], ...], tolerance: float) -> bool:
-    """Every slice of `shape` within `tolerance` (log) of the held shape at the same cumulative mass."""
-    marks = []
-    cumulative = 0.0
-    for _, mass in shape:
-        marks.append(cumulative + 0.5 * mass)
-        cumulative += mass
-    return all(abs(math.log(_quantile_ratio(shape, m) / _quantile_ratio(held, m))) <= tolerance for m in marks)
-
-
-def held_shape(held: tuple[tuple[float, float], ...] | None, shape: tuple[tuple[float, float], ...] | None
-               ) -> tuple[tuple[float, float], ...] | None:
-    """The prompt shape to size with: the held one while every slice of the new shape lies within
-    SHAPE_HOLD grid steps of it, else the new shape snapped. Each new shape costs fresh capacity
-    solves; a shape that only wobbles around a grid point changes no decision worth them."""
-    if shape is None:
-        return held
-    if held is not None and _within(held, shape, SHAPE_HOLD * math.log(SHAPE_GRID_RATIO)):
-        return held
-    snapped = snapped_shape(shape)
-    if held is not None and snapped == held:
-        return held
-    return snapped
 
 
 def burst_overflow_share(config: ScalingConfig) -> float:
@@ -543,6 +429,188 @@ def _prune(items: tuple[tuple[float, object], ...], now_s: float, window_s: floa
     return tuple(item for item in items if now_s - item[0] <= window_s)
 
 
+def round_rate_up(rate_rps: float, ratio: float = PREDICTION_GRID_RATIO) -> float:
+    """A per-replica rate rounded up onto a geometric grid (never optimistic): the predicted
+    latency, which status and the dashboards show but no decision reads, is then cached per grid
+    point instead of solved again for every model's exact, noisy rate on every pass."""
+    if rate_rps <= 0:
+        return 0.0
+    step = math.ceil(math.log(rate_rps) / math.log(ratio) - 1e-9)
+    return ratio**step
+
+
+def predicted_latency_s(
+    profile: EngineProfile, per_replica_rps: float, prompt_tokens: float, output_tokens: float,
+    prompt_mix: tuple[tuple[float, float], ...] | None = None,
+) -> tuple[float, float]:
+    """(TTFT p95, ITL p95) one replica expects at this rate, memoised (pure, hashable inputs).
+
+    The rate and token means are rounded up onto their grids first, so steady traffic hits the
+    cache on every pass instead of solving the model again for each model and tick."""
+    return _predicted_latency_s(profile, round_rate_up(per_replica_rps), round_tokens_up(prompt_tokens),
+                                max(1.0, round_tokens_up(output_tokens)), prompt_mix)
+
+
+@functools.lru_cache(maxsize=CACHE_SIZE)
+def _predicted_latency_s(profile: EngineProfile, per_replica_rps: float, prompt_tokens: float, output_tokens: float,
+                         prompt_mix: tuple[tuple[float, float], ...] | None) -> tuple[float, float]:
+    prediction = predict(profile, per_replica_rps, prompt_tokens, output_tokens, prompt_mix=prompt_mix)
+    return prediction.ttft_p95_s, prediction.itl_p95_s
+
+
+def capacity_cache_misses() -> int:
+    """Capacity-model solves so far in this process (each a miss of one of the caches above): the
+    grid nodes and exactly solved mixes (_capacity_node), burst capacities and predicted latencies;
+    an interpolation between cached nodes solves nothing and is not counted."""
+    return (_capacity_node.cache_info().misses + burst_capacity_per_replica_rps.cache_info().misses
+            + _predicted_latency_s.cache_info().misses)
+
+
+def quantize_mix(pairs: tuple[tuple[float, float], ...], grid: float = MIX_GRID) -> tuple[tuple[float, float], ...]:
+    """A prompt mix with its tail shares rounded up onto `grid`: for each length, the share of
+    prompts at least that long is rounded up (never optimistic about the long-prompt tail),
+    and the shares are their differences. Windows whose mix differs only by sampling noise
+    below the grid give the same mix, so the capacity cache hits across passes."""
+    ordered = sorted(pairs)
+    total = sum(p for _, p in ordered)
+    if not total > 0:
+        return ()
+    out: list[tuple[float, float]] = []
+    above = 0.0  # the rounded share of prompts longer than the current one
+    tail = 0.0
+    for tokens, share in reversed(ordered):
+        tail += share / total
+        rounded = min(1.0, math.ceil(round(tail / grid, 9)) * grid)
+        if rounded > above:
+            out.append((tokens, round(rounded - above, 12)))
+            above = rounded
+    return tuple(sorted(out))
+
+
+STICKY_STEPS = 3  # kept inputs may over-state the new ones by at most this many grid steps
+
+
+def _tail_shares(mix: tuple[tuple[float, float], ...] | None) -> dict[float, float]:
+    """Share of prompts at least each length long (1.0 at the shortest)."""
+    shares, tail = {}, 0.0
+    for tokens, share in sorted(mix or (), reverse=True):
+        tail += share
+        shares[tokens] = tail
+    return shares
+
+
+def _covers(kept: tuple[tuple[float, float], ...] | None, new: tuple[tuple[float, float], ...] | None) -> bool:
+    """Whether the kept mix is at least as long-tailed as the new one at every length, and not more
+    than STICKY_STEPS grid steps more (so it is conservative without staying pessimistic)."""
+    if kept is None or new is None:
+        return kept is None and new is None
+    old, fresh = _tail_shares(kept), _tail_shares(new)
+    lengths = sorted(set(old) | set(fresh))
+
+    def tail(shares: dict[float, float], tokens: float) -> float:
+        return max((v for t, v in shares.items() if t >= tokens), default=0.0)
+
+    for tokens in lengths:
+        gap = tail(old, tokens) - tail(fresh, tokens)
+        if gap < -1e-9 or gap > STICKY_STEPS * MIX_GRID + 1e-9:
+            return False
+    return True
+
+
+def sticky_inputs(kept: tuple | None, prompt: float, output: float,
+                  mix: tuple[tuple[float, float], ...] | None) -> tuple[float, float, tuple | None]:
+    """The capacity model's inputs for this decision: the kept ones while they still cover the new
+    ones (token means at least as long, the mix at least as long-tailed, each by at most
+    STICKY_STEPS grid steps), else the new ones. Sampling noise in a window's means and mix
+    moves them across grid lines on most passes; keeping what still covers them stays on the
+    safe side and lets the capacity cache hit (a miss costs a bisection of the batching model,
+    0.1-1 s with a mix, per model)."""
+    if kept is not None:
+        old_prompt, old_output, old_mix = kept
+        slack = TOKEN_GRID_RATIO ** STICKY_STEPS
+        if (prompt <= old_prompt <= prompt * slack + 1e-9 and output <= old_output <= output * slack + 1e-9
+                and _covers(old_mix, mix)):
+            return old_prompt, old_output, old_mix
+    return prompt, output, mix
+
+
+NEAR_STEPS = 8  # a new mix this close to the kept one (tail shares within 8 grid steps) ...
+NEAR_TOKENS = 1.10  # ... and token means within 10 % may reuse the kept capacity when it decides alike
+DECISIVE_MARGIN = 0.8  # the kept capacity decides alike if 80 % of it gives the same replica count
+
+
+def _near(kept: tuple, new: tuple) -> bool:
+    (p0, o0, m0), (p1, o1, m1) = kept, new
+    if not (p0 / NEAR_TOKENS <= p1 <= p0 * NEAR_TOKENS and o0 / NEAR_TOKENS <= o1 <= o0 * NEAR_TOKENS):
+        return False
+    if (m0 is None) != (m1 is None):
+        return False
+    if m0 is None:
+        return True
+    old, fresh = _tail_shares(m0), _tail_shares(m1)
+    lengths = sorted(set(old) | set(fresh))
+
+    def tail(shares: dict[float, float], tokens: float) -> float:
+        return max((v for t, v in shares.items() if t >= tokens), default=0.0)
+
+    return all(abs(tail(old, t) - tail(fresh, t)) <= NEAR_STEPS * MIX_GRID + 1e-9 for t in lengths)
+
+
+SHARED_CANDIDATES = 256  # solved inputs remembered per (profile, SLO, utilisation) for other models to reuse
+_SOLVED: dict[tuple, dict[tuple, None]] = {}  # a memo beside the lru caches: which inputs were solved
+
+
+def note_solved(profile: EngineProfile, slo: Slo, utilization: float, inputs: tuple) -> None:
+    """Remember that `inputs` were solved for this class, newest last, at most SHARED_CANDIDATES."""
+    solved = _SOLVED.setdefault((profile, slo, utilization), {})
+    solved.pop(inputs, None)
+    solved[inputs] = None
+    while len(solved) > SHARED_CANDIDATES:
+        del solved[next(iter(solved))]
+
+
+def solved_inputs(profile: EngineProfile, slo: Slo, utilization: float) -> list[tuple]:
+    """Inputs already solved for this class, newest first."""
+    return list(reversed(_SOLVED.get((profile, slo, utilization), {})))
+
+
+def reusable_inputs(kept: tuple | None, new: tuple, profile: EngineProfile, slo: Slo, utilization: float,
+                    demand_rps: float, min_replicas: int) -> tuple:
+    """The inputs to solve with: `new` when already solved; else the model's kept inputs, or any
+    other model's solved inputs of the same class, that decide alike (decisive_inputs), so a
+    model that is new to this operator (or whose window's mix only wobbled) costs no solve when
+    a similar model's answer is already known; else `new`."""
+    if new in _SOLVED.get((profile, slo, utilization), {}):
+        return new
+    for candidate in ([kept] if kept is not None else []) + solved_inputs(profile, slo, utilization):
+        if candidate != new and decisive_inputs(candidate, new, profile, slo, utilization, demand_rps,
+                                                min_replicas) == candidate:
+            return candidate
+    return new
+
+
+def decisive_inputs(kept: tuple, new: tuple, profile: EngineProfile, slo: Slo, utilization: float,
+                    demand_rps: float, min_replicas: int) -> tuple:
+    """Solve the capacity model again for `new` inputs only when it could change the answer.
+
+    `kept` inputs' capacity is cached. When the new inputs are near them (NEAR_*) and the
+    demand (the rate x peak factor x the most the forecast may add) needs the same replica
+    count at 80 % of the kept capacity as at all of it, the exact capacity of the new mix
+    cannot change the decision: keep the kept inputs (no solve). A model far from a replica
+    boundary (most of a fleet) then never pays for the noise in its window's mix."""
+    if not _near(kept, new):
+        return new
+    prompt, output, mix = kept
+    if prompt + output > profile.kv_cache_tokens:
+        return new
+    capacity = capacity_per_replica_rps(profile, prompt, output, slo, utilization, mix)
+    if not capacity > 0:
+        return new
+    replicas = max(min_replicas, 1, math.ceil(round(demand_rps / capacity, 9)))
+    margin = max(min_replicas, 1, math.ceil(round(demand_rps / (DECISIVE_MARGIN * capacity), 9)))
+    return kept if replicas == margin else new
+
+
 def _fail_safe(obs: Observation, config: ScalingConfig, state: PolicyState, why: str) -> tuple[Decision, PolicyState]:
     """Keep the current size (within min/max and budget); never scale down for lack of data."""
     limit, limited_by = replica_limit(config)
@@ -555,7 +623,38 @@ def _fail_safe(obs: Observation, config: ScalingConfig, state: PolicyState, why:
     decision = Decision(keep, reason, None, None, None, limited, metrics_ok=False)
     if state.first_seen_time_s is None:
         state = replace(state, first_seen_time_s=obs.time_s)
-    return decision, state
+    if woke_from_zero(state, obs.current_replicas):  # no data yet, but a wake is traffic
+        state = replace(state, last_traffic_time_s=obs.time_s)
+    return decision, replace(state, last_replicas=obs.current_replicas)
+
+
+def wake_from_zero(obs: Observation, config: ScalingConfig, state: PolicyState) -> tuple[Decision, PolicyState] | None:
+    """Requests held at the gateway with no replica requested → at least one replica now.
+
+    Checked before the metrics: at zero replicas no engine is scraped, so the metrics are
+    unavailable by construction, and waiting a scrape and a rate window would add them to
+    the held requests' time to first token. None when it does not apply.
+    """
+    if obs.held_requests <= 0 or obs.current_replicas > 0:
+        return None
+    limit, limited_by = replica_limit(config)
+    target = min(max(config.min_replicas, 1), limit)
+    reason = (f"{obs.held_requests} requests held at the gateway with no replica → {target} "
+              f"{'replica' if target == 1 else 'replicas'} now (wake from zero)")
+    limited = None
+    if target < 1:
+        limited = limited_by
+        reason = f"{obs.held_requests} requests held at the gateway, but {_limit_note(limited_by, limit, config)}"
+    now = obs.time_s
+    new_state = replace(
+        state,
+        recommendations=_prune(state.recommendations + ((now, target),), now, config.scale_down_stabilization_s),
+        last_scale_time_s=now if target != obs.current_replicas else state.last_scale_time_s,
+        last_traffic_time_s=now,
+        first_seen_time_s=state.first_seen_time_s if state.first_seen_time_s is not None else now,
+        last_replicas=obs.current_replicas,  # 0: the next call, at the woken size, counts the rise as traffic
+    )
+    return Decision(target, reason, None, None, None, limited, metrics_ok=obs.metrics_available), new_state
 
 
 # -- the policy's stages (each pure, each tested on its own) -------------------------------------
@@ -572,15 +671,15 @@ class History:
     burst_samples: tuple[tuple[float, float], ...]
     token_samples: tuple[tuple[float, float, float, float], ...]
     sample_s: float | None  # the length one rate sample covers (the rate window), None: unknown
-    mix_samples: tuple[tuple[float, float, tuple[tuple[float, float], ...]], ...] = ()
-    prompt_shape: tuple[tuple[float, float], ...] | None = None  # of the windowed mix (prompt_shape)
 
 
 def update_history(obs: Observation, config: ScalingConfig, state: PolicyState) -> History:
-    """Stage 0: add the observation to the rate, burst and token windows and prune them."""
+    """Stage 0: add the observation to the rate, burst and token windows and prune them; a rise of
+    current replicas from zero (kubectl scale, a gateway's wake) counts as traffic."""
     now, rate = obs.time_s, obs.arrival_rate_rps
     first_seen = state.first_seen_time_s if state.first_seen_time_s is not None else now
-    busy = rate > 0 or (obs.running or 0) > 0 or (obs.waiting or 0) > 0
+    busy = (rate > 0 or (obs.running or 0) > 0 or (obs.waiting or 0) > 0 or obs.held_requests > 0
+            or woke_from_zero(state, obs.current_replicas))
     last_traffic = now if busy else state.last_traffic_time_s
     rate_samples = _prune(state.rate_samples + ((now, rate),), now, config.trend_window_s)
     previous = state.burst_samples[-1][0] if state.burst_samples else None
@@ -592,14 +691,7 @@ def update_history(obs: Observation, config: ScalingConfig, state: PolicyState) 
     if rate > 0:
         token_samples += ((now, rate, float(obs.mean_prompt_tokens), float(obs.mean_output_tokens)),)
     token_samples = _prune(token_samples, now, config.token_window_s)
-    mix_samples = state.mix_samples
-    mix = _mix(obs.prompt_mix)
-    if rate > 0 and mix is not None:
-        mix_samples += ((now, rate, mix),)
-    mix_samples = _prune(mix_samples, now, config.token_window_s)
-    shape = held_shape(state.prompt_shape, prompt_shape(windowed_prompt_mix(mix_samples)))
-    return History(now, first_seen, last_traffic, rate_samples, burst_samples, token_samples, sample_s,
-                   mix_samples, shape)
+    return History(now, first_seen, last_traffic, rate_samples, burst_samples, token_samples, sample_s)
 
 
 @dataclass(frozen=True)
@@ -614,8 +706,35 @@ class Sizing:
     forecast: float | None = None
     mean_prompt: float | None = None  # the token means sized with (the window's, rate-weighted)
     mean_output: float | None = None
-    prompt: float | None = None  # the same, rounded up onto the token grid (busy sizing only)
-    output: float | None = None
+    prompt: float | None = None  # the capacity model's inputs: the means rounded up onto the token
+    output: float | None = None  # grid, or kept ones that cover them (capacity_inputs_stage; busy only)
+    prompt_mix: tuple[tuple[float, float], ...] | None = None
+
+
+def capacity_inputs_stage(obs: Observation, config: ScalingConfig, state: PolicyState, history: History,
+                          profile: EngineProfile, prompt: float, output: float,
+                          mix: tuple[tuple[float, float], ...] | None) -> tuple:
+    """Stage 2a, the inputs to solve the capacity with, chosen so the capacity cache hits.
+
+    Token means alone: as they are, since capacity_per_replica_rps interpolates between cached
+    nodes of its 10 % grid and a wandering mean costs no solve. With a prompt mix (quantised onto
+    MIX_GRID, and solved exactly: the grid does not interpolate mixes): the kept inputs while they
+    still cover the new ones (sticky_inputs), else the kept or another model's solved inputs when
+    they decide alike (reusable_inputs), else the new ones."""
+    new = (prompt, output, mix)
+    if mix is None:
+        return new
+    kept = state.capacity_inputs
+    inputs = sticky_inputs(kept, prompt, output, mix)
+    utilization = sizing_utilization(config)
+    if inputs != kept:
+        demand = (config.peak_factor * max(obs.arrival_rate_rps * config.max_lookahead_factor,
+                                           burst_allowance_rps(history, config))
+                  + (obs.waiting or 0) / config.backlog_drain_s)
+        inputs = reusable_inputs(kept, inputs, profile, config.slo, utilization, demand, config.min_replicas)
+    if inputs[0] + inputs[1] <= profile.kv_cache_tokens:
+        note_solved(profile, config.slo, utilization, inputs)
+    return inputs
 
 
 def forecast_stage(rate: float, rate_samples: tuple[tuple[float, float], ...], lookahead_s: float,
@@ -674,7 +793,8 @@ def idle_sizing(obs: Observation, config: ScalingConfig, history: History, profi
     current = obs.current_replicas
     idle_since = history.last_traffic_s if history.last_traffic_s is not None else history.first_seen_s
     idle_s = history.now_s - idle_since
-    if config.min_replicas == 0 and idle_s >= config.scale_to_zero_idle_s and (obs.waiting or 0) == 0:
+    if (config.min_replicas == 0 and idle_s >= config.scale_to_zero_idle_s and (obs.waiting or 0) == 0
+            and obs.held_requests == 0):
         recommended = 0
         head = (f"no requests for {idle_s:.0f} s (≥ {config.scale_to_zero_idle_s:.0f} s) "
                 "and minReplicas is 0 → 0 replicas")
@@ -707,12 +827,12 @@ def busy_sizing(obs: Observation, config: ScalingConfig, state: PolicyState, his
                 profile: EngineProfile) -> Sizing:
     """Arrivals in the window: stages 1-3 (forecast, steady capacity, burst allowance) and the
     drain of a harmful queue, as one replica count and its reason."""
-    rate, slo, mix = obs.arrival_rate_rps, config.slo, history.prompt_shape
+    rate, slo, mix = obs.arrival_rate_rps, config.slo, _mix(obs.prompt_mix)
     lookahead_s = config.startup_s if config.startup_s is not None else profile.startup_s
     mean_prompt, mean_output = windowed_token_means(history.token_samples) or (obs.mean_prompt_tokens,
                                                                                obs.mean_output_tokens)
-    prompt = round_tokens_up(mean_prompt)
-    output = max(1.0, round_tokens_up(mean_output))
+    prompt, output, mix = capacity_inputs_stage(obs, config, state, history, profile, round_tokens_up(mean_prompt),
+                                                max(1.0, round_tokens_up(mean_output)), mix)
     steady = steady_capacity_stage(profile, prompt, output, config, mix)
     notes = list(steady.notes)
     forecast = forecast_stage(rate, history.rate_samples, lookahead_s, config)
@@ -744,13 +864,11 @@ def busy_sizing(obs: Observation, config: ScalingConfig, state: PolicyState, his
     if backlog_rps > 0:
         head += f" + {obs.waiting:.0f} waiting to drain in {config.backlog_drain_s:.0f} s"
     head += f"; one replica sustains {capacity:.3g} req/s at {steady.slo_text}"
-    if mix is not None:
-        head += f" (prompt mix of the last {config.token_window_s:.0f} s)"
     utilization = sizing_utilization(config)
     if utilization < 1:
         head += f", utilisation ≤ {utilization:.0%}"
     head += f" → {recommended} replicas"
-    return Sizing(recommended, head, tuple(notes), capacity, forecast, mean_prompt, mean_output, prompt, output)
+    return Sizing(recommended, head, tuple(notes), capacity, forecast, mean_prompt, mean_output, prompt, output, mix)
 
 
 def burst_factor_stage(obs: Observation, config: ScalingConfig, state: PolicyState, recommended: int
@@ -793,14 +911,14 @@ def scale_down_stage(obs: Observation, config: ScalingConfig, recommended: int,
                      ) -> tuple[int, tuple[str, ...]]:
     """Stage 5, scale-down: up at once; down only to the highest recommendation of the
     stabilisation window, by bounded steps, never with a harmful queue, never before one
-    window of history. Scale-to-zero has waited out its own idle window already."""
+    window of history. Scale-to-zero, after its own idle window, goes through the same window."""
     now, current = obs.time_s, obs.current_replicas
     limit, _ = replica_limit(config)
     notes: list[str] = []
     target = recommended
-    if recommended == 0 and obs.arrival_rate_rps == 0:
-        pass  # scale-to-zero already waited out its own idle window
-    elif recommended < current and now - first_seen_s < config.scale_down_stabilization_s:
+    # scale-to-zero waits out its idle window and then, like every scale-down, the stabilisation
+    # window (a model woken by hand is not sent straight back to zero)
+    if recommended < current and now - first_seen_s < config.scale_down_stabilization_s:
         notes.append(f"held at {current}: less than one {config.scale_down_stabilization_s:.0f} s "
                      "scale-down window of history yet")
         target = current
@@ -820,16 +938,16 @@ def scale_down_stage(obs: Observation, config: ScalingConfig, recommended: int,
 
 
 def predicted_latency(obs: Observation, config: ScalingConfig, profile: EngineProfile, target: int,
-                      sizing: Sizing, shape: tuple[tuple[float, float], ...] | None = None
-                      ) -> tuple[float | None, float | None]:
-    """The TTFT and ITL p95 the model expects at the target size (reported, never decided on),
-    at the prompt shape the capacity was sized with."""
+                      sizing: Sizing) -> tuple[float | None, float | None]:
+    """The TTFT and ITL p95 the model expects at the target size (reported, never decided on)."""
     rate = obs.arrival_rate_rps
     if rate > 0 and target > 0 and sizing.mean_prompt + sizing.mean_output <= profile.kv_cache_tokens:
         per_replica = rate * config.peak_factor / target
-        prediction = _predict_cached(profile, _round_up_on_grid(per_replica), round_tokens_up(sizing.mean_prompt),
-                                     max(1.0, round_tokens_up(sizing.mean_output)), shape)
-        return prediction.ttft_p95_s, prediction.itl_p95_s
+        if sizing.prompt is not None:  # the inputs the capacity was solved with (cached, never optimistic)
+            prompt, output, mix = sizing.prompt, sizing.output, sizing.prompt_mix
+        else:
+            prompt, output, mix = sizing.mean_prompt, sizing.mean_output, _mix(obs.prompt_mix)
+        return predicted_latency_s(profile, per_replica, prompt, output, mix)
     if rate > 0:
         return math.inf, None
     return None, None
@@ -842,12 +960,15 @@ def check_observation(obs: Observation) -> str | None:
     if not obs.metrics_available:
         return obs.reason_unavailable or "collector reported none"
     rate = obs.arrival_rate_rps
-    if not _usable(rate):
+    if not _usable(rate) or rate > MAX_ARRIVAL_RPS:  # absurd rates are refused like NaN, never remembered
         return f"arrival_rate_rps is {rate!r}"
     if rate > 0:
         for name in ("mean_prompt_tokens", "mean_output_tokens"):
-            if not _usable(getattr(obs, name)):
+            if not _usable(getattr(obs, name)) or getattr(obs, name) > MAX_TOKENS:
                 return f"{name} is {getattr(obs, name)!r}"
+    for name in ("running", "waiting"):
+        if getattr(obs, name) is not None and not _usable(getattr(obs, name)):
+            return f"{name} is {getattr(obs, name)!r}"
     return None
 
 
@@ -858,8 +979,12 @@ def decide(
     obs: Observation, config: ScalingConfig, state: PolicyState, profile: EngineProfile
 ) -> tuple[Decision, PolicyState]:
     """One autoscaling decision and the state to pass to the next call: the stages above in turn
-    (history, forecast + steady capacity + burst allowance, observed queue, limits, scale-down)."""
-    why = check_observation(obs)
+    (wake from zero, history, forecast + steady capacity + burst allowance, observed queue, limits,
+    scale-down). Wake from zero comes before the metrics check: at zero replicas none are scraped."""
+    why = check_observation(obs)  # raises on a bad replica count, before anything else
+    woken = wake_from_zero(obs, config, state)
+    if woken is not None:
+        return woken
     if why is not None:
         return _fail_safe(obs, config, state, why)
     history = update_history(obs, config, state)
@@ -870,7 +995,7 @@ def decide(
     recommended, limited, limit_notes = limits_stage(recommended, config)
     recommendations = _prune(state.recommendations + ((now, recommended),), now, config.scale_down_stabilization_s)
     target, down_notes = scale_down_stage(obs, config, recommended, recommendations, history.first_seen_s)
-    predicted_ttft, predicted_itl = predicted_latency(obs, config, profile, target, sizing, history.prompt_shape)
+    predicted_ttft, predicted_itl = predicted_latency(obs, config, profile, target, sizing)
 
     reason = "; ".join((sizing.head,) + sizing.notes + burst_notes + limit_notes + down_notes)
     capacity = sizing.capacity
@@ -883,10 +1008,11 @@ def decide(
         burst_samples=history.burst_samples,
         token_samples=history.token_samples,
         burst_factors=burst_factors,
+        last_replicas=obs.current_replicas,
+        capacity_inputs=((sizing.prompt, sizing.output, sizing.prompt_mix) if sizing.prompt is not None
+                         else state.capacity_inputs),
         last_capacity=((capacity, rate, sizing.prompt, sizing.output) if rate > 0 and capacity is not None
                        and capacity > 0 and sizing.mean_prompt is not None else state.last_capacity),
-        mix_samples=history.mix_samples,
-        prompt_shape=history.prompt_shape,
     )
     decision = Decision(target, reason, predicted_ttft, predicted_itl, capacity, limited,
                         metrics_ok=True, forecast_rate_rps=sizing.forecast)
@@ -900,7 +1026,7 @@ def _mix(prompt_mix: tuple[tuple[float, float], ...] | None) -> tuple[tuple[floa
     pairs = tuple((float(t), float(p)) for t, p in prompt_mix)
     if not all(math.isfinite(v) and v >= 0 for pair in pairs for v in pair) or not sum(p for _, p in pairs) > 0:
         return None
-    return pairs
+    return quantize_mix(pairs) or None
 
 
 def _queue_hurts(obs: Observation, slo: Slo) -> bool:

@@ -16,13 +16,20 @@ Decisions, so the reconciler and readers need not rediscover them:
   escalation, all capabilities dropped, RuntimeDefault seccomp, read-only root filesystem
   with writable /tmp (HOME), /cache (HF_HOME, vLLM caches) and a memory-backed /dev/shm.
 - enableServiceLinks is off: a Service named `vllm` would inject VLLM_PORT, which vLLM reads.
-- Rollouts surge one pod and keep all serving pods (maxUnavailable 0): the SLO holds during a
-  rollout, at the cost of one spare replica's GPUs while it runs.
+- Rollouts follow spec.rollout, by default surging one pod and keeping all serving pods
+  (maxUnavailable 0): the SLO holds during a rollout, at the cost of one spare replica's GPUs
+  while it runs; maxUnavailable is lowered so ready replicas never drop below minReplicas.
+  A ReadWriteOnce or ReadWriteOncePod cache (one replica at most, the CRD says) cannot be
+  mounted by a second pod, so those models roll out by Recreate whatever spec.rollout says: the
+  old pod goes first, then the new one mounts.
+- Every flag engine_args sets is in kiban.api.engine_policy.OWNED_FLAGS, so extraArgs cannot
+  override it (a test derives the table from this function's output).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from kiban.api.v1alpha1 import Adapter, FoundationModel, FoundationModelSpec, Quantization
@@ -76,8 +83,11 @@ def max_lora_rank(adapters: list[Adapter]) -> int:
     return max(ranks) if ranks else 16
 
 
-def engine_args(fm: FoundationModel, sizing: GpuSizing) -> list[str]:
-    """`vllm serve` arguments: the model first, then only flags that vLLM 0.33 accepts."""
+def engine_args(fm: FoundationModel, sizing: GpuSizing, distributed: Sequence[str] = ()) -> list[str]:
+    """`vllm serve` arguments: the model first, then only flags that vLLM 0.33 accepts.
+
+    distributed: a multi-node member's flags (--nnodes ...), placed after the parallel sizes.
+    """
     spec = fm.spec
     model = spec.model
     args = [
@@ -89,6 +99,7 @@ def engine_args(fm: FoundationModel, sizing: GpuSizing) -> list[str]:
     ]
     if sizing.pipeline_parallel_size > 1:
         args += ["--pipeline-parallel-size", str(sizing.pipeline_parallel_size)]
+    args += list(distributed)
     args += ["--dtype", model.dtype.value]
     if model.quantization is not Quantization.none:
         args += ["--quantization", model.quantization.value]
@@ -112,8 +123,9 @@ def engine_args(fm: FoundationModel, sizing: GpuSizing) -> list[str]:
     return args + list(spec.engine.extra_args)
 
 
-def engine_env(fm: FoundationModel) -> list[dict[str, Any]]:
-    """Writable locations for a read-only root filesystem, then the user's env, then the API key."""
+def engine_env(fm: FoundationModel, *, api_key: bool = True) -> list[dict[str, Any]]:
+    """Writable locations for a read-only root filesystem, then the user's env, then the API key
+    (api_key False: a headless multi-node worker, which serves no API)."""
     env: dict[str, dict[str, Any]] = {
         "HOME": {"name": "HOME", "value": "/tmp"},
         "HF_HOME": {"name": "HF_HOME", "value": f"{CACHE_MOUNT}/huggingface"},
@@ -124,7 +136,7 @@ def engine_env(fm: FoundationModel) -> list[dict[str, Any]]:
     for var in fm.spec.engine.env:
         env[var.name] = var.model_dump(mode="json", by_alias=True, exclude_none=True)
     ref = fm.spec.api_key_secret_ref
-    if ref is not None:
+    if ref is not None and api_key:
         env["VLLM_API_KEY"] = {
             "name": "VLLM_API_KEY",
             "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}},
@@ -176,10 +188,16 @@ def volumes_and_mounts(fm: FoundationModel, config: OperatorConfig) -> tuple[lis
 
 
 def resources(fm: FoundationModel, profile: AcceleratorProfile, sizing: GpuSizing) -> dict[str, Any]:
-    """The user's CPU and memory plus the profile's GPU resource (requests equal limits for GPUs)."""
-    gpus = {profile.resource_name: str(sizing.gpus_per_replica)}
+    """The user's CPU and memory plus the profile's GPU resource (requests equal limits for GPUs), per pod."""
+    gpus = {profile.resource_name: str(sizing.gpus_per_node)}  # per pod: all of a one-node replica
     user = fm.spec.engine.resources
     return {"requests": {**user.requests, **gpus}, "limits": {**user.limits, **gpus}}
+
+
+def spec_affinity(fm: FoundationModel) -> dict[str, Any]:
+    """spec.scheduling.affinity as core/v1 Affinity, as the user wrote it (defaults left out)."""
+    affinity = fm.spec.scheduling.affinity
+    return affinity.model_dump(mode="json", by_alias=True, exclude_defaults=True) if affinity else {}
 
 
 def scheduling(fm: FoundationModel, profile: AcceleratorProfile) -> dict[str, Any]:
@@ -195,7 +213,7 @@ def scheduling(fm: FoundationModel, profile: AcceleratorProfile) -> dict[str, An
         "tolerations": tolerations,
     }
     if spec.affinity:
-        out["affinity"] = spec.affinity
+        out["affinity"] = spec_affinity(fm)
     if spec.priority_class_name:
         out["priorityClassName"] = spec.priority_class_name
     return out
@@ -217,22 +235,18 @@ CONTAINER_SECURITY_CONTEXT: dict[str, Any] = {
 }
 
 
-def build_deployment(
-    fm: FoundationModel,
-    config: OperatorConfig,
-    sizing: GpuSizing,
-    *,
-    replicas: int | None = None,
-) -> dict[str, Any]:
-    """The apps/v1 Deployment running `vllm serve` for `fm`."""
+def engine_container(fm: FoundationModel, config: OperatorConfig, sizing: GpuSizing,
+                     distributed: Sequence[str] = ()) -> dict[str, Any]:
+    """The `vllm serve` container that serves the API on port 8000 (a Deployment's pods, a
+    multi-node group's leader)."""
     profile = config.profile(fm.spec.accelerator.profile)
-    volumes, mounts = volumes_and_mounts(fm, config)
+    _, mounts = volumes_and_mounts(fm, config)
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
         "image": fm.spec.engine.image or config.vllm_image,
         "imagePullPolicy": "IfNotPresent",
         "command": ["vllm", "serve"],
-        "args": engine_args(fm, sizing),
+        "args": engine_args(fm, sizing, distributed),
         "ports": [{"name": PORT_NAME, "containerPort": HTTP_PORT, "protocol": "TCP"}],
         "env": engine_env(fm),
         "resources": resources(fm, profile, sizing),
@@ -242,35 +256,71 @@ def build_deployment(
     }
     if fm.spec.model.credentials_secret_ref is not None:
         container["envFrom"] = [{"secretRef": {"name": fm.spec.model.credentials_secret_ref.name}}]
+    return container
 
-    template_annotations = {
+
+def template_annotations(fm: FoundationModel, profile: AcceleratorProfile) -> dict[str, str]:
+    annotations = {
         ACCELERATOR_PROFILE_ANNOTATION: profile.name,
         SERVED_MODEL_NAME_ANNOTATION: fm.served_model_name,
     }
     if fm.spec.model.parameters:
-        template_annotations[MODEL_PARAMETERS_ANNOTATION] = fm.spec.model.parameters
+        annotations[MODEL_PARAMETERS_ANNOTATION] = fm.spec.model.parameters
+    return annotations
 
+
+def pod_spec(fm: FoundationModel, config: OperatorConfig, containers: list[dict[str, Any]],
+             affinity: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The engine pod: no API token, no service links, the security context, placement, volumes.
+    affinity replaces spec.scheduling.affinity when given (a multi-node group merges its own in)."""
+    profile = config.profile(fm.spec.accelerator.profile)
+    volumes, _ = volumes_and_mounts(fm, config)
+    placement = scheduling(fm, profile)
+    if affinity is not None:
+        placement["affinity"] = affinity
+    return {
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": 60,
+        "securityContext": pod_security_context(config),
+        **placement,
+        "containers": containers,
+        "volumes": volumes,
+    }
+
+
+def rollout_strategy(fm: FoundationModel, replicas: int) -> dict[str, Any]:
+    """spec.rollout's rolling update; Recreate when the cache mounts in one pod only."""
+    cache = fm.spec.cache
+    if cache.type == "pvc" and cache.access_mode in ("ReadWriteOnce", "ReadWriteOncePod"):
+        return {"type": "Recreate"}
+    max_surge, max_unavailable = fm.spec.rollout.strategy(replicas, fm.spec.scaling.min_replicas)
+    return {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": max_surge, "maxUnavailable": max_unavailable}}
+
+
+def build_deployment(
+    fm: FoundationModel,
+    config: OperatorConfig,
+    sizing: GpuSizing,
+    *,
+    replicas: int | None = None,
+) -> dict[str, Any]:
+    """The apps/v1 Deployment running `vllm serve` for `fm`."""
+    profile = config.profile(fm.spec.accelerator.profile)
+    replicas = fm.spec.scaling.desired_replicas() if replicas is None else replicas
     deployment = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": object_meta(fm, workload_name(fm.name)),
         "spec": {
-            "replicas": fm.spec.scaling.desired_replicas() if replicas is None else replicas,
+            "replicas": replicas,
             "selector": {"matchLabels": selector_labels(fm)},
             "revisionHistoryLimit": 3,
             "progressDeadlineSeconds": config.startup_timeout_seconds + 600,
-            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "strategy": rollout_strategy(fm, replicas),
             "template": {
-                "metadata": {"labels": common_labels(fm), "annotations": template_annotations},
-                "spec": {
-                    "automountServiceAccountToken": False,
-                    "enableServiceLinks": False,
-                    "terminationGracePeriodSeconds": 60,
-                    "securityContext": pod_security_context(config),
-                    **scheduling(fm, profile),
-                    "containers": [container],
-                    "volumes": volumes,
-                },
+                "metadata": {"labels": common_labels(fm), "annotations": template_annotations(fm, profile)},
+                "spec": pod_spec(fm, config, [engine_container(fm, config, sizing)]),
             },
         },
     }

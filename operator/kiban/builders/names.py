@@ -22,16 +22,16 @@ def short_hash(text: str, length: int = _HASH_LEN) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:length]
 
 
-def dns_label(name: str, suffix: str = "") -> str:
-    """`name[-suffix]` as a DNS-1035 label of at most 63 characters, deterministic and collision-safe."""
+def dns_label(name: str, suffix: str = "", max_length: int = MAX_LABEL) -> str:
+    """`name[-suffix]` as a DNS-1035 label of at most max_length characters, deterministic and collision-safe."""
     wanted = f"{name}-{suffix}" if suffix else name
-    if len(wanted) <= MAX_LABEL and _DNS_1035.match(wanted):
+    if len(wanted) <= max_length and _DNS_1035.match(wanted):
         return wanted
     cleaned = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")
     if not cleaned or not cleaned[0].isalpha():
         cleaned = f"m-{cleaned}".rstrip("-")
     tail = f"-{short_hash(name)}" + (f"-{suffix}" if suffix else "")
-    head = cleaned[: MAX_LABEL - len(tail)].rstrip("-")
+    head = cleaned[: max_length - len(tail)].rstrip("-")
     return head + tail
 
 
@@ -53,3 +53,15 @@ def workload_name(fm_name: str) -> str:
 def cache_claim_name(fm_name: str) -> str:
     """The model-cache PersistentVolumeClaim."""
     return dns_label(fm_name, "cache")
+
+
+# A LeaderWorkerSet's name goes into its StatefulSets (NAME, NAME-<group>), their pods
+# (NAME-<group>-<rank>) and each pod's controller-revision-hash label (<statefulset>-<10 chars>,
+# at most 63): 47 leaves room for 4-digit group indexes.
+GROUP_SET_MAX = 47
+
+
+def group_set_name(fm_name: str) -> str:
+    """The LeaderWorkerSet of a multi-node model. Not the Service's name: LWS makes a headless
+    Service of its own name for the leader addresses, which must not collide with the model's."""
+    return dns_label(fm_name, "group", max_length=GROUP_SET_MAX)

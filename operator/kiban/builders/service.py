@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from kiban.api.v1alpha1 import FoundationModel
@@ -11,14 +12,15 @@ from kiban.builders.labels import selector_labels
 from kiban.builders.names import workload_name
 
 
-def build_service(fm: FoundationModel) -> dict[str, Any]:
+def build_service(fm: FoundationModel, selector: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """selector: the pods that serve the API when not all of them do (a multi-node model's leaders)."""
     service = {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": object_meta(fm, workload_name(fm.name)),
         "spec": {
             "type": fm.spec.exposure.service_type,
-            "selector": selector_labels(fm),
+            "selector": dict(selector) if selector is not None else selector_labels(fm),
             "ports": [
                 {
                     "name": PORT_NAME,

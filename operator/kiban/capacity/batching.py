@@ -756,7 +756,8 @@ def _meets(chain: _Chain | None, slo: Slo, target_utilization: float) -> bool:
 
 
 RATE_SEARCH_LOG_RANGE = (math.log(1e-6), math.log(1e6))  # requests/s one replica could ever take
-RATE_SEARCH_STEPS = 14  # 2^-14 of the log range: about 0.17 % relative precision
+RATE_SEARCH_STEPS = 14  # 2^-14 of the log range: about 0.17 % relative precision (the autoscaler's solves)
+PRECISE_RATE_SEARCH_STEPS = 20  # 2^-20: about 3e-5, for capacities quoted to four digits (capacity compare)
 
 
 def max_arrival_rate(
@@ -769,13 +770,15 @@ def max_arrival_rate(
     *,
     prompt_mix: PromptMix | None = None,
     max_num_batched_tokens: int = DEFAULT_MAX_NUM_BATCHED_TOKENS,
+    search_steps: int = RATE_SEARCH_STEPS,
 ) -> float:
     """Largest requests/s one replica takes while meeting the SLO and utilisation <= target.
 
     Every constraint tightens as lambda grows, so bisection finds the edge. It runs on one
-    fixed log-scale grid for every input, so a stricter input (tighter SLO, lower target,
-    longer prompts) can never come out with more capacity through rounding. 0.0 means even a
-    lone request misses the SLO: the SLO is unattainable on this engine.
+    fixed log-scale grid for every input (2^-search_steps of the log range; the result is at
+    most that far below the edge), so a stricter input (tighter SLO, lower target, longer
+    prompts) can never come out with more capacity through rounding. 0.0 means even a lone
+    request misses the SLO: the SLO is unattainable on this engine.
     """
     if not isinstance(target_utilization, (int, float)) or not 0.0 < target_utilization <= 1.0:
         raise ValueError(f"target_utilization must be in (0, 1], got {target_utilization!r}")
@@ -789,13 +792,13 @@ def max_arrival_rate(
     lo, hi = RATE_SEARCH_LOG_RANGE
     if not feasible(lo):
         return 0.0
-    step = (hi - lo) / 2**RATE_SEARCH_STEPS
+    step = (hi - lo) / 2**search_steps
     limit = batch_limit(profile, mean_prompt_tokens, mean_output_tokens)
     cap = target_utilization * service_rate_rps(profile, mean_prompt_tokens, mean_output_tokens, limit)
     cap_on_grid = lo + math.floor((math.log(cap) - lo) / step) * step
     if max_queue is None and feasible(cap_on_grid):  # the utilisation cap binds: bisection would land on this grid point
         return math.exp(cap_on_grid)
-    for _ in range(RATE_SEARCH_STEPS):
+    for _ in range(search_steps):
         mid = 0.5 * (lo + hi)
         if feasible(mid):
             lo = mid

@@ -2,11 +2,11 @@
 
 Inputs are plain numbers (the collector turns PromQL results into them): histogram windows
 (cumulative buckets, sum and count, as vLLM exports `vllm:request_prompt_tokens` and
-friends), and pairs of observations. alpha/beta come from (running batch, ITL ms) pairs,
-gamma/delta from (prompt tokens x batch, prefill ms) pairs, each by ordinary least squares.
-The fitted values are blended with the prior profile by sample count,
-w = n / (n + prior_samples), so a handful of noisy samples barely moves a good prior while
-a long window replaces it; confidence (0-1) is w x R^2 averaged over the two fits.
+friends), one engine's counter increases over a window (EngineWindow), and the model's pods'
+creation and Ready times. The engine fit is Bayesian and linear: the datasheet profile is a
+Gaussian prior, each window adds what its mean inter-token latency and mean prefill time are
+expected to be in terms of the step model (see `engine_rows`), and the posterior mode and sd
+are the learned profile and its uncertainty. The cold start is learned from the pods.
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ import numpy as np
 
 from kiban.capacity.engine_profile import EngineProfile
 
-REFIT_NOTE = " Re-fitted online from "  # appended once to the prior's source, replaced on re-fit
-MIN_ALPHA_MS = 1e-3  # decode steps take time: a fitted alpha is floored here, never 0 or below
 
 
 @dataclass(frozen=True)
@@ -114,100 +112,50 @@ def estimate_workload(
     )
 
 
-@dataclass(frozen=True)
-class LinearFit:
-    """y = intercept + slope * x by least squares, with its R^2 (0 when x does not vary)."""
-
-    intercept: float
-    slope: float | None  # None when x does not vary: the slope cannot be identified
-    r_squared: float
-    samples: int
-
-
-def fit_line(pairs: Sequence[tuple[float, float]]) -> LinearFit:
-    """Ordinary least squares over finite (x, y) pairs; NaN/inf pairs are dropped."""
-    clean = [(float(x), float(y)) for x, y in pairs if math.isfinite(x) and math.isfinite(y)]
-    n = len(clean)
-    if n == 0:
-        raise ValueError("no finite (x, y) pairs to fit")
-    mean_x = sum(x for x, _ in clean) / n
-    mean_y = sum(y for _, y in clean) / n
-    sxx = sum((x - mean_x) ** 2 for x, _ in clean)
-    syy = sum((y - mean_y) ** 2 for _, y in clean)
-    if sxx <= 1e-12 * max(1.0, mean_x * mean_x):
-        return LinearFit(intercept=mean_y, slope=None, r_squared=0.0, samples=n)
-    sxy = sum((x - mean_x) * (y - mean_y) for x, y in clean)
-    slope = sxy / sxx
-    r_squared = 1.0 if syy == 0 else max(0.0, min(1.0, sxy * sxy / (sxx * syy)))
-    return LinearFit(intercept=mean_y - slope * mean_x, slope=slope, r_squared=r_squared, samples=n)
-
-
-@dataclass(frozen=True)
-class FitResult:
-    """A re-fitted profile, how much to trust it, and the raw fits behind it."""
-
-    profile: EngineProfile
-    confidence: float  # 0: the prior alone; 1: many samples on a straight line
-    decode_fit: LinearFit | None  # alpha = intercept, beta = slope
-    prefill_fit: LinearFit | None  # gamma = intercept, delta = slope
-
-
-def _blend(prior_intercept: float, prior_slope: float, fit: LinearFit | None, prior_samples: float,
-           floor: float) -> tuple[float, float, float]:
-    """(intercept, slope, confidence) of a fit blended into its prior by sample count."""
-    if fit is None:
-        return prior_intercept, prior_slope, 0.0
-    weight = fit.samples / (fit.samples + prior_samples)
-    if fit.slope is None:  # only the level is known: keep the prior slope, move the intercept
-        level = fit.intercept
-        # the prior's line through the observed x is unknown here, so blend the level only
-        return max(floor, (1 - weight) * prior_intercept + weight * level), prior_slope, 0.0
-    slope = max(0.0, (1 - weight) * prior_slope + weight * fit.slope)
-    intercept = max(floor, (1 - weight) * prior_intercept + weight * fit.intercept)
-    return intercept, slope, weight * fit.r_squared
-
-
-def fit_profile(
-    prior: EngineProfile,
-    decode_pairs: Sequence[tuple[float, float]] = (),
-    prefill_pairs: Sequence[tuple[float, float]] = (),
-    prior_samples: float = 50.0,
-) -> FitResult:
-    """Re-fit alpha, beta (from (running batch, ITL ms)) and gamma, delta (from (prompt tokens x
-    batch, prefill ms)) around the prior profile; the other fields are kept."""
-    if not prior_samples > 0:
-        raise ValueError(f"prior_samples must be > 0, got {prior_samples!r}")
-    decode_fit = fit_line(decode_pairs) if decode_pairs else None
-    prefill_fit = fit_line(prefill_pairs) if prefill_pairs else None
-    alpha, beta, decode_conf = _blend(prior.alpha_ms, prior.beta_ms, decode_fit, prior_samples, MIN_ALPHA_MS)
-    gamma, delta, prefill_conf = _blend(prior.gamma_ms, prior.delta_ms, prefill_fit, prior_samples, 0.0)
-    profile = replace(
-        prior, alpha_ms=alpha, beta_ms=beta, gamma_ms=gamma, delta_ms=delta,
-        source=f"{prior.source.split(REFIT_NOTE)[0]}{REFIT_NOTE}{decode_fit.samples if decode_fit else 0} decode and "
-               f"{prefill_fit.samples if prefill_fit else 0} prefill observations.",
-    )
-    return FitResult(profile=profile, confidence=(decode_conf + prefill_conf) / 2.0,
-                     decode_fit=decode_fit, prefill_fit=prefill_fit)
-
-
 # -- online learning: the engine's step times and its cold start, the profile as prior -----------
+#
+# What vLLM 0.33 exports, and what it measures in terms of the engine's steps (each step lasts
+#   max([D > 0] alpha, [P > 0] gamma) + beta D + delta P   ms, D decoding sequences, P prefill tokens,
+# the step model of kiban.capacity.batching and kiban_serving.sim.engine):
+#   - vllm:inter_token_latency_seconds: one observation per decoded token, the length of the step
+#     it rode in. Its mean over a window is the step length weighted by D: steps carrying a
+#     chunk of prefill weigh as much as the decodes riding in them.
+#   - vllm:iteration_tokens_total_count: steps that produced a token.
+#   - vllm:prompt_tokens_total, vllm:time_to_first_token_seconds_count: prompt tokens and requests
+#     prefilled (counted at the first token).
+#   - vllm:request_prefill_time_seconds (first scheduled to first token), vllm:request_prompt_tokens,
+#     vllm:request_queue_time_seconds (arrival to first scheduled): once per request, when it
+#     finishes. A prefill spans every step from admission to its first token: the chunks of its
+#     own prompt (max_num_batched_tokens per step, less one token per decode), other prompts
+#     admitted in the same steps, and the decodes riding along.
+# The features below are what those sums are expected to be, linear in (alpha, gamma, beta, delta)
+# once the regime is fixed: whether a step that mixes prefill with decodes pays gamma (gamma >=
+# alpha) or alpha (gamma <= alpha). Both regimes are fitted; the more probable one wins.
 
 PRIOR_RELATIVE_SD = 0.25  # a datasheet parameter is known to about ±25 % (one sd) before evidence
 SAMPLING_CV = 1.0  # one ITL or prefill time scatters about its mean by about its own size
-MODEL_ERROR = 0.10  # the linear step model's own error on a window mean (docs/capacity-model.md: ~10 %)
+# The observation model's own error on a window mean, per row kind: the mean ITL's features are
+# close (residuals within ~10 % on the design seeds, kiban_dev.benchmark.engine_fit), the mean
+# prefill time's much cruder (budget sharing and co-admitted prompts at high load: up to ~25 %).
+MODEL_ERROR = {"itl": 0.10, "prefill": 0.25}
 FORGET_S = 1800.0  # evidence fades with this time constant, so the fit follows a drifting engine
-FIT_FIELDS = ("alpha_ms", "gamma_ms", "beta_ms", "delta_ms")  # the order of EngineFit.mean
+FIT_FIELDS = ("alpha_ms", "gamma_ms", "beta_ms", "delta_ms")  # the order of every feature vector
+DEFAULT_MAX_NUM_BATCHED_TOKENS = 2048  # vLLM V1's token budget per step (chunked prefill) by default
+MIN_BUDGET_SHARE = 0.125  # the prefill budget never below this share (kiban.capacity.batching's rule)
+REGIMES = ("gamma>=alpha", "gamma<=alpha")  # what a step mixing prefill and decodes pays as fixed cost
 
 
 @dataclass(frozen=True)
 class EngineWindow:
-    """One engine's vLLM counters over one window (increases, and the batch's time average).
+    """One engine's vLLM counters over one window (their increases), as Prometheus answers them.
 
-    From vLLM's own series: `vllm:num_requests_running` (avg over the window),
-    `vllm:inter_token_latency_seconds` (_sum, _count), `vllm:iteration_tokens_total_count`
-    (engine steps), `vllm:prompt_tokens_total` (prompt tokens prefilled),
-    `vllm:request_prefill_time_seconds` and `vllm:request_prompt_tokens` (_sum, _count, observed
-    together when a request finishes)."""
+    `itl_*`: vllm:inter_token_latency_seconds _sum/_count; `steps`: vllm:iteration_tokens_total
+    _count; `prompt_tokens`: vllm:prompt_tokens_total; `prefill_*`: vllm:request_prefill_time_seconds
+    _sum/_count; `request_prompt_*`: vllm:request_prompt_tokens _sum/_count; `first_tokens`:
+    vllm:time_to_first_token_seconds_count; `queue_sum_s`: vllm:request_queue_time_seconds_sum;
+    `window_s`: the window's length. The last three may be None (not collected): the rows then
+    fall back to cruder estimates. `mean_running` (the batch gauge's average) is not used: a
+    handful of scraped samples of it is noise next to the ITL sum, which integrates the batch."""
 
     mean_running: float
     itl_sum_s: float
@@ -218,60 +166,151 @@ class EngineWindow:
     prefill_count: float
     request_prompt_sum: float
     request_prompt_count: float
+    first_tokens: float | None = None
+    queue_sum_s: float | None = None
+    window_s: float | None = None
 
 
-def engine_rows(window: EngineWindow, max_num_batched_tokens: int = 2048
-                ) -> list[tuple[tuple[float, float, float, float], float, float]]:
-    """Linear observations (features over (alpha, gamma, beta, delta), y in ms, samples) of a window.
+@dataclass(frozen=True)
+class ObservationRow:
+    """One linear observation: y (ms) ~ features . (alpha, gamma, beta, delta), per regime."""
 
-    A decoding token's gap is the step it rode in: alpha + beta D + delta P, with D the batch and
-    P the prompt tokens per step (prefill riding along). A request's prefill spans k steps
-    (k = prompt / token budget, at least 1), each paying the fixed cost and the batch's decode
-    cost; together they prefill its own prompt or, when the steps are fuller than that, k steps
-    of the average prompt tokens per step (others' prompts riding in the same steps)."""
-    rows = []
-    d = max(0.0, window.mean_running)
-    per_step = window.prompt_tokens / window.steps if window.steps > 0 else 0.0
-    if window.itl_count > 0 and window.itl_sum_s > 0:
-        rows.append(((1.0, 0.0, d, per_step), 1000.0 * window.itl_sum_s / window.itl_count, window.itl_count))
-    if window.prefill_count > 0 and window.request_prompt_count > 0 and window.prefill_sum_s > 0:
-        prompt = window.request_prompt_sum / window.request_prompt_count
-        k = max(1.0, prompt / max_num_batched_tokens)
-        rows.append(((0.0, k, k * d, max(prompt, k * per_step)), 1000.0 * window.prefill_sum_s / window.prefill_count,
-                     window.prefill_count))
-    return [row for row in rows if all(math.isfinite(v) for v in row[0]) and math.isfinite(row[1])]
+    kind: str  # "itl" or "prefill"
+    features: tuple[tuple[float, float, float, float], tuple[float, float, float, float]]  # by REGIMES
+    y_ms: float
+    samples: float  # steps (itl) or requests (prefill) behind the mean
+
+
+def _finite(*values: float | None) -> bool:
+    return all(v is not None and math.isfinite(v) for v in values)
+
+
+def chunks_per_prompt(mean_prompt: float, budget: float, prompt_mix: Sequence[tuple[float, float]] | None = None
+                      ) -> float:
+    """Steps a prompt's prefill takes on average, E[max(1, ceil(p / budget))]: over the prompt
+    law (the mix, rescaled to `mean_prompt`), or, without one, an exponential law of that mean
+    (then ceil(p / b) is geometric: 1 / (1 - exp(-b / mean)))."""
+    if not mean_prompt > 0 or not budget > 0:
+        return 1.0
+    if prompt_mix:
+        total = sum(p for _, p in prompt_mix if p > 0)
+        mix_mean = sum(t * p for t, p in prompt_mix if p > 0) / total if total > 0 else 0.0
+        if mix_mean > 0:
+            scale = mean_prompt / mix_mean
+            return sum(p * max(1.0, math.ceil(t * scale / budget - 1e-9)) for t, p in prompt_mix if p > 0) / total
+    return 1.0 / -math.expm1(-budget / mean_prompt)
+
+
+def engine_rows(window: EngineWindow, max_num_batched_tokens: int = DEFAULT_MAX_NUM_BATCHED_TOKENS,
+                max_num_seqs: int = 256, prompt_mix: Sequence[tuple[float, float]] | None = None
+                ) -> list[ObservationRow]:
+    """The window's linear observations: its mean ITL and its mean prefill time.
+
+    Mean ITL (the step length seen by a decoding token), with d = decodes per step (itl_count /
+    steps), b = the prefill budget left beside them and k = steps per prompt:
+      - batch: the D-weighted mean of D, d + (1 - d / max_num_seqs) (a Poisson batch has
+        E[D^2] / E[D] = d + 1; a full one does not vary);
+      - prefill tokens seen by a decode: the prompt-token rate times the time its decoder was
+        exposed to prefills, its decode time plus the last step of its own prefill (whose
+        arrivals are prefilled in its first decode step) less its last decode step (whose
+        arrivals come after it): (prompt_tokens / window) x (itl_sum + first_tokens x last) / itl_count;
+      - steps mixing prefill with decodes, their D-weighted share phi = 1 - exp(-k x that rate of
+        prefills), pay the mixed fixed cost (gamma if gamma >= alpha, else alpha).
+    Mean prefill time (per finished request): k steps, each at the fixed cost of its kind (gamma
+    when the request found the engine idle, with probability 1 - busy share), the time-averaged
+    decodes riding along (itl_sum / window, PASTA), and its own prompt plus the prompts admitted
+    with it: those that arrived during the step it arrived in, whose length-biased mean is twice
+    the mean queue time (the residual an arrival waits), capped by the budget of its k steps.
+    """
+    rows: list[ObservationRow] = []
+    budget = float(max_num_batched_tokens)
+    n, c, s = window.steps, window.itl_count, window.itl_sum_s
+    ptok = max(0.0, window.prompt_tokens)
+    first = window.first_tokens if _finite(window.first_tokens) and window.first_tokens > 0 else None
+    if first is None and window.prefill_count > 0:
+        first = window.prefill_count  # requests finished: as many as prefilled, in a steady window
+    decoded = n > 0 and c > 0 and s > 0
+    d = c / n if decoded else 0.0
+    b = max(budget - d, MIN_BUDGET_SHARE * budget)
+    itl_s = s / c if decoded else 0.0
+    busy_s = n * itl_s if decoded else 0.0
+    if window.prefill_count > 0 and window.prefill_sum_s > 0:
+        busy_s = max(busy_s, window.prefill_sum_s)
+    span_s = window.window_s if _finite(window.window_s) and window.window_s > 0 else busy_s
+    prompt_mean = (window.request_prompt_sum / window.request_prompt_count if window.request_prompt_count > 0
+                   else (ptok / first if first else 0.0))
+    prefill_s = window.prefill_sum_s / window.prefill_count if window.prefill_count > 0 else None
+    arrival_rps = (first or 0.0) / span_s if span_s > 0 else 0.0
+    prompt_all = ptok / first if first else prompt_mean
+    if _finite(window.queue_sum_s) and window.queue_sum_s >= 0 and window.prefill_count > 0:
+        # prompts admitted with a request: those that arrived in the step it arrived in, whose
+        # length-biased mean length is twice the mean residual an arrival waits (its queue time)
+        along = 2.0 * arrival_rps * prompt_all * window.queue_sum_s / window.prefill_count
+    else:  # no queue time: an arrival's step is about one mean step long
+        along = arrival_rps * prompt_all * itl_s
+    k = chunks_per_prompt(prompt_mean, b, prompt_mix)
+    if decoded and span_s > 0:
+        last_s = max(0.0, prefill_s / k - itl_s) if prefill_s is not None else 0.0
+        exposed_s = (s + (first or 0.0) * last_s) / c  # prefill exposure of one decoding token
+        phi = -math.expm1(-arrival_rps * k * exposed_s)
+        batch = d + max(0.0, 1.0 - d / max_num_seqs)
+        prompt_seen = ptok / span_s * exposed_s
+        rows.append(ObservationRow("itl", ((1.0 - phi, phi, batch, prompt_seen), (1.0, 0.0, batch, prompt_seen)),
+                                   1000.0 * itl_s, n))
+    if prefill_s is not None and window.request_prompt_count > 0 and span_s > 0:
+        own = window.request_prompt_sum / window.request_prompt_count
+        riding = s / span_s if decoded else 0.0
+        idle = 1.0 - min(1.0, busy_s / span_s)
+        tokens = own + min(along, max(0.0, k * b - own))
+        rows.append(ObservationRow("prefill", ((0.0, k, k * riding, tokens),
+                                               ((1.0 - idle) * k, idle * k, k * riding, tokens)),
+                                   1000.0 * prefill_s, window.prefill_count))
+    return [row for row in rows
+            if row.y_ms > 0 and row.samples > 0 and all(math.isfinite(v) for f in row.features for v in f)]
+
+
+_ZERO4 = ((0.0,) * 4,) * 4
 
 
 @dataclass(frozen=True)
 class EngineEvidence:
-    """Sufficient statistics of the weighted least-squares fit (information matrix and vector),
-    decayed with time, so one tick's update is O(1) whatever the history."""
+    """Sufficient statistics of the weighted least-squares fit in each regime (information matrix,
+    vector, and the weighted sum of y^2 for comparing the regimes), decayed with time, so one
+    tick's update is O(1) whatever the history."""
 
-    information: tuple[tuple[float, ...], ...] = ((0.0,) * 4,) * 4
-    vector: tuple[float, ...] = (0.0,) * 4
+    information: tuple[tuple[tuple[float, ...], ...], ...] = (_ZERO4, _ZERO4)
+    vector: tuple[tuple[float, ...], ...] = ((0.0,) * 4, (0.0,) * 4)
+    yy: tuple[float, float] = (0.0, 0.0)
     time_s: float | None = None
-    observations: float = 0.0  # decayed count of requests/tokens behind the evidence
+    observations: float = 0.0  # decayed count of steps and requests behind the evidence
 
 
 def add_evidence(evidence: EngineEvidence, windows: Sequence[EngineWindow], now_s: float,
-                 forget_s: float = FORGET_S) -> EngineEvidence:
+                 forget_s: float = FORGET_S, *, weight: float = 1.0,
+                 max_num_batched_tokens: int = DEFAULT_MAX_NUM_BATCHED_TOKENS, max_num_seqs: int = 256,
+                 prompt_mix: Sequence[tuple[float, float]] | None = None) -> EngineEvidence:
     """The evidence decayed to now_s plus these windows' rows. Each row's noise is relative:
-    sd = y * sqrt(SAMPLING_CV^2 / samples + MODEL_ERROR^2), so a window of few requests barely
-    counts and many windows cannot out-vote the model's own error."""
+    sd = y * sqrt(SAMPLING_CV^2 / samples + MODEL_ERROR[kind]^2), so a window of few requests barely
+    counts and many windows cannot out-vote the model's own error. `weight` (0-1) counts windows
+    that overlap the previous ones only for their new share (a 60 s window read every 15 s: 1/4)."""
+    if not 0 <= weight <= 1:
+        raise ValueError(f"weight must be in [0, 1], got {weight!r}")
     decay = 1.0 if evidence.time_s is None else math.exp(-max(0.0, now_s - evidence.time_s) / forget_s)
     info = np.array(evidence.information, dtype=float) * decay
     vec = np.array(evidence.vector, dtype=float) * decay
+    yy = np.array(evidence.yy, dtype=float) * decay
     count = evidence.observations * decay
     for window in windows:
-        for features, y, samples in engine_rows(window):
-            if not y > 0 or not samples > 0:
-                continue
-            x = np.array(features)
-            variance = (y * y) * (SAMPLING_CV ** 2 / samples + MODEL_ERROR ** 2)
-            info += np.outer(x, x) / variance
-            vec += x * y / variance
-            count += samples
-    return EngineEvidence(tuple(map(tuple, info.tolist())), tuple(vec.tolist()), now_s, count)
+        for row in engine_rows(window, max_num_batched_tokens, max_num_seqs, prompt_mix):
+            precision = weight / (row.y_ms ** 2 * (SAMPLING_CV ** 2 / row.samples + MODEL_ERROR[row.kind] ** 2))
+            for regime, features in enumerate(row.features):
+                x = np.array(features)
+                info[regime] += np.outer(x, x) * precision
+                vec[regime] += x * row.y_ms * precision
+                yy[regime] += row.y_ms ** 2 * precision
+            count += weight * row.samples
+    return EngineEvidence(tuple(tuple(map(tuple, m)) for m in info.tolist()),
+                          tuple(map(tuple, vec.tolist())), (float(yy[0]), float(yy[1])), now_s, count)
 
 
 @dataclass(frozen=True)
@@ -282,26 +321,50 @@ class EngineFit:
     profile: EngineProfile
     sd: dict[str, float]
     observations: float
+    regime: str = REGIMES[1]
 
     def relative_sd(self, name: str) -> float:
         value = getattr(self.profile, name)
         return self.sd[name] / value if value else math.inf
 
 
+def _regime_map(mean0: np.ndarray, precision0: np.ndarray, info: np.ndarray, vec: np.ndarray, yy: float,
+                sign: float) -> tuple[np.ndarray, float, np.ndarray]:
+    """The posterior mode within a regime (sign +1: gamma >= alpha, -1: gamma <= alpha; on the
+    boundary gamma = alpha when the free mode lies outside), its log posterior (up to a constant
+    shared by both regimes) and the posterior information."""
+    a = precision0 + info
+    b = precision0 @ mean0 + vec
+    theta = np.linalg.solve(a, b)
+    if sign * (theta[1] - theta[0]) < 0:
+        tie = np.array([[1.0, 0, 0], [1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]])  # gamma = alpha
+        theta = tie @ np.linalg.solve(tie.T @ a @ tie, tie.T @ b)
+    log_post = -0.5 * (theta @ a @ theta - 2.0 * theta @ b + yy + mean0 @ precision0 @ mean0)
+    return theta, float(log_post), a
+
+
 def fit_engine(prior: EngineProfile, evidence: EngineEvidence, relative_sd: float = PRIOR_RELATIVE_SD) -> EngineFit:
-    """Posterior mean of (alpha, gamma, beta, delta): Gaussian prior at the profile (sd =
-    relative_sd x value), linear evidence; evidence overrides the prior as it accumulates.
-    Parameters stay within [0.1, 10] x the prior (a step never costs nothing)."""
+    """Posterior mode of (alpha, gamma, beta, delta): Gaussian prior at the profile (sd =
+    relative_sd x value), linear evidence in each regime, the regime with the more probable mode
+    kept; evidence overrides the prior as it accumulates. Parameters stay within [0.1, 10] x the
+    prior (a step never costs nothing). A parameter no evidence touches (gamma when it hides under
+    alpha, and no prefill found the engine idle) keeps its prior value and sd."""
     mean0 = np.array([getattr(prior, name) for name in FIT_FIELDS], dtype=float)
     precision0 = np.diag(1.0 / np.maximum(relative_sd * mean0, 1e-9) ** 2)
-    info = precision0 + np.array(evidence.information, dtype=float)
-    vec = precision0 @ mean0 + np.array(evidence.vector, dtype=float)
-    covariance = np.linalg.inv(info)
-    mean = np.clip(covariance @ vec, 0.1 * mean0, 10.0 * mean0)
-    sd = np.sqrt(np.maximum(np.diag(covariance), 0.0))
+    best: tuple[np.ndarray, float, np.ndarray, int] | None = None
+    for regime, sign in ((1, -1.0), (0, 1.0)):  # gamma <= alpha first: the datasheet's gamma = alpha
+        theta, log_post, info = _regime_map(mean0, precision0, np.array(evidence.information[regime], dtype=float),
+                                            np.array(evidence.vector[regime], dtype=float),
+                                            float(evidence.yy[regime]), sign)
+        if best is None or log_post > best[1] + 1e-9:
+            best = (theta, log_post, info, regime)
+    assert best is not None
+    theta, _, info, regime = best
+    mean = np.clip(theta, 0.1 * mean0, 10.0 * mean0)
+    sd = np.sqrt(np.maximum(np.diag(np.linalg.inv(info)), 0.0))
     profile = replace(prior, **{name: float(v) for name, v in zip(FIT_FIELDS, mean)})
-    return EngineFit(prior=prior, profile=profile, sd={n: float(s) for n, s in zip(FIT_FIELDS, sd)},
-                     observations=evidence.observations)
+    return EngineFit(prior=prior, profile=profile, sd={n: float(v) for n, v in zip(FIT_FIELDS, sd)},
+                     observations=evidence.observations, regime=REGIMES[regime])
 
 
 PROFILE_GRID_RATIO = 1.05  # a fitted parameter is snapped to this geometric grid (capacity cache hits)

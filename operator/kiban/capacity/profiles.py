@@ -38,7 +38,7 @@ activation workspace is not subtracted, so real vLLM reports somewhat fewer toke
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from kiban.capacity.engine_profile import EngineProfile
 
@@ -73,10 +73,11 @@ class ModelSpec:
     layers: int
     kv_heads: int
     head_dim: int
+    bytes_per_parameter: float = BF16_BYTES  # weights; KV stays 16-bit
 
     @property
     def weight_bytes(self) -> float:
-        return self.params_b * 1e9 * BF16_BYTES
+        return self.params_b * 1e9 * self.bytes_per_parameter
 
     @property
     def kv_bytes_per_token(self) -> int:
@@ -103,6 +104,7 @@ MODELS: dict[float, ModelSpec] = {
     3.0: ModelSpec("Llama-3.2-3B", 3.21, layers=28, kv_heads=8, head_dim=128),
     8.0: ModelSpec("Llama-3.1-8B", 8.03, layers=32, kv_heads=8, head_dim=128),
     70.0: ModelSpec("Llama-3.1-70B", 70.6, layers=80, kv_heads=8, head_dim=128),
+    405.0: ModelSpec("Llama-3.1-405B", 405.9, layers=126, kv_heads=8, head_dim=128),
 }
 
 # (gpu, nominal size in B) -> tensor-parallel degree the profile assumes.
@@ -114,9 +116,22 @@ PROFILE_TENSOR_PARALLEL: dict[tuple[str, float], int] = {
     ("nvidia-a100-80gb", 70.0): 4,  # 141 GB of weights need >= 2 GPUs; 4 leaves room for KV
     ("nvidia-h100-80gb", 8.0): 1,
     ("nvidia-h100-80gb", 70.0): 4,
+    ("nvidia-a100-80gb", 405.0): 8,  # 812 GB of weights: two nodes of 8 (kiban.sizing), one stage each
+    ("nvidia-h100-80gb", 405.0): 8,
     ("nvidia-mig-1g.10gb", 1.0): 1,
     ("nvidia-mig-1g.10gb", 3.0): 1,
     ("nvidia-mig-1g.10gb", 8.0): 1,  # does not fit: derive_profile refuses it (kept out below)
+}
+
+
+# (gpu, nominal size in B) -> pipeline stages (one per node) of a profile bigger than one node.
+# A token passes the stages one after another, each streaming its share of the weights over TP
+# GPUs: step times (alpha, beta, delta) are those of TP alone, while KV capacity and the
+# per-GPU load time count every GPU. The pipeline bubble and the hop between nodes are not
+# modelled (an extrapolation; the online re-fit corrects it).
+PROFILE_PIPELINE_PARALLEL: dict[tuple[str, float], int] = {
+    ("nvidia-a100-80gb", 405.0): 2,
+    ("nvidia-h100-80gb", 405.0): 2,
 }
 
 
@@ -137,11 +152,13 @@ def prefill_delta_ms(gpu: GpuSpec, model: ModelSpec, tp: int) -> float:
     return flops_per_token / (tp * gpu.bf16_dense_tflops * 1e12 * MFU_PREFILL) * 1e3
 
 
-def kv_cache_tokens(gpu: GpuSpec, model: ModelSpec, tp: int) -> int:
-    """Tokens of KV cache left after the weights, at vLLM's default memory utilisation."""
-    free_bytes = tp * gpu.memory_gb * 1e9 * GPU_MEMORY_UTILIZATION - model.weight_bytes
+def kv_cache_tokens(gpu: GpuSpec, model: ModelSpec, gpus: int,
+                    gpu_memory_utilization: float = GPU_MEMORY_UTILIZATION) -> int:
+    """Tokens of KV cache left after the weights on `gpus` GPUs (vLLM's default memory utilisation)."""
+    free_bytes = gpus * gpu.memory_gb * 1e9 * gpu_memory_utilization - model.weight_bytes
     if free_bytes <= 0:
-        raise ValueError(f"{model.name} does not fit on {tp} x GPU with {gpu.memory_gb} GB")
+        raise ValueError(f"{model.name} weights ({model.weight_bytes / 1e9:.1f} GB) leave no KV cache on "
+                         f"{gpus} x GPU with {gpu.memory_gb:g} GB")
     return int(free_bytes // model.kv_bytes_per_token)
 
 
@@ -150,10 +167,12 @@ def startup_seconds(model: ModelSpec, tp: int) -> float:
     return round(STARTUP_COMPILE_S + model.weight_bytes / tp / (STARTUP_LOAD_GBPS * 1e9), 1)
 
 
-def derive_profile(gpu_name: str, size_b: float, tp: int) -> EngineProfile:
-    """Build one EngineProfile from the datasheet, the architecture and measured efficiencies."""
+def derive_profile(gpu_name: str, size_b: float, tp: int, pp: int = 1) -> EngineProfile:
+    """Build one EngineProfile from the datasheet, the architecture and measured efficiencies
+    (pp > 1: pipeline stages across nodes, see PROFILE_PIPELINE_PARALLEL)."""
     gpu, model = GPUS[gpu_name], MODELS[size_b]
     alpha = decode_alpha_ms(gpu, model, tp)
+    stages = f", pipeline parallel {pp} (one stage per node)" if pp > 1 else ""
     return EngineProfile(
         name=profile_key(gpu_name, size_b),
         gpu=gpu_name,
@@ -163,10 +182,10 @@ def derive_profile(gpu_name: str, size_b: float, tp: int) -> EngineProfile:
         gamma_ms=round(alpha, 3),
         delta_ms=round(prefill_delta_ms(gpu, model, tp), 5),
         max_num_seqs=DEFAULT_MAX_NUM_SEQS,
-        kv_cache_tokens=kv_cache_tokens(gpu, model, tp),
-        startup_s=startup_seconds(model, tp),
+        kv_cache_tokens=kv_cache_tokens(gpu, model, tp * pp),
+        startup_s=startup_seconds(model, tp * pp),
         source=(
-            f"{model.name} bf16, tensor parallel {tp}. {gpu.datasheet}. Decode alpha at MBU "
+            f"{model.name} bf16, tensor parallel {tp}{stages}. {gpu.datasheet}. Decode alpha at MBU "
             f"{MBU_DECODE} and beta {BETA_REF_MS} ms/seq from J. Musgrave's vLLM 0.23 A100 "
             f"sweep (Llama-3.1-8B), beta scaled by KV bytes and bandwidth; prefill at an "
             f"assumed MFU {MFU_PREFILL}; derivation in kiban/capacity/profiles.py."
@@ -183,7 +202,7 @@ def _build_profiles() -> dict[str, EngineProfile]:
     profiles = {}
     for (gpu_name, size_b), tp in PROFILE_TENSOR_PARALLEL.items():
         try:
-            profile = derive_profile(gpu_name, size_b, tp)
+            profile = derive_profile(gpu_name, size_b, tp, PROFILE_PIPELINE_PARALLEL.get((gpu_name, size_b), 1))
         except ValueError:
             continue  # the model does not fit this GPU: no profile, get_profile says so
         profiles[profile.name] = profile
@@ -216,3 +235,48 @@ def get_profile_by_name(name: str) -> EngineProfile:
         raise KeyError(
             f"unknown engine profile {name!r}; profiles exist for: {', '.join(sorted(PROFILES))}"
         ) from None
+
+
+def nearest_architecture(params_b: float) -> ModelSpec:
+    """The Llama 3.x architecture nearest in size (log scale): its KV geometry stands in for an
+    unlisted model's (KV bytes per token are not in a FoundationModel's spec)."""
+    if not (isinstance(params_b, (int, float)) and params_b > 0 and math.isfinite(params_b)):
+        raise ValueError(f"params_b must be a positive number, got {params_b!r}")
+    return min(MODELS.values(), key=lambda m: (abs(math.log(m.params_b / params_b)), m.params_b))
+
+
+def derive_profile_for(gpu_name: str, params_b: float, tp: int, bytes_per_parameter: float = BF16_BYTES,
+                       gpu_memory_utilization: float = GPU_MEMORY_UTILIZATION, pp: int = 1) -> EngineProfile:
+    """An engine profile for any model size, precision and tensor-parallel degree on a known GPU.
+
+    The catalogue's formulas (the functions above) with the stated parameter count and weight
+    bytes per parameter (quantized weights stream faster and leave more KV cache; prefill FLOPs
+    are the same 2 per parameter per token) and the KV geometry of `nearest_architecture`.
+    `pp` > 1: pipeline stages across nodes, as PROFILE_PIPELINE_PARALLEL (step times of TP
+    alone, KV cache over every GPU; the bubble and the hop between nodes are not modelled).
+    """
+    if gpu_name not in GPUS:
+        raise KeyError(f"no datasheet figures for gpu {gpu_name!r}; known: {', '.join(sorted(GPUS))}")
+    if tp < 1 or pp < 1:
+        raise ValueError(f"tensor and pipeline parallel degrees must be >= 1, got {tp!r} and {pp!r}")
+    gpu, arch = GPUS[gpu_name], nearest_architecture(params_b)
+    model = replace(arch, name=f"{params_b:g}B", params_b=params_b, bytes_per_parameter=bytes_per_parameter)
+    alpha = decode_alpha_ms(gpu, model, tp)
+    precision = {2.0: "16-bit", 1.0: "8-bit", 0.5: "4-bit"}.get(bytes_per_parameter, f"{bytes_per_parameter:g} B/param")
+    suffix = (f"-tp{tp}" if tp > 1 else "") + (f"-pp{pp}" if pp > 1 else "")
+    return EngineProfile(
+        name=f"{gpu_name}/{params_b:g}B{suffix}" + ("" if bytes_per_parameter == BF16_BYTES else f"-{precision}"),
+        gpu=gpu_name,
+        model_params_b=params_b,
+        alpha_ms=round(alpha, 3),
+        beta_ms=round(decode_beta_ms(gpu, model, tp), 4),
+        gamma_ms=round(alpha, 3),
+        delta_ms=round(prefill_delta_ms(gpu, model, tp), 5),
+        max_num_seqs=DEFAULT_MAX_NUM_SEQS,
+        kv_cache_tokens=kv_cache_tokens(gpu, model, tp * pp, gpu_memory_utilization),
+        startup_s=startup_seconds(model, tp * pp),
+        source=(f"{params_b:g}B at {precision} weights, tensor parallel {tp}"
+                + (f", pipeline parallel {pp} (one stage per node)" if pp > 1 else "")
+                + f", KV geometry of {arch.name}. {gpu.datasheet}. Same formulas as the catalogue "
+                "(kiban/capacity/profiles.py)."),
+    )

@@ -7,13 +7,20 @@ per-object progress annotations, and lets kopf's handlers return at once.
 
 Semantics (client-go's workqueue): a model is at most once in the queue; a model added while a
 worker is on it is queued again when that pass ends (the pass may have read an older body);
-one model is never reconciled by two workers at once. `add_after` schedules a retry.
+one model is never reconciled by two workers at once. A failed pass is retried after an
+exponential backoff with jitter (`retry_delay`: 2 s, 4 s, 8 s, ... up to 5 minutes, each
+between half and all of that), reset by the model's next successful pass, so a model the API
+server keeps refusing costs a few writes an hour instead of one every 5 s forever.
+
+`pause()` stops starting passes (a replica that is not the leader keeps its queue but acts on
+nothing); `resume()` drains what was queued meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -25,6 +32,18 @@ log = logging.getLogger("kiban.queue")
 ModelRef = tuple[str, str]
 # work(ref, indexes, trigger) -> True when the pass wants a retry
 Work = Callable[[ModelRef, Mapping[str, Any], str], Awaitable[bool]]
+RETRY_BASE_SECONDS = 2.0
+RETRY_MAX_SECONDS = 300.0
+
+
+def retry_delay(failures: int, base_s: float = RETRY_BASE_SECONDS, cap_s: float = RETRY_MAX_SECONDS,
+                rng: Callable[[], float] = random.random) -> float:
+    """Seconds before retry number `failures` (1 for the first): base x 2^(failures-1), capped,
+    then jittered into [half, all] of it, so models that failed together do not retry together."""
+    if failures < 1:
+        raise ValueError(f"failures must be >= 1, got {failures!r}")
+    ceiling = min(cap_s, base_s * 2 ** min(failures - 1, 60))
+    return ceiling * (0.5 + 0.5 * rng())
 
 
 class WorkQueue:
@@ -38,10 +57,14 @@ class WorkQueue:
     flight all waited for their lower-priority writes and new models started at ~0.5/s.
     """
 
-    def __init__(self, work: Work, *, workers: int = 10_000, retry_seconds: float = 5.0) -> None:
+    def __init__(self, work: Work, *, workers: int = 10_000, retry_seconds: float = RETRY_BASE_SECONDS,
+                 max_retry_seconds: float = RETRY_MAX_SECONDS, paused: bool = False) -> None:
         self._work = work
         self._workers = workers
         self.retry_seconds = retry_seconds
+        self.max_retry_seconds = max_retry_seconds
+        self.failures: dict[ModelRef, int] = {}  # failed passes in a row, per model
+        self._paused = paused
         self._order: deque[ModelRef] = deque()
         self._queued: dict[ModelRef, str] = {}  # ref -> trigger of the (first) request
         self._active: set[ModelRef] = set()
@@ -68,11 +91,29 @@ class WorkQueue:
             return
         self._queued[ref] = trigger
         self._order.append(ref)
-        if self._draining < min(self._workers, len(self._order) + len(self._active)):
+        self._start_drainers()
+
+    def _start_drainers(self) -> None:
+        while not self._paused and self._draining < min(self._workers, len(self._order) + len(self._active)):
             task = asyncio.get_running_loop().create_task(self._drain(), name="kiban-reconcile")
             self._draining += 1
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+            if self._draining >= len(self._order):
+                break
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def pause(self) -> None:
+        """Start no more passes (passes in flight finish); adds are kept for resume()."""
+        self._paused = True
+
+    def resume(self) -> None:
+        """Drain everything queued while paused."""
+        self._paused = False
+        self._start_drainers()
 
     def add_after(self, ref: ModelRef, delay: float, trigger: str = "retry") -> None:
         """Ask for a pass over `ref` in `delay` seconds (one timer per model; the first wins)."""
@@ -88,6 +129,7 @@ class WorkQueue:
 
     def forget(self, ref: ModelRef) -> None:
         """A deleted model: drop its pending retry (a queued pass finds it gone and skips)."""
+        self.failures.pop(ref, None)
         timer = self._timers.pop(ref, None)
         if timer is not None:
             timer.cancel()
@@ -110,7 +152,7 @@ class WorkQueue:
             self._draining -= 1
 
     async def _drain_queue(self) -> None:
-        while self._order:
+        while self._order and not self._paused:
             ref = self._order.popleft()
             trigger = self._queued.pop(ref)
             self._active.add(ref)
@@ -125,7 +167,12 @@ class WorkQueue:
                 retry = True
             finally:
                 self._active.discard(ref)
+            if retry:
+                self.failures[ref] = self.failures.get(ref, 0) + 1
+            else:
+                self.failures.pop(ref, None)
             if ref in self._dirty:
                 self.add(ref, trigger=self._dirty.pop(ref))
             elif retry:
-                self.add_after(ref, self.retry_seconds)
+                delay = retry_delay(self.failures[ref], self.retry_seconds, self.max_retry_seconds)
+                self.add_after(ref, delay)

@@ -7,7 +7,11 @@ reads the newest FoundationModel body kopf has seen (the models index), never a 
 
 A pass: parse the spec -> size GPUs -> build the desired children (builders, pure, already
 owned and spec-hashed) -> plan against the cached children (pure) -> apply (writes, in a worker thread) ->
-rebuild status from the world (pure) and patch it when it changed -> Events and metrics.
+rebuild status from the world (pure) and apply the reconciler's part of it (server-side apply
+on /status as field manager `kiban`, only its own fields and conditions) when it changed ->
+Events and metrics. After a resync (kiban.reconcile.resync) the pass reads the model, children
+and pods the resync listed instead of kopf's cache, which can hold a child deleted while a
+watch was down.
 
 Replica ownership: the FoundationModel's spec.scaling.replicas (its scale subresource) is the
 one replica knob. `kubectl scale fm/x`, an HPA, and Kiban's own autoscaler all write it; the
@@ -25,15 +29,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from kiban.api.v1alpha1 import FoundationModel
+from kiban.builders.leaderworkerset import LWS_API_VERSION, shared_cache_problem
 from kiban.builders.names import label_value
 from kiban.clock import rfc3339
 from kiban.config import ConfigError, OperatorConfig
 from kiban.metrics import ModelKey, OperatorMetrics
 from kiban.reconcile import observe
-from kiban.reconcile.apply import ApplyResult, Writer
+from kiban.reconcile.apply import ApplyResult, Writer, api_error_message
 from kiban.reconcile.logfmt import kv
 from kiban.reconcile.pool import BEST_EFFORT, NORMAL, URGENT, PriorityExecutor
 from kiban.reconcile.plan import Plan, child_key, describe, plan
@@ -42,6 +48,7 @@ from kiban.reconcile.status import (
     World,
     build_status,
     changed_conditions,
+    own_conditions,
     status_changed,
 )
 
@@ -95,18 +102,29 @@ class OperatorContext:
     # blocking API calls; the Deployment's apply first, Events last (kiban.reconcile.pool)
     executor: PriorityExecutor = field(default_factory=lambda: PriorityExecutor(IO_THREADS, "kiban-io"))
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
-    # what our own writes returned, per model, until the watch delivers them (observe.overlay_applied)
+    # what our own writes returned, per model, until the watch delivers them (observe.overlay_applied),
+    # and when each was written (a resync's list taken later supersedes it)
     applied: dict[ModelRef, dict[Any, dict[str, Any]]] = field(default_factory=dict)
+    applied_at: dict[ModelRef, dict[Any, float]] = field(default_factory=dict)
     # the operator-wide reconcile queue (kiban.reconcile.queue.WorkQueue), set by kiban.handlers
     queue: Any = None
     # the per-operator kiban.autoscale.model_pass.Autoscaler; None: autoscaling is off operator-wide
     autoscaler: Any = None
+    # fresh reads for the resync (observe.Lister) and what it listed, per model, for its next pass
+    lister: Any = None
+    listed: dict[ModelRef, observe.View] = field(default_factory=dict)
+    # kopf's live indexes, kept by the startup handler for the background tasks (resync, autoscaler)
+    indexes: Mapping[str, Any] = field(default_factory=dict)
+    # whether this replica holds the leader Lease (kiban.reconcile.leader): only the leader writes
+    leading: bool = False
 
     def forget(self, ref: ModelRef) -> None:
         """Drop per-model state of a deleted FoundationModel."""
         self.gate.forget(ref)
         self.applied.pop(ref, None)
+        self.applied_at.pop(ref, None)
         self.desired_cache.pop(ref, None)
+        self.listed.pop(ref, None)
         if self.queue is not None:
             self.queue.forget(ref)
 
@@ -156,11 +174,35 @@ def resolved_status(model: FoundationModel, config: OperatorConfig, sizing: Any)
         "gpusPerReplica": sizing.gpus_per_replica,
         "tensorParallelSize": sizing.tensor_parallel_size,
         "pipelineParallelSize": sizing.pipeline_parallel_size,
+        "nodesPerReplica": sizing.nodes_per_replica,
         "image": model.spec.engine.image or config.vllm_image,
         "servedModelName": model.served_model_name,
         "sizingReason": str(sizing.reason),
         "sizingMessage": sizing.message,
+        "gateway": model.spec.exposure.through_gateway(config.gateway_default),
     }
+
+
+def missing_workload_api(sizing: Any, served: frozenset[str]) -> str | None:
+    """Why the workload cannot be created (a multi-node model without the LeaderWorkerSet API), or None."""
+    if not sizing.multi_node or LWS_API_VERSION in served:
+        return None
+    return (f"one replica needs {sizing.nodes_per_replica} nodes ({sizing.message}); a replica that spans "
+            f"nodes is a LeaderWorkerSet group, and this cluster does not serve {LWS_API_VERSION}: "
+            "install LeaderWorkerSet (sigs.k8s.io/lws), or pin a layout that fits one node")
+
+
+def workload_blocked(model: FoundationModel, sizing: Any, served: frozenset[str]) -> tuple[str, str] | None:
+    """(reason, message) when a replica spanning nodes cannot run here, else None."""
+    if not sizing.multi_node:
+        return None
+    missing = missing_workload_api(sizing, served)
+    if missing:
+        return "LeaderWorkerSetNotServed", missing
+    cache = shared_cache_problem(model)
+    if cache:
+        return "CacheNotShareable", cache
+    return None
 
 
 def _now(context: OperatorContext) -> str:
@@ -191,7 +233,11 @@ async def reconcile(
 
 
 async def reconcile_for_queue(context: OperatorContext, ref: ModelRef, indexes: Mapping[str, Any], trigger: str) -> bool:
-    """The WorkQueue's unit of work: one pass; True asks for a retry (an API write failed)."""
+    """The WorkQueue's unit of work: one pass; True asks for a retry (an API write failed).
+    A replica that is not the leader writes nothing (its queue is paused; this is the guard
+    for a pass that was already taken when leadership went)."""
+    if not context.leading:
+        return False
     outcome = await reconcile(context, ref, indexes, trigger=trigger)
     return bool(outcome.errors)
 
@@ -203,19 +249,28 @@ async def _pass(
     indexes: Mapping[str, Any],
     trigger: str,
 ) -> Outcome:
-    cached_models = observe.from_index(indexes.get(observe.MODELS_INDEX), ref)
-    body = cached_models[0] if cached_models else None
+    namespace, name = ref
+    listed = context.listed.pop(ref, None)  # a resync's fresh view wins over kopf's cache
+    if listed is not None:
+        body, cached, pods = listed.body, listed.children, listed.pods
+    else:
+        cached_models = observe.from_index(indexes.get(observe.MODELS_INDEX), ref)
+        body = cached_models[0] if cached_models else None
+        cached = observe.observed_children(indexes, ref)
+        pods = observe.from_index(indexes.get(observe.PODS_INDEX), (namespace, label_value(name)))
     if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
         return Outcome(skipped=True)  # gone or going: garbage collection removes the children
-    namespace, name = ref
     generation = int(body["metadata"].get("generation") or 0)
-    cached = observe.observed_children(indexes, ref)
     mine = context.applied.get(ref)
+    if listed is not None and mine:  # the list was read after these writes: it knows better
+        forget_writes_before(context, ref, listed.listed_at)
     children = observe.overlay_applied(cached, mine or {})
     for key in observe.settled(cached, mine or {}):
         del mine[key]  # type: ignore[union-attr]
-    pods = observe.from_index(indexes.get(observe.PODS_INDEX), (namespace, label_value(name)))
-    deployment = observe.find_kind(children, "Deployment")
+    log.debug(kv("Pass", name=name, namespace=namespace, trigger=trigger, listed=listed is not None,
+                 cached=sorted(f"{c.get('kind')}/{(c.get('metadata') or {}).get('name')}" for c in cached),
+                 pending=sorted(str(k) for k in (mine or {}))))
+    deployment = observe.find_workload(children)
 
     try:
         model = FoundationModel.from_object(body)
@@ -228,7 +283,7 @@ async def _pass(
 
     from kiban.sizing import resolve_sizing
 
-    gpu = resolve_sizing(model.spec, profile)
+    gpu = resolve_sizing(model.spec, profile, context.config.max_nodes_per_replica)
     replicas = model.spec.scaling.desired_replicas()
     if not gpu.fits:
         # nothing is created or deleted: the user fixes the spec, the running children stay
@@ -239,6 +294,11 @@ async def _pass(
         return await _finish(context, body, world, Outcome(), model=model)
 
     served = await context.io(context.discovery.served_groups, priority=URGENT)  # cached: rarely a call
+    blocked = workload_blocked(model, gpu, served)
+    if blocked:  # as above: say why, change nothing
+        reason, message = blocked
+        world = World(generation, Sizing(False, message, reason), replicas, deployment, pods, namespace=namespace)
+        return await _finish(context, body, world, Outcome(), model=model)
     desired = desired_for(context, ref, body, model, gpu, replicas, served)
     the_plan = plan(desired, children, body["metadata"]["uid"])
     result = ApplyResult()
@@ -247,14 +307,15 @@ async def _pass(
                     actions=[f"{a.verb} {a.kind}/{a.name}: {a.reason}" for a in the_plan.actions]))
         result = await execute(context, the_plan, namespace)
         _remember_writes(context, ref, result)
-    wanted_deployment = next((c for c in desired if c["kind"] == "Deployment"), None)
-    seen_deployment = result.returned.get(f"Deployment/{wanted_deployment['metadata']['name']}") if wanted_deployment else None
+    wanted_deployment = next((c for c in desired if c["kind"] in observe.WORKLOAD_KINDS), None)
+    kind = wanted_deployment["kind"] if wanted_deployment else "Deployment"
+    seen_deployment = result.returned.get(f"{kind}/{wanted_deployment['metadata']['name']}") if wanted_deployment else None
     service = next((c for c in desired if c["kind"] == "Service"), None)
     world = World(
         generation=generation,
         sizing=Sizing(True),
         desired_replicas=replicas,
-        deployment=seen_deployment or deployment,
+        deployment=seen_deployment or observe.find_workload(children, kind),
         pods=pods,
         service_name=service["metadata"]["name"] if service else None,
         namespace=namespace,
@@ -263,24 +324,41 @@ async def _pass(
         conflicts=the_plan.conflicts,
         apply_errors=result.errors,
         resolved=resolved_status(model, context.config, gpu),
+        unserved=unserved_requests(model, served),
+        gateway_url=(context.config.gateway_url
+                     if model.spec.exposure.through_gateway(context.config.gateway_default) else None),
+        workload_kind=kind,
+        pods_per_replica=gpu.nodes_per_replica,
     )
     outcome = Outcome(plan=the_plan, errors=list(result.errors))
     for action in result.written:
-        if action.kind == "Deployment" and action.verb in ("create", "update"):
+        if action.kind in observe.WORKLOAD_KINDS and action.verb in ("create", "update"):
             verb = "Created" if action.verb == "create" else "Updated"
-            context.post_event_later(body, "Normal", verb, f"{verb} Deployment {action.name}: {action.reason}")
+            context.post_event_later(body, "Normal", verb, f"{verb} {action.kind} {action.name}: {action.reason}")
     return await _finish(context, body, world, outcome, model=model, gpus=gpu.gpus_per_replica)
+
+
+ROUTE_API = "route.openshift.io/v1"
+
+
+def unserved_requests(model: FoundationModel, served: frozenset[str]) -> list[str]:
+    """What the spec asks for that this cluster's APIs cannot give (said in Degraded, never
+    silently dropped)."""
+    if model.spec.exposure.route and ROUTE_API not in served:
+        return [f"spec.exposure.route is true but {ROUTE_API} is not served by this cluster (it is "
+                "OpenShift's): no Route was created; the model is reachable in the cluster at its Service"]
+    return []
 
 
 def write_stages(the_plan: Plan) -> list[Plan]:
     """The plan cut into stages run one after another; the actions of a stage run concurrently.
 
-    The Deployment goes first (it is what starts pods, and what a user waits for), then every
-    other create and update at once, then the deletes (a replacement exists before the old
-    object goes).
+    The workload (Deployment or LeaderWorkerSet) goes first (it is what starts pods, and what a
+    user waits for), then every other create and update at once, then the deletes (a replacement
+    exists before the old object goes).
     """
-    first = tuple(a for a in (*the_plan.creates, *the_plan.updates) if a.kind == "Deployment")
-    rest = tuple(a for a in (*the_plan.creates, *the_plan.updates) if a.kind != "Deployment")
+    first = tuple(a for a in (*the_plan.creates, *the_plan.updates) if a.kind in observe.WORKLOAD_KINDS)
+    rest = tuple(a for a in (*the_plan.creates, *the_plan.updates) if a.kind not in observe.WORKLOAD_KINDS)
     stages = [Plan(creates=first), Plan(creates=rest), Plan(deletes=the_plan.deletes)]
     return [stage for stage in stages if not stage.empty]
 
@@ -291,7 +369,7 @@ async def execute(context: OperatorContext, the_plan: Plan, namespace: str) -> A
     for stage in write_stages(the_plan):
         results = await asyncio.gather(*(
             context.io(context.writer.execute_one, action, namespace,
-                       priority=URGENT if action.kind == "Deployment" else NORMAL)
+                       priority=URGENT if action.kind in observe.WORKLOAD_KINDS else NORMAL)
             for action in stage.actions
         ))
         for part in results:
@@ -303,12 +381,32 @@ async def execute(context: OperatorContext, the_plan: Plan, namespace: str) -> A
 
 def _remember_writes(context: OperatorContext, ref: ModelRef, result: ApplyResult) -> None:
     mine = context.applied.setdefault(ref, {})
+    stamps = context.applied_at.setdefault(ref, {})
+    now = time.monotonic()
     for action in result.written:
         key = child_key(action.obj)
         if action.verb == "delete":
             mine.pop(key, None)
+            stamps.pop(key, None)
         elif (returned := result.returned.get(describe(action.obj))) is not None:
             mine[key] = observe.project_child(returned)
+            stamps[key] = now
+
+
+def forget_writes_before(context: OperatorContext, ref: ModelRef, moment: float) -> None:
+    """Drop the remembered writes older than `moment` (monotonic): what was listed after them, or
+    a watch event that says the child is gone, is the truth. Without this, a write the watch
+    never echoed (an apply that changed nothing) could hide the child's later deletion."""
+    mine, stamps = context.applied.get(ref) or {}, context.applied_at.get(ref) or {}
+    for key in [k for k in mine if stamps.get(k, float("-inf")) < moment]:
+        mine.pop(key, None)
+        stamps.pop(key, None)
+
+
+def forget_write(context: OperatorContext, ref: ModelRef, key: Any) -> None:
+    """A child's DELETED event: whatever we wrote to it before is gone with it."""
+    (context.applied.get(ref) or {}).pop(key, None)
+    (context.applied_at.get(ref) or {}).pop(key, None)
 
 
 def desired_for(
@@ -365,11 +463,16 @@ async def _finish(
     """Write status when it changed, post Events for transitions, refresh per-model gauges."""
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
     current = body.get("status") or {}
-    previous_conditions = current.get("conditions") or []
+    previous_conditions = own_conditions(current.get("conditions"))
     status = build_status(world, previous_conditions, _now(context))
     outcome.status = status
     if status_changed(current, status):
-        await context.io(context.writer.patch_status, namespace, name, status)
+        try:
+            await context.io(context.writer.apply_status, namespace, name, status, context.writer.field_manager)
+        except ApiException as exc:
+            outcome.errors.append(f"status: {api_error_message(exc)}")
+            log.warning(kv("Failed to apply status", name=name, namespace=namespace, error=api_error_message(exc)))
+            return outcome
         log.info(kv("Updated status", name=name, namespace=namespace,
                     conditions={c["type"]: c["status"] for c in status["conditions"]}))
     for cond in changed_conditions(previous_conditions, status["conditions"]):

@@ -4,7 +4,8 @@ Each replica is the simulator's own engine (`kiban_serving.sim.engine.Engine`), 
 benchmark and the simulator server cannot disagree about how a vLLM replica behaves.
 
 Fleet semantics (docs/benchmark.md says why):
-  * Load balancer: least outstanding requests over READY replicas, ties to the oldest replica.
+  * Load balancer: least outstanding requests over READY replicas, ties to the oldest replica
+    (kiban.gateway.routing.least_outstanding, the rule the Kiban gateway routes with).
     With no ready replica, requests wait in a front queue at the proxy; their TTFT includes
     that wait. `router_queue=True` also holds requests while every ready replica already has
     max_num_seqs outstanding (a central queue; with max_num_seqs=1 this is exactly M/M/c).
@@ -40,6 +41,7 @@ import numpy as np
 
 from kiban.autoscale.collector import PrometheusQuery
 from kiban.capacity.engine_profile import EngineProfile
+from kiban.gateway.routing import least_outstanding
 from kiban_dev.benchmark.observe import (
     ITL_BUCKETS_S,
     TTFT_BUCKETS_S,
@@ -54,6 +56,10 @@ from kiban_dev.benchmark.vllm_series import SCRAPE_INTERVAL_S, ReplicaSeries, ma
 from kiban_serving.sim.engine import Engine, FinishedRequest
 
 STARTING, READY, DRAINING, GONE = "starting", "ready", "draining", "gone"
+
+
+def _outstanding(replica: Replica) -> int:
+    return replica.outstanding
 DRAIN_STEP_S = 0.5
 
 
@@ -314,10 +320,8 @@ class Fleet:
         self._last_area_s = now_s
 
     def _pick(self) -> Replica | None:
-        best = None
-        for replica in self.replicas:
-            if replica.state == READY and (best is None or replica.outstanding < best.outstanding):
-                best = replica
+        # the gateway's own rule (kiban.gateway.routing): least outstanding, ties to the oldest
+        best = least_outstanding([r for r in self.replicas if r.state == READY], _outstanding)
         if best is not None and self.config.router_queue and best.outstanding >= self._max_num_seqs:
             return None
         return best

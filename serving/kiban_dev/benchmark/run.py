@@ -17,12 +17,10 @@ from typing import Callable
 
 import numpy as np
 
-from kiban.api.v1alpha1 import Dtype, Quantization
 from kiban.capacity.batching import prefill_alone_ms
 from kiban.capacity.engine_profile import EngineProfile
 from kiban.capacity.profiles import get_profile_by_name
-from kiban.config import BUILTIN_PROFILES
-from kiban.sizing.gpu import size_gpus
+from kiban_dev.benchmark.replica_gpus import operator_gpus_per_replica
 from kiban_dev.shared_paths import azure_trace_dir
 from kiban_dev.benchmark.fleet import FleetConfig, FleetResult, MissBudget, allowed_misses, simulate
 from kiban_dev.benchmark.oracle import (
@@ -84,6 +82,7 @@ class BenchConfig:
     seed: int = 0
     max_replicas: int = 40
     min_replicas: int = 1
+    gpus_per_replica: int | None = None  # None: what the operator gives one replica (replica_gpus)
     quick: bool = False
     jobs: int = 2  # traces in parallel processes; results do not depend on it
     true_engine: bool = True
@@ -91,7 +90,9 @@ class BenchConfig:
     part: str = "full"  # which part of each trace file in time: full, first-half (scored), second-half (tuning)
 
     def __post_init__(self) -> None:
-        get_profile_by_name(self.profile)  # names the known profiles when it is wrong
+        profile = get_profile_by_name(self.profile)  # names the known profiles when it is wrong
+        if self.gpus_per_replica is None:  # GPU-hours count the GPUs the operator would size
+            object.__setattr__(self, "gpus_per_replica", operator_gpus_per_replica(profile))
         if not self.slo_ttft_ms > 0:
             raise ValueError(f"slo_ttft_ms must be > 0, got {self.slo_ttft_ms!r}")
         if not 0 < self.attainment <= 1:
@@ -124,15 +125,6 @@ class BenchConfig:
         if self.cold_start_s is not None:
             return self.cold_start_s
         return true_cold_start_s(self.seed) if self.true_engine else 120.0
-
-    @property
-    def gpus_per_replica(self) -> int:
-        """GPUs per replica from the operator's own sizing (kiban.sizing) of the profile's model."""
-        prior = self.prior
-        accelerator = next(p for p in BUILTIN_PROFILES if p.name == prior.gpu)
-        sizing = size_gpus(parameters=prior.model_params_b * 1e9, dtype=Dtype.auto, quantization=Quantization.none,
-                           profile=accelerator, gpu_memory_utilization=0.9)
-        return sizing.gpus_per_replica
 
     def fleet(self, initial_replicas: int) -> FleetConfig:
         return FleetConfig(

@@ -5,7 +5,9 @@ Two dashboards:
   model, and the operator's own health;
 - per model (`kiban-model`, variable `model_name`): arrival rate, TTFT and ITL percentiles
   against the SLO, queue and running requests, KV-cache usage, desired vs actual replicas with
-  the reasons a decision was capped, predicted vs observed latency, drift scores.
+  the reasons a decision was capped, predicted vs observed latency, drift scores, and the engine
+  as learned online (fitted step times against the datasheet prior with their sd, the capacity
+  that moves, the learned cold start).
 
 Each panel is first written as a `PanelSpec` (title, unit, PromQL queries) so the same queries
 feed the Grafana JSON, the integration test that runs every query against a real Prometheus,
@@ -108,11 +110,38 @@ def fleet_panels() -> list[PanelSpec]:
                   (Query("max by (model_name, reason) (kiban_scaling_limited)", "{{model_name}} limited by {{reason}}"),
                    Query("min by (model_name) (kiban_metrics_available)", "{{model_name}} metrics available")),
                   width=12, min_value=0, max_value=1),
+        PanelSpec("Gateway requests/s per model",
+                  (Query("sum by (model_name, code) (rate(kiban_gateway_requests_total[$__rate_interval]))",
+                         "{{model_name}} {{code}}"),), unit="reqps", width=12,
+                  description="Requests the Kiban gateway answered, by HTTP status."),
+        PanelSpec("Gateway: held and in flight",
+                  (Query("sum by (model_name) (kiban_gateway_queued_requests)", "{{model_name}} held"),
+                   Query("sum by (model_name) (kiban_gateway_in_flight_requests)", "{{model_name}} in flight")),
+                  width=12, description="Held: waiting for a ready replica (waking from zero)."),
         PanelSpec("Operator reconcile passes",
                   (Query("sum by (result) (rate(kiban_reconcile_total[$__rate_interval]))", "{{result}}"),
                    Query("histogram_quantile(0.95, sum by (le) (rate(kiban_reconcile_duration_seconds_bucket"
                          "[$__rate_interval])))", "p95 duration (s)")),
                   width=12),
+        PanelSpec("Autoscaler pass over every model",
+                  (Query("histogram_quantile(0.99, sum by (le) (rate(kiban_autoscaler_pass_duration_seconds_bucket"
+                         "[$__rate_interval])))", "p99 pass (s)"),
+                   Query("max(kiban_autoscaler_pass_models)", "models per pass")),
+                  width=12, description="One task decides for every model each interval (leader only); a pass "
+                                        "longer than the interval delays the next."),
+        PanelSpec("Prometheus query latency and event-loop lag",
+                  (Query("histogram_quantile(0.99, sum by (le, result) (rate("
+                         "kiban_prometheus_query_duration_seconds_bucket[$__rate_interval])))", "query p99 {{result}}"),
+                   Query("histogram_quantile(0.99, sum by (le) (rate(kiban_event_loop_lag_seconds_bucket"
+                         "[$__rate_interval])))", "event-loop lag p99")),
+                  unit="s", width=12,
+                  description="Queries run on the autoscaler's own executor behind a circuit breaker; lag on the "
+                              "event loop delays every handler and the leader Lease's renewal."),
+        PanelSpec("Leader and writes by field manager",
+                  (Query("max(kiban_leader)", "a leader holds the Lease"),
+                   Query("sum by (field_manager) (rate(kiban_api_writes_total[$__rate_interval]))",
+                         "writes/s {{field_manager}}")),
+                  width=12, description="Exactly one replica leads and writes; a standby's write rate stays 0."),
     ]
 
 
@@ -164,10 +193,57 @@ def model_panels() -> list[PanelSpec]:
                    Query(f"max(kiban_predicted_ttft_p95_seconds{{{M}}})", "predicted p95"),
                    Query(f'max(kiban_slo_ttft_seconds{{{M}, percentile="p95"}})', "SLO p95")),
                   unit="s", dashed=("SLO",)),
+        PanelSpec("Gateway: requests, held, in flight",
+                  (Query(f"sum by (code) (rate(kiban_gateway_requests_total{{{M}}}[$__rate_interval]))", "{{code}}/s"),
+                   Query(f"sum(kiban_gateway_in_flight_requests{{{M}}})", "in flight"),
+                   Query(f"sum(kiban_gateway_queued_requests{{{M}}})", "held (no ready replica)"),
+                   Query(f"sum(increase(kiban_gateway_held_at_zero_requests_total{{{M}}}[$__rate_interval]))",
+                         "held at zero (new)")),
+                  unit="short",
+                  description="What the Kiban gateway answered, has in flight at the engines, and holds while "
+                              "the model has no ready replica (each held request also wakes it from zero)."),
+        PanelSpec("Gateway: wait and first byte",
+                  (*_quantiles(f"kiban_gateway_queue_wait_seconds_bucket{{{M}}}", "held wait")[1:2],
+                   *_quantiles(f"kiban_gateway_time_to_first_byte_seconds_bucket{{{M}}}", "first byte")),
+                  unit="s", description="Time held before forwarding; time to the engine's first bytes, holding included."),
+        PanelSpec("Gateway: routing and upstream errors",
+                  (Query(f"sum by (decision) (rate(kiban_gateway_routing_decisions_total{{{M}}}[$__rate_interval]))",
+                         "{{decision}}"),
+                   Query(f"sum by (kind) (rate(kiban_gateway_upstream_errors_total{{{M}}}[$__rate_interval]))",
+                         "upstream error: {{kind}}"),
+                   Query(f"sum by (reason) (rate(kiban_gateway_rejected_requests_total{{{M}}}[$__rate_interval]))",
+                         "refused: {{reason}}")),
+                  unit="reqps",
+                  description="Routing decisions (least_outstanding, prefix_affinity, prefix_overflow, retry); "
+                              "engine pods that refused a connection or cut a stream; requests the gateway refused."),
         PanelSpec("Drift scores",
                   (Query(f"max by (signal, test) (kiban_drift_score{{{M}}})", "{{signal}} {{test}}"),
                    Query(f"max by (signal) (kiban_drift_detected{{{M}}})", "detected: {{signal}}")),
                   unit="short", dashed=("detected",)),
+        PanelSpec("Engine fit against the datasheet",
+                  (Query(f'max by (parameter) (kiban_engine_parameter_ms{{{M}, estimate="fitted"}}) / '
+                         f'max by (parameter) (kiban_engine_parameter_ms{{{M}, estimate="prior"}})',
+                         "{{parameter}} fitted / prior"),
+                   Query(f'max by (parameter) (kiban_engine_parameter_ms{{{M}, estimate="sd"}}) / '
+                         f'max by (parameter) (kiban_engine_parameter_ms{{{M}, estimate="prior"}})',
+                         "sd / prior: {{parameter}}"),
+                   Query(f"max(kiban_engine_fit_capacity_ratio{{{M}}})", "capacity per replica: fitted / prior")),
+                  unit="short", dashed=("sd",),
+                  description="Each step-time parameter the online fit learned from vLLM's metrics, as a multiple "
+                              "of the datasheet profile's (1 = the prior), its posterior sd on the same scale, and "
+                              "the capacity per replica the fit gives over the prior's at the current token means. "
+                              "An EngineRefit Event marks a move of that capacity by more than 20 %."),
+        PanelSpec("Engine parameters (ms): prior, fitted, sd",
+                  (Query(f"max by (parameter, estimate) (kiban_engine_parameter_ms{{{M}}})",
+                         "{{parameter}} {{estimate}}"),),
+                  kind="stat", unit="ms",
+                  description="alpha: decode step at zero batch; beta: per decoding sequence; gamma: fixed cost "
+                              "of a step that prefills; delta: per prompt token. status.scaling.engine has them too."),
+        PanelSpec("Cold start: prior vs learned",
+                  (Query(f"max by (estimate) (kiban_engine_cold_start_seconds{{{M}}})", "{{estimate}}"),),
+                  unit="s",
+                  description="Creation to Ready of the model's own pods (the slowest recent one of the revision), "
+                              "the look-ahead a scale-up plans with; prior: the engine profile's estimate."),
     ]
 
 

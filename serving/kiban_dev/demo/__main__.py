@@ -19,7 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m kiban_dev.demo", description=__doc__)
     parser.add_argument("--minutes", type=float, default=None,
                         help="stretch or shrink the default load phases to this many minutes of load (default 5)")
-    parser.add_argument("--phases", default=None, help="explicit load phases SECONDS:RPS,... (overrides --minutes)")
+    parser.add_argument("--phases", default=None, help="explicit load phases SECONDS:RPS[:MIX],... with MIX conv or code (overrides --minutes)")
     parser.add_argument("--out", type=Path, default=Path("demo-out"), help="directory for demo.png, summary.json, logs")
     parser.add_argument("--trace", type=Path, default=DEFAULT_TRACE, help="Azure-format trace CSV (default: conv)")
     parser.add_argument("--time-compression", type=float, default=None, help="trace seconds per demo second")
@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"Waiting for the first pod to be scheduled, backed and ready "
                   f"(simulated cold start {config.sim_startup_s:g} s)...", flush=True)
             print(f"First replica ready after {stack.wait_serving(served):.1f} s", flush=True)
+            print(ready_line(stack, stored["metadata"]["name"]), flush=True)
             result = stack.run_load(stored, on_sample=lambda s: print(format_sample(s, result_slo(stored)), flush=True))
             print("Stopping every process...", flush=True)
         result.wall_seconds = time.monotonic() - started
@@ -76,6 +77,18 @@ def main(argv: list[str] | None = None) -> int:
     print("\nSummary\n" + format_summary(result.summary()))
     print(f"Plot: {paths['plot']}  summary: {paths['summary']}  logs: {config.out_dir / 'work'}")
     return 0
+
+
+def ready_line(stack: DemoStack, name: str) -> str:
+    """'Ready=True (...): 1 x nvidia-l4 GPU per replica, AutoSized: ...' from the model's status."""
+    ready = stack.wait_ready_condition(name)
+    status = stack.read_model(name).get("status") or {}
+    resolved = status.get("resolved") or {}
+    gpus = (f"{resolved.get('gpusPerReplica')} x {resolved.get('accelerator')} GPU per replica "
+            f"({resolved.get('sizingReason')}: {resolved.get('sizingMessage')})")
+    if ready is None:
+        return f"FoundationModel {name} not Ready yet; {gpus}"
+    return f"FoundationModel {name} Ready ({ready.get('reason')}: {ready.get('message')}); {gpus}"
 
 
 def result_slo(stored: dict) -> float:

@@ -2,12 +2,17 @@
 
 kwok plays the kubelet, so a "Running" pod of a FoundationModel runs nothing. The backer watches
 those pods (label app.kubernetes.io/managed-by=kiban plus kiban.dev/model) and, while a pod is
-Running and not being deleted, keeps one simulator process for it on a loopback port, started
-with what the pod's own spec says (served model name and --max-num-seqs from the vLLM args, the
-engine profile from the accelerator-profile and model-parameters annotations). For each backed
-pod it writes a Prometheus file_sd JSON file carrying the pod's identity (namespace, pod,
-foundationmodel, model_name), which is how a PodMonitor would label the same target in a real
-cluster. When the pod stops Running or goes away, the process is stopped and its file removed.
+Running and not being deleted, keeps one simulator process for it listening on the pod's own IP
+and port (the dev cluster gives pods loopback IPs, kiban_dev.devcluster.cluster), started with
+what the pod's own spec says (served model name and --max-num-seqs from the vLLM args, the
+engine profile from the accelerator-profile and model-parameters annotations, VLLM_API_KEY from
+the Secret its env names). It also plays the kubelet's readiness probe: the pod's Ready
+condition is set False when its simulator starts and True once the simulator's /health answers
+200, so a pod is Ready exactly when its engine would serve (kwok alone marks it Ready at once).
+For each backed pod it writes a Prometheus file_sd JSON file carrying the pod's identity
+(namespace, pod, foundationmodel, model_name), which is how a PodMonitor would label the same
+target in a real cluster. When the pod stops Running or goes away, the process is stopped and
+its file removed.
 
 Pure parts (`backing_for_pod`, `file_sd_document`, `profile_name_for`) are separate from the
 `PodBacker`, the one class here that starts processes, watches the API and writes files.
@@ -43,6 +48,7 @@ log = logging.getLogger("kiban_dev.demo.backer")
 ENGINE_POD_SELECTOR = f"app.kubernetes.io/managed-by=kiban,{MODEL_LABEL}"
 ENGINE_CONTAINER = "vllm"
 HEALTH_POLL_SECONDS = 0.5
+FAILURE_THRESHOLD = 3  # a readiness probe's default failureThreshold: one slow answer is not "unready"
 
 
 class BackingError(ValueError):
@@ -60,6 +66,10 @@ class Backing:
     served_model_name: str
     engine_profile: str  # kiban.capacity.profiles key, e.g. nvidia-l4/8B
     max_num_seqs: int | None
+    host: str = "127.0.0.1"  # the pod's IP
+    port: int = 8000  # the engine container's port
+    api_key_secret: tuple[str, str] | None = None  # (Secret, key) the engine's VLLM_API_KEY comes from
+    lora_modules: tuple[str, ...] = ()  # --lora-modules NAME=PATH values of the pod's args
 
     @property
     def key(self) -> str:
@@ -93,8 +103,18 @@ def profile_name_for(accelerator_profile: str, parameters: str) -> str:
 
 
 def pod_is_serving(pod: Mapping) -> bool:
-    """Running and not being deleted: the pod's engine would be up (or starting)."""
-    return _get(pod, "status", "phase") == "Running" and not _get(pod, "metadata", "deletionTimestamp")
+    """Running with an IP and not being deleted: the pod's engine would be up (or starting)."""
+    return (_get(pod, "status", "phase") == "Running" and bool(_get(pod, "status", "podIP"))
+            and not _get(pod, "metadata", "deletionTimestamp"))
+
+
+def api_key_secret(container: Mapping) -> tuple[str, str] | None:
+    """(Secret, key) of the container's VLLM_API_KEY, when it comes from a Secret."""
+    for var in container.get("env") or ():
+        ref = _get(var, "valueFrom", "secretKeyRef")
+        if var.get("name") == "VLLM_API_KEY" and ref:
+            return ref.get("name"), ref.get("key")
+    return None
 
 
 def backing_for_pod(pod: Mapping) -> Backing:
@@ -125,10 +145,29 @@ def backing_for_pod(pod: Mapping) -> Backing:
     seqs = arg_value(args, "--max-num-seqs")
     if seqs is not None and not seqs.isdigit():
         raise BackingError(f"pod {name}: --max-num-seqs must be an integer, got {seqs!r}")
+    host = _get(pod, "status", "podIP")
+    if not host:
+        raise BackingError(f"pod {name}: status.podIP is not set yet")
+    port = next((p.get("containerPort") for p in engine.get("ports") or () if p.get("name") == "http"), 8000)
     return Backing(
         namespace=meta["namespace"], pod=meta["name"], uid=meta.get("uid", ""), foundation_model=model,
         served_model_name=served, engine_profile=profile, max_num_seqs=int(seqs) if seqs else None,
+        host=host, port=int(port), api_key_secret=api_key_secret(engine), lora_modules=lora_modules(args),
     )
+
+
+def lora_modules(args: Sequence[str]) -> tuple[str, ...]:
+    """The NAME=PATH values after --lora-modules in a vLLM argument list."""
+    out: list[str] = []
+    taking = False
+    for arg in args:
+        if arg == "--lora-modules":
+            taking = True
+        elif arg.startswith("-"):
+            taking = False
+        elif taking:
+            out.append(arg)
+    return tuple(out)
 
 
 def target_labels(backing: Backing) -> dict[str, str]:
@@ -159,6 +198,7 @@ class BackedPod:
     process: SimulatorProcess
     started_monotonic: float
     healthy: bool = False
+    failures: int = 0  # consecutive failed health checks
 
     @property
     def url(self) -> str:
@@ -323,9 +363,19 @@ class PodBacker:
                 "--seed", str(seed_for(backing)), "--log-level", "WARNING", *self.extra_sim_args]
         if backing.max_num_seqs is not None:
             args += ["--max-num-seqs", str(backing.max_num_seqs)]
-        process = SimulatorProcess(backing.served_model_name, backing.engine_profile, args,
-                                   log_path=self.log_dir / f"sim-{backing.key}.log").start()
+        if backing.lora_modules:
+            args += ["--lora-modules", *backing.lora_modules]
+        env = dict(os.environ)
+        env.pop("VLLM_API_KEY", None)
+        if backing.api_key_secret is not None:
+            key = self._secret_value(backing.namespace, *backing.api_key_secret)
+            if key is not None:
+                env["VLLM_API_KEY"] = key
+        process = SimulatorProcess(backing.served_model_name, backing.engine_profile, args, host=backing.host,
+                                   port=backing.port, log_path=self.log_dir / f"sim-{backing.key}.log",
+                                   env=env).start()
         backed = BackedPod(backing, process, time.monotonic())
+        self._set_ready(backing, False)
         self._backed[uid] = backed
         self.started_total += 1
         self.started_pids.add(process.process.pid)
@@ -341,6 +391,36 @@ class PodBacker:
         log.info("Stopped simulator for pod pod=%s namespace=%s reason=%r",
                  backed.backing.pod, backed.backing.namespace, why)
 
+    def _secret_value(self, namespace: str, name: str, key: str) -> str | None:
+        """The Secret's value under key, as the kubelet would put it in the env (None when missing)."""
+        import base64
+
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            secret = client.CoreV1Api(self.api_client).read_namespaced_secret(name, namespace)
+        except ApiException as exc:
+            log.warning("Cannot read Secret %s/%s for a simulator's VLLM_API_KEY: %s", namespace, name, exc.status)
+            return None
+        encoded = (secret.data or {}).get(key)
+        return base64.b64decode(encoded).decode() if encoded else None
+
+    def _set_ready(self, backing: Backing, ready: bool) -> None:
+        """The kubelet's readiness result: the pod's Ready and ContainersReady conditions."""
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
+        value = "True" if ready else "False"
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        patch = {"status": {"conditions": [
+            {"type": t, "status": value, "lastTransitionTime": now} for t in ("Ready", "ContainersReady")]}}
+        try:
+            client.CoreV1Api(self.api_client).patch_namespaced_pod_status(backing.pod, backing.namespace, patch)
+        except ApiException as exc:
+            if exc.status != 404:  # a deleted pod needs no readiness
+                log.warning("Failed to set pod readiness pod=%s ready=%s status=%s", backing.pod, ready, exc.status)
+
     def _write_file_sd(self, backing: Backing, address: str) -> None:
         path = self.file_sd_dir / f"{backing.key}.json"
         staging = path.with_suffix(".json.tmp")
@@ -350,7 +430,7 @@ class PodBacker:
     def _remove_file_sd(self, backing: Backing) -> None:
         (self.file_sd_dir / f"{backing.key}.json").unlink(missing_ok=True)
 
-    # ---- health: the readiness probe's stand-in, for the router ---------------------------
+    # ---- health: the kubelet readiness probe's stand-in ------------------------------------
     def _health_loop(self) -> None:
         while not self._stopping.wait(HEALTH_POLL_SECONDS):
             for backed in self.backed():
@@ -360,7 +440,13 @@ class PodBacker:
                     if self._backed.get(backed.backing.uid) is not backed:
                         continue  # unbacked while we were asking: its exit was ours
                     was = backed.healthy
-                    backed.healthy = status == 200 and not exited
+                    backed.failures = 0 if status == 200 else backed.failures + 1
+                    if exited or (status != 200 and (not was or backed.failures >= FAILURE_THRESHOLD)):
+                        backed.healthy = False
+                    elif status == 200:
+                        backed.healthy = True
+                if backed.healthy != was:
+                    self._set_ready(backed.backing, backed.healthy)
                 if backed.healthy and not was:
                     log.info("Simulator became ready pod=%s namespace=%s after_seconds=%.1f", backed.backing.pod,
                              backed.backing.namespace, time.monotonic() - backed.started_monotonic)

@@ -1,15 +1,16 @@
-"""The demo's picture: load, replicas and TTFT p95 against the SLO over time (matplotlib, no display)."""
+"""The demo's picture (matplotlib, no display): load with its phases, replicas desired and ready,
+TTFT against the SLO, and the capacity model's predicted TTFT p95 against the observed one."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
-from kiban_dev.demo.record import DemoResult
+from kiban_dev.demo.record import PHASE_NAMES, DemoResult
 
 
 def plot_demo(result: DemoResult, path: Path, window_s: float = 10.0) -> Path:
-    """Three panels sharing the time axis; written as PNG to `path`."""
+    """Four panels sharing the time axis; written as PNG to `path`."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -20,8 +21,18 @@ def plot_demo(result: DemoResult, path: Path, window_s: float = 10.0) -> Path:
     samples = result.samples
     end = max([s.time_s for s in samples] + [result.config.load_seconds])
     grid = [window_s * i for i in range(1, int(end // window_s) + 2)]
-    fig, (load_ax, replica_ax, ttft_ax) = plt.subplots(3, 1, figsize=(10, 8.5), sharex=True)
-    fig.suptitle(f"Kiban demo: {result.model} on simulated NVIDIA L4, Azure conversation trace", fontsize=12)
+    fig, (load_ax, replica_ax, ttft_ax, model_ax) = plt.subplots(4, 1, figsize=(10, 11), sharex=True)
+    fig.suptitle(f"Kiban demo: {result.model} on simulated NVIDIA L4, Azure conversation then code trace", fontsize=12)
+
+    start = 0.0
+    names = PHASE_NAMES if len(PHASE_NAMES) == len(result.config.phases) else [None] * len(result.config.phases)
+    for index, (phase, label) in enumerate(zip(result.config.phases, names)):
+        for ax in (load_ax, replica_ax, ttft_ax, model_ax):
+            if index % 2:
+                ax.axvspan(start, start + phase.duration_s, color="0.93", lw=0)
+        load_ax.text(start + phase.duration_s / 2, 1.0, label or phase.mix, transform=load_ax.get_xaxis_transform(),
+                     ha="center", va="bottom", fontsize=7)
+        start += phase.duration_s
 
     load_ax.plot(grid, [windowed_rate(result.offered_arrivals_s, t, window_s) for t in grid],
                  drawstyle="steps-post", color="tab:blue", label=f"offered load ({window_s:g} s windows)")
@@ -29,17 +40,17 @@ def plot_demo(result: DemoResult, path: Path, window_s: float = 10.0) -> Path:
     if seen:
         load_ax.plot(*zip(*seen), "o-", ms=3, color="tab:orange", label="arrival rate the autoscaler saw")
     load_ax.set_ylabel("requests / s")
-    load_ax.legend(loc="upper left", fontsize=8)
+    load_ax.legend(loc="upper right", fontsize=8)
     load_ax.grid(alpha=0.3)
 
     times = [s.time_s for s in samples]
     replica_ax.plot(times, [s.desired_replicas or 0 for s in samples], drawstyle="steps-post", lw=2,
-                    color="tab:purple", label="Deployment replicas (operator)")
+                    color="tab:purple", label="desired (Deployment replicas the operator set)")
     replica_ax.plot(times, [s.sims_ready for s in samples], drawstyle="steps-post", color="tab:green",
                     label="ready (simulator /health 200)")
     replica_ax.set_ylabel("replicas")
     replica_ax.yaxis.get_major_locator().set_params(integer=True)
-    replica_ax.legend(loc="upper left", fontsize=8)
+    replica_ax.legend(loc="upper right", fontsize=8)
     replica_ax.grid(alpha=0.3)
 
     client = ttft_p95_by_window(result.results, window_s)
@@ -50,12 +61,30 @@ def plot_demo(result: DemoResult, path: Path, window_s: float = 10.0) -> Path:
     if prom:
         ttft_ax.plot(*zip(*prom), ".", color="tab:gray", label="TTFT p95, Prometheus (engines, 30 s rate)")
     if not math.isnan(result.slo_ttft_ms):
-        ttft_ax.axhline(result.slo_ttft_ms, color="black", ls="--", lw=1, label=f"SLO {result.slo_ttft_ms:g} ms")
+        for ax in (ttft_ax, model_ax):
+            ax.axhline(result.slo_ttft_ms, color="black", ls="--", lw=1, label=f"SLO {result.slo_ttft_ms:g} ms")
     ttft_ax.set_ylabel("TTFT p95 (ms)")
-    ttft_ax.set_xlabel("seconds since the load started")
     ttft_ax.set_yscale("log")
-    ttft_ax.legend(loc="upper left", fontsize=8)
+    ttft_ax.legend(loc="upper right", fontsize=8)
     ttft_ax.grid(alpha=0.3, which="both")
+
+    predicted = [(s.time_s, s.predicted_ttft_p95_ms) for s in samples
+                 if s.predicted_ttft_p95_ms is not None and math.isfinite(s.predicted_ttft_p95_ms)]
+    if predicted:
+        model_ax.plot(*zip(*predicted), drawstyle="steps-post", color="tab:cyan",
+                      label="capacity model: predicted TTFT p95 at the desired replicas")
+    if prom:
+        model_ax.plot(*zip(*prom), ".", color="tab:gray", label="observed TTFT p95 (Prometheus)")
+    for event in result.drift_events():
+        for ax in (load_ax, model_ax):
+            ax.axvline(event["time_s"], color="tab:brown", lw=1.5)
+        model_ax.text(event["time_s"], 0.95, " DriftDetected: re-fit", transform=model_ax.get_xaxis_transform(),
+                      color="tab:brown", fontsize=8, va="top")
+    model_ax.set_ylabel("TTFT p95 (ms)")
+    model_ax.set_yscale("log")
+    model_ax.set_xlabel("seconds since the load started")
+    model_ax.legend(loc="upper right", fontsize=8)
+    model_ax.grid(alpha=0.3, which="both")
 
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

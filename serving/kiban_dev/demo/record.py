@@ -17,11 +17,17 @@ from kiban_serving.loadgen.report import Report
 REPO = Path(__file__).resolve().parents[3]
 DEFAULT_MODEL = REPO / "examples" / "model.yaml"
 DEFAULT_TRACE = Path(os.environ.get("KIBAN_DEMO_TRACE") or trace_path("conv.csv"))
+DEFAULT_CODE_TRACE = Path(os.environ.get("KIBAN_DEMO_CODE_TRACE") or trace_path("code.csv"))
 
-# Rises from one replica's worth to about four, then falls back so a scale-down shows too.
-# Rates are sized for nvidia-l4/8B on the conversation trace: at the 500 ms TTFT p95 target the
-# capacity model (kiban.capacity.batching) gives one replica only ~0.15-0.3 req/s of its prompts.
-DEMO_PHASES = (Phase(40, 0.15), Phase(50, 0.35), Phase(50, 0.6), Phase(50, 0.9), Phase(80, 0.1))
+# The story: a ramp, a burst, a plateau, a fall, then a switch from the conversation mix to the
+# code mix (long prompts, short outputs). Rates are sized for nvidia-l4/8B at the example's
+# TTFT p95 <= 3 s, where one replica holds about 1 req/s of the conversation mix (measured in
+# the demo; the capacity model says 1-1.5), so the ramp asks for a second replica before the
+# burst and the fall for one. The code trace arrives in bursts minutes apart, so its phase keeps
+# the code mix's token counts, in order, on Poisson arrivals.
+DEMO_PHASES = (Phase(40, 0.3), Phase(30, 0.7), Phase(30, 1.0), Phase(20, 1.6), Phase(50, 1.0), Phase(50, 0.15),
+               Phase(80, 0.6, "code", poisson=True))
+PHASE_NAMES = ("warm-up", "ramp", "ramp", "burst", "plateau", "fall", "mix switch (code)")
 
 
 @dataclass(frozen=True)
@@ -30,6 +36,7 @@ class DemoConfig:
 
     phases: tuple[Phase, ...] = DEMO_PHASES
     trace_path: Path = DEFAULT_TRACE
+    code_trace_path: Path = DEFAULT_CODE_TRACE
     time_compression: float = 2.0  # trace seconds per demo second
     trace_rows: int = 20_000
     model_manifest: Path = DEFAULT_MODEL
@@ -43,6 +50,18 @@ class DemoConfig:
     max_concurrency: int = 512
     seed: int = 0
     out_dir: Path = Path("demo-out")
+    # Drift at demo scale: 30 s windows (the CRD's minimum), a 60 s rolling reference, and the
+    # operator's overrides for windows of ~15-40 requests (see docs/demo.md for how they were set)
+    drift_window_s: int = 30
+    drift_reference_s: int = 60
+    drift_min_samples: int = 15
+    drift_psi_threshold: float = 8.0
+    drift_js_threshold: float = 0.5
+    token_window_s: float = 60.0  # the capacity model's token means: steadier than the 20 s rate window
+
+    @property
+    def traces(self) -> dict[str, Path]:
+        return {"conv": self.trace_path, "code": self.code_trace_path}
 
     def __post_init__(self) -> None:
         if not self.phases:
@@ -74,6 +93,10 @@ class Sample:
     observed_rps: float | None  # status.scaling.arrivalRateRps, what the autoscaler saw
     prom_ttft_p95_ms: float | None  # histogram_quantile over the engines' TTFT buckets
     reason: str | None
+    predicted_ttft_p95_ms: float | None = None  # status.scaling: the capacity model at desiredReplicas
+    drift_detected: bool | None = None  # status.drift.detected
+    drift_message: str | None = None
+    mix: str | None = None  # the phase's request mix at this time
 
 
 @dataclass
@@ -90,16 +113,42 @@ class DemoResult:
     offered_arrivals_s: list[float] = field(default_factory=list)
     wall_seconds: float = 0.0
     stopped_early: bool = False
-    requests_by_backend: dict[str, int] = field(default_factory=dict)  # what the ServiceRouter forwarded
+    requests_by_backend: dict[str, int] = field(default_factory=dict)  # requests each engine pod finished (Prometheus)
+    gpus_per_replica: int = 1
+    kubectl_get: str = ""  # `kubectl get fm,deploy,pods` at the end of the load
 
     @property
     def events(self) -> list[ScaleEvent]:
         return scale_events([(s.time_s, s.desired_replicas, s.reason) for s in self.samples])
 
+    def drift_events(self) -> list[dict[str, Any]]:
+        """Each new drift finding (DriftDetected turning true, or its message changing while true),
+        with the scaling reason one sample later: the capacity model after the re-fit."""
+        out, before = [], None
+        for index, sample in enumerate(self.samples):
+            message = sample.drift_message if sample.drift_detected else None
+            if message and message != before:
+                after = next((s.reason for s in self.samples[index + 1:] if s.reason), sample.reason)
+                out.append({"time_s": sample.time_s, "mix": sample.mix, "message": message, "reason_after": after})
+            before = message
+        return out
+
+    def gpu_hours(self) -> tuple[float, float]:
+        """(GPU-hours the fleet held over the load, a static fleet sized for its peak) from the samples."""
+        from kiban_dev.demo.schedule import gpu_hours
+
+        steps = [(s.time_s, s.desired_replicas or 0) for s in self.samples]
+        if not steps:
+            return 0.0, 0.0
+        end = max(self.config.load_seconds, steps[-1][0])
+        peak = max(r for _, r in steps)
+        return gpu_hours(steps, end, self.gpus_per_replica), peak * self.gpus_per_replica * end / 3600.0
+
     def summary(self) -> dict[str, Any]:
         report = self.report
         ups = [e for e in self.events if e.to_replicas > e.from_replicas]
         downs = [e for e in self.events if e.to_replicas < e.from_replicas]
+        used, static = self.gpu_hours()
         return {
             "model": self.model,
             "requests": report.requests if report else 0,
@@ -114,8 +163,12 @@ class DemoResult:
             "scale_ups": len(ups),
             "scale_downs": len(downs),
             "scale_events": [asdict(e) for e in self.events],
+            "drift_events": self.drift_events(),
+            "gpu_hours": round(used, 4),
+            "static_peak_gpu_hours": round(static, 4),
             "load_seconds": self.config.load_seconds,
             "wall_seconds": round(self.wall_seconds, 1),
+            "kubectl_get": self.kubectl_get,
         }
 
 
@@ -124,10 +177,12 @@ def format_sample(sample: Sample, slo_ttft_ms: float) -> str:
     def num(value: float | None, spec: str) -> str:
         return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
 
-    return (f"[{sample.time_s:5.0f}s] replicas {num(sample.desired_replicas, 'd')} desired / "
+    drift = " | DriftDetected" if sample.drift_detected else ""
+    return (f"[{sample.time_s:5.0f}s {sample.mix or '':>4}] replicas {num(sample.desired_replicas, 'd')} desired / "
             f"{sample.sims_ready} ready | load {sample.offered_rps:4.2f} req/s "
             f"(autoscaler saw {num(sample.observed_rps, '.2f')}) | TTFT p95 {num(sample.prom_ttft_p95_ms, '.0f')} ms "
-            f"(SLO {slo_ttft_ms:g}) | {sample.reason or 'no scaling decision yet'}")
+            f"(SLO {slo_ttft_ms:g}, predicted {num(sample.predicted_ttft_p95_ms, '.0f')}){drift} | "
+            f"{sample.reason or 'no scaling decision yet'}")
 
 
 def _ms(value: float | None) -> str:
@@ -142,11 +197,19 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"TTFT p50 {_ms(summary['ttft_p50_ms'])} ms, p95 {_ms(summary['ttft_p95_ms'])} ms; "
         f"SLO TTFT <= {summary['slo_ttft_p95_ms']:g} ms met by "
         f"{'-' if attainment is None else f'{attainment * 100:.1f} %'} of requests",
+        f"GPU-hours {summary['gpu_hours']:.3f} against {summary['static_peak_gpu_hours']:.3f} for a static fleet "
+        f"sized for the peak ({summary['max_replicas']} replicas the whole run)",
         f"max replicas {summary['max_replicas']} (ready {summary['max_ready_replicas']}); "
         f"{summary['scale_ups']} scale-ups, {summary['scale_downs']} scale-downs",
     ]
     for event in summary["scale_events"]:
         lines.append(f"  t={event['time_s']:.0f}s {event['from_replicas']} -> {event['to_replicas']}: {event['reason']}")
+    for event in summary.get("drift_events", []):
+        lines.append(f"DriftDetected at t={event['time_s']:.0f}s ({event['mix']} mix): {event['message']}")
+        lines.append(f"  re-fit: {event['reason_after']}")
+    if summary.get("kubectl_get"):
+        lines.append("$ kubectl get fm,deploy,pods")
+        lines.append(summary["kubectl_get"].rstrip())
     return "\n".join(lines)
 
 

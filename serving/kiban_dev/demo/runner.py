@@ -2,11 +2,12 @@
 
 DemoStack (a context manager) brings up, in order: the dev control plane (real etcd,
 kube-apiserver, controller-manager, scheduler; kwok GPU nodes), the CRDs from crds/, Prometheus
-(scraping the backed pods through file_sd, and the operator), the PodBacker (one kiban-sim per
-Running engine pod), and the operator itself (`python -m kiban run`) as a child process pointed
-at that Prometheus. `apply_model()` applies examples/model.yaml; `run_load()` starts the
-ServiceRouter and replays the trace ramp while sampling what the operator decides. Leaving the
-context stops everything in reverse order, on success, error or Ctrl-C.
+(scraping the backed pods through file_sd, the operator and the gateway), the PodBacker (one
+kiban-sim per Running engine pod, on the pod's own loopback IP), the operator itself
+(`python -m kiban run`, models exposed through the gateway by default) and the Kiban gateway
+(`python -m kiban gateway`), as child processes. `apply_model()` applies examples/model.yaml;
+`run_load()` replays the trace ramp through the gateway while sampling what the operator
+decides. Leaving the context stops everything in reverse order, on success, error or Ctrl-C.
 """
 
 from __future__ import annotations
@@ -25,13 +26,12 @@ from pathlib import Path
 
 import yaml
 
-from kiban_dev.devcluster import ControlPlane, PrometheusServer, tool_path
+from kiban_dev.devcluster import ControlPlane, PrometheusServer, tool_path, wait_crds_established
 from kiban_dev.devcluster.processes import Component, free_port, pid_alive, start_component, stop_components
 from kiban_dev.devcluster.prometheus import build_config
 from kiban_dev.demo.backer import PodBacker
-from kiban_dev.demo.router import ServiceRouter
 from kiban_dev.demo.record import DemoConfig, DemoResult, Sample
-from kiban_dev.demo.schedule import ramp, windowed_rate
+from kiban_dev.demo.schedule import phase_at, ramp, windowed_rate
 from kiban_serving.loadgen.client import replay
 from kiban_serving.loadgen.report import summarize
 from kiban_serving.loadgen.trace import read_azure_trace
@@ -42,8 +42,9 @@ REPO = Path(__file__).resolve().parents[3]
 FM_GROUP, FM_VERSION, FM_PLURAL = "kiban.dev", "v1alpha1", "foundationmodels"
 ENGINE_JOB = "vllm"
 
-def prometheus_config(file_sd_dir: Path, scrape_interval: str, operator_metrics: str | None) -> dict:
-    """Engines from file_sd (their own model_name label wins: honor_labels), plus the operator."""
+def prometheus_config(file_sd_dir: Path, scrape_interval: str, operator_metrics: str | None,
+                      gateway_metrics: str | None = None) -> dict:
+    """Engines from file_sd (their own model_name label wins: honor_labels), plus the operator and the gateway."""
     jobs: list[dict] = [{
         "job_name": ENGINE_JOB,
         "honor_labels": True,
@@ -51,15 +52,26 @@ def prometheus_config(file_sd_dir: Path, scrape_interval: str, operator_metrics:
     }]
     if operator_metrics:
         jobs.append({"job_name": "kiban-operator", "static_configs": [{"targets": [operator_metrics]}]})
+    if gateway_metrics:
+        jobs.append({"job_name": "kiban-gateway", "honor_labels": True,
+                     "static_configs": [{"targets": [gateway_metrics]}]})
     return build_config(jobs, scrape_interval)
 
 
-def model_manifest(path: Path, namespace: str, stabilization_window_s: int) -> dict:
-    """examples/model.yaml in `namespace`, with the demo's short scale-down window."""
+def model_manifest(path: Path, namespace: str, stabilization_window_s: int,
+                   drift: dict | None = None) -> dict:
+    """examples/model.yaml in `namespace`, with the demo's short scale-down window and drift windows."""
     body = yaml.safe_load(path.read_text())
     body.setdefault("metadata", {})["namespace"] = namespace
     body["spec"].setdefault("scaling", {})["stabilizationWindowSeconds"] = stabilization_window_s
+    if drift is not None:
+        body["spec"]["drift"] = {**(body["spec"].get("drift") or {}), **drift}
     return body
+
+
+def demo_drift_spec(config: DemoConfig) -> dict:
+    return {"enabled": True, "windowSeconds": config.drift_window_s,
+            "referenceWindowSeconds": config.drift_reference_s, "jsDivergenceThreshold": config.drift_js_threshold}
 
 
 class DemoStack:
@@ -76,6 +88,8 @@ class DemoStack:
         self.prometheus: PrometheusServer | None = None
         self.backer: PodBacker | None = None
         self.operator: Component | None = None
+        self.gateway: Component | None = None
+        self.gateway_url = ""
         self.api = None
         self.all_pids: set[int] = set()  # every process this stack started, for the "none left" check
         self.sim_pids: set[int] = set()  # the backer's simulators (the backer adds to this set)
@@ -113,10 +127,10 @@ class DemoStack:
         self._install_crds()
         if self._create_namespace:
             self._ensure_namespace()
-        operator_port = free_port()
+        operator_port, gateway_port, gateway_admin_port = free_port(), free_port(), free_port()
         self.prometheus = PrometheusServer(workdir=self.workdir / "prometheus", scrape_interval=self.config.scrape_interval)
         self.prometheus.config = prometheus_config(self.prometheus.file_sd_dir, self.config.scrape_interval,
-                                                   f"127.0.0.1:{operator_port}")
+                                                   f"127.0.0.1:{operator_port}", f"127.0.0.1:{gateway_admin_port}")
         self.prometheus.start()
         self.all_pids.add(self.prometheus.pid)
         self.backer = PodBacker(self.api, self.prometheus.file_sd_dir, self.workdir / "sims",
@@ -131,15 +145,30 @@ class DemoStack:
             "KUBECONFIG": str(self.kubeconfig),
             "KIBAN_PROMETHEUS_URL": self.prometheus.url,
             "KIBAN_AUTOSCALE_INTERVAL_SECONDS": f"{self.config.autoscale_interval_s:g}",
+            "KIBAN_GATEWAY_DEFAULT": "true",
+            "KIBAN_GATEWAY_URL": f"http://127.0.0.1:{gateway_port}",
+            "KIBAN_DRIFT_MIN_SAMPLES": str(self.config.drift_min_samples),
+            "KIBAN_DRIFT_PSI_THRESHOLD": f"{self.config.drift_psi_threshold:g}",
+            "KIBAN_TOKEN_WINDOW_SECONDS": f"{self.config.token_window_s:g}",
             "PYTHONUNBUFFERED": "1",
         })
         self.all_pids.add(self.operator.pid)
+        self.gateway = start_component("kiban-gateway", [
+            sys.executable, "-m", "kiban", "gateway", "--kubeconfig", str(self.kubeconfig), "-n", self.config.namespace,
+            "--host", "127.0.0.1", "--port", str(gateway_port), "--admin-host", "127.0.0.1",
+            "--admin-port", str(gateway_admin_port), "--pod-name", "demo-gateway",
+        ], self.workdir / "logs", env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.all_pids.add(self.gateway.pid)
+        self.gateway_url = f"http://127.0.0.1:{gateway_port}"
         self.echo(f"Up in {time.monotonic() - started:.1f} s: Prometheus {self.prometheus.url}, operator pid "
-                  f"{self.operator.pid} (log {self.operator.log_path}), namespace {self.config.namespace}")
+                  f"{self.operator.pid} (log {self.operator.log_path}), gateway {self.gateway_url}, "
+                  f"namespace {self.config.namespace}")
 
     def stop(self) -> None:
         """Stop in reverse order; each step runs even when an earlier one failed."""
         steps: list[tuple[str, Callable[[], None]]] = []
+        if self.gateway is not None:
+            steps.append(("gateway", lambda: stop_components([self.gateway])))
         if self.operator is not None:
             steps.append(("operator", lambda: stop_components([self.operator])))
         if self.backer is not None:
@@ -155,23 +184,42 @@ class DemoStack:
                 step()
             except Exception as exc:  # noqa: BLE001 - keep stopping the rest
                 log.warning("Failed to stop %s: %r", name, exc)
-        self.operator = self.backer = self.prometheus = self.api = self.control_plane = None
+        self.gateway = self.operator = self.backer = self.prometheus = self.api = self.control_plane = None
 
     def live_pids(self) -> list[int]:
         """Processes this stack started that are still alive (empty after stop())."""
         return sorted(pid for pid in self.all_pids | self.sim_pids if pid_alive(pid))
 
     # ---- cluster steps --------------------------------------------------------------------
-    def _kubectl(self, *args: str) -> None:
+    def _kubectl(self, *args: str) -> str:
         done = subprocess.run([str(tool_path("kubectl")), f"--kubeconfig={self.kubeconfig}", *args],
                               capture_output=True, text=True, timeout=90)
         if done.returncode != 0:
             raise RuntimeError(f"kubectl {' '.join(args)} failed: {done.stderr.strip()}")
+        return done.stdout
+
+    def kubectl_get(self) -> str:
+        """`kubectl get fm,deploy,pods` in the demo's namespace, as a person would type it."""
+        try:
+            return self._kubectl("get", "fm,deploy,pods", "-n", self.config.namespace)
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            return f"(kubectl get failed: {exc})"
+
+    def wait_ready_condition(self, name: str, timeout_s: float = 60.0) -> dict | None:
+        """The model's Ready condition once it is True (None if it is not within timeout_s)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            conditions = (self.read_model(name).get("status") or {}).get("conditions") or []
+            ready = next((c for c in conditions if c.get("type") == "Ready"), None)
+            if ready and ready.get("status") == "True":
+                return ready
+            time.sleep(0.5)
+        return None
 
     def _install_crds(self) -> None:
         for path in sorted((REPO / "crds").glob("*.yaml")):
             self._kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
-        self._kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
+        wait_crds_established(self.kubeconfig)
 
     def _ensure_namespace(self) -> None:
         from kubernetes import client
@@ -197,12 +245,13 @@ class DemoStack:
         """Create the FoundationModel from the manifest; return what the API server stored."""
         from kubernetes import client
 
-        body = model_manifest(self.config.model_manifest, self.config.namespace, self.config.stabilization_window_s)
+        body = model_manifest(self.config.model_manifest, self.config.namespace, self.config.stabilization_window_s,
+                              demo_drift_spec(self.config))
         custom = client.CustomObjectsApi(self.api)
         stored = custom.create_namespaced_custom_object(FM_GROUP, FM_VERSION, self.config.namespace, FM_PLURAL, body)
         self.echo(f"Applied FoundationModel {self.config.namespace}/{stored['metadata']['name']} "
                   f"from {self.config.model_manifest.name} (stabilizationWindowSeconds "
-                  f"{self.config.stabilization_window_s} for the demo)")
+                  f"{self.config.stabilization_window_s} and {self.config.drift_window_s} s drift windows for the demo)")
         return stored
 
     def delete_model(self, name: str, timeout_s: float = 30.0) -> None:
@@ -257,7 +306,7 @@ class DemoStack:
     # ---- the load -------------------------------------------------------------------------
     def run_load(self, stored_model: dict, on_sample: Callable[[Sample], None] | None = None,
                  stop_when: Callable[[list[Sample]], bool] | None = None) -> DemoResult:
-        """Replay the ramp through the ServiceRouter, sampling every config.sample_every_s.
+        """Replay the ramp through the Kiban gateway, sampling every config.sample_every_s.
 
         `stop_when(samples)` returning True ends the load early (in-flight requests are
         cancelled and the result has no client report): the short e2e form uses it.
@@ -271,16 +320,17 @@ class DemoStack:
         name = stored["metadata"]["name"]
         served = (stored["spec"].get("model") or {}).get("servedModelName") or name
         slo = float(((stored["spec"].get("scaling") or {}).get("slo") or {}).get("ttftP95Ms") or math.nan)
-        trace = read_azure_trace(config.trace_path, max_rows=config.trace_rows)
-        requests = ramp(trace, config.phases, config.time_compression, seed=config.seed)
+        mixes = {p.mix for p in config.phases}
+        traces = {mix: read_azure_trace(path, max_rows=config.trace_rows)
+                  for mix, path in config.traces.items() if mix in mixes}
+        requests = ramp(traces, config.phases, config.time_compression, seed=config.seed)
         result = DemoResult(config, name, served, slo, offered_arrivals_s=[r.arrival_s for r in requests])
-        router = await ServiceRouter(lambda: self.backer.ready_urls(served)).start()
-        self.echo(f"Replaying {len(requests)} requests from {config.trace_path.name} over {config.load_seconds:.0f} s "
-                  f"(phases {', '.join(f'{p.duration_s:g}s@{p.rate_rps:g}rps' for p in config.phases)}, trace time "
-                  f"compressed {config.time_compression:g}x) through the service router {router.url}")
+        self.echo(f"Replaying {len(requests)} requests of the Azure {'/'.join(sorted(mixes))} traces over "
+                  f"{config.load_seconds:.0f} s (phases {', '.join(f'{p.duration_s:g}s@{p.rate_rps:g}rps {p.mix}' for p in config.phases)}, "
+                  f"trace time compressed {config.time_compression:g}x) through the Kiban gateway {self.gateway_url}")
         started = time.monotonic()
         loop = asyncio.get_running_loop()
-        replay_task = asyncio.create_task(replay(router.url, served, requests, max_concurrency=config.max_concurrency,
+        replay_task = asyncio.create_task(replay(self.gateway_url, served, requests, max_concurrency=config.max_concurrency,
                                                  request_timeout_s=config.request_timeout_s))
         try:
             while not replay_task.done():
@@ -299,8 +349,10 @@ class DemoStack:
             if not replay_task.done():
                 replay_task.cancel()
                 await asyncio.gather(replay_task, return_exceptions=True)
-            await router.stop()
-            result.requests_by_backend = dict(router.stats.by_backend)
+            result.requests_by_backend = await loop.run_in_executor(None, self._requests_by_pod, served)
+        result.kubectl_get = await loop.run_in_executor(None, self.kubectl_get)
+        resolved = (self.read_model(name).get("status") or {}).get("resolved") or {}
+        result.gpus_per_replica = int(resolved.get("gpusPerReplica") or 1)
         result.wall_seconds = time.monotonic() - started
         if not result.stopped_early:
             result.report = summarize(result.results, slo_ttft_ms=None if math.isnan(slo) else slo)
@@ -311,6 +363,8 @@ class DemoStack:
         model = self.read_model(name)
         deployment = self.read_deployment(name) or {}
         scaling = (model.get("status") or {}).get("scaling") or {}
+        drift = (model.get("status") or {}).get("drift") or {}
+        phase = phase_at(self.config.phases, now)
         window = max(10.0, 2 * self.config.sample_every_s)
         return Sample(
             time_s=round(now, 1),
@@ -322,7 +376,22 @@ class DemoStack:
             observed_rps=scaling.get("arrivalRateRps"),
             prom_ttft_p95_ms=self._prom_ttft_p95_ms(served),
             reason=scaling.get("reason"),
+            predicted_ttft_p95_ms=scaling.get("predictedTtftP95Ms"),
+            drift_detected=drift.get("detected"),
+            drift_message=drift.get("message"),
+            mix=phase.mix if phase is not None else None,
         )
+
+    def _requests_by_pod(self, served: str) -> dict[str, int]:
+        """Requests each engine pod finished, from its own series (what the gateway sent it)."""
+        assert self.prometheus is not None
+        try:
+            values = self.prometheus.query(
+                f'sum by (pod) (vllm:request_success_total{{job="{ENGINE_JOB}",model_name="{served}"}})')
+        except Exception as exc:  # noqa: BLE001 - the summary says nothing rather than fail
+            log.debug("Failed to query Prometheus: %r", exc)
+            return {}
+        return {v["metric"].get("pod", "?"): int(float(v["value"][1])) for v in values}
 
     def _prom_ttft_p95_ms(self, served: str) -> float | None:
         assert self.prometheus is not None

@@ -1,4 +1,5 @@
-"""`kiban dev-cluster`: the local control plane with simulated GPU nodes, in the foreground."""
+"""`kiban dev-cluster`: the local control plane with simulated GPU nodes and the LeaderWorkerSet
+controller, in the foreground."""
 
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     for kind, count in DEFAULT_POOL.items():
         parser.add_argument(f"--{kind}", type=_count, default=count, dest=f"nodes_{kind.replace('-', '_')}",
                             metavar="N", help=f"number of simulated {kind} nodes (default {count})")
+    parser.add_argument("--no-leaderworkerset", dest="leaderworkerset", action="store_false",
+                        help="do not run the LeaderWorkerSet controller (multi-node models then cannot be served)")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="keep certificates, logs and the kubeconfig here (default: a temporary directory)")
     parser.set_defaults(func=run)
@@ -51,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
         stop_requested.set()
 
     try:
-        cluster = ControlPlane(node_pool=pool_from_args(args), workdir=args.workdir)
+        cluster = ControlPlane(node_pool=pool_from_args(args), workdir=args.workdir,
+                               leaderworkerset=args.leaderworkerset)
     except ValueError as exc:
         print(f"kiban dev-cluster: {exc}", file=sys.stderr)
         return 2
@@ -63,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"kiban dev-cluster: {exc}", file=sys.stderr)
             return 1
         print(f"KUBECONFIG={cluster.kubeconfig}", flush=True)
-        print(f"# API server {cluster.api_server_url}, {len(cluster.node_names)} nodes, "
+        lws = ", LeaderWorkerSet controller" if args.leaderworkerset else ""
+        print(f"# API server {cluster.api_server_url}, {len(cluster.node_names)} nodes{lws}, "
               f"started in {cluster.start_seconds:.1f}s, logs in {cluster.workdir / 'logs'}; Ctrl-C stops",
               flush=True)
         while not stop_requested.wait(timeout=1.0):

@@ -2,7 +2,8 @@
 
 etcd, kube-apiserver, kube-controller-manager and kube-scheduler are the genuine binaries (the
 way controller-runtime's envtest runs them); kwok plays the kubelets, moving nodes to Ready and
-pods to Running/Ready with pod IPs. Everything listens on free loopback ports and writes into one
+pods to Running/Ready with pod IPs from a loopback /20 (`pod_cidr`), where a simulator can
+listen as the pod's engine. Everything listens on free loopback ports and writes into one
 work directory; stop() ends every process group it started.
 """
 
@@ -10,8 +11,10 @@ from __future__ import annotations
 
 import atexit
 import logging
+import random
 import shutil
 import ssl
+import subprocess
 import tempfile
 import time
 import urllib.error
@@ -22,6 +25,7 @@ from pathlib import Path
 import yaml
 
 from kiban_dev.devcluster import nodes as node_builders
+from kiban_dev.devcluster.leaderworkerset import LeaderWorkerSetError, start_leaderworkerset
 from kiban_dev.devcluster.pki import ADMIN_USER, FRONT_PROXY_USER, Pki, create_pki
 from kiban_dev.devcluster.processes import (
     Component,
@@ -32,17 +36,30 @@ from kiban_dev.devcluster.processes import (
     start_component,
     stop_components,
 )
-from kiban_dev.devcluster.tools import kwok_stages_path, tool_path
+from kiban_dev.devcluster.tools import kwok_stages_path, lws_crd_paths, tool_path
 
 log = logging.getLogger(__name__)
 
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 SERVICE_CLUSTER_IP_RANGE = "10.96.0.0/16"
-POD_CIDR = "10.244.0.0/16"
+# Pod IPs come from a loopback /20 (kwok hands them out in order): a simulator standing in for a
+# pod's engine listens on the pod's own IP, and tests send traffic only to this machine's
+# loopback range. Each control plane draws its own /20 (4,094 pods: the 1,000-model operator
+# benchmark fits), so two running at once are unlikely to collide.
+POD_CIDR_TEMPLATE = "127.{}.{}.0/20"
+
+
+def random_pod_cidr(rng: random.Random | None = None) -> str:
+    """A loopback /20 in 127.64.0.0 - 127.254.240.0 (clear of 127.0.0.x, where servers bind)."""
+    rng = rng or random.Random()
+    return POD_CIDR_TEMPLATE.format(rng.randint(64, 254), 16 * rng.randint(0, 15))
 # free ports are picked, released and then bound by the child; on a shared machine another process
 # can take one in between, so a start that failed only for that reason is tried again
 PORT_TAKEN = "address already in use"
 START_ATTEMPTS = 3
+# what the LeaderWorkerSet controller adds to a start: its 2.8 MB of CRDs take seconds to be
+# Established on two busy cores (measured 7-21 s), then the controller and its webhooks
+LWS_START_SECONDS = 60.0
 
 
 class ControlPlaneError(RuntimeError):
@@ -127,14 +144,31 @@ def scheduler_args(kubeconfig: Path, secure_port: int) -> list[str]:
     ]
 
 
-def kwok_args(kubeconfig: Path, stages: Path) -> list[str]:
+def kwok_args(kubeconfig: Path, stages: Path, pod_cidr: str) -> list[str]:
     return [
         f"--kubeconfig={kubeconfig}", f"--config={stages}",
         "--manage-all-nodes=false",
         "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
         "--node-lease-duration-seconds=40",  # kwok renews Leases, so the node controller keeps nodes Ready
-        f"--cidr={POD_CIDR}",
+        f"--cidr={pod_cidr}",
     ]
+
+
+def wait_crds_established(kubeconfig: Path, *names: str, timeout_s: float = 60.0) -> None:
+    """`kubectl wait --for=condition=Established crd NAMES` (every CRD without names), retried:
+    kubectl's wait fails at once ("accessor error: <nil>") on a CRD the API server has not given
+    a status yet, which a busy control plane shows for a moment after the apply."""
+    args = [str(tool_path("kubectl")), f"--kubeconfig={kubeconfig}", "wait", "--for=condition=Established",
+            "crd", *(names or ("--all",))]
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = max(1, int(deadline - time.monotonic()))
+        done = subprocess.run([*args, f"--timeout={left}s"], capture_output=True, text=True, timeout=left + 30)
+        if done.returncode == 0:
+            return
+        if time.monotonic() >= deadline:
+            raise ControlPlaneError(f"CRDs not Established within {timeout_s:.0f}s: {done.stderr.strip()}")
+        time.sleep(0.5)
 
 
 class ControlPlane:
@@ -142,15 +176,20 @@ class ControlPlane:
 
     Use as a context manager, or call start() and stop(). `node_pool` maps node kinds
     (see kiban_dev.devcluster.nodes.NODE_KINDS) to counts; None gives the default pool.
+    leaderworkerset: also run the real LeaderWorkerSet controller with its webhooks (or call
+    start_leaderworkerset() on a running control plane).
     """
 
     def __init__(self, node_pool: Mapping[str, int] | None = None, workdir: Path | None = None,
-                 startup_timeout: float = 60.0) -> None:
+                 startup_timeout: float = 60.0, pod_cidr: str | None = None,
+                 leaderworkerset: bool = False) -> None:
         self.node_pool = dict(node_builders.DEFAULT_POOL if node_pool is None else node_pool)
         self._nodes = node_builders.build_pool(self.node_pool)  # validate early: bad input fails here
         self._own_workdir = workdir is None
         self._workdir = Path(workdir).resolve() if workdir is not None else None  # kubeconfig paths must be absolute
         self.startup_timeout = startup_timeout
+        self.pod_cidr = pod_cidr or random_pod_cidr()
+        self.leaderworkerset = leaderworkerset
         self.components: list[Component] = []
         self.started_pids: dict[str, int] = {}  # kept after stop(), so callers can check none survive
         self.start_seconds: float | None = None
@@ -194,6 +233,78 @@ class ControlPlane:
         self.start()
         return self
 
+    # ---- one component at a time (fault tests) -----------------------------------------------
+    RESTARTABLE = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+
+    def _component(self, name: str) -> Component:
+        if name not in self.RESTARTABLE:
+            raise ControlPlaneError(f"component {name!r} is not one of {', '.join(self.RESTARTABLE)}")
+        for component in self.components:
+            if component.name == name:
+                return component
+        raise ControlPlaneError(f"component {name!r} is not running")
+
+    def stop_component(self, name: str, grace_seconds: float = 2.0) -> None:
+        """Stop one component (its whole process group; SIGKILL after `grace_seconds`), keeping its
+        data and ports: an outage, as a crashed or restarted control-plane node gives."""
+        component = self._component(name)
+        stop_components([component], grace_seconds=grace_seconds)
+        log.info("Stopped component", extra={"component": name})
+
+    def start_component(self, name: str, timeout: float = 60.0) -> None:
+        """Start a stopped component again with the same arguments, ports and data; return once
+        it is healthy (etcd /health, kube-apiserver /readyz, the others: running)."""
+        old = self._component(name)
+        if old.running():
+            raise ControlPlaneError(f"component {name!r} is still running")
+        component = start_component(name, old.argv, old.log_path.parent)
+        self.components[self.components.index(old)] = component
+        self.started_pids[name] = component.pid
+        deadline = time.monotonic() + timeout
+        if name == "etcd":
+            port = next(a.rsplit(":", 1)[1] for a in old.argv if a.startswith("--listen-client-urls="))
+            self._wait(component, deadline, "did not report healthy after a restart",
+                       lambda: _http_ok(f"http://127.0.0.1:{port}/health"))
+        elif name == "kube-apiserver":
+            tls = _client_tls(self._pki)
+            self._wait(component, deadline, "did not become ready (/readyz) after a restart",
+                       lambda: _http_ok(f"{self.api_server_url}/readyz", tls))
+        else:
+            time.sleep(0.5)
+            component.check_alive()
+        log.info("Restarted component", extra={"component": name, "pid": component.pid})
+
+    def wait_controllers(self, timeout: float = 90.0) -> float:
+        """Block until the controllers act again (a probe namespace gets its default
+        ServiceAccount): after an API server or etcd restart their watches take tens of seconds
+        to come back. Returns the seconds waited."""
+        import uuid
+
+        from kubernetes import client, config
+        from kubernetes.client.exceptions import ApiException
+
+        started = time.monotonic()
+        name = f"kiban-probe-{uuid.uuid4().hex[:6]}"
+        with config.new_client_from_config(config_file=str(self.kubeconfig)) as api_client:
+            core = client.CoreV1Api(api_client)
+            self._retry_api(lambda: core.create_namespace({"metadata": {"name": name}}), started + timeout,
+                            self._component("kube-apiserver"))
+            try:
+                while time.monotonic() - started < timeout:
+                    try:
+                        core.read_namespaced_service_account("default", name)
+                        return time.monotonic() - started
+                    except ApiException as exc:
+                        if exc.status != 404:
+                            raise
+                    time.sleep(0.5)
+                raise ControlPlaneError(f"the controllers did not act within {timeout:.0f}s")
+            finally:
+                try:
+                    core.delete_namespace(name)
+                except ApiException:
+                    pass
+
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
@@ -206,7 +317,10 @@ class ControlPlane:
         if self.components:
             raise ControlPlaneError("the control plane is already running")
         binaries = {name: tool_path(name) for name in (
-            "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")}
+            "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok",
+            *(("lws-controller", "kubectl") if self.leaderworkerset else ()))}
+        if self.leaderworkerset:
+            lws_crd_paths()  # a missing tool fails before anything starts
         stages = kwok_stages_path()
         started = time.monotonic()
         if self._workdir is None:
@@ -215,7 +329,8 @@ class ControlPlane:
         for attempt in range(1, START_ATTEMPTS + 1):
             atexit.register(self.stop)
             try:
-                self._start(binaries, stages, started + self.startup_timeout)
+                extra = LWS_START_SECONDS if self.leaderworkerset else 0.0
+                self._start(binaries, stages, started + self.startup_timeout + extra)
                 break
             except ControlPlaneError as exc:
                 self.stop(keep_workdir=True)
@@ -229,6 +344,27 @@ class ControlPlane:
         log.info("Started control plane", extra={
             "kubeconfig": str(self.kubeconfig), "seconds": round(self.start_seconds, 2),
             "nodes": len(self._nodes)})
+
+    @property
+    def leaderworkerset_running(self) -> bool:
+        return any(c.name == "lws-controller" and c.running() for c in self.components)
+
+    def start_leaderworkerset(self, timeout: float | None = None) -> None:
+        """Install the LeaderWorkerSet CRDs and run its controller and webhooks beside this running
+        control plane (kiban_dev.devcluster.leaderworkerset); stop() stops it with the rest."""
+        if not self.components or self._pki is None:
+            raise ControlPlaneError("start the control plane before the LeaderWorkerSet controller")
+        if self.leaderworkerset_running:
+            return
+        started = time.monotonic()
+        try:
+            component = start_leaderworkerset(self.kubeconfig, self._pki, self.workdir,
+                                              started + (timeout or LWS_START_SECONDS))
+        except LeaderWorkerSetError as exc:
+            raise ControlPlaneError(f"LeaderWorkerSet: {exc}") from None
+        self.components.append(component)
+        self.started_pids[component.name] = component.pid
+        self.phase_seconds["leaderworkerset"] = round(time.monotonic() - started, 3)
 
     def stop(self, keep_workdir: bool = False) -> None:
         """Stop every process group started here; remove the work directory if we made it."""
@@ -275,7 +411,7 @@ class ControlPlane:
             str(binaries["kube-controller-manager"]), *controller_manager_args(self.kubeconfig, kcm_port, pki)], logs)
         self._launch("kube-scheduler", [
             str(binaries["kube-scheduler"]), *scheduler_args(self.kubeconfig, scheduler_port)], logs)
-        kwok = self._launch("kwok", [str(binaries["kwok"]), *kwok_args(self.kubeconfig, stages)], logs)
+        kwok = self._launch("kwok", [str(binaries["kwok"]), *kwok_args(self.kubeconfig, stages, self.pod_cidr)], logs)
 
         from kubernetes import client, config  # imported late: unit tests of this module need no client
 
@@ -292,6 +428,13 @@ class ControlPlane:
                        "did not create the default ServiceAccount (is the serviceaccount controller running?)",
                        lambda: _default_service_account_exists(core))
             phase("scheduler-and-controllers")
+        if self.leaderworkerset:
+            try:
+                self.components.append(start_leaderworkerset(self.kubeconfig, pki, work, deadline))
+            except LeaderWorkerSetError as exc:
+                raise ControlPlaneError(f"LeaderWorkerSet: {exc}") from None
+            self.started_pids["lws-controller"] = self.components[-1].pid
+            phase("leaderworkerset")
 
     def _launch(self, name: str, argv: list[str], logs: Path) -> Component:
         component = start_component(name, argv, logs)

@@ -69,7 +69,9 @@ NODE_KINDS: dict[str, NodeKind] = {
     ),
 }
 
-DEFAULT_POOL: dict[str, int] = {"h100": 3, "l4": 3, "a100-mig": 1, "cpu": 1}
+# four H100 nodes: two LeaderWorkerSet groups of two nodes each (a 405B bf16 replica), or one
+# group rolling with a surge group beside it
+DEFAULT_POOL: dict[str, int] = {"h100": 4, "l4": 3, "a100-mig": 1, "cpu": 1}
 
 
 def node_name(kind: str, index: int) -> str:

@@ -2,7 +2,9 @@
 
 One CA signs the API server's serving certificate, the admin's client certificate (in the
 system:masters group) and the aggregation layer's front-proxy client certificate; a separate key pair signs service-account tokens. ECDSA P-256 keys are
-used because they are generated in milliseconds and every component accepts them.
+used because they are generated in milliseconds and every component accepts them. The same CA
+signs webhook servers' certificates (`sign_serving_cert`, the LeaderWorkerSet controller's), so
+the API server trusts them through a caBundle of the one CA.
 """
 
 from __future__ import annotations
@@ -66,3 +68,17 @@ def create_pki(directory: Path, hosts: tuple[str, ...] = ("127.0.0.1", "localhos
     _openssl("pkey", "-in", pki.service_account_key.name, "-pubout", "-out", pki.service_account_pub.name,
              cwd=directory)
     return pki
+
+
+def sign_serving_cert(pki: Pki, directory: Path, common_name: str,
+                      hosts: tuple[str, ...] = ("127.0.0.1", "localhost")) -> tuple[Path, Path]:
+    """A serving certificate for `hosts` signed by the cluster CA, as directory/tls.crt and tls.key
+    (the names controller-runtime's webhook server reads from its cert dir)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    cert, key = directory / "tls.crt", directory / "tls.key"
+    san = ",".join(f"IP:{h}" if h[0].isdigit() else f"DNS:{h}" for h in hosts)
+    _openssl("req", "-x509", "-new", *_EC_KEY, "-days", "365", "-CA", str(pki.ca_cert), "-CAkey", str(pki.ca_key),
+             "-addext", "basicConstraints=critical,CA:FALSE", "-keyout", key.name, "-out", cert.name,
+             "-subj", f"/CN={common_name}", "-addext", f"subjectAltName={san}",
+             "-addext", "extendedKeyUsage=serverAuth", cwd=directory)
+    return cert, key

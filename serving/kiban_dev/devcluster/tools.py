@@ -23,6 +23,7 @@ BINARY_TOOL = {
     "etcd": "ETCD_VERSION",
     "prometheus": "PROMETHEUS_DEB_VERSION",
     "promtool": "PROMETHEUS_DEB_VERSION",
+    "lws-controller": "LWS_VERSION",
 }
 
 # versions.env key -> the directory prefix build.sh uses in the cache
@@ -32,6 +33,7 @@ TOOL_DIR_PREFIX = {
     "HELM_VERSION": "helm",
     "ETCD_VERSION": "etcd",
     "PROMETHEUS_DEB_VERSION": "prometheus",
+    "LWS_VERSION": "lws",
 }
 
 _LINE = re.compile(r"^(?P<key>[A-Za-z_][A-Za-z0-9_]*)=(?P<value>.*)$")
@@ -99,9 +101,48 @@ def tool_path(name: str) -> Path:
     return path
 
 
+GAIE_CRD = "config/crd/bases/inference.networking.k8s.io_inferencepools.yaml"
+
+
+def inference_pool_crd_path() -> Path:
+    """The InferencePool CRD inside the pinned Gateway API Inference Extension module, where
+    build.sh downloaded it (the module cache; its directory is recorded in the tools cache)."""
+    versions = load_versions()
+    if "GAIE_VERSION" not in versions:
+        raise ToolsMissingError("hack/tools/versions.env does not define GAIE_VERSION")
+    record = cache_root() / f"gaie-{versions['GAIE_VERSION']}" / "module-dir"
+    if not record.is_file():
+        raise _missing(record, "the gateway-api-inference-extension module record")
+    path = Path(record.read_text().strip()) / GAIE_CRD
+    if not path.is_file():
+        raise _missing(path, "the InferencePool CRD")
+    return path
+
+
 def kwok_stages_path() -> Path:
     """The upstream kwok stages (node initialise/heartbeat, pod ready/complete/delete)."""
     path = tool_dir("KWOK_VERSION", load_versions(), cache_root()) / "stages" / "default.yaml"
     if not path.is_file():
         raise _missing(path, "kwok stages")
+    return path
+
+
+LWS_CRD_FILES = ("leaderworkerset.x-k8s.io_leaderworkersets.yaml", "disaggregatedset.x-k8s.io_disaggregatedsets.yaml")
+
+
+def lws_crd_paths() -> list[Path]:
+    """The LeaderWorkerSet and DisaggregatedSet CRDs, copied from the pinned sigs.k8s.io/lws module."""
+    folder = tool_dir("LWS_VERSION", load_versions(), cache_root()) / "crds"
+    paths = [folder / name for name in LWS_CRD_FILES]
+    for path in paths:
+        if not path.is_file():
+            raise _missing(path, "the LeaderWorkerSet CRDs")
+    return paths
+
+
+def lws_webhook_manifests_path() -> Path:
+    """controller-gen's webhook configurations of the pinned sigs.k8s.io/lws (config/webhook/manifests.yaml)."""
+    path = tool_dir("LWS_VERSION", load_versions(), cache_root()) / "webhook" / "manifests.yaml"
+    if not path.is_file():
+        raise _missing(path, "the LeaderWorkerSet webhook manifests")
     return path

@@ -1,8 +1,10 @@
 """Replay a request stream against any OpenAI-compatible endpoint, streaming, and time it.
 
 Works against real vLLM as well as kiban-sim: prompts are placeholder words (one word, one
-token in the simulator; about one token each in a real tokenizer), and the exact output
-length is forced with vLLM's sampling extensions `ignore_eos` and `min_tokens`.
+token in the simulator; about one token each in a real tokenizer), each with a first KV block
+of its own so that a prefix cache finds nothing the trace did not share (sim.tokens
+`distinct_prompt`), and the exact output length is forced with vLLM's sampling extensions
+`ignore_eos` and `min_tokens`.
 Latencies are wall-clock seconds measured here, at the client.
 """
 
@@ -17,7 +19,7 @@ import aiohttp
 from tqdm import tqdm
 
 from kiban_serving.loadgen.trace import TraceRequest
-from kiban_serving.sim.tokens import placeholder_prompt
+from kiban_serving.sim.tokens import distinct_prompt
 
 
 @dataclass
@@ -39,9 +41,10 @@ class RequestResult:
     finish_reason: str | None = None
 
 
-def completion_payload(model: str, request: TraceRequest, chat: bool) -> dict:
-    """The JSON body that forces exactly request.output_tokens tokens."""
-    prompt = placeholder_prompt(max(request.prompt_tokens, 1))
+def completion_payload(model: str, request: TraceRequest, chat: bool, key: int = 0) -> dict:
+    """The JSON body that forces exactly request.output_tokens tokens; `key` makes the prompt's
+    first block unique (distinct requests must have distinct keys)."""
+    prompt = distinct_prompt(max(request.prompt_tokens, 1), key)
     out = max(request.output_tokens, 1)
     body: dict = {
         "model": model,
@@ -87,13 +90,14 @@ async def send_one(
     result: RequestResult,
     chat: bool,
     clock=time.perf_counter,
+    key: int = 0,
 ) -> RequestResult:
     """Send one streaming request and fill `result` with its timings."""
     endpoint = url.rstrip("/") + ("/v1/chat/completions" if chat else "/v1/completions")
     start = clock()
     last = None
     try:
-        async with session.post(endpoint, json=completion_payload(model, request, chat)) as response:
+        async with session.post(endpoint, json=completion_payload(model, request, chat, key)) as response:
             result.status = response.status
             if response.status != 200:
                 result.error = (await response.text())[:500]
@@ -153,13 +157,14 @@ async def replay(
     connector = aiohttp.TCPConnector(limit=max_concurrency)
     bar = tqdm(total=len(todo), unit="req", disable=not progress, desc="replay")
     results: list[RequestResult] = []
+    salt = time.time_ns() & 0xFFFFFFFF  # replays to one server do not share prefixes either
     t0 = time.perf_counter()
 
     async def run(index: int, request: TraceRequest) -> RequestResult:
         try:
             result = RequestResult(index, request.arrival_s, time.perf_counter() - t0,
                                    request.prompt_tokens, request.output_tokens)  # fmt: skip
-            return await send_one(session, url, model, request, result, chat)
+            return await send_one(session, url, model, request, result, chat, key=salt + index)
         finally:
             slots.release()
             bar.update(1)

@@ -13,6 +13,19 @@ Scheduling follows vLLM V1's scheduler:
     max_num_seqs run, token budget remains (chunked prefill: a prompt longer than the budget
     is split over steps) and the KV cache can hold the chunk (head-of-line blocking).
   * KV is allocated in blocks of `block_size` tokens (vLLM default 16).
+  * Automatic prefix caching (off unless `enable_prefix_caching=True` and the request brings
+    `block_hashes`), as vLLM V1 does it (vllm/v1/core/kv_cache_manager.py `get_computed_blocks`,
+    single_type_kv_cache_manager.py `find_longest_cache_hit`, block_pool.py): the caller hashes
+    the request's tokens in full blocks, each hash chained to the one before; a waiting request
+    with nothing computed takes the longest run of leading blocks already in the cache, at most
+    (tokens - 1) // block_size blocks (the last token is always recomputed for its logits), and
+    skips their prefill. A block is registered when it is allocated and full (prompt or
+    generated tokens), so a request scheduled later in the same step can hit it. Freed blocks
+    keep their hash and stay hittable until evicted, least recently freed first, a request's
+    tail blocks before its head (freed in reverse order). Cached but unused blocks count as
+    free for kv_usage. Queries and hits are counted in tokens at a request's first admission
+    (`PrefixCacheStats.record`; re-admissions after preemption are not counted, as vLLM does
+    not export those).
 
 Step time (ms), the capacity model's formulas (capacity-model.md section 2) applied to the
 tokens one step actually runs:
@@ -29,7 +42,8 @@ decodes at alpha + beta * n per token with n running. A step's tokens appear at 
 from __future__ import annotations
 
 import random
-from collections import deque
+from collections import OrderedDict, deque
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 
 from kiban.capacity.engine_profile import EngineProfile
@@ -53,6 +67,7 @@ class FinishedRequest:
     finish_reason: str  # "length" (max tokens reached) or "stop" (simulated EOS)
     preemptions: int
     max_itl_s: float
+    cached_tokens: int = 0  # prompt tokens taken from the prefix cache at first admission
 
     @property
     def ttft_s(self) -> float:
@@ -104,6 +119,8 @@ class StepResult:
     num_decode_tokens: int = 0
     tokens: list[TokenEvent] = field(default_factory=list)
     newly_scheduled: list[tuple[str, int]] = field(default_factory=list)  # (id, prompt tokens)
+    # (id, tokens queried, tokens hit) at first admission; only with prefix caching on
+    prefix_cache: list[tuple[str, int, int]] = field(default_factory=list)
     first_tokens: list[tuple[str, int, float]] = field(default_factory=list)  # (id, prompt, ttft_s)
     finished: list[FinishedRequest] = field(default_factory=list)
     preempted: list[str] = field(default_factory=list)
@@ -129,6 +146,10 @@ class _Request:
     last_token_s: float | None = None
     max_itl_s: float = 0.0
     preemptions: int = 0
+    block_hashes: tuple[Hashable, ...] | None = None  # full blocks of prompt + output, chained
+    block_keys: list[Hashable | None] = field(default_factory=list)  # held blocks: hash or None
+    registered: int = 0  # leading blocks whose hash has been offered to the cache
+    cached_tokens: int = 0
 
     @property
     def known_tokens(self) -> int:
@@ -148,8 +169,10 @@ class Engine:
         block_size: int = DEFAULT_BLOCK_SIZE,
         seed: int = 0,
         step_jitter: float = 0.0,
+        enable_prefix_caching: bool = False,
     ) -> None:
         self.profile = profile
+        self.enable_prefix_caching = enable_prefix_caching
         self.max_num_seqs = _positive("max_num_seqs", max_num_seqs or profile.max_num_seqs)
         self.max_num_batched_tokens = _positive(
             "max_num_batched_tokens", max_num_batched_tokens or DEFAULT_MAX_NUM_BATCHED_TOKENS
@@ -171,6 +194,12 @@ class Engine:
         self.prompt_tokens_total = 0  # counted once per request, when its first token appears
         self.generation_tokens_total = 0
         self.num_steps = 0
+        self.prefix_cache_queries_total = 0  # tokens looked up at first admission
+        self.prefix_cache_hits_total = 0  # of those, tokens found in the cache
+        # Prefix cache: hashes of blocks in use (reference counts) and of free blocks that
+        # still hold their KV, oldest first (evicted first). used_blocks counts blocks in use.
+        self._held: dict[Hashable, int] = {}
+        self._free_cached: OrderedDict[Hashable, None] = OrderedDict()
 
     # ----------------------------------------------------------------- inputs
 
@@ -181,11 +210,14 @@ class Engine:
         max_output_tokens: int,
         now_s: float,
         stop_at_tokens: int | None = None,
+        block_hashes: Sequence[Hashable] | None = None,
     ) -> None:
         """Queue a request that arrived at now_s.
 
         It produces exactly max_output_tokens (finish reason "length"), or stop_at_tokens if
         that is smaller (finish reason "stop", a simulated end-of-sequence token).
+        block_hashes: the chained hashes of the full blocks of its tokens (prompt, then the
+        output it will generate), for the prefix cache; None (or caching off) skips the cache.
         """
         if request_id in self._ids:
             raise ValueError(f"request_id {request_id!r} is already in the engine")
@@ -205,9 +237,10 @@ class Engine:
         if not self._running and not self._waiting:
             self.clock_s = max(self.clock_s, now_s)
         self._ids.add(request_id)
-        self._waiting.append(
-            _Request(request_id, prompt_tokens, target, max_output_tokens, reason, now_s)
-        )
+        request = _Request(request_id, prompt_tokens, target, max_output_tokens, reason, now_s)
+        if self.enable_prefix_caching and block_hashes is not None:
+            request.block_hashes = tuple(block_hashes)
+        self._waiting.append(request)
 
     def abort(self, request_id: str) -> bool:
         """Drop a running or waiting request (client went away), freeing its KV blocks."""
@@ -232,8 +265,14 @@ class Engine:
 
     @property
     def kv_usage(self) -> float:
-        """Fraction of KV blocks in use, 0..1 (vllm:kv_cache_usage_perc)."""
+        """Fraction of KV blocks in use, 0..1 (vllm:kv_cache_usage_perc); cached but unused
+        blocks count as free, as in vLLM's BlockPool.get_usage."""
         return self.used_blocks / self.total_blocks if self.total_blocks else 0.0
+
+    @property
+    def cached_free_blocks(self) -> int:
+        """Free blocks that still hold a prefix's KV (hittable until evicted)."""
+        return len(self._free_cached)
 
     def next_step_needed(self) -> bool:
         """True while any request is running or waiting."""
@@ -297,17 +336,95 @@ class Engine:
 
     def _allocate(self, req: _Request, num_new: int) -> bool:
         extra = self._blocks_for(req.num_computed + num_new) - req.blocks
-        if extra <= 0:
-            return True
-        if self.used_blocks + extra > self.total_blocks:
-            return False
-        req.blocks += extra
-        self.used_blocks += extra
+        if extra > 0:
+            if self.used_blocks + extra > self.total_blocks:
+                return False
+            self._grow(req, extra)
+        if req.block_hashes is not None:
+            self._register(req, req.num_computed + num_new)
         return True
 
+    def _grow(self, req: _Request, extra: int) -> None:
+        """Give req `extra` more blocks (capacity already checked), evicting cached ones."""
+        if self.enable_prefix_caching:
+            empty = self.total_blocks - self.used_blocks - len(self._free_cached)
+            for _ in range(max(0, extra - empty)):
+                self._free_cached.popitem(last=False)  # least recently freed goes first
+            req.block_keys.extend([None] * extra)
+        req.blocks += extra
+        self.used_blocks += extra
+
     def _free(self, req: _Request) -> None:
-        self.used_blocks -= req.blocks
+        if not self.enable_prefix_caching:
+            self.used_blocks -= req.blocks
+            req.blocks = 0
+            return
+        for key in reversed(req.block_keys):  # tail blocks become the first to be evicted
+            if key is None:
+                self.used_blocks -= 1
+                continue
+            self._held[key] -= 1
+            if not self._held[key]:
+                del self._held[key]
+                self.used_blocks -= 1
+                self._free_cached[key] = None
+        req.block_keys = []
         req.blocks = 0
+        req.registered = 0
+
+    def _register(self, req: _Request, computed_tokens: int) -> None:
+        """Offer req's newly full blocks to the cache (a hash already cached stays one copy)."""
+        assert req.block_hashes is not None
+        full = min(computed_tokens // self.block_size, len(req.block_hashes), len(req.block_keys))
+        for index in range(req.registered, full):
+            key = req.block_hashes[index]
+            if req.block_keys[index] is None and key not in self._held and key not in self._free_cached:
+                req.block_keys[index] = key
+                self._held[key] = 1
+        req.registered = max(req.registered, full)
+
+    def _cache_hit_blocks(self, req: _Request) -> int:
+        """Leading blocks of req already cached, at most (tokens - 1) // block_size."""
+        if req.block_hashes is None or req.num_computed:
+            return 0
+        limit = min((req.known_tokens - 1) // self.block_size, len(req.block_hashes))
+        hits = 0
+        while hits < limit and (req.block_hashes[hits] in self._held or req.block_hashes[hits] in self._free_cached):
+            hits += 1
+        return hits
+
+    def _admit(self, req: _Request, budget: int) -> int | None:
+        """Allocate a waiting request's first chunk (after its cache hit); tokens scheduled,
+        or None when the KV cache cannot hold it (nothing is changed then)."""
+        hits = self._cache_hit_blocks(req)
+        if not hits:
+            num_new = min(req.known_tokens - req.num_computed, budget)
+            return num_new if self._allocate(req, num_new) else None
+        assert req.block_hashes is not None
+        keys = req.block_hashes[:hits]
+        touched_free = sum(1 for key in keys if key in self._free_cached)
+        computed = hits * self.block_size
+        num_new = min(req.known_tokens - computed, budget)
+        extra = self._blocks_for(computed + num_new) - hits
+        if self.used_blocks + touched_free + max(extra, 0) > self.total_blocks:
+            return None
+        for key in keys:
+            if key in self._free_cached:
+                del self._free_cached[key]
+                self._held[key] = 1
+                self.used_blocks += 1
+            else:
+                self._held[key] += 1
+        req.block_keys = list(keys)
+        req.blocks = hits
+        req.registered = hits
+        req.num_computed = computed
+        if req.first_scheduled_s is None:
+            req.cached_tokens = computed
+        if extra > 0:
+            self._grow(req, extra)
+        self._register(req, computed + num_new)
+        return num_new
 
     def _schedule(self, start: float, result: StepResult) -> list[tuple[_Request, int]]:
         budget = self.max_num_batched_tokens
@@ -337,14 +454,18 @@ class Engine:
                 and self._waiting[0].arrival_s <= start
             ):
                 req = self._waiting[0]
-                num_new = min(req.known_tokens - req.num_computed, budget)
-                if not self._allocate(req, num_new):
+                num_new = self._admit(req, budget)
+                if num_new is None:
                     break
                 self._waiting.popleft()
                 self._running.append(req)
                 if req.first_scheduled_s is None:
                     req.first_scheduled_s = start
                     result.newly_scheduled.append((req.request_id, req.prompt_tokens))
+                    if req.block_hashes is not None:
+                        self.prefix_cache_queries_total += req.known_tokens
+                        self.prefix_cache_hits_total += req.cached_tokens
+                        result.prefix_cache.append((req.request_id, req.known_tokens, req.cached_tokens))
                 scheduled.append((req, num_new))
                 budget -= num_new
         for req, num_new in scheduled:
@@ -406,6 +527,7 @@ class Engine:
                 finish_reason=req.finish_reason,
                 preemptions=req.preemptions,
                 max_itl_s=req.max_itl_s,
+                cached_tokens=req.cached_tokens,
             )
         )
 
@@ -442,8 +564,10 @@ class Engine:
         for req in self._running:
             req.num_computed += k
             new_blocks = self._blocks_for(req.num_computed) - req.blocks
-            req.blocks += new_blocks
-            self.used_blocks += new_blocks
+            if new_blocks > 0:
+                self._grow(req, new_blocks)
+            if req.block_hashes is not None:
+                self._register(req, req.num_computed)
             req.num_output += k
             if step_s > req.max_itl_s:
                 req.max_itl_s = step_s

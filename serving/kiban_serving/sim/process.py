@@ -32,6 +32,7 @@ class SimulatorProcess:
         port: int | None = None,
         host: str = "127.0.0.1",
         log_path: Path | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.host = host
         self.port = port or free_port()
@@ -43,13 +44,15 @@ class SimulatorProcess:
             *(extra_args or []),
         ]  # fmt: skip
         self.log_path = log_path
+        self.env = env
         self.process: subprocess.Popen | None = None
         self._log = None
 
     def start(self) -> SimulatorProcess:
         if self.log_path is not None:
             self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(self.args, stdout=self._log or subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(self.args, stdout=self._log or subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                                        env=self.env)
         return self
 
     def wait_listening(self, timeout_s: float = 20.0) -> None:

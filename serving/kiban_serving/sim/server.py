@@ -1,33 +1,50 @@
 """kiban-sim: an OpenAI-compatible HTTP server in front of the simulated engine.
 
-Looks to clients, Prometheus and the operator like `vllm serve` 0.33: /v1/completions and
-/v1/chat/completions (streaming SSE or not, with `usage`), /v1/models, /health, /metrics with
-vLLM's metric names. It is a simulator: no model runs and the text is placeholder words (see
-tokens.py for the tokenisation rule).
+Looks to clients, Prometheus and the operator like `vllm serve` 0.33.0, read from the release's
+own source: /v1/completions (one prompt or a batch, n samples, logprobs, echo, stop strings)
+and /v1/chat/completions, streaming or not, with vLLM's validation and error bodies
+(protocol.py), body and chunk layout (responses.py), /v1/models, /health, /ping, /version,
+/load, /tokenize, /detokenize, /metrics with every default vLLM family (metrics.py) and the
+API server's HTTP metrics (http_metrics.py). Automatic prefix caching is on, as in vLLM
+(--no-enable-prefix-caching turns it off). It is a simulator: no model runs and the text is
+placeholder words (tokens.py has the tokenisation rule).
+
+API key: with --api-key or VLLM_API_KEY (the flag wins), every path under /v1, /v2, /inference
+and /cohere needs `Authorization: Bearer <key>` (401 `{"error": "Unauthorized"}` otherwise), and
+nothing else is guarded: /invocations (SageMaker's route), /health and /metrics stay open, as
+vLLM 0.33's AuthenticationMiddleware (entrypoints/serve/middleware/authenticate.py) does.
+LoRA adapters (--lora-modules NAME=PATH) are served by the base model's engine under their own
+name: a model card each (root the path, parent the base model), and `model` in a response is
+the name the request used (openai/models/serving.py).
 
 Time: the engine runs on engine time = (wall seconds since start) x speedup. With --speedup K a
 step the profile says takes 70 ms holds the HTTP stream for 70/K ms of wall time. Everything
 the server reports (/metrics histograms, startup) is in engine seconds, i.e. what the simulated
 GPU would report; a client measuring wall time sees latencies K times smaller.
---startup-seconds is engine seconds too: /health answers 503 for startup/K wall seconds.
+--startup-seconds is engine seconds too: /health answers 503 for startup/K wall seconds (real
+vLLM does not listen until it is ready: a connection is refused instead).
 
 Output length: with `ignore_eos: true` a request produces exactly max_tokens tokens (finish
 reason "length"), as in vLLM. Otherwise the simulator draws a seeded "end of sequence" length
-(geometric, mean --mean-output-tokens), clamped to [min_tokens, max_tokens] (reason "stop"
-when it ends before max_tokens).
+(geometric, mean --mean-output-tokens), at least min_tokens; the EOS token counts in usage but
+has no text (vLLM's detokenizer skips it). A stop string ends a sample where the placeholder
+text first contains it (after min_tokens), cut as vLLM's detokenizer cuts it.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
+import hmac
 import json
 import logging
 import math
+import os
 import random
+import secrets
 import sys
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,21 +53,41 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from kiban.capacity.engine_profile import EngineProfile
 from kiban.capacity.profiles import get_profile_by_name
-from kiban_serving.sim.engine import Engine, FinishedRequest
-from kiban_serving.sim.metrics import VllmMetrics
+from kiban_serving.sim import responses as rsp
+from kiban_serving.sim.engine import DEFAULT_BLOCK_SIZE, Engine, FinishedRequest
+from kiban_serving.sim.http_metrics import HttpMetrics
+from kiban_serving.sim.metrics import VllmMetrics, add_process_collectors
+from kiban_serving.sim.protocol import (
+    DEFAULT_MAX_LOGPROBS,
+    ApiError,
+    GenerationRequest,
+    Prompt,
+    find_stop,
+    parse_generation_request,
+    parse_json_body,
+    request_validation_error,
+    vllm_validation_error,
+)
 from kiban_serving.sim.true_engine import perturbed_profile
 from kiban_serving.sim.tokens import (
+    EOS_TOKEN_ID,
     PromptError,
-    count_chat_tokens,
-    count_prompt_tokens,
-    placeholder_text,
+    block_hashes,
+    chat_text,
+    detokenize,
+    id_word,
     placeholder_token,
+    placeholder_token_id,
+    prompt_token_ids,
+    text_token_ids,
 )
 
 log = logging.getLogger("kiban_serving.sim")
 
 DEFAULT_MAX_MODEL_LEN = 8192
 DEFAULT_MEAN_OUTPUT_TOKENS = 128
+ABORT_POLL_S = 0.25  # how often a non-streaming handler checks that its client is still there
+GUARDED_PREFIXES = ("/v1", "/v2", "/inference", "/cohere")  # vLLM 0.33's AuthenticationMiddleware
 
 
 @dataclass(frozen=True)
@@ -67,6 +104,19 @@ class SimConfig:
     seed: int = 0
     step_jitter: float = 0.0
     mean_output_tokens: int = DEFAULT_MEAN_OUTPUT_TOKENS
+    enable_prefix_caching: bool = True  # vLLM's default (config/cache.py)
+    block_size: int = DEFAULT_BLOCK_SIZE
+    max_logprobs: int = DEFAULT_MAX_LOGPROBS
+    model: str | None = None  # `vllm serve MODEL`: the /v1/models root; default the served name
+    extra_served_names: tuple[str, ...] = ()  # further --served-model-name aliases
+    enable_log_requests: bool = False
+    enable_prompt_tokens_details: bool = False
+    api_key: str | None = None  # guards GUARDED_PREFIXES only, as in vLLM
+    lora_modules: tuple[tuple[str, str], ...] = ()  # (name, path): served beside the base model (same engine)
+
+    @property
+    def adapters(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.lora_modules)
 
     def effective_max_model_len(self) -> int:
         return self.max_model_len or min(DEFAULT_MAX_MODEL_LEN, self.profile.kv_cache_tokens)
@@ -74,27 +124,85 @@ class SimConfig:
     def effective_startup_s(self) -> float:
         return self.profile.startup_s if self.startup_s is None else self.startup_s
 
+    @property
+    def served_names(self) -> list[str]:
+        return [self.served_model_name, *self.extra_served_names]
 
-class ApiError(Exception):
-    """An OpenAI-style error response."""
-
-    def __init__(self, status: int, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.param = status, message, param
-
-
-_ERROR_TYPES = {400: "BadRequestError", 404: "NotFoundError", 405: "MethodNotAllowed", 503: "ServiceUnavailableError"}
+    @property
+    def accepted_names(self) -> list[str]:
+        return [*self.served_names, *self.adapters]
 
 
-def error_response(status: int, message: str, param: str | None = None) -> web.Response:
-    """{"error": {"message", "type", "param", "code"}} as vLLM's OpenAI server writes it."""
-    body = {"error": {"message": message, "type": _ERROR_TYPES.get(status, "InternalServerError"), "param": param, "code": status}}
-    return web.json_response(body, status=status)
+def key_allows(path: str, authorization: str | None, api_key: str | None) -> bool:
+    """vLLM's rule: without a key everything passes; with one, guarded paths need the Bearer token."""
+    if not api_key or not path.startswith(GUARDED_PREFIXES):
+        return True
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(hashlib.sha256(token.encode()).digest(), hashlib.sha256(api_key.encode()).digest())
+
+
+def random_uuid() -> str:
+    """vllm/utils/__init__.py random_uuid: 16 hex characters."""
+    return secrets.token_hex(8)
 
 
 @dataclass
-class _Pending:
-    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+class _Sample:
+    """One engine request: one sample (of n) of one prompt, and what the client has been sent."""
+
+    engine_id: str
+    index: int  # choice index in the response
+    prompt: Prompt
+    target: int  # tokens it will generate
+    finish_reason: str
+    stop_reason: str | int | None
+    text_length: int | None  # a stop string cuts the text here; None: the tokens' whole text
+    eos_last: bool  # the last token is EOS: counted, no text
+    tokens: int = 0
+    sent_chars: int = 0
+    done: FinishedRequest | None = None
+    started: bool = False
+    _text: list[str] = field(default_factory=list)  # the detokenized pieces so far (grown, never rebuilt)
+    _chars: int = 0
+
+    def full_text(self, tokens: int) -> str:
+        """The text of the first `tokens` generated tokens, as the detokenizer leaves it."""
+        self._extend(tokens)
+        text = "".join(self._text)
+        if self.text_length is not None and tokens == self.target:
+            text = text[: self.text_length]
+        return text
+
+    def _extend(self, tokens: int) -> None:
+        shown = tokens - 1 if self.eos_last and tokens == self.target else tokens
+        while len(self._text) < shown:
+            piece = placeholder_token(len(self._text))
+            self._text.append(piece)
+            self._chars += len(piece)
+
+    def text_between(self, start_char: int, end_char: int) -> str:
+        """Characters [start_char, end_char) of the text so far (cheap for the last few pieces)."""
+        out, position = [], self._chars
+        for piece in reversed(self._text):
+            if position <= start_char:
+                break
+            position -= len(piece)
+            out.append(piece)
+        joined = "".join(reversed(out))
+        return joined[start_char - position:end_char - position]
+
+    def visible_chars(self, tokens: int) -> int:
+        """Length of the text after `tokens` tokens (a stop string's cut applied at the end)."""
+        self._extend(tokens)
+        if self.text_length is not None and tokens == self.target:
+            return min(self._chars, self.text_length)
+        return self._chars
+
+    def token_ids(self, start: int, end: int) -> list[int]:
+        return [EOS_TOKEN_ID if self.eos_last and i == self.target - 1 else placeholder_token_id(i)
+                for i in range(start, end)]
 
 
 class Simulator:
@@ -109,17 +217,35 @@ class Simulator:
             config.profile,
             max_num_seqs=config.max_num_seqs,
             max_num_batched_tokens=config.max_num_batched_tokens,
+            block_size=config.block_size,
             seed=config.seed,
             step_jitter=config.step_jitter,
+            enable_prefix_caching=config.enable_prefix_caching,
         )
         self.registry = CollectorRegistry()
-        self.metrics = VllmMetrics(self.registry, config.served_model_name, self.max_model_len)
+        add_process_collectors(self.registry)
+        self.metrics = VllmMetrics(self.registry, config.served_model_name, self.max_model_len,
+                                   cache_config=self.cache_config_labels())
+        self.http_metrics = HttpMetrics(self.registry)
         self.metrics.observe_scheduler(self.engine)
+        self.fingerprint = rsp.system_fingerprint(config.served_model_name, self.max_model_len, config.profile.name)
         self._rng = random.Random(config.seed)
-        self._pending: dict[str, _Pending] = {}
+        self._pending: dict[str, asyncio.Queue] = {}
+        self._aborted: set[str] = set()
         self._wake = asyncio.Event()
         self._t0 = time.monotonic()
         self._task: asyncio.Task | None = None
+
+    def cache_config_labels(self) -> dict[str, str]:
+        """vllm:cache_config_info's labels: str() of CacheConfig's public fields (config/cache.py)."""
+        c, engine = self.config, self.engine
+        return {
+            "block_size": str(c.block_size), "gpu_memory_utilization": "0.92", "cache_dtype": "auto",
+            "is_attention_free": "False", "num_gpu_blocks_override": "None", "sliding_window": "None",
+            "enable_prefix_caching": str(c.enable_prefix_caching), "prefix_caching_hash_algo": "sha256",
+            "num_gpu_blocks": str(engine.total_blocks), "num_cpu_blocks": "None",
+            "kv_cache_size_tokens": str(engine.total_blocks * c.block_size),
+        }
 
     def engine_now(self) -> float:
         return (time.monotonic() - self._t0) * self.config.speedup
@@ -139,27 +265,56 @@ class Simulator:
             except asyncio.CancelledError:
                 pass
 
-    def output_length(self, max_tokens: int, min_tokens: int, ignore_eos: bool) -> tuple[int, int | None]:
-        """(max_output_tokens, stop_at_tokens) for the engine; see the module docstring."""
-        if ignore_eos or min_tokens >= max_tokens:
-            return max_tokens, None
+    def natural_length(self, min_tokens: int) -> int:
+        """A seeded end-of-sequence length: geometric with mean --mean-output-tokens, >= min_tokens."""
         p = 1.0 / max(self.config.mean_output_tokens, 1)
         natural = 1 + int(math.log(1.0 - self._rng.random()) / math.log(1.0 - p)) if p < 1 else 1
-        return max_tokens, max(natural, min_tokens, 1)
+        return max(natural, min_tokens, 1)
 
-    def submit(self, prompt_tokens: int, max_tokens: int, stop_at: int | None) -> tuple[str, asyncio.Queue]:
-        request_id = uuid.uuid4().hex
-        pending = _Pending()
-        self._pending[request_id] = pending
-        self.engine.submit(request_id, prompt_tokens, max_tokens, self.engine_now(), stop_at)
+    def plan_sample(self, engine_id: str, index: int, prompt: Prompt, request: GenerationRequest) -> _Sample:
+        """How a sample ends: max_tokens, a simulated EOS or a stop string, whichever comes first."""
+        limit = prompt.max_tokens
+        target, reason, stop_reason, eos = limit, "length", None, False
+        if not request.ignore_eos and request.min_tokens < limit:
+            natural = self.natural_length(request.min_tokens)
+            if natural < limit:
+                target, reason, eos = natural, "stop", True
+        text_length = None
+        if request.stop:
+            longest = max(len(s) for s in request.stop)
+            horizon = min(limit, request.min_tokens + 2 * len(rsp.PLACEHOLDER_WORDS) + longest + 1)
+            pieces = [placeholder_token(i) for i in range(horizon)]
+            match = find_stop(pieces, request.stop, request.min_tokens, request.include_stop_str_in_output)
+            if match is not None and match.tokens <= target:
+                target, reason, stop_reason, eos = match.tokens, "stop", match.stop, False
+                text_length = match.text_length
+        return _Sample(engine_id, index, prompt, target, reason, stop_reason, text_length, eos)
+
+    def submit(self, sample: _Sample, queue: asyncio.Queue, request: GenerationRequest) -> None:
+        hashes = None
+        if self.config.enable_prefix_caching and not request.skip_prefix_cache:
+            tokens = list(sample.prompt.token_ids) + sample.token_ids(0, sample.target)
+            salt = request.cache_salt.encode() if request.cache_salt else b""
+            hashes = block_hashes(tokens, self.config.block_size, salt)
+        self._pending[sample.engine_id] = queue
+        stop_at = sample.target if sample.finish_reason == "stop" and sample.target < sample.prompt.max_tokens \
+            else None
+        self.engine.submit(sample.engine_id, len(sample.prompt.token_ids), sample.prompt.max_tokens,
+                           self.engine_now(), stop_at, hashes)
         self.metrics.observe_scheduler(self.engine)
         self._wake.set()
-        return request_id, pending.queue
 
-    def abort(self, request_id: str) -> None:
-        if self._pending.pop(request_id, None) is not None and self.engine.abort(request_id):
+    def abort(self, engine_ids: list[str], external_id: str) -> None:
+        aborted = []
+        for engine_id in engine_ids:
+            if self._pending.pop(engine_id, None) is not None and self.engine.abort(engine_id):
+                aborted.append(engine_id)
+            self._aborted.add(engine_id)
+        if aborted:
             self.metrics.observe_scheduler(self.engine)
-            log.info("Aborted request request_id=%s", request_id)
+            if self.config.enable_log_requests:  # v1/engine/async_llm.py abort(): two lines, only then
+                log.info("Aborted request(s) %s.", ",".join(aborted))
+                log.info("Request %s aborted.", external_id)
 
     async def _run(self) -> None:
         """Step the engine back to back while it has work; sleep until each step's end."""
@@ -169,6 +324,7 @@ class Simulator:
             if not self.engine.next_step_needed():
                 busy = False
                 self.metrics.observe_scheduler(self.engine)
+                self._aborted.clear()
                 self._wake.clear()
                 await self._wake.wait()
                 continue
@@ -183,155 +339,258 @@ class Simulator:
             else:
                 busy = False
                 await asyncio.sleep(0)
-            self.metrics.observe_step(result)
+            self.metrics.observe_step(result, frozenset(self._aborted))
+            finished = {d.request_id: d for d in result.finished}
             for token in result.tokens:
-                pending = self._pending.get(token.request_id)
-                if pending:
-                    pending.queue.put_nowait(("token", token.index))
-            for done in result.finished:
-                pending = self._pending.pop(done.request_id, None)
-                if pending:
-                    pending.queue.put_nowait(("finish", done))
+                queue = self._pending.get(token.request_id)
+                if queue is not None:
+                    queue.put_nowait((token.request_id, token.index + 1, finished.get(token.request_id)))
+            for request_id in finished:
+                self._pending.pop(request_id, None)
 
 
-# ------------------------------------------------------------------ request parsing (pure)
+# ------------------------------------------------------------------ one generation request
 
 
-@dataclass(frozen=True)
-class ParsedRequest:
-    prompt_tokens: int
-    max_tokens: int
-    min_tokens: int
-    ignore_eos: bool
-    stream: bool
-    include_usage: bool
+class Generation:
+    """The samples of one completions/chat request, fanned out to the engine as vLLM does
+    (one engine request per prompt and sample, v1/engine/parallel_sampling.py), and their output."""
 
+    def __init__(self, sim: Simulator, request: GenerationRequest, base_id: str, model: str | None = None) -> None:
+        self.sim, self.request = sim, request
+        self.model = model if model in sim.config.adapters else sim.config.served_model_name
+        self.rid = ("chatcmpl-" if request.chat else "cmpl-") + base_id
+        self.created = int(time.time())
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.samples: list[_Sample] = []
+        for p, prompt in enumerate(request.prompts):
+            parent = f"{self.rid}-{p}" if not request.chat else self.rid
+            for i in range(request.n):
+                engine_id = f"{parent}-{random_uuid()[:8]}" if request.n == 1 else f"{i}_{parent}-{random_uuid()[:8]}"
+                self.samples.append(sim.plan_sample(engine_id, p * request.n + i, prompt, request))
+        self.by_engine_id = {s.engine_id: s for s in self.samples}
+        self.logprobs = [rsp.Logprobs(request.logprobs, request.chat) if request.logprobs is not None else None
+                         for _ in self.samples]
 
-def parse_generation_request(body: Any, *, chat: bool, model_name: str, max_model_len: int) -> ParsedRequest:
-    """Validate an OpenAI completions/chat body; raise ApiError naming the bad field."""
-    if not isinstance(body, dict):
-        raise ApiError(400, "request body must be a JSON object")
-    model = body.get("model")
-    if model is not None and model != model_name:
-        raise ApiError(404, f"The model `{model}` does not exist.", "model")
-    try:
-        if chat:
-            if "messages" not in body:
-                raise ApiError(400, "field required: messages", "messages")
-            prompt_tokens = count_chat_tokens(body["messages"])
+    def start(self) -> None:
+        for sample in self.samples:
+            self.sim.submit(sample, self.queue, self.request)
+
+    def abort(self) -> None:
+        self.sim.abort([s.engine_id for s in self.samples if s.done is None], self.rid)
+
+    @property
+    def finished(self) -> bool:
+        return all(s.done is not None for s in self.samples)
+
+    async def next_event(self) -> tuple[_Sample, int, FinishedRequest | None]:
+        """(sample, tokens it had before this output, its FinishedRequest when this output ends it)."""
+        engine_id, tokens, done = await self.queue.get()
+        sample = self.by_engine_id[engine_id]
+        previous, sample.tokens = sample.tokens, tokens
+        if done is not None:
+            sample.done = done
+            self._parent_done(sample)
+        return sample, previous, done
+
+    def _parent_done(self, sample: _Sample) -> None:
+        """vllm:request_params_n and _max_num_generation_tokens once per prompt, after its last sample."""
+        siblings = [s for s in self.samples if s.prompt is sample.prompt]
+        if all(s.done is not None for s in siblings):
+            self.sim.metrics.observe_parent(self.request.n, max(s.done.output_tokens for s in siblings))
+
+    def usage(self, continuous_sample: _Sample | None = None) -> dict:
+        request = self.request
+        if continuous_sample is not None:
+            return rsp.usage(len(continuous_sample.prompt.token_ids), continuous_sample.tokens, full=False)
+        prompt = sum(len(p.token_ids) for p in request.prompts)
+        completion = sum(s.tokens for s in self.samples)
+        cached = None
+        if self.sim.config.enable_prompt_tokens_details:
+            last = self.samples[-1].done
+            cached = last.cached_tokens if last is not None else 0
+        return rsp.usage(prompt, completion, cached, chat=request.chat)
+
+    def logprob_block(self, sample: _Sample, start: int, end: int) -> dict | None:
+        lp = self.logprobs[sample.index]
+        if lp is None:
+            return None
+        pieces = []
+        for i in range(start, end):
+            text = "" if sample.eos_last and i == sample.target - 1 else placeholder_token(i)
+            pieces.append(lp.piece(i, text))
+        return lp.block(pieces)
+
+    def body(self) -> dict:
+        """The non-streaming response (completion/serving.py request_output_to_completion_response)."""
+        request, model = self.request, self.model
+        choices = []
+        for sample in self.samples:
+            text = sample.full_text(sample.tokens)
+            if request.echo:
+                text = sample.prompt.text + text
+            token_ids = sample.token_ids(0, sample.tokens) if request.return_token_ids else None
+            logprobs = self.logprob_block(sample, 0, sample.tokens)
+            if request.chat:
+                choices.append(rsp.chat_choice(sample.index, text, logprobs, sample.finish_reason,
+                                               sample.stop_reason, token_ids))
+            else:
+                prompt_ids = list(sample.prompt.token_ids) if request.return_token_ids else None
+                choices.append(rsp.completion_choice(sample.index, text, logprobs, sample.finish_reason,
+                                                     sample.stop_reason, token_ids, prompt_ids))
+        if request.chat:
+            prompt_ids = list(request.prompts[0].token_ids) if request.return_token_ids else None
+            return rsp.chat_body(self.rid, self.created, model, choices, self.usage(), self.sim.fingerprint,
+                                 prompt_ids)
+        return rsp.completion_body(self.rid, self.created, model, choices, self.usage(), self.sim.fingerprint)
+
+    def chunks_for(self, sample: _Sample, previous_tokens: int, done: FinishedRequest | None) -> list[dict]:
+        """The chunk(s) for one engine output of `sample` (the tokens since previous_tokens)."""
+        request, model = self.request, self.model
+        out: list[dict] = []
+        if request.chat and not any(s.started for s in self.samples):
+            for index in range(len(self.samples)):  # n role chunks at the request's first output
+                usage_body = rsp.usage(len(self.samples[index].prompt.token_ids), 0, full=False) \
+                    if request.continuous_usage_stats else None
+                if usage_body is not None:
+                    usage_body["completion_tokens_details"] = None
+                out.append(rsp.chat_role_chunk(self.rid, self.created, model, index, usage_body))
+        first = not sample.started
+        sample.started = True
+        finished = done is not None
+        length = sample.visible_chars(sample.tokens)
+        holdback = 0
+        if request.stop and not request.include_stop_str_in_output and not finished:
+            holdback = max(len(s) for s in request.stop) - 1
+        visible = max(sample.sent_chars, length - holdback)
+        delta = sample.text_between(sample.sent_chars, visible)
+        sample.sent_chars = visible
+        if first and request.echo:
+            delta = sample.prompt.text + delta
+        finish = sample.finish_reason if finished else None
+        stop_reason = sample.stop_reason if finished else None
+        token_ids = sample.token_ids(previous_tokens, sample.tokens) if request.return_token_ids else None
+        usage_body = None
+        if request.continuous_usage_stats:
+            usage_body = self.usage(sample)
+            if request.chat:
+                usage_body["completion_tokens_details"] = None
+        fingerprint = self.sim.fingerprint if finished and not request.include_usage else None
+        logprobs = self.logprob_block(sample, previous_tokens, sample.tokens)
+        if request.chat:
+            out.append(rsp.chat_chunk(self.rid, self.created, model, sample.index, delta, logprobs, finish,
+                                      stop_reason, token_ids=token_ids, usage_body=usage_body,
+                                      fingerprint=fingerprint))
         else:
-            if "prompt" not in body:
-                raise ApiError(400, "field required: prompt", "prompt")
-            prompt_tokens = count_prompt_tokens(body["prompt"])
-    except PromptError as exc:
-        raise ApiError(400, str(exc), exc.param) from None
-    if prompt_tokens < 1:
-        raise ApiError(400, "the prompt must contain at least one token", "messages" if chat else "prompt")
-    if prompt_tokens >= max_model_len:
-        raise ApiError(
-            400,
-            f"This model's maximum context length is {max_model_len} tokens. However, your request "
-            f"has {prompt_tokens} input tokens. Please reduce the length of the input messages.",
-            "messages" if chat else "prompt",
-        )
-    max_field = "max_completion_tokens" if chat and body.get("max_completion_tokens") is not None else "max_tokens"
-    max_tokens = _optional_int(body, max_field, minimum=1)
-    if max_tokens is None:
-        max_tokens = max_model_len - prompt_tokens
-    if prompt_tokens + max_tokens > max_model_len:
-        raise ApiError(
-            400,
-            f"This model's maximum context length is {max_model_len} tokens. However, you requested "
-            f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the input, {max_tokens} in the "
-            f"completion). Please reduce the length of the input or completion.",
-            max_field,
-        )
-    min_tokens = _optional_int(body, "min_tokens", minimum=0) or 0
-    if min_tokens > max_tokens:
-        raise ApiError(400, f"min_tokens ({min_tokens}) must be <= {max_field} ({max_tokens})", "min_tokens")
-    n = _optional_int(body, "n", minimum=1)
-    if n not in (None, 1):
-        raise ApiError(400, "the simulator supports n=1 only", "n")
-    ignore_eos = _optional_bool(body, "ignore_eos")
-    stream = _optional_bool(body, "stream")
-    options = body.get("stream_options") or {}
-    if not isinstance(options, dict):
-        raise ApiError(400, "stream_options must be an object", "stream_options")
-    include_usage = bool(options.get("include_usage", False))
-    return ParsedRequest(prompt_tokens, max_tokens, min_tokens, ignore_eos, stream, include_usage)
+            prompt_ids = list(sample.prompt.token_ids) if request.return_token_ids and first else None
+            out.append(rsp.completion_chunk(self.rid, self.created, model, sample.index, delta, logprobs, finish,
+                                            stop_reason, token_ids=token_ids, prompt_token_ids=prompt_ids,
+                                            usage_body=usage_body, fingerprint=fingerprint))
+        return out
 
-
-def _optional_int(body: dict, name: str, minimum: int) -> int | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ApiError(400, f"{name} must be an integer >= {minimum}, got {value!r}", name)
-    return value
-
-
-def _optional_bool(body: dict, name: str) -> bool:
-    value = body.get(name, False)
-    if value is None:
-        return False
-    if not isinstance(value, bool):
-        raise ApiError(400, f"{name} must be a boolean, got {value!r}", name)
-    return value
-
-
-# ------------------------------------------------------------------ response bodies (pure)
-
-
-def usage_body(prompt_tokens: int, completion_tokens: int) -> dict:
-    return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-    }
-
-
-def completion_chunk(rid: str, created: int, model: str, text: str, finish: str | None) -> dict:
-    return {
-        "id": rid, "object": "text_completion", "created": created, "model": model,
-        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish, "stop_reason": None}],
-    }  # fmt: skip
-
-
-def chat_chunk(rid: str, created: int, model: str, delta: dict, finish: str | None) -> dict:
-    return {
-        "id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
-        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
-    }  # fmt: skip
+    def final_usage_chunk(self) -> dict:
+        body = self.usage()
+        if not self.request.chat:
+            body = {k: v for k, v in body.items() if v is not None}  # exclude_none
+        return rsp.final_usage_chunk(self.rid, self.created, self.model, self.request.chat, body,
+                                     self.sim.fingerprint)
 
 
 # ------------------------------------------------------------------ HTTP handlers
 
 
+def _json(obj: Any, status: int = 200) -> web.Response:
+    """Starlette's JSONResponse: compact separators, UTF-8."""
+    return web.Response(body=json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode(), status=status,
+                        content_type="application/json")
+
+
+def _sse(obj: Any, compact: bool = True) -> bytes:
+    text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False) if compact else json.dumps(obj)
+    return b"data: " + text.encode() + b"\n\n"
+
+
 def create_app(config: SimConfig) -> web.Application:
     """The aiohttp application for one simulated vLLM server (run in-process or via main)."""
     sim = Simulator(config)
-    app = web.Application(middlewares=[_json_errors])
+
+    @web.middleware
+    async def authenticate(request: web.Request, handler) -> web.StreamResponse:
+        if request.method != "OPTIONS" and not key_allows(request.path, request.headers.get("Authorization"),
+                                                          config.api_key):
+            return _json({"error": "Unauthorized"}, status=401)
+        return await handler(request)
+
+    # the instrumentator sits inside authentication: a 401 is not counted (vLLM's middleware order)
+    app = web.Application(middlewares=[authenticate, sim.http_metrics.middleware(), _json_errors])
     app.on_startup.append(sim.start)
     app.on_cleanup.append(sim.stop)
     model = config.served_model_name
 
     async def health(_request: web.Request) -> web.Response:
         if not sim.ready():
-            return error_response(503, "the engine is still starting")
+            return web.Response(status=503)
         return web.Response(status=200)
+
+    async def version(_request: web.Request) -> web.Response:
+        return _json({"version": rsp.VLLM_VERSION})
+
+    async def load(_request: web.Request) -> web.Response:
+        return _json({"server_load": 0})  # counts only with --enable-server-load-tracking
 
     async def metrics(_request: web.Request) -> web.Response:
         sim.metrics.observe_scheduler(sim.engine)
-        body = generate_latest(sim.registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(body=generate_latest(sim.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def models(_request: web.Request) -> web.Response:
         created = int(time.time())
-        card = {
-            "id": model, "object": "model", "created": created, "owned_by": "vllm", "root": model,
-            "parent": None, "max_model_len": sim.max_model_len, "permission": [],
-        }  # fmt: skip
-        return web.json_response({"object": "list", "data": [card]})
+        root = config.model or model
+        cards = [rsp.model_card(name, root, sim.max_model_len, created, f"modelperm-{random_uuid()}")
+                 for name in config.served_names]
+        for name, path in config.lora_modules:
+            card = rsp.model_card(name, path, None, created, f"modelperm-{random_uuid()}")
+            cards.append({**card, "parent": model})
+        return _json({"object": "list", "data": cards})
+
+    async def read_body(request: web.Request) -> Any:
+        return parse_json_body(await request.read(), request.headers.get("Content-Type", ""))
+
+    def check_model(body: dict) -> None:
+        requested = body.get("model") if isinstance(body, dict) else None
+        if requested is not None and requested not in config.accepted_names:
+            raise ApiError(404, f"The model `{requested}` does not exist. Valid aliases: "
+                                f"{', '.join(config.accepted_names)}.", "model")
+
+    async def tokenize(request: web.Request) -> web.Response:
+        """serve/tokenize/serving.py create_tokenize: completion or chat style."""
+        body = await read_body(request)
+        if not isinstance(body, dict):
+            raise request_validation_error([{"type": "model_attributes_type", "loc": ("body",),
+                                             "msg": "Input should be a valid dictionary or object to extract "
+                                                    "fields from", "input": body}])
+        check_model(body)
+        try:
+            if "messages" in body:
+                ids = text_token_ids(chat_text(body["messages"]))
+            elif "prompt" in body:
+                ids = prompt_token_ids(body["prompt"])
+            else:
+                raise request_validation_error([{"type": "missing", "loc": ("body", "prompt"),
+                                                 "msg": "Field required", "input": body}])
+        except PromptError as exc:
+            raise vllm_validation_error(str(exc), exc.param) from None
+        strs = [id_word(t) for t in ids] if body.get("return_token_strs") else None
+        return _json({"count": len(ids), "max_model_len": sim.max_model_len, "tokens": ids, "token_strs": strs})
+
+    async def detokenize_handler(request: web.Request) -> web.Response:
+        body = await read_body(request)
+        if not isinstance(body, dict) or not isinstance(body.get("tokens"), list) or not all(
+                isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in body["tokens"]):
+            raise request_validation_error([{"type": "list_type", "loc": ("body", "tokens"),
+                                             "msg": "Input should be a valid list of integers >= 0",
+                                             "input": body.get("tokens") if isinstance(body, dict) else body}])
+        check_model(body)
+        return _json({"prompt": detokenize(body["tokens"])})
 
     async def completions(request: web.Request) -> web.StreamResponse:
         return await _generate(request, chat=False)
@@ -339,103 +598,101 @@ def create_app(config: SimConfig) -> web.Application:
     async def chat_completions(request: web.Request) -> web.StreamResponse:
         return await _generate(request, chat=True)
 
-    async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
+    async def invocations(request: web.Request) -> web.StreamResponse:
+        """serve/sagemaker/api_router.py: the body as a chat request, else a completion request."""
+        body = await read_body(request)
+        for chat in (True, False):
+            try:
+                return await _generate(request, chat, body)
+            except ApiError as exc:
+                if exc.kind != "Bad Request":  # it validated as this kind: its own error stands
+                    raise
+        raise ApiError(400, "Cannot find suitable handler for request. Expected one of: "
+                            "['ChatCompletionRequest', 'CompletionRequest']")
+
+    async def _generate(request: web.Request, chat: bool, body: Any = None) -> web.StreamResponse:
         if not sim.ready():
-            raise ApiError(503, "the engine is still starting")
+            raise ApiError(503, "The engine is currently starting; try again later.")
+        if body is None:
+            body = await read_body(request)
+        parsed = parse_generation_request(body, chat=chat, served_model_names=config.accepted_names,
+                                          max_model_len=sim.max_model_len, max_logprobs=config.max_logprobs)
+        base = request.headers.get("X-Request-Id") or parsed.request_id or random_uuid()
+        if parsed.deferred_error is not None and not parsed.stream:
+            raise parsed.deferred_error
+        generation = Generation(sim, parsed, base, body.get("model") if isinstance(body, dict) else None)
+        if parsed.stream:
+            return await _stream(request, generation)
+        generation.start()
         try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise ApiError(400, "request body is not valid JSON") from None
-        parsed = parse_generation_request(body, chat=chat, model_name=model, max_model_len=sim.max_model_len)
-        max_out, stop_at = sim.output_length(parsed.max_tokens, parsed.min_tokens, parsed.ignore_eos)
-        try:
-            request_id, queue = sim.submit(parsed.prompt_tokens, max_out, stop_at)
-        except ValueError as exc:
-            raise ApiError(400, str(exc), "max_tokens") from None
-        rid = ("chatcmpl-" if chat else "cmpl-") + request_id
-        created = int(time.time())
-        try:
-            if parsed.stream:
-                return await _stream(request, queue, rid, created, chat, parsed)
-            done = await _wait_finished(queue)
+            while not generation.finished:
+                try:
+                    await asyncio.wait_for(generation.next_event(), ABORT_POLL_S)
+                except asyncio.TimeoutError:
+                    if request.transport is None or request.transport.is_closing():
+                        generation.abort()  # with_cancellation: the client went away, nothing is sent
+                        return web.Response(status=499)
         except BaseException:
-            sim.abort(request_id)
+            generation.abort()
             raise
-        return web.json_response(_final_body(rid, created, chat, parsed.prompt_tokens, done))
+        return _json(generation.body())
 
-    async def _stream(request, queue, rid, created, chat, parsed) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    async def _stream(request: web.Request, generation: Generation) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8"})
         await response.prepare(request)
-
-        async def send(obj: Any) -> None:
-            await response.write(b"data: " + json.dumps(obj).encode() + b"\n\n")
-
-        if chat:
-            await send(chat_chunk(rid, created, model, {"role": "assistant", "content": ""}, None))
-        while True:
-            kind, payload = await queue.get()
-            if kind == "token":
-                text = placeholder_token(payload)
-                if chat:
-                    await send(chat_chunk(rid, created, model, {"content": text}, None))
-                else:
-                    await send(completion_chunk(rid, created, model, text, None))
-                continue
-            done: FinishedRequest = payload
-            if chat:
-                await send(chat_chunk(rid, created, model, {}, done.finish_reason))
+        parsed = generation.request
+        try:
+            if parsed.deferred_error is not None:
+                # generate/base/serving.py: the error surfaces when the generator is first iterated
+                await response.write(_sse(parsed.deferred_error.body(), compact=parsed.chat))
             else:
-                await send(completion_chunk(rid, created, model, "", done.finish_reason))
-            if parsed.include_usage:
-                obj = chat_chunk(rid, created, model, {}, None) if chat else completion_chunk(rid, created, model, "", None)
-                obj["choices"] = []
-                obj["usage"] = usage_body(parsed.prompt_tokens, done.output_tokens)
-                await send(obj)
+                generation.start()
+                while not generation.finished:
+                    sample, previous, done = await generation.next_event()
+                    for chunk in generation.chunks_for(sample, previous, done):
+                        await response.write(_sse(chunk))
+                if parsed.include_usage:
+                    await response.write(_sse(generation.final_usage_chunk()))
             await response.write(b"data: [DONE]\n\n")
             await response.write_eof()
+        except ConnectionResetError:
+            generation.abort()  # the client went away: vLLM aborts quietly (no log by default)
             return response
+        except BaseException:
+            generation.abort()
+            raise
+        return response
 
-    def _final_body(rid: str, created: int, chat: bool, prompt_tokens: int, done: FinishedRequest) -> dict:
-        text = placeholder_text(done.output_tokens)
-        if chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
-                      "finish_reason": done.finish_reason}  # fmt: skip
-            obj = "chat.completion"
-        else:
-            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": done.finish_reason, "stop_reason": None}
-            obj = "text_completion"
-        return {
-            "id": rid, "object": obj, "created": created, "model": model, "choices": [choice],
-            "usage": usage_body(prompt_tokens, done.output_tokens),
-        }  # fmt: skip
+    async def not_allowed(request: web.Request) -> web.Response:
+        return _json({"detail": "Method Not Allowed"}, status=405)
 
     app.router.add_get("/health", health)
+    app.router.add_get("/ping", health)
+    app.router.add_post("/ping", health)
+    app.router.add_get("/version", version)
+    app.router.add_get("/load", load)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/v1/models", models)
+    app.router.add_post("/tokenize", tokenize)
+    app.router.add_post("/detokenize", detokenize_handler)
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/invocations", invocations)
     return app
-
-
-async def _wait_finished(queue: asyncio.Queue) -> FinishedRequest:
-    while True:
-        kind, payload = await queue.get()
-        if kind == "finish":
-            return payload
 
 
 @web.middleware
 async def _json_errors(request: web.Request, handler) -> web.StreamResponse:
-    """Every error leaves as OpenAI-style JSON, including unknown paths and methods."""
+    """ApiError as vLLM's error body; unknown paths and methods as FastAPI's default `{"detail": ...}`."""
     try:
         return await handler(request)
     except ApiError as exc:
-        log.info("Rejected request path=%s status=%s reason=%s", request.path, exc.status, exc.message)
-        return error_response(exc.status, exc.message, exc.param)
+        log.debug("Rejected request path=%s status=%s reason=%s", request.path, exc.status, exc.message)
+        return _json(exc.body(), status=exc.status)
     except web.HTTPMethodNotAllowed:
-        return error_response(405, f"method {request.method} is not allowed on {request.path}")
+        return _json({"detail": "Method Not Allowed"}, status=405)
     except web.HTTPNotFound:
-        return error_response(404, f"no route for {request.path}")
+        return _json({"detail": "Not Found"}, status=404)
 
 
 # ------------------------------------------------------------------ command line
@@ -445,11 +702,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kiban-sim", description="vLLM-compatible engine simulator (no model runs).")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--served-model-name", required=True)
+    parser.add_argument("--served-model-name", required=True, nargs="+",
+                        help="one or more aliases; metrics and responses use the first")
+    parser.add_argument("--model", default=None, help="what `vllm serve` was given (the /v1/models root)")
     parser.add_argument("--profile", required=True, help="engine profile, e.g. nvidia-l4/8B")
     parser.add_argument("--max-num-seqs", type=int, default=None)
     parser.add_argument("--max-num-batched-tokens", type=int, default=None)
     parser.add_argument("--max-model-len", type=int, default=None)
+    parser.add_argument("--max-logprobs", type=int, default=DEFAULT_MAX_LOGPROBS)
+    parser.add_argument("--block-size", type=int, default=DEFAULT_BLOCK_SIZE)
+    parser.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--enable-log-requests", action="store_true")
+    parser.add_argument("--enable-prompt-tokens-details", action="store_true")
     parser.add_argument("--startup-seconds", type=float, default=None, help="engine seconds until /health is 200")
     parser.add_argument("--speedup", type=float, default=1.0, help="engine time runs K times faster than wall time")
     parser.add_argument("--seed", type=int, default=0)
@@ -458,6 +722,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--true-engine-seed", type=int, default=None,
                         help="serve a perturbed 'true' engine: each step-time parameter and the KV capacity "
                              "x a seeded log-uniform factor in [0.7, 1.4] (kiban_serving.sim.true_engine)")
+    parser.add_argument("--api-key", default=None, help="guard /v1 paths with this key (default: $VLLM_API_KEY)")
+    parser.add_argument("--lora-modules", nargs="+", default=[], metavar="NAME=PATH",
+                        help="LoRA adapters served under NAME (the simulator serves them with the base model's engine)")
     parser.add_argument("--log-level", default="INFO")
     return parser
 
@@ -471,17 +738,27 @@ def profile_from_args(args: argparse.Namespace) -> EngineProfile:
 
 
 def config_from_args(args: argparse.Namespace) -> SimConfig:
+    names = list(args.served_model_name)
     return SimConfig(
-        served_model_name=args.served_model_name,
+        served_model_name=names[0],
+        extra_served_names=tuple(names[1:]),
+        model=args.model,
         profile=profile_from_args(args),
         max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens,
         max_model_len=args.max_model_len,
+        max_logprobs=args.max_logprobs,
+        block_size=args.block_size,
+        enable_prefix_caching=args.enable_prefix_caching,
+        enable_log_requests=args.enable_log_requests,
+        enable_prompt_tokens_details=args.enable_prompt_tokens_details,
         startup_s=args.startup_seconds,
         speedup=args.speedup,
         seed=args.seed,
         step_jitter=args.step_jitter,
         mean_output_tokens=args.mean_output_tokens,
+        api_key=args.api_key or os.environ.get("VLLM_API_KEY") or None,
+        lora_modules=tuple((m.split("=", 1)[0], m.split("=", 1)[1] if "=" in m else m) for m in args.lora_modules),
     )
 
 
@@ -498,7 +775,8 @@ def main(argv: list[str] | None = None) -> int:
         "Started simulator model=%s profile=%s host=%s port=%s speedup=%s",
         config.served_model_name, config.profile.name, args.host, args.port, config.speedup,
     )  # fmt: skip
-    web.run_app(app, host=args.host, port=args.port, print=None, access_log=None)
+    # backlog 2048: uvicorn's default, what `vllm serve` listens with
+    web.run_app(app, host=args.host, port=args.port, print=None, access_log=None, backlog=2048)
     return 0
 
 

@@ -68,9 +68,34 @@ def test_int_or_string_parallelism_defaults_to_auto():
         assert accelerator[field]["default"] == "auto"
 
 
-def test_affinity_is_the_only_preserved_unknown_field():
+def test_no_field_preserves_unknown_fields():
+    """Affinity is typed too: whatever the CRD accepts, the Pod API accepts (no pass-through)."""
     preserved = [p for p, n in walk(schema()) if n.get("x-kubernetes-preserve-unknown-fields")]
-    assert preserved == [".spec.scheduling.affinity"]
+    assert preserved == []
+    affinity = schema()["properties"]["spec"]["properties"]["scheduling"]["properties"]["affinity"]
+    assert set(affinity["properties"]) == {"nodeAffinity", "podAffinity", "podAntiAffinity"}
+
+
+def _field_rules() -> set[str]:
+    """CEL placed on a field's own schema node (list items, maps), whose Python side is a
+    PythonCheck or the field's type."""
+    out = set()
+    for model in _all_models():
+        for field in model.model_fields.values():
+            for holder in (field, *field.metadata, *(getattr(a, "__metadata__", ()) for a in _args(field.annotation))):
+                for meta in (holder if isinstance(holder, tuple) else (holder,)):
+                    extra = getattr(meta, "json_schema_extra", None)
+                    if isinstance(extra, dict):
+                        out |= {r["rule"] for r in extra.get("x-kubernetes-validations", [])}
+    return out
+
+
+def _args(annotation):
+    import typing
+
+    for arg in typing.get_args(annotation):
+        yield arg
+        yield from _args(arg)
 
 
 def test_every_python_rule_is_in_the_schema():
@@ -78,7 +103,9 @@ def test_every_python_rule_is_in_the_schema():
         r["rule"] for _, node in walk(schema()) for r in node.get("x-kubernetes-validations", [])
     }
     rules_in_models = {r.rule for model in _all_models() for r in model.cel_rules}
-    assert rules_in_models and rules_in_models == rules_in_schema
+    field_rules = _field_rules()
+    assert rules_in_models and field_rules
+    assert rules_in_models | field_rules == rules_in_schema
     for _, node in walk(schema()):
         for rule in node.get("x-kubernetes-validations", []):
             assert rule["message"]

@@ -57,7 +57,7 @@ def test_minimal_resource_parses_with_documented_defaults():
 def test_round_trip_uses_camel_case():
     dumped = FoundationModel.from_object(MINIMAL).model_dump(mode="json", exclude_none=True)
     assert dumped["apiVersion"] == "kiban.dev/v1alpha1"
-    assert dumped["spec"]["scaling"]["slo"] == {"ttftP95Ms": 500}
+    assert dumped["spec"]["scaling"]["slo"] == {"ttftP95Ms": 3000}  # examples/model.yaml
     assert "minReplicas" in dumped["spec"]["scaling"]
     assert FoundationModel.from_object(dumped).spec == FoundationModel.from_object(MINIMAL).spec
 
@@ -86,8 +86,8 @@ def test_kopf_style_mapping_bodies_are_accepted():
         ({"accelerator.tensorParallelSize": 3}, "tensorParallelSize must be 'auto' or a power of two"),
         ({"accelerator.gpusPerReplica": 6}, "gpusPerReplica must be 'auto' or a power of two"),
         ({"accelerator.gpusPerReplica": 2, "accelerator.tensorParallelSize": 4}, "multiple of tensorParallelSize"),
-        ({"engine.extraArgs": ["--api-key", "x"]}, "extraArgs may not set flags the operator owns"),
-        ({"engine.extraArgs": ["--port=9000"]}, "extraArgs may not set flags the operator owns"),
+        ({"engine.extraArgs": ["--api-key", "x"]}, "'--api-key': --api-key is refused"),
+        ({"engine.extraArgs": ["--port=9000"]}, "'--port=9000': --port is refused"),
         ({"engine.env": [{"name": "A", "value": "1"}, {"name": "A", "value": "2"}]}, "env names must be unique"),
         ({"engine.env": [{"name": "A", "value": "1", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]},
          "set value or valueFrom, not both"),
@@ -98,6 +98,20 @@ def test_kopf_style_mapping_bodies_are_accepted():
         ({"model.uri": "pvc://store/m", "model.revision": "main"}, "revision applies only to hf:// models"),
         ({"exposure": {"routeHost": "a.example.com"}}, "routeHost needs spec.exposure.route true"),
         ({"accelerator.gpusPerReplica": 4, "scaling.gpuBudget": 3}, "gpuBudget must cover minReplicas"),
+        # multi-node layouts (kiban.sizing.layout): impossible on any cluster, so the API server refuses them
+        ({"accelerator.pipelineParallelSize": 0}, "pipelineParallelSize must be 'auto' or a number from 1 to 16"),
+        ({"accelerator.nodesPerReplica": 17}, "nodesPerReplica must be 'auto' or a number from 1 to 16"),
+        ({"accelerator.gpusPerReplica": 16, "accelerator.tensorParallelSize": 8,
+          "accelerator.pipelineParallelSize": 4}, "pipelineParallelSize must be gpusPerReplica / tensorParallelSize"),
+        ({"accelerator.pipelineParallelSize": 3, "accelerator.nodesPerReplica": 2},
+         "nodesPerReplica must divide pipelineParallelSize"),
+        ({"accelerator.gpusPerReplica": 8, "accelerator.nodesPerReplica": 3}, "nodesPerReplica must divide gpusPerReplica"),
+        ({"accelerator.gpusPerReplica": 8, "accelerator.tensorParallelSize": 8, "accelerator.nodesPerReplica": 2},
+         "nodesPerReplica must divide gpusPerReplica"),
+        ({"engine.extraArgs": ["--nnodes", "2"]}, "'--nnodes': --nnodes is refused: multi-node wiring"),
+        ({"engine.extraArgs": ["--master-addr=10.0.0.1"]}, "--master-addr is refused"),
+        ({"engine.extraArgs": ["--headless"]}, "'--headless': --headless is refused"),
+        ({"rollout": {"maxSurge": 0, "maxUnavailable": 0}}, "spec.rollout.maxSurge and spec.rollout.maxUnavailable"),
     ],
 )
 def test_cross_field_rules_reject_with_a_message_naming_the_field(changes, message):
@@ -152,6 +166,36 @@ def test_valid_explicit_parallelism_and_manual_scaling_parse():
         })
     )
     assert spec.accelerator.gpus_per_replica == 8 and spec.scaling.replicas == 2
+
+
+def test_valid_multi_node_layouts_parse():
+    for changes in (
+        {"accelerator.gpusPerReplica": 16, "accelerator.tensorParallelSize": 8, "accelerator.pipelineParallelSize": 2,
+         "accelerator.nodesPerReplica": 2},
+        {"accelerator.tensorParallelSize": 8, "accelerator.pipelineParallelSize": 3, "accelerator.nodesPerReplica": 3},
+        {"accelerator.nodesPerReplica": 4},
+        {"accelerator.gpusPerReplica": 16, "accelerator.nodesPerReplica": 4},
+        {"accelerator.pipelineParallelSize": 4, "accelerator.nodesPerReplica": 2},
+    ):
+        spec = FoundationModelSpec.model_validate(spec_with(**changes))
+        assert spec.accelerator.nodes_per_replica == changes.get("accelerator.nodesPerReplica", "auto")
+
+
+@pytest.mark.parametrize(
+    ("surge", "unavailable", "replicas", "minimum", "strategy"),
+    [
+        (1, 0, 3, 1, (1, 0)),  # the default: one extra replica, none down
+        (0, 1, 3, 1, (0, 1)),  # no spare GPUs: one replica at a time, 2 stay ready >= 1
+        (0, 2, 2, 1, (0, 1)),  # never below minReplicas: only 1 may go down
+        (0, 1, 1, 1, (1, 0)),  # at the minimum nothing may go down, so one replica surges instead
+        (2, 5, 4, 0, (2, 4)),
+    ],
+)
+def test_rollout_strategy_never_goes_below_the_ready_minimum(surge, unavailable, replicas, minimum, strategy):
+    from kiban.api.v1alpha1 import RolloutSpec
+
+    rollout = RolloutSpec(max_surge=surge, max_unavailable=unavailable)
+    assert rollout.strategy(replicas, minimum) == strategy
 
 
 def test_status_parses_conditions_and_ignores_unknown_fields():

@@ -140,7 +140,15 @@ def test_scale_to_zero_only_after_idle_and_only_with_min_zero():
         assert decision.replicas >= 1, f"went to zero after only {t} s idle"
         current = decision.replicas
     decision, state = decide(observe(600.0, 0.0, current=current), cfg, state, PROFILE)
-    assert decision.replicas == 0 and "no requests for 600 s" in decision.reason
+    # idle long enough, but zero is a scale-down like any other: the 60 s stabilisation window
+    # of recommendations (1 until now) holds the replica
+    assert decision.replicas == 1 and "no requests for 600 s" in decision.reason
+    assert "held at 1" in decision.reason
+    for t in (615.0, 630.0, 645.0):  # the last recommendation of 1 (585 s) is still in the window
+        decision, state = decide(observe(t, 0.0, current=1), cfg, state, PROFILE)
+        assert decision.replicas == 1, f"zero at {t} s, inside the window"
+    decision, state = decide(observe(660.0, 0.0, current=1), cfg, state, PROFILE)
+    assert decision.replicas == 0
     # with a floor of one replica, idling never reaches zero
     decision, _ = decide(observe(5000.0, 0.0, current=1), config(min_replicas=1), state, PROFILE)
     assert decision.replicas == 1
@@ -154,6 +162,51 @@ def test_traffic_resets_the_idle_clock_and_wakes_from_zero():
     assert decision.replicas == 1  # only 310 s since a request was running
     decision, _ = decide(observe(1000.0, 0.5, current=0), cfg, state, PROFILE)
     assert decision.replicas == 1
+
+
+def test_a_manual_wake_from_zero_counts_as_traffic_and_is_not_sent_straight_back():
+    """Today's bug: after `kubectl scale --replicas=1` on a model idle for 4335 s, the next pass
+    scaled it straight back to zero ("no requests for 4335 s")."""
+    cfg = config(min_replicas=0, scale_to_zero_idle_s=600.0, scale_down_stabilization_s=300.0)
+    state = PolicyState(last_traffic_time_s=0.0, first_seen_time_s=0.0)
+    decision, state = decide(observe(4335.0, 0.0, current=0), cfg, state, PROFILE)
+    assert decision.replicas == 0
+    # woken by hand; the engine is still starting, so Prometheus has nothing yet
+    waking = Observation(time_s=4350.0, metrics_available=False, reason_unavailable="no series", current_replicas=1)
+    decision, state = decide(waking, cfg, state, PROFILE)
+    assert decision.replicas == 1 and state.last_traffic_time_s == 4350.0
+    t = 4365.0
+    while t < 4350.0 + 600.0:  # a full idle window from the wake, then the stabilisation window
+        decision, state = decide(observe(t, 0.0, current=1), cfg, state, PROFILE)
+        assert decision.replicas == 1, f"back to zero {t - 4350.0:.0f} s after the wake"
+        t += 15.0
+    # metrics available at the moment of the wake count the same way
+    fresh = PolicyState(last_traffic_time_s=0.0, first_seen_time_s=0.0)
+    _, fresh = decide(observe(4335.0, 0.0, current=0), cfg, fresh, PROFILE)
+    decision, fresh = decide(observe(4350.0, 0.0, current=1), cfg, fresh, PROFILE)
+    assert decision.replicas == 1 and fresh.last_traffic_time_s == 4350.0
+
+
+@pytest.mark.parametrize("rate", [1.22e14, math.inf, -1.0])
+def test_an_absurd_rate_is_never_used_and_never_remembered(rate):
+    cfg = config(min_replicas=0, max_replicas=8)
+    decision, state = decide(observe(0.0, 1.0, current=4), cfg, PolicyState(), PROFILE)
+    before = state
+    decision, state = decide(observe(15.0, rate, current=4), cfg, state, PROFILE)
+    assert decision.replicas == 4 and not decision.metrics_ok  # held: neither max nor zero
+    assert state.burst_samples == before.burst_samples and state.rate_samples == before.rate_samples
+
+
+def test_prompt_mix_tail_is_rounded_up_so_noise_gives_one_cache_key():
+    from kiban.autoscale.policy import MIX_GRID, quantize_mix
+
+    a = quantize_mix(((100.0, 0.700), (1000.0, 0.250), (4000.0, 0.050)))
+    b = quantize_mix(((100.0, 0.703), (1000.0, 0.249), (4000.0, 0.048)))
+    assert a == b
+    assert abs(sum(p for _, p in a) - 1.0) < 1e-9
+    # never optimistic: the share of prompts at least each long is >= the true one
+    tail = sum(p for t, p in a if t >= 4000.0)
+    assert tail >= 0.05 and tail - 0.05 < MIX_GRID
 
 
 def test_max_replicas_and_gpu_budget_are_reported():
@@ -436,3 +489,44 @@ def test_a_longer_rate_window_gets_less_burst_tolerance():
         return state.recommendations[-1][1]
 
     assert recommended(60.0) > recommended(15.0) == recommended(None) > 2
+
+
+def test_capacity_inputs_stick_while_they_still_cover_the_new_ones():
+    from kiban.autoscale.policy import MIX_GRID, sticky_inputs
+
+    kept = (256.0, 64.0, ((100.0, 0.75), (1000.0, 0.25)))
+    lighter = ((100.0, 0.77), (1000.0, 0.23))  # a shorter tail, within a few grid steps
+    assert sticky_inputs(kept, 250.0, 63.0, lighter) == kept
+    heavier = ((100.0, 0.70), (1000.0, 0.30))  # a longer tail: never keep an optimistic key
+    assert sticky_inputs(kept, 250.0, 63.0, heavier) == (250.0, 63.0, heavier)
+    longer = sticky_inputs(kept, 300.0, 64.0, lighter)
+    assert longer[0] == 300.0  # longer prompts than kept: the new means
+    much_lighter = ((100.0, 1.0 - 0.25 + 4 * MIX_GRID), (1000.0, 0.25 - 4 * MIX_GRID))
+    assert sticky_inputs(kept, 256.0, 64.0, much_lighter)[2] == much_lighter  # not pessimistic for ever
+
+
+def test_the_capacity_is_solved_again_only_when_it_could_change_the_replica_count():
+    from kiban.autoscale.policy import capacity_per_replica_rps, decisive_inputs
+
+    kept = (256.0, 16.0, ((100.0, 0.75), (1000.0, 0.25)))
+    new = (256.0, 16.0, ((100.0, 0.70), (1000.0, 0.30)))
+    slo = Slo(ttft_ms=500)
+    capacity = capacity_per_replica_rps(PROFILE, 256.0, 16.0, slo, 1.0, kept[2])
+    assert decisive_inputs(kept, new, PROFILE, slo, 1.0, 0.3 * capacity, 1) == kept  # one replica either way
+    assert decisive_inputs(kept, new, PROFILE, slo, 1.0, 1.9 * capacity, 1) == new  # near the 2 -> 3 boundary
+    far = (256.0, 16.0, ((100.0, 0.2), (1000.0, 0.8)))
+    assert decisive_inputs(kept, far, PROFILE, slo, 1.0, 0.3 * capacity, 1) == far  # a real change of mix
+
+
+def test_a_new_model_reuses_another_models_solved_inputs_only_when_they_decide_alike():
+    from kiban.autoscale.policy import capacity_per_replica_rps, note_solved, reusable_inputs
+
+    slo = Slo(ttft_ms=450)
+    other = (512.0, 32.0, ((100.0, 0.75), (1000.0, 0.25)))
+    new = (512.0, 32.0, ((100.0, 0.72), (1000.0, 0.28)))  # near the other model's mix
+    assert reusable_inputs(None, new, PROFILE, slo, 1.0, 0.1, 1) == new  # nothing solved in this class yet
+    capacity = capacity_per_replica_rps(PROFILE, *other[:2], slo, 1.0, other[2])
+    note_solved(PROFILE, slo, 1.0, other)
+    assert reusable_inputs(None, new, PROFILE, slo, 1.0, 0.3 * capacity, 1) == other  # one replica either way
+    assert reusable_inputs(None, new, PROFILE, slo, 1.0, 1.9 * capacity, 1) == new  # near a boundary: solve
+    assert reusable_inputs(None, new, PROFILE, Slo(ttft_ms=900), 1.0, 0.3 * capacity, 1) == new  # another SLO

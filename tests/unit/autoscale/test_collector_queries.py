@@ -98,11 +98,13 @@ def test_ttft_at_the_slo_percentile_is_histogram_quantile_at_that_percentile():
 
 def test_prompt_mix_reuses_the_drift_prompt_bucket_query_over_the_token_window():
     from kiban.autoscale.collector import PROMPT_BUCKETS, build_drift_queries, optional_query
+    from kiban.autoscale.engine_counters import COUNTERS
 
     queries = build_queries(SELECTOR, 30, token_window_s=600, ttft_percentiles=(99,))
     assert queries[PROMPT_BUCKETS] == (
         f"sum by (le) (increase(vllm:request_prompt_tokens_bucket{{{SELECTOR}}}[600s]))")
     assert queries[PROMPT_BUCKETS] == build_drift_queries(SELECTOR, 600)["prompt_tokens:buckets"]
     assert [k for k in queries if optional_query(k)] == [
-        "kv_cache_usage", "batch_by_engine", "itl_by_engine", "ttft_p99", PROMPT_BUCKETS]  # after the required
-    assert list(queries)[-2:] == ["ttft_p99", PROMPT_BUCKETS]
+        "kv_cache_usage", "batch_by_engine", "itl_by_engine", "ttft_p99", PROMPT_BUCKETS,
+        *COUNTERS]  # after the required; the engine fit's per-engine counters last
+    assert list(queries)[-2 - len(COUNTERS):-len(COUNTERS)] == ["ttft_p99", PROMPT_BUCKETS]

@@ -101,8 +101,9 @@ def test_overrides_come_from_the_environment_typed_and_checked():
         drift_overrides({"KIBAN_DRIFT_WINDOW_SECONDS": "0"})
 
 
-def test_token_window_defaults_to_the_rate_window():
-    assert AutoscaleSettings("http://p", interval_s=15).tokens_window_s == 60
+def test_token_window_defaults_to_the_policys_300_s_or_the_rate_window_if_longer():
+    assert AutoscaleSettings("http://p", interval_s=15).tokens_window_s == 300
+    assert AutoscaleSettings("http://p", interval_s=120).tokens_window_s == 480
     assert AutoscaleSettings("http://p", interval_s=15, token_window_s=600).tokens_window_s == 600
 
 

@@ -109,7 +109,7 @@ def test_scaling_status_matches_the_crd_in_milliseconds():
     assert status == {
         "desiredReplicas": 3, "reason": DECISION.reason, "predictedTtftP95Ms": 412.346,
         "predictedItlP95Ms": 75.5, "capacityPerReplicaRps": 2.281235, "arrivalRateRps": 6.0,
-        "lastScaleTime": "2025-01-01T00:00:00Z",
+        "lastScaleTime": "2025-01-01T00:00:00Z", "engine": None,
     }
 
 
@@ -214,3 +214,37 @@ def test_each_slo_variant_sees_the_observed_ttft_at_its_own_percentile(monkeypat
         real(obs, config, state, profile))[1])
     decide_strictest(busy(0, 6.0, 1), configs, seed_state(0, 1), engine_profile_for(fm), {95: 0.3, 99: 0.9})
     assert seen == [(95, 0.3), (99, 0.9)]
+
+
+def test_status_is_rewritten_for_what_a_reader_would_see_not_for_every_wobble_of_the_numbers():
+    from kiban.autoscale.model_pass import material_change
+
+    cond = {"type": "MetricsAvailable", "status": "True", "reason": "MetricsCollected",
+            "message": "λ=1.02 req/s from 2 engine(s) in Prometheus", "lastTransitionTime": "T0"}
+    before = {"scaling": {"desiredReplicas": 2, "arrivalRateRps": 1.02, "reason": "λ=1.02 req/s → 2 replicas"},
+              "conditions": [cond]}
+    wobble = {"scaling": {"desiredReplicas": 2, "arrivalRateRps": 1.07, "reason": "λ=1.07 req/s → 2 replicas"},
+              "conditions": [{**cond, "message": "λ=1.07 req/s from 2 engine(s) in Prometheus"}]}
+    assert not material_change(before, wobble)  # 5 %: the gauges carry it
+    moved = {"scaling": {**wobble["scaling"], "arrivalRateRps": 1.3, "reason": "λ=1.3 req/s → 2 replicas"},
+             "conditions": wobble["conditions"]}
+    assert material_change(before, moved)  # 27 %
+    scaled = {"scaling": {**wobble["scaling"], "desiredReplicas": 3}, "conditions": wobble["conditions"]}
+    assert material_change(before, scaled)
+    lost = {"scaling": wobble["scaling"], "conditions": [{**cond, "status": "False", "reason": "NoMetrics"}]}
+    assert material_change(before, lost)
+    worded = {"scaling": {**wobble["scaling"], "reason": "λ=1.07 req/s → 2 replicas; capped at 2 by maxReplicas"},
+              "conditions": wobble["conditions"]}
+    assert material_change(before, worded)
+    eleven = {"scaling": {**wobble["scaling"], "desiredReplicas": 11}, "conditions": wobble["conditions"]}
+    assert material_change({**wobble, "scaling": {**wobble["scaling"], "desiredReplicas": 10}}, eleven)
+
+
+def test_engine_fit_setting_reads_true_and_false_and_names_the_variable_on_anything_else():
+    from kiban.autoscale.model_pass import engine_fit_setting
+    from kiban.config import ConfigError
+
+    assert engine_fit_setting({}) is True and engine_fit_setting({"KIBAN_ENGINE_FIT": " On "}) is True
+    assert engine_fit_setting({"KIBAN_ENGINE_FIT": "false"}) is False and engine_fit_setting({"KIBAN_ENGINE_FIT": "0"}) is False
+    with pytest.raises(ConfigError, match="KIBAN_ENGINE_FIT"):
+        engine_fit_setting({"KIBAN_ENGINE_FIT": "maybe"})

@@ -278,9 +278,16 @@ def test_scale_down_waits_one_window_of_history_and_for_a_harmful_queue():
     assert target == 5 and "9 requests waiting with TTFT above target" in notes[-1]
 
 
-def test_scale_to_zero_is_not_held_by_the_window():
+def test_scale_to_zero_waits_out_the_window_like_any_scale_down():
+    """Zero, after its own idle window, is a scale-down like any other (core's 1053002: a model
+    woken by hand was sent straight back to zero); this replaces the split's test that zero was
+    not held by the window, the rule before that change."""
     cfg = config(min_replicas=0, scale_down_stabilization_s=300.0)
-    assert scale_down_stage(observe(100.0, 0.0, current=2), cfg, 0, ((0.0, 2), (100.0, 0)), 0.0) == (0, ())
+    target, notes = scale_down_stage(observe(100.0, 0.0, current=2), cfg, 0, ((0.0, 2), (100.0, 0)), 0.0)
+    assert target == 2 and "less than one 300 s scale-down window" in notes[0]
+    target, notes = scale_down_stage(observe(400.0, 0.0, current=2), cfg, 0, ((200.0, 2), (400.0, 0)), 0.0)
+    assert target == 2 and "2 recommended within the 300 s scale-down window" in notes[0]
+    assert scale_down_stage(observe(400.0, 0.0, current=1), cfg, 0, ((400.0, 0),), 0.0) == (0, ())
 
 
 # -- the rest --------------------------------------------------------------------------------------

@@ -14,7 +14,8 @@ FULL_FEATURED = Path(__file__).with_name("full-featured.yaml")
 CASES = {p.stem: p for p in [*EXAMPLES, FULL_FEATURED]}
 TEST_NAMESPACE = "models"
 TEST_UID = "00000000-0000-4000-8000-000000000001"
-ALL_APIS = frozenset({"monitoring.coreos.com/v1", "route.openshift.io/v1"})
+ALL_APIS = frozenset({"monitoring.coreos.com/v1", "route.openshift.io/v1", "inference.networking.k8s.io/v1",
+                      "leaderworkerset.x-k8s.io/v1"})
 
 
 def load_fm(path: Path, *, namespace: str = TEST_NAMESPACE) -> FoundationModel:

@@ -53,4 +53,5 @@ def test_builders_match_golden_yaml(case):
 
 def test_every_case_has_golden_files():
     for case in CASES:
-        assert (GOLDEN / case / "deployment.yaml").exists(), case
+        workloads = [(GOLDEN / case / f"{kind}.yaml").exists() for kind in ("deployment", "leaderworkerset")]
+        assert sum(workloads) == 1, case

@@ -49,7 +49,7 @@ def test_optional_apis_add_monitor_and_route_only_when_served(full, config):
     assert kinds(build_children(full, config)) == [
         "PersistentVolumeClaim", "Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy",
     ]
-    assert kinds(build_children(full, config, available_apis=ALL_APIS))[-2:] == ["PodMonitor", "Route"]
+    assert kinds(build_children(full, config, available_apis=ALL_APIS))[-3:] == ["PodMonitor", "Route", "InferencePool"]
 
 
 def test_route_needs_the_spec_to_ask(minimal, config):
@@ -78,7 +78,7 @@ def test_service_exposes_port_8000_named_http(minimal, full):
         "name": "http", "port": 8000, "targetPort": "http", "protocol": "TCP", "appProtocol": "http",
     }
     assert service["spec"]["selector"] == {"kiban.dev/model": "llama-8b", "app.kubernetes.io/component": "model-server"}
-    assert build_service(full)["spec"]["type"] == "LoadBalancer"
+    assert build_service(with_spec(minimal, **{"exposure.serviceType": "LoadBalancer"}))["spec"]["type"] == "LoadBalancer"
 
 
 def test_endpoint_and_selector_string(minimal):
@@ -112,6 +112,9 @@ def test_network_policy_follows_exposure(full):
     assert {
         "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "openshift-user-workload-monitoring"}}
     } in peers
+    assert len(rules) == 1  # ClusterIP: no rule for outside traffic
+    balanced = with_spec(full, **{"exposure.serviceType": "LoadBalancer", "apiKeySecretRef": None})
+    rules = build_network_policy(balanced, config)["spec"]["ingress"]
     assert rules[1] == {"ports": [{"protocol": "TCP", "port": 8000}]}  # LoadBalancer: outside traffic
 
 

@@ -57,9 +57,41 @@ def test_s3_model_flags_exist_too(minimal):
 
 
 def test_flag_check_would_catch_an_invented_flag(minimal):
-    fm = with_spec(minimal, **{"engine.extraArgs": ["--enable-turbo-mode"]})
-    args = container(deployment_of(fm))["args"]
+    """An invented flag never reaches the builders (the API refuses it); forced past validation,
+    the reference list above would catch it."""
+    with pytest.raises(ValueError, match="--enable-turbo-mode.*not an option of vllm serve"):
+        with_spec(minimal, **{"engine.extraArgs": ["--enable-turbo-mode"]})
+    forced = minimal.model_copy(deep=True)
+    forced.spec.engine.extra_args = ["--enable-turbo-mode"]
+    args = container(deployment_of(forced))["args"]
     assert "--enable-turbo-mode" in args and "--enable-turbo-mode" not in known_flags()
+
+
+def _every_branch(full):
+    """Specs that make engine_args emit every flag it can: the full fixture (pvc model, adapters
+    beyond --max-loras, quantization, trust, pipeline stages), an s3 model and a revision."""
+    s3 = with_s3(full)
+    revision = with_spec(full, **{"model.uri": "hf://org/repo", "model.revision": "main"})
+    return [full, s3, revision]
+
+
+def test_the_operator_owned_flags_are_what_the_builder_emits(full):
+    """engine_policy.OWNED_FLAGS is derived from engine_args: every flag the operator sets is
+    refused in extraArgs (a later copy would win over the spec), and the table names no flag
+    the operator sets that it does not emit, apart from the ones it owns by other means."""
+    from kiban.api.engine_policy import OWNED_FLAGS, TRUST_REMOTE_CODE
+
+    emitted = set()
+    for fm in _every_branch(full):
+        sizing = resolve_sizing(fm.spec, load_config({}).profile(fm.spec.accelerator.profile))
+        emitted |= {a for a in engine_args(fm, sizing) if a.startswith("--")}
+    emitted -= set(full.spec.engine.extra_args)  # the user's own, appended last
+    assert {"--lora-modules", "--max-cpu-loras", "--load-format", "--revision", "--pipeline-parallel-size"} <= emitted
+    assert emitted - {TRUST_REMOTE_CODE} <= set(OWNED_FLAGS), "a flag the builder sets is not refused in extraArgs"
+    # owned without being emitted: set another way (env, the positional model, the cache) or
+    # part of the serving/parallel wiring and monitoring the operator relies on
+    not_emitted = set(OWNED_FLAGS) - emitted
+    assert {"--api-key", "--model", "--download-dir"} <= not_emitted
 
 
 def test_minimal_example_serves_the_hf_repo_with_expected_flags(minimal):
@@ -82,11 +114,20 @@ def test_api_key_comes_from_the_secret_never_args(full):
     }
 
 
-def test_user_env_overrides_defaults_without_duplicates(full):
+def test_user_env_follows_the_defaults_without_duplicates(full):
     c = container(deployment_of(full))
     names = [e["name"] for e in c["env"]]
     assert len(names) == len(set(names))
-    assert env_by_name(c)["HF_HOME"]["value"] == "/cache/hf-override"
+    assert env_by_name(c)["HF_HOME"]["value"] == "/cache/huggingface"
+    assert env_by_name(c)["VLLM_LOGGING_LEVEL"]["value"] == "DEBUG"
+
+
+def test_the_operator_owned_env_cannot_be_overridden(full):
+    """HF_HOME, VLLM_API_KEY and the other names the builder sets are refused by the API."""
+    c = container(deployment_of(full))
+    for name in (e["name"] for e in c["env"] if e["name"] not in {"VLLM_LOGGING_LEVEL", "HF_TOKEN"}):
+        with pytest.raises(ValueError, match=f"{name} is refused"):
+            with_spec(full, **{"engine.env": [{"name": name, "value": "x"}]})
 
 
 def test_startup_probe_tolerates_thirty_minutes_of_loading(minimal):
@@ -256,3 +297,19 @@ def test_build_children_rejects_an_unknown_profile(minimal, config):
     fm = with_spec(minimal, **{"accelerator.profile": "tpu-v5e"})
     with pytest.raises(ConfigError, match="spec.accelerator.profile.*tpu-v5e.*nvidia-l4"):
         build_children(fm, config)
+
+
+@pytest.mark.parametrize(("access_mode", "strategy"), [
+    ("ReadWriteMany", "RollingUpdate"), ("ReadWriteOnce", "Recreate"), ("ReadWriteOncePod", "Recreate"),
+])
+def test_a_single_attach_cache_is_rolled_out_by_recreate(full, access_mode, strategy):
+    """A surge pod could never mount a ReadWriteOnce(Pod) cache the old pod holds: the rollout
+    would wait forever on Multi-Attach, so those models replace their one pod instead."""
+    fm = with_spec(full, **{"cache.accessMode": access_mode, "scaling.minReplicas": 1, "scaling.maxReplicas": 1,
+                            "scaling.replicas": 1, "scaling.gpuBudget": 4})
+    assert deployment_of(fm)["spec"]["strategy"]["type"] == strategy
+
+
+def test_a_single_attach_cache_with_more_than_one_replica_is_refused(full):
+    with pytest.raises(ValueError, match="maxReplicas must be 1"):
+        with_spec(full, **{"cache.accessMode": "ReadWriteOnce"})

@@ -39,7 +39,7 @@ def engine_pod(example: str = "model.yaml", **spec_changes) -> dict:
     deployment = build_deployment(fm, config, resolve_sizing(fm.spec, config.profile(fm.spec.accelerator.profile)))
     template = copy.deepcopy(deployment["spec"]["template"])
     metadata = {**template["metadata"], "name": f"{fm.name}-abc-x1", "namespace": "ns1", "uid": "pod-uid"}
-    return {"metadata": metadata, "spec": template["spec"], "status": {"phase": "Running"}}
+    return {"metadata": metadata, "spec": template["spec"], "status": {"phase": "Running", "podIP": "127.64.0.7"}}
 
 
 def test_example_model_pod_is_backed_by_the_l4_8b_profile():

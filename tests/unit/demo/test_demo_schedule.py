@@ -94,3 +94,24 @@ def test_client_ttft_windows_count_a_request_when_its_first_token_came():
     assert [(end, count) for end, _, count in windows] == [(10, 1), (20, 1)]
     assert windows[0][1] == pytest.approx(500.0)
     assert not math.isnan(windows[1][1])
+
+
+def test_a_poisson_phase_keeps_the_mix_in_order_on_poisson_arrivals():
+    from kiban_dev.demo.schedule import Phase as P, phase_at
+
+    conv = steady_trace(1.0, 400)
+    code = [TraceRequest(float(i), 5000 + i, 20) for i in range(300)]
+    phases = (P(100, 0.5), P(100, 1.0, "code", poisson=True))
+    out = ramp({"conv": conv, "code": code}, phases, time_compression=2.0, seed=3)
+    tail = [r for r in out if r.arrival_s >= 100]
+    assert [r.prompt_tokens for r in tail] == [5000 + i for i in range(len(tail))]  # the code rows, in order
+    assert 70 <= len(tail) <= 130  # Poisson at 1 req/s for 100 s
+    assert all(r.prompt_tokens < 5000 for r in out if r.arrival_s < 100)
+    assert phase_at(phases, 150.0).mix == "code" and phase_at(phases, 250.0) is None
+
+
+def test_gpu_hours_integrate_the_replica_steps():
+    from kiban_dev.demo.schedule import gpu_hours
+
+    # 1 replica for 1800 s, then 3 for 1800 s: 0.5 + 1.5 = 2 replica-hours, 2 GPUs each
+    assert gpu_hours([(0.0, 1), (1800.0, 3)], 3600.0, 2) == pytest.approx(4.0)

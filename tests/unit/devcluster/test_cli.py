@@ -13,10 +13,12 @@ def parse(argv):
     return parser.parse_args(["dev-cluster", *argv])
 
 
-def test_defaults_are_the_default_pool():
+def test_defaults_are_the_default_pool_with_the_leaderworkerset_controller():
     args = parse([])
-    assert cli.pool_from_args(args) == {"h100": 3, "l4": 3, "a100-mig": 1, "cpu": 1}
+    assert cli.pool_from_args(args) == {"h100": 4, "l4": 3, "a100-mig": 1, "cpu": 1}
     assert args.func is cli.run
+    assert args.leaderworkerset is True
+    assert parse(["--no-leaderworkerset"]).leaderworkerset is False
 
 
 def test_node_counts_are_flags():

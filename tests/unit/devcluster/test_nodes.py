@@ -58,11 +58,12 @@ def test_every_node_is_managed_by_kwok(kind):
     assert node["metadata"]["labels"]["kubernetes.io/hostname"] == node["metadata"]["name"]
 
 
-def test_default_pool_is_three_h100_three_l4_one_mig_one_cpu():
+def test_default_pool_is_four_h100_three_l4_one_mig_one_cpu():
+    """Four H100 nodes: two LeaderWorkerSet groups of two (a 405B bf16 replica each)."""
     names = [n["metadata"]["name"] for n in build_pool()]
-    assert DEFAULT_POOL == {"h100": 3, "l4": 3, "a100-mig": 1, "cpu": 1}
+    assert DEFAULT_POOL == {"h100": 4, "l4": 3, "a100-mig": 1, "cpu": 1}
     assert names == [
-        "kiban-h100-0", "kiban-h100-1", "kiban-h100-2",
+        "kiban-h100-0", "kiban-h100-1", "kiban-h100-2", "kiban-h100-3",
         "kiban-l4-0", "kiban-l4-1", "kiban-l4-2",
         "kiban-a100-mig-0", "kiban-cpu-0",
     ]

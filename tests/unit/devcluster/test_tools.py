@@ -57,6 +57,8 @@ def test_go_module_pins_match_versions_env():
         "kwok/go.mod": f"sigs.k8s.io/kwok {versions['KWOK_VERSION']}",
         "helm/go.mod": f"helm.sh/helm/v3 {versions['HELM_VERSION']}",
         "etcd/go.mod": f"go.etcd.io/etcd/server/v3 {versions['ETCD_VERSION']}",
+        "gaie/go.mod": f"sigs.k8s.io/gateway-api-inference-extension {versions['GAIE_VERSION']}",
+        "lws/go.mod": f"sigs.k8s.io/lws {versions['LWS_VERSION']}",
     }
     for gomod, requirement in pins.items():
         assert requirement in (hack / gomod).read_text(), gomod

@@ -45,9 +45,12 @@ def test_projections_drop_what_plan_and_status_never_read():
     body = {"apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": {"name": "m", "managedFields": [{}], "uid": "u"}, "spec": {"replicas": 1}, "status": {}}
     assert "managedFields" not in project_child(body)["metadata"]
-    pod = project_pod({"metadata": {"name": "p"}, "spec": {"nodeName": "n", "containers": [{}]},
+    pod = project_pod({"metadata": {"name": "p", "creationTimestamp": "2026-12-01T20:00:00Z",
+                                    "labels": {"pod-template-hash": "abc", "app": "x"}},
+                       "spec": {"nodeName": "n", "containers": [{}]},
                        "status": {"phase": "Running", "conditions": [], "podIP": "1.2.3.4"}})
-    assert pod == {"metadata": {"name": "p", "uid": None}, "spec": {"nodeName": "n"},
+    assert pod == {"metadata": {"name": "p", "uid": None, "creationTimestamp": "2026-12-01T20:00:00Z",
+                                "labels": {"pod-template-hash": "abc"}}, "spec": {"nodeName": "n"},
                    "status": {"phase": "Running", "conditions": []}}
 
 
@@ -71,3 +74,30 @@ def test_the_model_index_keeps_everything_but_managed_fields():
             "spec": {"x": 1}, "status": {"y": 2}}
     assert project_model(body) == {"metadata": {"name": "m", "labels": {"a": "b"}}, "spec": {"x": 1}, "status": {"y": 2}}
     assert body["metadata"]["managedFields"]  # the input is left alone
+
+
+def test_the_resync_lists_every_child_kind_by_the_kind_its_api_serves():
+    """Each child API is listed under the kind the API server serves it as (a plural the
+    resync cannot name would end every resync with a KeyError)."""
+    from kiban.reconcile.observe import Lister
+
+    class Dynamic:
+        def __init__(self):
+            self.asked = []
+            self.resources = self
+
+        def get(self, resource=None, **kwargs):
+            if "api_version" in kwargs:  # resources.get(api_version=..., kind=...)
+                self.asked.append((kwargs["api_version"], kwargs["kind"]))
+                return (kwargs["api_version"], kwargs["kind"])
+            return {"items": [], "metadata": {}}
+
+    lister = Lister(api=None)
+    lister._dynamic = Dynamic()
+    lister.list_world(["models"])
+    assert set(lister._dynamic.asked) >= {
+        ("apps/v1", "Deployment"), ("v1", "Service"), ("v1", "PersistentVolumeClaim"),
+        ("policy/v1", "PodDisruptionBudget"), ("networking.k8s.io/v1", "NetworkPolicy"),
+        ("monitoring.coreos.com/v1", "PodMonitor"), ("route.openshift.io/v1", "Route"),
+        ("inference.networking.k8s.io/v1", "InferencePool"), ("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet"),
+    }

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kiban.handlers import autoscale_wanted, fingerprint
+from kiban.handlers import fingerprint
 from kiban.reconcile.plan import Action, Plan
 from kiban.reconcile.run import write_stages
 
@@ -48,16 +48,3 @@ def test_spec_label_or_deletion_changes_change_the_fingerprint():
     assert fingerprint(model(1, labels={"team": "a"})) != fingerprint(base)
     deleting = {"metadata": {**base["metadata"], "deletionTimestamp": "2026-01-01T00:00:00Z"}}
     assert fingerprint(deleting) != fingerprint(base)
-
-
-def test_the_autoscale_timer_is_wanted_when_on_by_default_or_explicitly():
-    assert autoscale_wanted({}, {})
-    assert autoscale_wanted({"scaling": {"autoscaling": True}}, {})
-
-
-def test_autoscaling_off_needs_the_timer_only_while_autoscaler_status_remains():
-    off = {"scaling": {"autoscaling": False}}
-    assert not autoscale_wanted(off, {})
-    assert not autoscale_wanted(off, {"conditions": [{"type": "Ready", "status": "True"}]})
-    assert autoscale_wanted(off, {"scaling": {"desiredReplicas": 2}})
-    assert autoscale_wanted(off, {"conditions": [{"type": "MetricsAvailable", "status": "False"}]})

@@ -149,9 +149,58 @@ def test_pods_that_cannot_be_created_are_reported():
     assert "PriorityClass" in by["Scheduled"]["message"]
 
 
-def test_conditions_owned_by_other_writers_are_carried_over():
+def test_only_the_reconcilers_own_conditions_are_written():
+    """Server-side apply keeps each writer's conditions: carrying the autoscaler's (from a copy
+    read earlier) is how a stale one used to be written back."""
     autoscaler = {"type": "MetricsAvailable", "status": "False", "reason": "PrometheusUnreachable",
                   "message": "", "lastTransitionTime": T0}
     status = build_status(world(), [autoscaler], T1)
-    assert autoscaler in status["conditions"]
-    assert {c["type"] for c in status["conditions"]} == {"Ready", "Progressing", "Degraded", "Scheduled", "MetricsAvailable"}
+    assert {c["type"] for c in status["conditions"]} == {"Ready", "Progressing", "Degraded", "Scheduled"}
+    current = {**status, "conditions": [*status["conditions"], autoscaler], "scaling": {"desiredReplicas": 3}}
+    assert not status_changed(current, status)  # another writer's fields are no change of ours
+    assert status_changed({k: v for k, v in current.items() if k != "resolved"}, status)
+
+
+def crashing(reason="CrashLoopBackOff", message="back-off 5m0s restarting failed container=vllm", last=None):
+    p = pod("a")
+    p["status"]["containerStatuses"] = [{
+        "name": "vllm", "restartCount": 6, "state": {"waiting": {"reason": reason, "message": message}},
+        "lastState": {"terminated": last} if last else {},
+    }]
+    return p
+
+
+def test_rollout_failures_are_degraded_with_the_containers_reason_and_message():
+    # the kubelet's own strings (pkg/kubelet/images and kuberuntime), not Kiban's
+    cases = [
+        (crashing(last={"reason": "Error", "exitCode": 1, "message": "CUDA out of memory"}), "CrashLoopBackOff",
+         "last exit: Error (exit code 1): CUDA out of memory"),
+        (crashing("ImagePullBackOff", 'Back-off pulling image "vllm/vllm-openai:v9"'), "ImagePullBackOff",
+         'Back-off pulling image "vllm/vllm-openai:v9"'),
+        (crashing("ErrImagePull", "rpc error: code = NotFound"), "ErrImagePull", "code = NotFound"),
+        (crashing(last={"reason": "OOMKilled", "exitCode": 137}), "OOMKilled", "OOMKilled (exit code 137, 6 restarts)"),
+    ]
+    for failing_pod, reason, words in cases:
+        by = conditions_by_type(build_status(world(deployment=deployment(ready=1), pods=[pod("b"), failing_pod]),
+                                             [], T0))
+        assert (by["Degraded"]["status"], by["Degraded"]["reason"]) == ("True", reason), by["Degraded"]
+        assert words in by["Degraded"]["message"] and "pod a container vllm" in by["Degraded"]["message"]
+        assert (by["Ready"]["status"], by["Ready"]["reason"]) == ("False", reason)
+    late = deployment(ready=0)
+    late["status"]["conditions"] = [{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+                                     "message": 'ReplicaSet "llama-7d9" has timed out progressing.'}]
+    by = conditions_by_type(build_status(world(deployment=late, pods=[]), [], T0))
+    assert (by["Degraded"]["reason"], by["Degraded"]["message"]) == (
+        "ProgressDeadlineExceeded", 'ReplicaSet "llama-7d9" has timed out progressing.')
+
+
+def test_a_container_still_creating_is_not_a_failure():
+    by = conditions_by_type(build_status(world(pods=[crashing("ContainerCreating", "")]), [], T0))
+    assert by["Degraded"]["status"] == "False"
+
+
+def test_a_route_the_cluster_cannot_serve_is_said_in_degraded():
+    message = "spec.exposure.route is true but route.openshift.io/v1 is not served here: no Route was created"
+    by = conditions_by_type(build_status(world(unserved=[message]), [], T0))
+    assert (by["Degraded"]["status"], by["Degraded"]["reason"], by["Degraded"]["message"]) == (
+        "True", "RouteApiUnavailable", message)
