@@ -1,17 +1,29 @@
-"""The benchmark's PromQL stand-in answers the collector's queries as a real Prometheus does.
+"""The benchmark's Prometheus is Prometheus: what its fleet answers to the collector's queries is
+what a real Prometheus (the pinned 2.42 binary) answers from kiban-sim under the same load.
 
-Two kiban-sim processes (one of them a perturbed true engine) serve a fixed load of mixed prompt
-and output lengths; a real Prometheus (the pinned 2.42 binary) scrapes them every second; one is
-removed from the scrape targets half-way, so staleness is exercised. Afterwards every raw sample
-Prometheus stored is read back (a range-vector query) into the stand-in's SampleStore, and each
-query the operator's collector asks (batch_queries with a TTFT p99 target, the drift histograms)
-and the benchmark's engine-fit queries is evaluated by both at several times, query by query.
+Two tests, one per half of the claim:
 
-Both evaluate the same stored samples, so there is no scrape alignment to allow for: the only
-tolerance is floating point (relative 1e-9: Prometheus sums in another order). The instants
-between the removed target's last sample and the staleness markers Prometheus writes for it
-(within the 1 s file_sd refresh) are skipped, since the stand-in cannot know that moment from
-the samples alone.
+1. The exporter and the scrape (test_the_fleets_answers_are_prometheus_answers_from_kiban_sim):
+   one kiban-sim serves a fixed load of mixed prompt and output lengths while Prometheus scrapes
+   it every 15 s (the chart's PodMonitor interval); the benchmark's fleet replays the very same
+   requests (their send times as the load generator recorded them) on one replica of the same
+   engine profile, scraped at the times Prometheus scraped, and the stand-in answers every query
+   the operator's collector asks in a pass with the operator's default windows (60 s rates,
+   300 s token means, TTFT p99; drift windows are off by default) at instants across the run. The only honest difference is alignment: a
+   scrape's timestamp is when Prometheus began it, while kiban-sim's numbers are read a moment
+   later, and a request reaches kiban-sim's engine a moment after it was sent. So the fleet is
+   replayed with its scrapes read 0 to SCRAPE_LAG_S later and its arrivals 0 to ARRIVAL_LAG_S
+   later, and Prometheus's answer must lie within what those replays answer (plus 1e-6 relative
+   for float sums). A replay half a scrape interval off (7.5 s) must fall outside that band for
+   most answers: the comparison can fail.
+2. The evaluator (test_standin_answers_every_collector_query_as_prometheus_does): two kiban-sim
+   processes (one a perturbed true engine), Prometheus scraping every second, one target removed
+   half-way (staleness); every raw sample Prometheus stored is read back into the stand-in's
+   SampleStore and every collector query (the drift histograms too) is evaluated by both at
+   several times. Both evaluate the same samples: the only tolerance is floating point (relative
+   1e-9, Prometheus sums in another order). The instants between the removed target's last
+   sample and the staleness markers Prometheus writes for it (within the 1 s file_sd refresh) are
+   skipped, since the stand-in cannot know that moment from the samples alone.
 """
 
 from __future__ import annotations
@@ -27,9 +39,15 @@ from collections import defaultdict
 
 import pytest
 
-from kiban.autoscale.collector import PrometheusHttp, batch_drift_queries, batch_queries
-from kiban_dev.benchmark.operator_policy import engine_window_queries
+import numpy as np
+
+from kiban.autoscale.collector import PrometheusHttp, Target, batch_drift_queries, batch_queries
+from kiban.autoscale.model_pass import collector_for
+from kiban.capacity.profiles import get_profile_by_name
+from kiban_dev.benchmark.fleet import Fleet, FleetConfig
+from kiban_dev.benchmark.operator_policy import operator_settings
 from kiban_dev.benchmark.promql import PromQLStandIn, SampleStore
+from kiban_dev.benchmark.traces import Trace
 from kiban_serving.loadgen.client import replay
 from kiban_serving.loadgen.trace import TraceRequest
 from support import healthy_simulators, wait_for
@@ -130,8 +148,7 @@ def test_standin_answers_every_collector_query_as_prometheus_does(prometheus_fac
     assert gone in last and last[gone] < end - 2.0, "the removed target must stop being scraped"
     store.drop(gone, last[gone] + 0.5)
     standin = PromQLStandIn(store)
-    queries = {**batch_queries(WINDOW_S, None, (99,)), **batch_drift_queries(WINDOW_S),
-               **{f"fit:{k}": q for k, q in engine_window_queries(WINDOW_S).items()}}
+    queries = {**batch_queries(WINDOW_S, None, (99,)), **batch_drift_queries(WINDOW_S)}
     instants = [round(started + 4.0 + 2.0 * k, 3) for k in range(int((end - started - 4.0) / 2.0))]
     instants = [t for t in instants if not last[gone] - 0.05 <= t <= max(last[gone], removed_at) + 3.0]
     assert len(instants) >= 8
@@ -151,3 +168,118 @@ def test_standin_answers_every_collector_query_as_prometheus_does(prometheus_fac
     # the staleness path was exercised: after the removal, the gauges come from one engine only
     after = [t for t in instants if t > last[gone] + 3.0]
     assert after and real.query("count(vllm:num_requests_running)", after[-1])[0].value == 1
+
+
+# -- 1. the fleet's exporter and scrape against kiban-sim scraped by Prometheus ----------------------
+
+SCRAPE_S = 15.0
+FLEET_LOAD_S = 105.0
+FLEET_RATE_RPS = 1.5
+SCRAPE_LAG_S = (0.0, 0.02, 0.05, 0.1)  # kiban-sim's numbers are read this long after the scrape's timestamp
+ARRIVAL_LAG_S = (0.0, 0.005, 0.02)  # a request reaches kiban-sim's engine this long after it is sent
+SCRAPE_LABELS = ("instance", "pod", "job")  # the scrape's own target labels differ (a pod IP vs 127.0.0.1)
+
+
+def raw_scrape_times(url: str, at_s: float, instance: str) -> list[float]:
+    """When Prometheus scraped `instance`: the timestamps of its `up` samples."""
+    query = urllib.parse.urlencode({"query": f'up{{instance="{instance}"}}[10m]', "time": f"{at_s:.3f}"})
+    with urllib.request.urlopen(f"{url}/api/v1/query?{query}", timeout=30) as response:
+        body = json.load(response)
+    (series,) = body["data"]["result"]
+    return [float(t) for t, _ in series["values"]]
+
+
+def comparable(samples) -> dict[frozenset, float]:
+    """An answer keyed by its labels without the scrape's target labels."""
+    out = {}
+    for sample in samples:
+        key = frozenset((k, v) for k, v in sample.labels.items() if k not in SCRAPE_LABELS)
+        assert key not in out, f"duplicate series {dict(sample.labels)}"
+        out[key] = sample.value
+    return out
+
+
+def fleet_store(requests: list[tuple[float, int, int]], base_s: float, scrapes: list[float], scrape_lag_s: float,
+                arrival_lag_s: float) -> PromQLStandIn:
+    """The benchmark fleet's answer: one replica of PROFILE serving `requests` (wall send time,
+    prompt, output) from base_s on, its vLLM series read scrape_lag_s after each scrape."""
+    trace = Trace("fixed", np.array([t - base_s + arrival_lag_s for t, _, _ in requests]),
+                  np.array([p for _, p, _ in requests]), np.array([o for _, _, o in requests]))
+    config = FleetConfig(profile=get_profile_by_name(PROFILE), initial_replicas=1, min_replicas=1, max_replicas=1,
+                         model_name=MODEL, namespace=NAMESPACE)
+    fleet = Fleet(trace, config, None, scrape_at=[t - base_s + scrape_lag_s for t in scrapes])
+    fleet.run()
+    return PromQLStandIn(fleet.store)
+
+
+def within(value: float, answers: list[float], rel: float = 1e-6) -> bool:
+    if math.isnan(value):
+        return any(math.isnan(a) for a in answers)
+    finite = [a for a in answers if not math.isnan(a)]
+    if not finite:
+        return False
+    low, high = min(finite), max(finite)
+    slack = rel * max(abs(low), abs(high)) + 1e-9
+    return low - slack <= value <= high + slack
+
+
+def test_the_fleets_answers_are_prometheus_answers_from_kiban_sim(prometheus_factory, tmp_path):
+    settings = operator_settings()
+    assert (settings.window_s, settings.tokens_window_s) == (60.0, 300.0)  # the operator's defaults
+    prometheus = prometheus_factory(scrape_interval=f"{SCRAPE_S:.0f}s")
+    sims = healthy_simulators(MODEL, PROFILE, 1, tmp_path)
+    (sim,) = next(sims)
+    try:
+        instance = f"127.0.0.1:{sim.port}"
+        prometheus.set_targets("sims", [instance], {"namespace": NAMESPACE})
+        real = PrometheusHttp(prometheus.url)
+        wait_for(lambda: len(real.query("vllm:num_requests_running", time.time())) == 1, 60, "kiban-sim scraped")
+        load = mixed_requests(FLEET_RATE_RPS, FLEET_LOAD_S, 0)
+        wall0 = time.time()
+        results = asyncio.run(replay(sim.url, MODEL, load))
+        assert all(r.ok for r in results), [r.error for r in results if not r.ok][:3]
+        time.sleep(SCRAPE_S + 2.0)
+        end = time.time()
+        scrapes = raw_scrape_times(prometheus.url, end, instance)
+    finally:
+        sims.close()
+
+    sent = sorted((wall0 + r.sent_s, r.prompt_tokens, r.requested_output_tokens) for r in results)
+    base = scrapes[0] - 1.0
+    assert sent[0][0] > base, "the first scrape must see the idle engine before the load"
+    standins = [fleet_store(sent, base, scrapes, lag, arrival) for lag in SCRAPE_LAG_S for arrival in ARRIVAL_LAG_S]
+    off = fleet_store(sent, base, scrapes, SCRAPE_S / 2, 0.0)
+
+    target = Target(NAMESPACE, MODEL, 1, 1, (99,))
+    # a pass's queries as the operator asks them by default (drift is off unless spec.drift asks,
+    # and the fleet exports no per-token ITL buckets, which only the drift windows read)
+    queries = collector_for(standins[0], settings).queries([target])
+    instants = [t for t in np.arange(sent[0][0] + 20.0, end, 5.0).round(3).tolist()]
+    assert len(instants) >= 20
+    compared = inside = misaligned_outside = nonzero = 0
+    worst: list[tuple] = []
+    for t in instants:
+        for key, promql in queries.items():
+            theirs = comparable(real.query(promql, t))
+            ours = [comparable(s.query(promql, t - base)) for s in standins]
+            assert all(o.keys() == theirs.keys() for o in ours), (key, t, promql, theirs.keys(), ours[0].keys())
+            shifted = comparable(off.query(promql, t - base))
+            for labels, value in theirs.items():
+                compared += 1
+                answers = [o[labels] for o in ours]
+                ok = within(value, answers)
+                inside += ok
+                if not ok:
+                    worst.append((key, round(t - sent[0][0], 1), value, min(answers), max(answers)))
+                if value and math.isfinite(value):
+                    nonzero += 1
+                    if labels in shifted and not within(shifted[labels], answers):
+                        misaligned_outside += 1
+    print(f"\n{compared} answers compared over {len(instants)} instants, {len(queries)} queries: "
+          f"{inside} within the alignment band; misaligned by {SCRAPE_S / 2:.1f} s: {misaligned_outside} of "
+          f"{nonzero} non-zero answers outside it")
+    for row in worst[:20]:
+        print("outside:", row)
+    assert nonzero > 0.5 * compared  # the load makes most answers non-trivial
+    assert inside == compared, worst[:10]
+    assert misaligned_outside > 0.3 * nonzero  # the band is narrow enough to catch a wrong scrape time

@@ -35,6 +35,7 @@ import math
 import random
 from bisect import bisect_left
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Callable, Protocol
 
 import numpy as np
@@ -227,8 +228,11 @@ class Fleet:
 
     def __init__(self, trace: Trace, config: FleetConfig, policy: Policy | None = None,
                  on_progress: Callable[[float], None] | None = None,
-                 miss_budget: MissBudget | None = None) -> None:
+                 miss_budget: MissBudget | None = None, scrape_at: Sequence[float] | None = None) -> None:
         self.miss_budget = miss_budget
+        # explicit scrape times (sorted) instead of every scrape_interval_s from the phase; they
+        # turn the replicas' vLLM series on without a policy (the exporter's own test uses them)
+        self.scrape_at = None if scrape_at is None else sorted(float(t) for t in scrape_at)
         self._misses = 0
         self.trace = trace
         self.config = config
@@ -255,7 +259,8 @@ class Fleet:
         p = config.profile
         self._min_step_s = min(p.alpha_ms + p.beta_ms, p.gamma_ms + p.delta_ms) / 1e3
         self.operator_view = getattr(policy, "observes", "fleet") == "operator"
-        self.store: SampleStore | None = SampleStore() if self.operator_view else None
+        exported = self.operator_view or self.scrape_at is not None
+        self.store: SampleStore | None = SampleStore() if exported else None
         self.prometheus = PromQLStandIn(self.store) if self.store is not None else None
         self._context_tokens = max_model_len(p.kv_cache_tokens)
 
@@ -512,7 +517,11 @@ class Fleet:
         n = len(trace)
         interval = self.policy.interval_s if self.policy is not None else math.inf
         next_tick = interval
-        next_scrape = config.scrape_phase_s if self.operator_view else math.inf
+        scrapes = iter(self.scrape_at) if self.scrape_at is not None else None
+        if scrapes is not None:
+            next_scrape = next(scrapes, math.inf)
+        else:
+            next_scrape = config.scrape_phase_s if self.operator_view else math.inf
         previous = self._metrics.snapshot(0.0)
         i = 0
         progress_every = max(1, n // 200)
@@ -527,7 +536,7 @@ class Fleet:
             self._advance_engines(now)
             if t_scrape == now:
                 self.scrape(now)
-                next_scrape = now + config.scrape_interval_s
+                next_scrape = next(scrapes, math.inf) if scrapes is not None else now + config.scrape_interval_s
             elif t_ready == now:
                 _, index = heapq.heappop(self._starting)
                 replica = self.replicas[index]
@@ -540,7 +549,7 @@ class Fleet:
                 i += 1
                 if self.on_progress is not None and i % progress_every == 0:
                     self.on_progress(now)
-            elif self.operator_view:
+            elif self.operator_view and self.policy is not None:
                 view = OperatorView(now, self.prometheus, len(self._active()), len(self._ready()), self.pods())
                 desired = self.policy.desired_replicas(view)
                 if now >= config.warmup_s:

@@ -1,46 +1,51 @@
 """Kiban in the benchmark, as the operator runs it: a FoundationModel, the collector, the policy.
 
-Every tick KibanPolicy does what `kiban run` does for one model with the chart's defaults
-(kiban.autoscale.model_pass): the collector (kiban.autoscale.collector.Collector, the batched
-queries, the operator's default rate and token windows from AutoscaleSettings) asks the
-benchmark's Prometheus stand-in, the answers become the Observation (prompt mix included), and
-model_pass.decide_strictest decides under the configs model_pass.scaling_configs makes of the
-model's spec. The engine profile is the datasheet one the operator ships
-(model_pass.engine_profile_for); the step times are fitted from the engines' vLLM counters, read
-through the same Prometheus stand-in (engine_window_queries below), and the look-ahead from when
-the pods became Ready (kiban.autoscale.learning). Kiban never sees FleetObservation.
+Every tick KibanPolicy does for one model what one pass of `kiban run` does
+(kiban.autoscale.model_pass.Autoscaler.run_pass), with the operator's own functions, in its
+order, under the settings `kiban run` and the chart start with (AutoscaleSettings.from_config of a
+default OperatorConfig and an empty environment: 15 s interval, 60 s rate window, 300 s token
+window, the engine fit on):
+
+  1. collect: model_pass.collector_for builds the operator's Collector (the batched queries of
+     kiban.autoscale.collector, the per-engine counter queries of engine_counters included) on the
+     benchmark's Prometheus stand-in (kiban_dev.benchmark.promql over the replicas' vLLM 0.33
+     series scraped every 15 s, vllm_series.py); `collect_all` turns the answers into the
+     Observation (prompt mix, TTFT at the SLO's percentile, engine windows);
+  2. learn: model_pass.learn_engine with the datasheet profile (model_pass.engine_profile_for) as
+     prior, the engine windows, and the pods as the operator's pod index projects them (creation
+     and Ready lastTransitionTime in whole seconds, kiban.clock.rfc3339);
+  3. decide: model_pass.with_learned_startup (the look-ahead learned from the pods, the profile's
+     estimate before any became Ready), then model_pass.decide_strictest on the learned engine.
+
+Kiban never sees FleetObservation, the true engine or the true cold start. Drift detection is off,
+as spec.drift defaults; the circuit breaker has nothing to do (the stand-in always answers).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from kiban.api.v1alpha1 import FoundationModel
-from kiban.autoscale.collector import (
-    Collected,
-    Collector,
-    PrometheusQuery,
-    PrometheusUnavailable,
-    Sample,
-    Target,
-    promql_duration,
-    series_key,
-)
-from kiban.autoscale.learning import Learned, LearningMemory, learn
+from kiban.autoscale.collector import Collected, Collector, PrometheusQuery, Target, series_key
+from kiban.autoscale.learning import Learned, LearningMemory
 from kiban.autoscale.model_pass import (
     AutoscaleSettings,
+    collector_for,
     decide_strictest,
     engine_profile_for,
+    learn_engine,
+    max_num_batched_tokens,
     scaling_configs,
     seed_state,
     ttft_percentiles,
+    with_learned_startup,
 )
 from kiban.autoscale.policy import PolicyState
 from kiban.capacity.engine_profile import EngineProfile
-from kiban.capacity.fitting import EngineWindow, PodStart
+from kiban.clock import rfc3339
 from kiban.config import OperatorConfig
+from kiban.drift.tracker import engine_revision
 
 # What `kiban run` and the chart default to (kiban.config.OperatorConfig, AutoscaleSettings).
 OPERATOR_DEFAULTS = OperatorConfig()
@@ -65,114 +70,80 @@ def bench_model(profile_name: str, slo_ttft_ms: float, min_replicas: int, max_re
     return FoundationModel.from_object(body)
 
 
-# -- the engine fit's inputs, read through Prometheus -----------------------------------------------
-# Stand-in for the operator-side function issue 13's "learn" engineer is writing (mailbox
-# learn--engine-windows-from-promql): per engine, the vLLM counters kiban.capacity.fitting's
-# EngineWindow names, over one window. To be replaced by that function when it lands.
-
-ENGINE_KEYS = ("namespace", "instance", "engine")
+POD_TEMPLATE_HASH = "bench"  # one revision: the benchmark never changes the engine
 
 
-def engine_window_queries(window_s: float) -> dict[str, str]:
-    """Per-engine PromQL (no aggregation) for EngineWindow's fields over `window_s`."""
-    w = promql_duration(window_s)
-    return {
-        "mean_running": f"avg_over_time(vllm:num_requests_running[{w}])",
-        "itl_sum_s": f"increase(vllm:inter_token_latency_seconds_sum[{w}])",
-        "itl_count": f"increase(vllm:inter_token_latency_seconds_count[{w}])",
-        "steps": f"increase(vllm:iteration_tokens_total_count[{w}])",
-        "prompt_tokens": f"increase(vllm:prompt_tokens_total[{w}])",
-        "prefill_sum_s": f"increase(vllm:request_prefill_time_seconds_sum[{w}])",
-        "prefill_count": f"increase(vllm:request_prefill_time_seconds_count[{w}])",
-        "request_prompt_sum": f"increase(vllm:request_prompt_tokens_sum[{w}])",
-        "request_prompt_count": f"increase(vllm:request_prompt_tokens_count[{w}])",
-    }
+def operator_settings() -> AutoscaleSettings:
+    """The autoscaler's settings as `kiban run` starts with them (no KIBAN_* overrides)."""
+    return AutoscaleSettings.from_config(OPERATOR_DEFAULTS, environ={})
 
 
-def engine_windows_from(answers: Mapping[str, Sequence[Sample]], model_name: str) -> tuple[EngineWindow, ...]:
-    """One EngineWindow per engine of the model that has every field (finite, >= 0)."""
-    per_engine: dict[tuple[str, ...], dict[str, float]] = {}
-    for key, samples in answers.items():
-        for sample in samples:
-            if sample.labels.get("model_name") != model_name:
-                continue
-            engine = tuple(sample.labels.get(k, "") for k in ENGINE_KEYS)
-            per_engine.setdefault(engine, {})[key] = sample.value
-    windows = []
-    for values in per_engine.values():
-        if len(values) == len(answers) and all(math.isfinite(v) and v >= 0 for v in values.values()):
-            windows.append(EngineWindow(**values))
-    return tuple(windows)
+def pod_index_entries(pods: tuple[tuple[float, float | None], ...]) -> list[dict[str, Any]]:
+    """(created, Ready or None) per pod as the operator's pod index projects a pod: metadata with
+    creationTimestamp and the template hash label, the Ready condition's lastTransitionTime; the
+    API server writes whole seconds (rfc3339), so the benchmark does too."""
+    out = []
+    for created, ready in pods:
+        conditions = [] if ready is None else [{"type": "Ready", "status": "True",
+                                                "lastTransitionTime": rfc3339(ready)}]
+        out.append({"metadata": {"creationTimestamp": rfc3339(created),
+                                 "labels": {"pod-template-hash": POD_TEMPLATE_HASH}},
+                    "status": {"conditions": conditions}})
+    return out
 
 
 @dataclass
 class KibanPolicy:
     """Kiban with the operator's defaults on the model `bench_model` describes (see the module doc).
 
-    `profile`: the datasheet prior. `cold_start_s` set fixes the look-ahead (the home game);
-    None learns it from the pods. `learn=False` keeps the datasheet step times."""
+    `cold_start_s` set fixes the look-ahead instead of learning it (the home game, where the
+    fleet's cold start is no secret); the operator has no such setting."""
 
     model: FoundationModel
     gpus_per_replica: int
     cold_start_s: float | None = None
-    learn: bool = True
-    interval_s: float = float(OPERATOR_DEFAULTS.autoscale_interval_seconds)
-    fit_window_s: float = 60.0  # the engine fit reads non-overlapping windows of this length
     name: str = "kiban"
     observes: str = "operator"
     settings: AutoscaleSettings = field(init=False)
+    interval_s: float = field(init=False)
     profile: EngineProfile = field(init=False)
     state: PolicyState | None = field(init=False, default=None)
-    memory: LearningMemory = field(init=False, default_factory=LearningMemory)
+    memory: LearningMemory | None = field(init=False, default=None)
     learned: Learned | None = field(init=False, default=None)
     last_reason: str = field(init=False, default="")
     last_collected: Collected | None = field(init=False, default=None)
     _collector: Collector | None = field(init=False, default=None)
-    _next_fit_s: float = field(init=False, default=-math.inf)
 
     def __post_init__(self) -> None:
-        self.settings = AutoscaleSettings(prometheus_url="http://prometheus.bench",
-                                          interval_s=self.interval_s)
+        self.settings = operator_settings()
+        self.interval_s = self.settings.interval_s
         self.configs = scaling_configs(self.model, self.gpus_per_replica)
         self.profile = engine_profile_for(self.model)
         if self.cold_start_s is not None:
             self.configs = tuple(replace(c, startup_s=self.cold_start_s) for c in self.configs)
-        self.target_key = series_key(self.model.metadata.namespace, self.model.served_model_name)
+        self.target_key = series_key(self.model.metadata.namespace, self.model.served_model_name,
+                                     self.settings.namespace_label)
+        self.revision = engine_revision(self.model.model_dump(by_alias=True, mode="json", exclude_none=True)["spec"])
+        self.budget = max_num_batched_tokens(self.model)
 
     def _collector_for(self, prometheus: PrometheusQuery) -> Collector:
         if self._collector is None or self._collector.prometheus is not prometheus:
-            s = self.settings
-            self._collector = Collector(prometheus, s.window_s, namespace_label=s.namespace_label,
-                                        token_window_s=s.token_window_s)
+            self._collector = collector_for(prometheus, self.settings)
         return self._collector
-
-    def _engine_windows(self, prometheus: PrometheusQuery, now_s: float) -> tuple[EngineWindow, ...]:
-        if now_s < self._next_fit_s:
-            return ()
-        self._next_fit_s = now_s + self.fit_window_s
-        answers: dict[str, list[Sample]] = {}
-        try:
-            for key, promql in engine_window_queries(self.fit_window_s).items():
-                answers[key] = prometheus.query(promql, now_s)
-        except PrometheusUnavailable:
-            return ()
-        return engine_windows_from(answers, self.model.served_model_name)
 
     def desired_replicas(self, view) -> int:
         """One pass: collect, learn, decide; `view` is the fleet's OperatorView."""
-        namespace, name = self.target_key
-        target = Target(namespace, name, view.replicas, view.ready_replicas, ttft_percentiles(self.configs))
-        collected = self._collector_for(view.prometheus).collect_all([target], time_s=view.now_s)[self.target_key]
+        now = view.now_s
+        target = Target(self.model.metadata.namespace, self.model.served_model_name, view.replicas,
+                        view.ready_replicas, ttft_percentiles(self.configs))
+        collected = self._collector_for(view.prometheus).collect_all([target], time_s=now)[self.target_key]
         self.last_collected = collected
-        profile, configs = self.profile, self.configs
-        if self.learn:
-            pods = [PodStart("bench", created, ready) for created, ready in view.pods]
-            windows = self._engine_windows(view.prometheus, view.now_s)
-            self.memory, self.learned = learn(self.memory, self.profile, windows, pods, view.now_s)
-            profile = self.learned.profile
-            if self.cold_start_s is None:
-                configs = tuple(replace(c, startup_s=self.learned.startup.value_s) for c in configs)
-        state = self.state if self.state is not None else seed_state(view.now_s, view.replicas)
-        decision, self.state = decide_strictest(collected.observation, configs, state, profile, collected.ttft_slo_s)
+        self.memory, self.learned = learn_engine(self.memory, self.profile, collected, pod_index_entries(view.pods),
+                                                 now, self.revision, self.settings.window_s, self.budget,
+                                                 fit=self.settings.engine_fit)
+        configs = with_learned_startup(self.configs, self.learned)
+        state = self.state if self.state is not None else seed_state(now, view.replicas)
+        decision, self.state = decide_strictest(collected.observation, configs, state, self.learned.profile,
+                                                collected.ttft_slo_s)
         self.last_reason = decision.reason
         return decision.replicas

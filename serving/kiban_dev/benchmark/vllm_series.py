@@ -9,10 +9,12 @@ operator's collector and the engine fit read):
 
   gauges      vllm:num_requests_running, vllm:num_requests_waiting, vllm:kv_cache_usage_perc
   counters    vllm:request_success_total{finished_reason}, vllm:prompt_tokens_total,
-              vllm:generation_tokens_total, vllm:num_preemptions_total
+              vllm:prompt_tokens_cached_total, vllm:generation_tokens_total,
+              vllm:num_preemptions_total
   histograms  vllm:time_to_first_token_seconds, vllm:request_prompt_tokens,
               vllm:request_generation_tokens, vllm:request_prefill_time_seconds,
-              vllm:request_queue_time_seconds (_bucket, _sum, _count)
+              vllm:request_queue_time_seconds, vllm:request_prefill_kv_computed_tokens
+              (_bucket, _sum, _count)
   _sum/_count vllm:inter_token_latency_seconds, vllm:iteration_tokens_total: the fleet's engine
               jumps over runs of identical decode steps and keeps no per-token or per-step
               record, so these two export no _bucket series (nothing the operator asks for).
@@ -78,10 +80,12 @@ class SeriesLayout:
 
 
 HISTOGRAMS = ("vllm:time_to_first_token_seconds", "vllm:request_prompt_tokens", "vllm:request_generation_tokens",
-              "vllm:request_prefill_time_seconds", "vllm:request_queue_time_seconds")
+              "vllm:request_prefill_time_seconds", "vllm:request_queue_time_seconds",
+              "vllm:request_prefill_kv_computed_tokens")
 SUM_COUNT_ONLY = ("vllm:inter_token_latency_seconds", "vllm:iteration_tokens_total")
 GAUGES = ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc")
-COUNTERS = ("vllm:prompt_tokens_total", "vllm:generation_tokens_total", "vllm:num_preemptions_total")
+COUNTERS = ("vllm:prompt_tokens_total", "vllm:prompt_tokens_cached_total", "vllm:generation_tokens_total",
+            "vllm:num_preemptions_total")
 
 
 class ReplicaSeries:
@@ -96,7 +100,9 @@ class ReplicaSeries:
             "vllm:request_generation_tokens": _Histogram(token_buckets),
             "vllm:request_prefill_time_seconds": _Histogram(tuple(REQUEST_LATENCY_BUCKETS)),
             "vllm:request_queue_time_seconds": _Histogram(tuple(REQUEST_LATENCY_BUCKETS)),
+            "vllm:request_prefill_kv_computed_tokens": _Histogram(token_buckets),
         }
+        self.cached_finished = 0  # prompt tokens from the prefix cache, of requests settled here
         self.success = dict.fromkeys(FINISH_REASONS, 0)
         self.itl_sum = 0.0
         self.itl_count = 0
@@ -144,6 +150,8 @@ class ReplicaSeries:
         h["vllm:request_generation_tokens"].observe(done.output_tokens)
         h["vllm:request_prefill_time_seconds"].observe(done.prefill_s)
         h["vllm:request_queue_time_seconds"].observe(done.queue_s)
+        h["vllm:request_prefill_kv_computed_tokens"].observe(done.prompt_tokens - done.cached_tokens)
+        self.cached_finished += done.cached_tokens
         if done.output_tokens > 1:
             self.itl_sum += done.decode_s
             self.itl_count += done.output_tokens - 1
@@ -153,15 +161,17 @@ class ReplicaSeries:
     def scrape(self, store: SampleStore, time_s: float, engine: Engine, in_flight: Iterable[FinishedRequest]) -> None:
         """One scrape at time_s. `in_flight`: this replica's requests the engine finished beyond
         time_s that the fleet has not settled yet (their first token and decode so far count)."""
-        itl_sum, itl_count = self.itl_sum, self.itl_count
+        itl_sum, itl_count, cached = self.itl_sum, self.itl_count, self.cached_finished
         for req in getattr(engine, "_running", ()):
             if req.first_token_s is not None:
                 self.first_token(req.request_id, req.first_token_s - req.arrival_s)
+                cached += req.cached_tokens
                 if req.num_output > 1:
                     itl_sum += req.last_token_s - req.first_token_s
                     itl_count += req.num_output - 1
         for done in in_flight:
             self.first_token(done.request_id, done.ttft_s)
+            cached += done.cached_tokens
             if done.output_tokens > 1:
                 itl_sum += done.decode_s
                 itl_count += done.output_tokens - 1
@@ -171,12 +181,15 @@ class ReplicaSeries:
             "vllm:num_requests_waiting": float(engine.num_waiting),
             "vllm:kv_cache_usage_perc": engine.kv_usage,
             "vllm:prompt_tokens_total": float(engine.prompt_tokens_total),
+            "vllm:prompt_tokens_cached_total": float(cached),
             "vllm:generation_tokens_total": float(engine.generation_tokens_total),
             "vllm:num_preemptions_total": float(engine.num_preemptions),
             "vllm:inter_token_latency_seconds_sum": itl_sum,
             "vllm:inter_token_latency_seconds_count": float(itl_count),
-            "vllm:iteration_tokens_total_sum": float(engine.prompt_tokens_total + engine.generation_tokens_total),
-            "vllm:iteration_tokens_total_count": float(engine.num_steps),
+            # a step's new prompt tokens (uncached) and tokens generated; counted per step that
+            # emitted a token, as vLLM 0.33's IterationStats (and kiban-sim's metrics) do
+            "vllm:iteration_tokens_total_sum": float(engine.prompt_tokens_total - cached + engine.generation_tokens_total),
+            "vllm:iteration_tokens_total_count": float(engine.token_steps),
         }
         families = [(name, ids[name], np.array([value])) for name, value in scalar.items()]
         families.append(("vllm:request_success_total", ids["vllm:request_success_total"],
