@@ -57,11 +57,11 @@ from kiban_dev.benchmark.vllm_series import SCRAPE_INTERVAL_S, ReplicaSeries, ma
 from kiban_serving.sim.engine import Engine, FinishedRequest
 
 STARTING, READY, DRAINING, GONE = "starting", "ready", "draining", "gone"
+DRAIN_STEP_S = 0.5
 
 
 def _outstanding(replica: Replica) -> int:
     return replica.outstanding
-DRAIN_STEP_S = 0.5
 
 
 class Policy(Protocol):
