@@ -77,6 +77,7 @@ from kiban.autoscale.collector import (
     DriftSeries,
     GuardedPrometheus,
     PrometheusHttp,
+    PrometheusQuery,
     PrometheusUnavailable,
     SeriesKey,
     Target,
@@ -224,6 +225,13 @@ def drift_overrides(environ: Mapping[str, str]) -> dict[str, float | int]:
 
 
 # -- pure: spec → policy inputs ------------------------------------------------------------------
+
+
+def collector_for(prometheus: PrometheusQuery, settings: AutoscaleSettings) -> Collector:
+    """The autoscaler's collector on `prometheus` with the settings' windows and scope (the
+    operator's, and the benchmark's Kiban on its Prometheus stand-in: one construction for both)."""
+    return Collector(prometheus, settings.window_s, namespace_label=settings.namespace_label,
+                     token_window_s=settings.tokens_window_s, namespace=settings.namespace)
 
 
 def slos_from(spec: SloSpec) -> tuple[Slo, ...]:
@@ -939,9 +947,7 @@ class Autoscaler:
         cooldown = max(settings.interval_s, 5.0)  # a tripped breaker waits one interval, then probes
         guarded = GuardedPrometheus(prometheus, CircuitBreaker(cooldown_s=cooldown,
                                                                max_cooldown_s=max(cooldown, MAX_BREAKER_COOLDOWN_S)))
-        collector = Collector(guarded, settings.window_s, namespace_label=settings.namespace_label,
-                              token_window_s=settings.tokens_window_s, namespace=settings.namespace)
-        return cls(collector=collector, settings=settings, clock=clock, decider=Decider(settings.capacity_workers))
+        return cls(collector=collector_for(guarded, settings), settings=settings, clock=clock, decider=Decider(settings.capacity_workers))
 
     def forget(self, uid: str) -> None:
         """A deleted model: its policy memory goes (a model re-created under its name starts afresh)."""

@@ -17,6 +17,11 @@ Fleet semantics (docs/benchmark.md says why):
     last request finishes. No request is ever dropped.
   * Warm-up: policies observe from t=0 but their decisions apply only from `warmup_s`, so
     each starts with full windows of history, as an autoscaler in production has.
+  * What a policy sees: a peer gets a FleetObservation (its own documented signals, computed
+    from the fleet's counters and gauges). A policy with `observes = "operator"` (Kiban) gets an
+    OperatorView instead: a Prometheus stand-in (kiban_dev.benchmark.promql) answering PromQL
+    from every serving replica's vLLM series (vllm_series.py) scraped every 15 s, the replica
+    counts the Deployment reports, and its pods' creation and Ready times. Nothing else.
   * GPU-seconds: per replica, (gone - requested) x GPUs per replica, cut at the horizon, the
     same for every policy (the trace's end rounded up to a whole billing interval).
 Time moves only from event to event (arrivals, replica readiness, policy ticks, completions);
@@ -29,13 +34,14 @@ import heapq
 import math
 import random
 from bisect import bisect_left
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Callable, Protocol
 
 import numpy as np
 
+from kiban.autoscale.collector import PrometheusQuery
 from kiban.capacity.engine_profile import EngineProfile
-from kiban.capacity.fitting import EngineWindow
 from kiban.gateway.routing import least_outstanding
 from kiban_dev.benchmark.observe import (
     ITL_BUCKETS_S,
@@ -45,24 +51,41 @@ from kiban_dev.benchmark.observe import (
     Gauges,
     observe,
 )
+from kiban_dev.benchmark.promql import PromQLStandIn, SampleStore
 from kiban_dev.benchmark.traces import Trace
+from kiban_dev.benchmark.vllm_series import SCRAPE_INTERVAL_S, ReplicaSeries, max_model_len
 from kiban_serving.sim.engine import Engine, FinishedRequest
 
 STARTING, READY, DRAINING, GONE = "starting", "ready", "draining", "gone"
+DRAIN_STEP_S = 0.5
 
 
 def _outstanding(replica: Replica) -> int:
     return replica.outstanding
-DRAIN_STEP_S = 0.5
 
 
 class Policy(Protocol):
-    """An autoscaler: every `interval_s` it sees one observation and names a replica count."""
+    """An autoscaler: every `interval_s` it sees one observation and names a replica count.
+
+    `observes` (optional, default "fleet"): "fleet" gets a FleetObservation, "operator" an
+    OperatorView (what the operator has in production)."""
 
     name: str
     interval_s: float
 
     def desired_replicas(self, obs: FleetObservation) -> int: ...
+
+
+@dataclass(frozen=True)
+class OperatorView:
+    """What Kiban's operator has at one tick: Prometheus (here the stand-in over the scraped
+    vLLM series), the Deployment's replica counts, and the model's pods (creation, first Ready)."""
+
+    now_s: float
+    prometheus: PrometheusQuery
+    replicas: int  # spec.scaling.replicas as the fleet applied it (ready + starting)
+    ready_replicas: int  # the Deployment's readyReplicas
+    pods: tuple[tuple[float, float | None], ...]  # (created, Ready or None) per pod asked for
 
 
 @dataclass(frozen=True)
@@ -81,6 +104,10 @@ class FleetConfig:
     warmup_s: float = 0.0  # policies observe from t=0, their decisions apply from here on
     cold_start_jitter: float = 0.0  # each replica's start takes cold_start_s x (1 +- up to this), seeded
     seed: int = 0  # draws the per-replica cold-start jitter
+    scrape_interval_s: float = SCRAPE_INTERVAL_S  # Prometheus scrapes every serving replica this often
+    scrape_phase_s: float = 0.0  # ... at phase + k x interval (0 <= phase < interval)
+    model_name: str = "bench"  # the served model name on the replicas' series
+    namespace: str = "bench"
 
     def __post_init__(self) -> None:
         if self.gpus_per_replica < 1:
@@ -97,6 +124,9 @@ class FleetConfig:
             raise ValueError(f"billing_interval_s must be > 0, got {self.billing_interval_s!r}")
         if not 0 <= self.cold_start_jitter < 1:
             raise ValueError(f"cold_start_jitter must be in [0, 1), got {self.cold_start_jitter!r}")
+        if not self.scrape_interval_s > 0 or not 0 <= self.scrape_phase_s < self.scrape_interval_s:
+            raise ValueError(f"need scrape_interval_s > 0 and 0 <= scrape_phase_s < it, got "
+                             f"{self.scrape_interval_s!r}, {self.scrape_phase_s!r}")
 
     def replica_cold_start_s(self, index: int) -> float:
         """The cold start of the fleet's replica number `index` (seeded, the same for every policy)."""
@@ -121,14 +151,8 @@ class Replica:
     outstanding: int = 0
     gone_s: float | None = None
     no_finish_before_s: float = -math.inf  # see Fleet._refresh_bound
-    # vLLM's per-engine counters observed at request end (sums in seconds): inter-token latency,
-    # prefill time and prompt tokens of finished requests, for EngineWindow
-    itl_sum_s: float = 0.0
-    itl_count: int = 0
-    prefill_sum_s: float = 0.0
-    prefill_count: int = 0
-    request_prompt_sum: int = 0
-    last_snapshot: tuple[float, ...] | None = None  # the counters at the previous scrape
+    series: ReplicaSeries | None = None  # its vLLM series (only when a policy observes the operator's way)
+    scraped: bool = False  # Prometheus has samples of it (so its going away writes staleness markers)
 
 
 @dataclass
@@ -204,8 +228,11 @@ class Fleet:
 
     def __init__(self, trace: Trace, config: FleetConfig, policy: Policy | None = None,
                  on_progress: Callable[[float], None] | None = None,
-                 miss_budget: MissBudget | None = None) -> None:
+                 miss_budget: MissBudget | None = None, scrape_at: Sequence[float] | None = None) -> None:
         self.miss_budget = miss_budget
+        # explicit scrape times (sorted) instead of every scrape_interval_s from the phase; they
+        # turn the replicas' vLLM series on without a policy (the exporter's own test uses them)
+        self.scrape_at = None if scrape_at is None else sorted(float(t) for t in scrape_at)
         self._misses = 0
         self.trace = trace
         self.config = config
@@ -231,12 +258,23 @@ class Fleet:
         self._max_num_seqs = config.max_num_seqs or config.profile.max_num_seqs
         p = config.profile
         self._min_step_s = min(p.alpha_ms + p.beta_ms, p.gamma_ms + p.delta_ms) / 1e3
+        self.operator_view = getattr(policy, "observes", "fleet") == "operator"
+        exported = self.operator_view or self.scrape_at is not None
+        self.store: SampleStore | None = SampleStore() if exported else None
+        self.prometheus = PromQLStandIn(self.store) if self.store is not None else None
+        self._context_tokens = max_model_len(p.kv_cache_tokens)
 
     # ------------------------------------------------------------------ replicas
 
     def _new_replica(self, now_s: float, ready_s: float) -> Replica:
         engine = Engine(self.config.profile, max_num_seqs=self._max_num_seqs)
         replica = Replica(len(self.replicas), engine, requested_s=now_s, ready_s=ready_s)
+        if self.store is not None:
+            index = replica.index
+            labels = {"namespace": self.config.namespace, "pod": f"{self.config.model_name}-{index}",
+                      "instance": f"10.{index // 65536 % 256}.{index // 256 % 256}.{index % 256}:8000",
+                      "job": f"{self.config.namespace}/{self.config.model_name}"}
+            replica.series = ReplicaSeries(self.store, labels, self.config.model_name, self._context_tokens)
         self.replicas.append(replica)
         if ready_s <= now_s:
             replica.state = READY
@@ -354,12 +392,8 @@ class Fleet:
         m.itl_counts[bisect_left(ITL_BUCKETS_S, tpot)] += 1
         m.ttft_sum += ttft
         m.itl_sum += tpot
-        if done.output_tokens > 1:
-            replica.itl_sum_s += done.decode_s
-            replica.itl_count += done.output_tokens - 1
-        replica.prefill_sum_s += done.prefill_s
-        replica.prefill_count += 1
-        replica.request_prompt_sum += done.prompt_tokens
+        if replica.series is not None:
+            replica.series.finished(done)
         budget = self.miss_budget
         if budget is not None and ttft > budget.slo_ttft_s and (budget.attainable is None or budget.attainable[request]):
             self._misses += 1
@@ -440,27 +474,24 @@ class Fleet:
             front_queue=len(self._front) - self._front_head,
         )
 
-    def engine_windows(self) -> tuple[EngineWindow, ...]:
-        """Per ready replica, its vLLM counters since the previous scrape (EngineWindow), the
-        batch averaged over the scrapes at both ends. A replica's first scrape gives none."""
-        windows = []
+    def scrape(self, now_s: float) -> None:
+        """Prometheus scrapes every serving replica (ready, or draining what it holds); a replica
+        that went away since its last scrape gets staleness markers. Starting replicas have no
+        vLLM server up yet, so nothing to scrape."""
+        self._advance_engines(now_s, every=True)
+        settling: dict[int, list[FinishedRequest]] = {}
+        for _, index, _, done in self._pending:  # finished in the engine beyond now_s, not settled yet
+            settling.setdefault(index, []).append(done)
         for replica in self.replicas:
-            if replica.state != READY:
-                replica.last_snapshot = None
+            if replica.series is None:
                 continue
-            engine = replica.engine
-            now = (float(engine.num_running), replica.itl_sum_s, float(replica.itl_count), float(engine.num_steps),
-                   float(engine.prompt_tokens_total), replica.prefill_sum_s, float(replica.prefill_count),
-                   float(replica.request_prompt_sum))
-            before, replica.last_snapshot = replica.last_snapshot, now
-            if before is None:
-                continue
-            d = [a - b for a, b in zip(now, before)]
-            windows.append(EngineWindow(
-                mean_running=0.5 * (now[0] + before[0]), itl_sum_s=d[1], itl_count=d[2], steps=d[3],
-                prompt_tokens=d[4], prefill_sum_s=d[5], prefill_count=d[6], request_prompt_sum=d[7],
-                request_prompt_count=d[6]))
-        return tuple(windows)
+            if replica.state in (READY, DRAINING):
+                replica.series.scrape(self.store, now_s, replica.engine, settling.get(replica.index, ()))
+                replica.scraped = True
+            elif replica.state == GONE and replica.scraped:
+                self.store.drop(replica.series.target, now_s)
+                replica.scraped = False
+                replica.series = None  # nothing of it is read again
 
     def pods(self) -> tuple[tuple[float, float | None], ...]:
         """(created, Ready or None) of the replicas asked for and not removed, as the operator sees
@@ -486,6 +517,11 @@ class Fleet:
         n = len(trace)
         interval = self.policy.interval_s if self.policy is not None else math.inf
         next_tick = interval
+        scrapes = iter(self.scrape_at) if self.scrape_at is not None else None
+        if scrapes is not None:
+            next_scrape = next(scrapes, math.inf)
+        else:
+            next_scrape = config.scrape_phase_s if self.operator_view else math.inf
         previous = self._metrics.snapshot(0.0)
         i = 0
         progress_every = max(1, n // 200)
@@ -493,11 +529,15 @@ class Fleet:
             t_arrival = arrivals[i] if i < n else math.inf
             t_ready = self._starting[0][0] if self._starting else math.inf
             t_tick = next_tick if next_tick <= self.horizon_s else math.inf
-            now = min(t_arrival, t_ready, t_tick)
+            t_scrape = next_scrape if next_scrape <= self.horizon_s else math.inf
+            now = min(t_arrival, t_ready, t_tick, t_scrape)
             if now == math.inf:
                 break
             self._advance_engines(now)
-            if t_ready == now:
+            if t_scrape == now:
+                self.scrape(now)
+                next_scrape = next(scrapes, math.inf) if scrapes is not None else now + config.scrape_interval_s
+            elif t_ready == now:
                 _, index = heapq.heappop(self._starting)
                 replica = self.replicas[index]
                 if replica.state == STARTING:
@@ -509,12 +549,17 @@ class Fleet:
                 i += 1
                 if self.on_progress is not None and i % progress_every == 0:
                     self.on_progress(now)
+            elif self.operator_view and self.policy is not None:
+                view = OperatorView(now, self.prometheus, len(self._active()), len(self._ready()), self.pods())
+                desired = self.policy.desired_replicas(view)
+                if now >= config.warmup_s:
+                    self.scale_to(desired, now)
+                next_tick = now + interval
             else:
                 self._advance_engines(now, every=True)
                 self._account_inflight(now)
                 current = self._metrics.snapshot(now)
-                obs = replace(observe(previous, current, self.gauges()),
-                              engine_windows=self.engine_windows(), pods=self.pods())
+                obs = observe(previous, current, self.gauges())
                 previous = current
                 desired = self.policy.desired_replicas(obs)
                 if now >= config.warmup_s:

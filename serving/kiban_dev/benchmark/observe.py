@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kiban.capacity.fitting import EngineWindow, HistogramWindow
+from kiban.capacity.fitting import HistogramWindow
 from kiban.capacity.fitting import histogram_quantile as fitting_quantile
 
 # vLLM 0.33's bucket boundaries (seconds) for time_to_first_token and inter_token_latency.
@@ -85,10 +85,6 @@ class FleetObservation:
     proxy_inflight_avg: float  # time-averaged over the window
     concurrency_per_pod: float  # time-averaged in-flight / ready replicas, Knative's signal
     front_queue: int
-    # per ready engine, its vLLM counters over the window (Kiban's online fit reads them)
-    engine_windows: tuple[EngineWindow, ...] = ()
-    # (created, Ready or None) per replica asked for, as the operator sees its pods
-    pods: tuple[tuple[float, float | None], ...] = ()
 
     def ttft_quantile_s(self, q: float) -> float | None:
         """histogram_quantile over the window's TTFT buckets (linear within a bucket)."""

@@ -1,27 +1,25 @@
-"""Autoscaling policies for the benchmark: Kiban's own, its peers' re-implemented from their
-documented behaviour (reference/peers.md; no peer code copied), and a fixed fleet.
+"""Kiban's peers in the benchmark, re-implemented from their documented behaviour
+(reference/peers.md; no peer code copied), and a fixed fleet. Kiban itself is in
+operator_policy.py: it observes through the operator's collector, never FleetObservation.
 
-Every policy sees the same `FleetObservation` at its own polling period and returns a
-replica count; the fleet clamps it to [min, max] and applies it. Each policy object is
-stateful and used for one run only (make a fresh one per run).
+Every peer sees a `FleetObservation` at its own polling period, built from the fleet's own
+counters and gauges, and uses only its own documented signal from it: KubeAI the proxy's
+in-flight requests (its own proxy's count), Knative the time-averaged concurrency (the
+activator's / queue-proxy's), production-stack KEDA the sum of vLLM's waiting gauges plus the
+proxy's held requests (the instant value, where KEDA reads a scraped one: in its favour),
+AIBrix the mean KV-cache usage (read from the pods), llm-d the P90 TTFT over 1-minute bucket
+rates (its endpoint picker's histogram, here the client-side TTFT observed at request end),
+Dynamo its frontend's request rate and token means. Each returns a replica count; the fleet
+clamps it to [min, max] and applies it. Each policy object is stateful and used for one run only.
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 
-from kiban.autoscale.learning import Learned, LearningMemory, learn
-from kiban.autoscale.policy import (
-    Observation,
-    PolicyState,
-    ScalingConfig,
-    capacity_per_replica_rps,
-    decide,
-    round_tokens_up,
-)
-from kiban.capacity.fitting import PodStart
+from kiban.autoscale.policy import capacity_per_replica_rps, round_tokens_up
 from kiban.capacity.batching import Slo
 from kiban.capacity.engine_profile import EngineProfile
 from kiban_dev.benchmark.observe import FleetObservation, histogram_quantile
@@ -64,72 +62,6 @@ class StaticPolicy:
 def ttft_quantile_s(obs: FleetObservation, q: float) -> float | None:
     """histogram_quantile of the window's TTFT, as the operator's collector reads it from Prometheus."""
     return obs.ttft_quantile_s(q)
-
-
-@dataclass
-class KibanPolicy:
-    """Kiban's real policy (kiban.autoscale.policy.decide), fed what its collector would read,
-    learning its engine as the operator does (kiban.autoscale.learning).
-
-    The FoundationModel equivalent: the TTFT SLO at p99 (the benchmark's bar is 99 % of
-    requests) and the operator's defaults for everything else. `profile` is the datasheet
-    prior the operator ships, not the fleet's true engine: the step times are fitted from the
-    engines' vLLM counters, the look-ahead from when the replicas it asked for became Ready
-    (its prior is the profile's start-up estimate). `cold_start_s` set fixes the look-ahead
-    instead (the home game of earlier benchmarks).
-    """
-
-    profile: EngineProfile
-    slo_ttft_ms: float
-    cold_start_s: float | None = None
-    min_replicas: int = 1
-    max_replicas: int = 64
-    gpus_per_replica: int = 1
-    interval_s: float = 15.0
-    learn: bool = True
-    name: str = "kiban"
-    config: ScalingConfig = field(init=False)
-    state: PolicyState = field(init=False)
-    memory: LearningMemory = field(init=False)
-    learned: Learned | None = field(init=False, default=None)
-    last_reason: str = field(init=False, default="")
-
-    def __post_init__(self) -> None:
-        self.config = ScalingConfig(
-            min_replicas=self.min_replicas,
-            max_replicas=self.max_replicas,
-            slo=Slo(ttft_ms=self.slo_ttft_ms, ttft_percentile=99),
-            startup_s=self.cold_start_s,
-            gpus_per_replica=self.gpus_per_replica,
-        )
-        self.state = PolicyState()
-        self.memory = LearningMemory()
-
-    def desired_replicas(self, obs: FleetObservation) -> int:
-        observation = Observation(
-            time_s=obs.now_s,
-            metrics_available=True,
-            arrival_rate_rps=obs.arrival_rate_rps,
-            rate_window_s=obs.window_s,
-            mean_prompt_tokens=obs.mean_prompt_tokens,
-            mean_output_tokens=obs.mean_output_tokens,
-            running=float(obs.running_total),
-            waiting=float(obs.waiting_total + obs.front_queue),
-            observed_ttft_p95_s=ttft_quantile_s(obs, 0.95),
-            observed_ttft_slo_percentile_s=ttft_quantile_s(obs, self.config.slo.ttft_percentile / 100.0),
-            current_replicas=obs.replicas,
-            ready_replicas=obs.ready_replicas,
-        )
-        profile, config = self.profile, self.config
-        if self.learn:
-            pods = [PodStart("fleet", created, ready) for created, ready in obs.pods]
-            self.memory, self.learned = learn(self.memory, self.profile, obs.engine_windows, pods, obs.now_s)
-            profile = self.learned.profile
-            if self.cold_start_s is None:
-                config = replace(config, startup_s=self.learned.startup.value_s)
-        decision, self.state = decide(observation, config, self.state, profile)
-        self.last_reason = decision.reason
-        return decision.replicas
 
 
 @dataclass

@@ -9,6 +9,7 @@ Pure orchestration over `fleet.simulate` and `oracle.oracle`; no files are writt
 from __future__ import annotations
 
 import math
+import random
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -29,11 +30,11 @@ from kiban_dev.benchmark.oracle import (
     fewest_replicas,
     oracle,
 )
+from kiban_dev.benchmark.operator_policy import KibanPolicy, bench_model
 from kiban_dev.benchmark.peers import (
     AibrixAPAPolicy,
     DynamoPlannerPolicy,
     KedaWaitingPolicy,
-    KibanPolicy,
     KnativeKPAPolicy,
     KubeAIPolicy,
     LlmdSloPolicy,
@@ -86,6 +87,7 @@ class BenchConfig:
     jobs: int = 2  # traces in parallel processes; results do not depend on it
     true_engine: bool = True
     cold_start_jitter: float = 0.1  # each replica's cold start within +-10 % of the run's (seeded)
+    part: str = "full"  # which part of each trace file in time: full, first-half (scored), second-half (tuning)
 
     def __post_init__(self) -> None:
         profile = get_profile_by_name(self.profile)  # names the known profiles when it is wrong
@@ -101,6 +103,8 @@ class BenchConfig:
             raise ValueError(f"jobs must be >= 1, got {self.jobs!r}")
         if self.cold_start_s is not None and not self.cold_start_s >= 0:
             raise ValueError(f"cold_start_s must be >= 0, got {self.cold_start_s!r}")
+        if self.part not in TRACE_PARTS:
+            raise ValueError(f"part must be one of {', '.join(TRACE_PARTS)}, got {self.part!r}")
 
     @property
     def slo_ttft_s(self) -> float:
@@ -133,7 +137,13 @@ class BenchConfig:
             warmup_s=self.warmup_s,
             cold_start_jitter=self.cold_start_jitter if self.true_engine else 0.0,
             seed=self.seed,
+            scrape_phase_s=self.scrape_phase_s,
         )
+
+    @property
+    def scrape_phase_s(self) -> float:
+        """Where in the 15 s scrape cycle Prometheus scrapes, against the operator's 15 s ticks (seeded)."""
+        return random.Random(f"kiban-scrape-phase-{self.seed}").uniform(0.0, 15.0)
 
     def engine_facts(self) -> dict[str, object]:
         """True vs datasheet values of this run's engine (what the report lists)."""
@@ -161,9 +171,24 @@ def standard_traces(trace_dir: Path = DEFAULT_TRACE_DIR) -> list[TraceSpec]:
     return [TraceSpec("conv", (conv,)), TraceSpec("code", (code,)), TraceSpec("conv+code", (conv, code))]
 
 
+TRACE_PARTS = ("full", "first-half", "second-half")
+
+
+def trace_part(trace: Trace, part: str) -> Trace:
+    """The whole trace, or the half of it in time the matrix scores (first) or tuning uses (second)."""
+    if part == "full":
+        return trace
+    middle = trace.duration_s / 2.0
+    half = trace.window(0.0, middle) if part == "first-half" else trace.window(middle, trace.duration_s + 1.0)
+    return Trace(name=trace.name, arrival_s=half.arrival_s - (half.arrival_s[0] if len(half) else 0.0),
+                 prompt_tokens=half.prompt_tokens, output_tokens=half.output_tokens)
+
+
 def prepare_trace(spec: TraceSpec, bench: BenchConfig) -> Trace:
-    """Load, join, scale the rate, and in quick mode keep the first QUICK_DURATION_S."""
-    trace = concatenate([load_azure_trace(p) for p in spec.paths]) if len(spec.paths) > 1 else load_azure_trace(spec.paths[0])
+    """Load each file (its part in time: bench.part), join them, scale the rate, and in quick mode
+    keep the first QUICK_DURATION_S."""
+    files = [trace_part(load_azure_trace(p), bench.part) for p in spec.paths]
+    trace = concatenate(files) if len(files) > 1 else files[0]
     trace = scale_rate(trace, bench.rate_factor, seed=bench.seed)
     if bench.quick:
         trace = trace.window(0.0, QUICK_DURATION_S)
@@ -358,10 +383,9 @@ def warm_start_replicas(run: SeedRun, hint: int) -> int:
 def kiban_row(run: SeedRun, initial: int) -> Row:
     """Kiban with the operator's defaults, the datasheet as prior, learning as it goes."""
     bench = run.bench
-    policy = KibanPolicy(profile=bench.prior, slo_ttft_ms=bench.slo_ttft_ms,
-                         cold_start_s=None if bench.true_engine else bench.fleet_cold_start_s,
-                         min_replicas=bench.min_replicas, max_replicas=bench.max_replicas,
-                         gpus_per_replica=bench.gpus_per_replica)
+    model = bench_model(bench.profile, bench.slo_ttft_ms, bench.min_replicas, bench.max_replicas)
+    policy = KibanPolicy(model=model, gpus_per_replica=bench.gpus_per_replica,
+                         cold_start_s=None if bench.true_engine else bench.fleet_cold_start_s)
     row = summarize(simulate(run.trace, bench.fleet(initial), policy), "kiban", bench, run.attainable)
     facts = bench.engine_facts()
     if policy.learned is not None:

@@ -194,6 +194,7 @@ class Engine:
         self.prompt_tokens_total = 0  # counted once per request, when its first token appears
         self.generation_tokens_total = 0
         self.num_steps = 0
+        self.token_steps = 0  # steps that emitted a token (what vllm:iteration_tokens_total counts)
         self.prefix_cache_queries_total = 0  # tokens looked up at first admission
         self.prefix_cache_hits_total = 0  # of those, tokens found in the cache
         # Prefix cache: hashes of blocks in use (reference counts) and of free blocks that
@@ -488,10 +489,12 @@ class Engine:
     ) -> None:
         done: list[_Request] = []
         tokens = result.tokens
+        emitted = False
         for req, num_new in scheduled:
             req.num_computed += num_new
             if req.num_computed < req.prompt_tokens + req.num_output:
                 continue  # prefill chunk not finished yet: no token this step
+            emitted = True
             itl = None if req.last_token_s is None else end - req.last_token_s
             if req.first_token_s is None:
                 req.first_token_s = end
@@ -506,6 +509,7 @@ class Engine:
                 tokens.append(TokenEvent(req.request_id, req.num_output - 1, end, itl))
             if req.num_output >= req.output_target:
                 done.append(req)
+        self.token_steps += emitted
         for req in done:
             self._finish(req, end, result.finished)
 
@@ -577,6 +581,7 @@ class Engine:
             end += step_s
         self.clock_s = end
         self.num_steps += k
+        self.token_steps += k
         self.generation_tokens_total += n * k
         for req in list(self._running):
             req.last_token_s = end

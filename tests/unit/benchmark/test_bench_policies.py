@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from kiban.capacity.profiles import get_profile_by_name
 from kiban_dev.benchmark.observe import ITL_BUCKETS_S, TTFT_BUCKETS_S, FleetObservation
 from kiban_dev.benchmark.peers import (
     AibrixAPAPolicy,
     KedaWaitingPolicy,
-    KibanPolicy,
     KnativeKPAPolicy,
     KubeAIPolicy,
     StaticPolicy,
@@ -81,15 +79,6 @@ def test_static_policy_never_moves() -> None:
     assert policy.desired_replicas(obs(15, replicas=3, inflight=500)) == 3
     with pytest.raises(ValueError, match="replicas"):
         StaticPolicy(0)
-
-
-def test_kiban_policy_drives_the_real_decide() -> None:
-    profile = get_profile_by_name("nvidia-a100-80gb/8B")
-    policy = KibanPolicy(profile=profile, slo_ttft_ms=2000, cold_start_s=120)
-    low = policy.desired_replicas(obs(15, replicas=1, rate=0.5))
-    high = KibanPolicy(profile=profile, slo_ttft_ms=2000, cold_start_s=120).desired_replicas(obs(15, replicas=1, rate=20.0))
-    assert 1 <= low < high
-    assert "replicas" in policy.last_reason
 
 
 @pytest.mark.parametrize(("factory", "field"), [
