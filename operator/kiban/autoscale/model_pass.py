@@ -96,6 +96,7 @@ from kiban.metrics import ModelKey, OperatorMetrics
 from kiban.reconcile import observe
 from kiban.reconcile.apply import api_error_message
 from kiban.reconcile.logfmt import kv
+from kiban.reconcile.pool import URGENT
 from kiban.reconcile.status import condition, merge_conditions
 
 log = logging.getLogger("kiban.autoscale")
@@ -114,6 +115,10 @@ SCALING_FAILED = "ScalingFailed"
 INVALID_SCALING = "InvalidScalingSpec"
 MAX_BREAKER_COOLDOWN_S = 120.0  # the breaker's longest wait, unless one interval is longer
 PROMETHEUS_THREADS = 4  # Prometheus queries in flight at once (the autoscaler's own executor)
+# A pass waits for its writes at most this share of the interval; writes still queued behind the
+# reconciler (a thousand new models' children) finish in the background, and their models sit
+# out the passes until they land, so one slow write phase never stalls every model's next pass.
+WRITE_WAIT_SHARE = 0.5
 SOLVE_BUDGET_SHARE = 0.2  # of the interval, spent at most on new models' first decisions per pass
 CAPACITY_WORKERS_ENV = "KIBAN_CAPACITY_WORKERS"  # processes for the capacity maths; 0: a thread
 # Operator-wide overrides (tests, development): the drift window below the CRD's 60 s minimum,
@@ -735,6 +740,7 @@ class DecideJob:
     prior: EngineProfile | None = None  # the datasheet profile: fit_capacities compares the two
 
 
+WRITES_IN_FLIGHT = "its writes of an earlier pass are still in flight"
 DEFERRED = "deferred"  # decide_all's answer for a model left for the next pass (the solve budget ran out)
 
 
@@ -905,6 +911,8 @@ class Autoscaler:
     # models the gateway holds requests for at zero replicas, waiting for a wake pass (notice)
     waking: set[ModelRef] = field(default_factory=set)
     _woken: asyncio.Event = field(default_factory=asyncio.Event)
+    # per model UID: its writes of an earlier pass still in flight (WRITE_WAIT_SHARE)
+    writing: dict[str, asyncio.Task] = field(default_factory=dict)
 
     @classmethod
     def from_settings(cls, settings: AutoscaleSettings, clock: Callable[[], float] = time.time) -> Autoscaler:
@@ -1000,21 +1008,28 @@ class Autoscaler:
                   if only is None or ref in only for body in store]
         prepared: list[Prepared] = []
         summary = PassSummary()
-        writes: list[Any] = []
+        writes: list[tuple[str, Any]] = []  # (model UID, its writes this pass)
         seen_uids: set[str] = set()
         for body in bodies:
+            uid = str((body.get("metadata") or {}).get("uid") or "")
+            if uid in self.writing:  # an earlier pass's writes have not landed: decide it after they do
+                seen_uids.add(uid)
+                metadata = body.get("metadata") or {}
+                summary.results[(metadata.get("namespace", ""), metadata.get("name", ""))] = PassResult(
+                    skipped=WRITES_IN_FLIGHT)
+                continue
             item = prepare(body, indexes, context.config, self._drift_config, now)
             seen_uids.add(item.uid)
             if isinstance(item, Prepared):
                 prepared.append(item)
             elif isinstance(item, Held):
                 summary.results[item.ref] = PassResult(skipped=item.message)
-                writes.append(self._write_held(context, item))
+                writes.append((item.uid, self._write_held(context, item)))
             else:
                 summary.results[item.ref] = PassResult(skipped=item.why)
                 if item.clear:
                     self.forget(item.uid)
-                    writes.append(self._clear_status(context, item.body))
+                    writes.append((item.uid, self._clear_status(context, item.body)))
                 elif item.why == "being deleted":
                     self.forget(item.uid)
         for uid in [u for u in self.memory if only is None and u not in seen_uids]:  # deleted while nobody watched
@@ -1069,17 +1084,37 @@ class Autoscaler:
                 summary.results[item.ref] = PassResult(skipped=answer)
                 continue
             summary.decided += 1
-            writes.append(self._act(context, item, got, answer, drift_memory, outcome, now, summary,
-                                    Learning(learning_memory, learned, tuple(fit))))
+            writes.append((item.uid, self._act(context, item, got, answer, drift_memory, outcome, now, summary,
+                                               Learning(learning_memory, learned, tuple(fit)))))
         summary.phases["deferred"] = summary.deferred
         if writes:
-            await asyncio.gather(*writes)
+            summary.phases["writes_pending"] = await self._await_writes(writes, self.settings.interval_s * WRITE_WAIT_SHARE)
         summary.phases["write"] = round(time.perf_counter() - mark, 3)
         summary.seconds = time.perf_counter() - started
         if self.metrics is not None and only is None:  # wake passes are not what these gauges describe
             self.metrics.autoscaler_pass_duration_seconds.observe(summary.seconds)
             self.metrics.autoscaler_pass_models.set(summary.decided)
         return summary
+
+    async def _await_writes(self, writes: Sequence[tuple[str, Any]], wait_s: float) -> int:
+        """Run every model's writes; wait for them at most `wait_s`. Those still running carry on
+        in the background, registered in `writing` until they land; returns how many."""
+        tasks = {uid: asyncio.ensure_future(coroutine) for uid, coroutine in writes}
+        _, pending = await asyncio.wait(tasks.values(), timeout=max(wait_s, 0.0))
+        for uid, task in tasks.items():
+            if task in pending:
+                self.writing[uid] = task
+                task.add_done_callback(lambda done, uid=uid: self._landed(uid, done))
+            elif not task.cancelled() and task.exception() is not None:
+                raise task.exception()
+        return len(pending)
+
+    def _landed(self, uid: str, task: asyncio.Task) -> None:
+        if self.writing.get(uid) is task:
+            del self.writing[uid]
+        if not task.cancelled() and task.exception() is not None:
+            log.warning(kv("Autoscaler writes failed", uid=uid,
+                           error=f"{type(task.exception()).__name__}: {task.exception()}"[:300]))
 
     def _learn_all(self, prepared: Sequence[Prepared], collected: Mapping[SeriesKey, Collected],
                    indexes: Mapping[str, Any], now: float) -> list[tuple[learning.LearningMemory, learning.Learned]]:
@@ -1216,8 +1251,9 @@ class Autoscaler:
         """Write the scale subresource; the API server's message when it refuses."""
         namespace, name = item.ref
         try:
+            # as urgent as a Deployment apply: it is what starts (or stops) pods
             await context.io(context.writer.scale_foundation_model, namespace, name, decision.replicas,
-                             self.settings.field_manager)
+                             self.settings.field_manager, priority=URGENT)
         except ApiException as exc:
             message = api_error_message(exc)
             log.warning(kv("Failed to scale FoundationModel", name=name, namespace=namespace,

@@ -323,3 +323,51 @@ def test_any_valid_interval_builds_an_autoscaler(interval_s):
         assert breaker.max_cooldown_s >= breaker.cooldown_s
     finally:
         scaler.shutdown()
+
+
+class SlowContext(Context):
+    """The API server as during a thousand models' creation: model m0's status writes wait in
+    the I/O pool until `release` is set; every other model's land at once."""
+
+    def __init__(self, writer: Writer):
+        super().__init__(writer)
+        self.release = asyncio.Event()
+
+    async def io(self, fn, *args, priority=None):
+        if args[:2] == ("ns", "m0") and fn == self.writer.apply_status:
+            await self.release.wait()
+        return fn(*args)
+
+
+def test_a_slow_write_never_stalls_the_pass_and_its_model_sits_out_until_it_lands(monkeypatch):
+    from kiban.autoscale import model_pass
+    from kiban.autoscale.model_pass import WRITES_IN_FLIGHT
+
+    monkeypatch.setattr(model_pass, "WRITE_WAIT_SHARE", 0.01)  # 0.15 s of the 15 s interval
+
+    async def scenario():
+        prometheus = Prometheus({"m0": 1.0, "m1": 1.0})
+        scaler, writer = autoscaler(prometheus), Writer()
+        context = SlowContext(writer)
+        models = indexes(body("m0", "u0"), body("m1", "u1"))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        first = await scaler.run_pass(context, models)
+        took = loop.time() - started
+        assert first.decided == 2 and first.phases["writes_pending"] == 1
+        assert took < 5.0  # returned although m0's write never landed (it would wait forever)
+        assert [name for name, _, _ in writer.applies] == ["m1"]
+        assert set(scaler.writing) == {"u0"}
+        second = await scaler.run_pass(context, models)  # m0 sits out, m1 is decided
+        assert second.results[("ns", "m0")].skipped == WRITES_IN_FLIGHT
+        assert second.results[("ns", "m1")].decision is not None
+        context.release.set()
+        for _ in range(100):
+            if not scaler.writing:
+                break
+            await asyncio.sleep(0.01)
+        assert not scaler.writing and "m0" in [name for name, _, _ in writer.applies]
+        third = await scaler.run_pass(context, models)
+        assert third.results[("ns", "m0")].decision is not None
+
+    asyncio.run(scenario())
