@@ -25,7 +25,7 @@ SHORT = DemoConfig(
     sim_startup_s=10.0,
     autoscale_interval_s=5.0,
     sample_every_s=3.0,
-    request_timeout_s=60.0,
+    request_timeout_s=600.0,  # the client never gives up first: a failed request is the server's doing
 )
 GIVE_UP_AFTER_S = 120.0
 
