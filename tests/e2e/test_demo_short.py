@@ -2,8 +2,10 @@
 
 Real kube-apiserver/etcd/scheduler/controller-manager with kwok GPU nodes (session fixture),
 the operator as a process, a real Prometheus scraping one kiban-sim per Running pod through
-file_sd, and the Kiban gateway process in front. The load rises from a trickle to about three
-replicas' worth of the Azure conversation trace; the test stops it once the scale-up is served.
+file_sd, and the Kiban gateway process in front. The model is applied at zero replicas (as the
+demo does): the first requests are held at the gateway and wake it. The load then rises to about
+three replicas' worth of the Azure conversation trace; the test stops it once the scale-up is
+served.
 """
 
 from __future__ import annotations
@@ -18,12 +20,12 @@ from kiban_dev.demo.schedule import Phase
 pytestmark = pytest.mark.e2e
 
 SHORT = DemoConfig(
-    phases=(Phase(15, 0.3), Phase(120, 1.5)),
+    phases=(Phase(20, 0.6), Phase(120, 1.5)),
     time_compression=2.0,
     sim_startup_s=10.0,
     autoscale_interval_s=5.0,
     sample_every_s=3.0,
-    request_timeout_s=60.0,
+    request_timeout_s=600.0,  # the client never gives up first: a failed request is the server's doing
 )
 GIVE_UP_AFTER_S = 120.0
 
@@ -39,7 +41,8 @@ def test_load_scales_the_model_up_with_prometheus_series_per_pod(demo_stack_fact
     stored = stack.apply_model()
     name = stored["metadata"]["name"]
     served = stored["spec"]["model"].get("servedModelName") or name
-    stack.wait_serving(served, timeout_s=90)
+    assert stored["spec"]["scaling"]["minReplicas"] == 0
+    assert not stack.backer.ready_urls(served), "a replica was ready before any request: not applied at zero"
 
     result = stack.run_load(
         stored, on_sample=print,
@@ -75,6 +78,16 @@ def test_load_scales_the_model_up_with_prometheus_series_per_pod(demo_stack_fact
     through = stack.prometheus.query(f'sum(kiban_gateway_requests_total{{model_name="{served}",code="200"}})')
     assert through and float(through[0]["value"][1]) >= sum(result.requests_by_backend.values()) * 0.9, through
 
+    # the wake from zero: the first requests found no ready replica, were held, and were served
+    assert result.no_ready_windows and result.no_ready_windows[0][0] == 0.0, result.no_ready_windows
+    held = result.held_results
+    assert held, f"no finished request was sent while no replica was ready: {result.no_ready_windows}"
+    assert all(r.ok for r in held), [r.error for r in held if not r.ok]
+    # no request the run saw finish was cut or refused
+    assert all(r.ok for r in result.results), sorted({r.error for r in result.results if not r.ok})
+    summary = result.summary()
+    assert summary["held_requests"] == len(held) and summary["slo_requests"] == len(result.results) - len(held)
+
     # what the summary prints and the plot draws come out of the short run too
     assert "foundationmodel.kiban.dev/llama-8b" in result.kubectl_get and "deployment.apps/llama-8b" in result.kubectl_get
     from kiban_dev.demo.record import format_summary
@@ -84,6 +97,7 @@ def test_load_scales_the_model_up_with_prometheus_series_per_pod(demo_stack_fact
     assert paths["plot"].read_bytes()[:4] == b"\x89PNG"
     text = format_summary(result.summary())
     assert "GPU-hours" in text and "static fleet sized for the peak" in text and "kubectl get fm,deploy,pods" in text
+    assert "held at the gateway while no replica was ready" in text and "left out of the attainment" in text
     assert any(s.predicted_ttft_p95_ms for s in result.samples), "no predicted TTFT in status.scaling"
 
     stack.delete_model(name)

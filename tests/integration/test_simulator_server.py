@@ -269,3 +269,61 @@ def test_a_client_that_goes_away_is_aborted_quietly(sim):
     assert finished(after) == finished(before)
     log = sim.log_path.read_text()
     assert "Traceback" not in log and "Aborted" not in log and "Error handling request" not in log, log[-2000:]
+
+
+def _stream_through_sigterm(tmp_path, shutdown_timeout: int, tokens: int = 40) -> tuple[list[str], bool, bool]:
+    """Start a stream of `tokens` tokens, SIGTERM the simulator after its first chunk; return the
+    SSE data lines received, whether a new connection was refused meanwhile, and whether the
+    process exited."""
+    import socket
+    import threading
+
+    args = ["--speedup", "1", "--startup-seconds", "0", "--shutdown-timeout", str(shutdown_timeout)]
+    with SimulatorProcess(MODEL, "nvidia-l4/8B", args, log_path=tmp_path / "sim.log") as proc:
+        proc.wait_healthy()
+        body = {"model": MODEL, "prompt": "one two", "max_tokens": tokens, "stream": True, "ignore_eos": True}
+        lines: list[str] = []
+        first = threading.Event()
+
+        def read() -> None:
+            try:
+                with requests.post(proc.url + "/v1/completions", json=body, stream=True, timeout=30) as response:
+                    for line in response.iter_lines():
+                        if line.startswith(b"data: "):
+                            lines.append(line[6:].decode())
+                            first.set()
+            except requests.RequestException:
+                pass
+            first.set()
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        assert first.wait(10), "no first chunk"
+        proc.process.terminate()
+        refused = False
+        for _ in range(40):  # the listening socket closes within a moment of SIGTERM
+            try:
+                socket.create_connection((proc.host, proc.port), timeout=0.5).close()
+            except OSError:
+                refused = True
+                break
+            threading.Event().wait(0.05)
+        reader.join(timeout=30)
+        exited = proc.process.wait(timeout=30) is not None
+    return lines, refused, exited
+
+
+def test_sigterm_with_a_shutdown_timeout_lets_the_stream_finish_and_refuses_new_connections(tmp_path):
+    """vLLM 0.33 with --shutdown-timeout N > 0 drains in-flight requests on SIGTERM."""
+    lines, refused, exited = _stream_through_sigterm(tmp_path, shutdown_timeout=30)
+    assert lines and lines[-1] == "[DONE]", lines[-3:]
+    text = "".join(json.loads(x)["choices"][0]["text"] for x in lines[:-1] if json.loads(x).get("choices"))
+    assert len(text.split()) == 40
+    assert refused and exited
+
+
+def test_sigterm_without_a_shutdown_timeout_aborts_the_stream(tmp_path):
+    """vLLM 0.33's default --shutdown-timeout 0 aborts in-flight requests on SIGTERM."""
+    lines, _refused, exited = _stream_through_sigterm(tmp_path, shutdown_timeout=0)
+    assert "[DONE]" not in lines
+    assert exited

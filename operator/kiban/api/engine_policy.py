@@ -58,6 +58,7 @@ OWNED_FLAGS: dict[str, str] = {
     "--ssl-cert-reqs": _SERVING + "; terminate TLS at the Route or a gateway",
     "--ssl-ciphers": _SERVING + "; terminate TLS at the Route or a gateway",
     "--enable-ssl-refresh": _SERVING + "; terminate TLS at the Route or a gateway",
+    "--shutdown-timeout": "the operator drains in-flight requests on scale-down within the pod's grace period",
     "--api-key": "the operator gives vLLM spec.apiKeySecretRef as VLLM_API_KEY, never in args",
     "--tensor-parallel-size": "the operator sets it from spec.accelerator.tensorParallelSize (sizing)",
     "--pipeline-parallel-size": "the operator sets it from spec.accelerator.gpusPerReplica (sizing)",

@@ -22,6 +22,10 @@ Decisions, so the reconciler and readers need not rediscover them:
   A ReadWriteOnce or ReadWriteOncePod cache (one replica at most, the CRD says) cannot be
   mounted by a second pod, so those models roll out by Recreate whatever spec.rollout says: the
   old pod goes first, then the new one mounts.
+- Scale-down drains: vLLM 0.33 aborts in-flight requests on SIGTERM unless --shutdown-timeout
+  is > 0, so the engine gets ENGINE_DRAIN_SECONDS, within the pod's grace period and with
+  time left for its teardown before the kubelet's SIGKILL (the gateway already stops routing
+  to a pod once it is terminating).
 - Every flag engine_args sets is in kiban.api.engine_policy.OWNED_FLAGS, so extraArgs cannot
   override it (a test derives the table from this function's output).
 """
@@ -77,6 +81,9 @@ def source_claims(spec: FoundationModelSpec) -> list[str]:
     uris = [spec.model.uri, *(a.uri for a in spec.adapters)]
     return sorted({pvc_source(u)[0] for u in uris if u.startswith("pvc://")})
 
+TERMINATION_GRACE_SECONDS = 60  # the kubelet's SIGKILL comes this long after SIGTERM
+ENGINE_DRAIN_SECONDS = 50  # vLLM's --shutdown-timeout: in-flight requests may finish, then teardown
+
 
 def max_lora_rank(adapters: list[Adapter]) -> int:
     ranks = [a.rank for a in adapters if a.rank is not None]
@@ -96,6 +103,7 @@ def engine_args(fm: FoundationModel, sizing: GpuSizing, distributed: Sequence[st
         "--host", "0.0.0.0",
         "--port", str(HTTP_PORT),
         "--tensor-parallel-size", str(sizing.tensor_parallel_size),
+        "--shutdown-timeout", str(ENGINE_DRAIN_SECONDS),
     ]
     if sizing.pipeline_parallel_size > 1:
         args += ["--pipeline-parallel-size", str(sizing.pipeline_parallel_size)]
@@ -281,7 +289,7 @@ def pod_spec(fm: FoundationModel, config: OperatorConfig, containers: list[dict[
     return {
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
-        "terminationGracePeriodSeconds": 60,
+        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
         "securityContext": pod_security_context(config),
         **placement,
         "containers": containers,

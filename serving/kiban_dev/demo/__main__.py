@@ -63,10 +63,16 @@ def main(argv: list[str] | None = None) -> int:
         with DemoStack(config) as stack:
             stored = stack.apply_model()
             served = stored["spec"]["model"].get("servedModelName") or stored["metadata"]["name"]
-            print(f"Waiting for the first pod to be scheduled, backed and ready "
-                  f"(simulated cold start {config.sim_startup_s:g} s)...", flush=True)
-            print(f"First replica ready after {stack.wait_serving(served):.1f} s", flush=True)
-            print(ready_line(stack, stored["metadata"]["name"]), flush=True)
+            if config.min_replicas == 0:
+                print(zero_line(stack, stored["metadata"]["name"]), flush=True)
+                print(f"The load's first request wakes it through the gateway (simulated cold start "
+                      f"{config.sim_startup_s:g} s); requests sent before a replica is ready are held there.",
+                      flush=True)
+            else:
+                print(f"Waiting for the first pod to be scheduled, backed and ready "
+                      f"(simulated cold start {config.sim_startup_s:g} s)...", flush=True)
+                print(f"First replica ready after {stack.wait_serving(served):.1f} s", flush=True)
+                print(ready_line(stack, stored["metadata"]["name"]), flush=True)
             result = stack.run_load(stored, on_sample=lambda s: print(format_sample(s, result_slo(stored)), flush=True))
             print("Stopping every process...", flush=True)
         result.wall_seconds = time.monotonic() - started
@@ -89,6 +95,22 @@ def ready_line(stack: DemoStack, name: str) -> str:
     if ready is None:
         return f"FoundationModel {name} not Ready yet; {gpus}"
     return f"FoundationModel {name} Ready ({ready.get('reason')}: {ready.get('message')}); {gpus}"
+
+
+def zero_line(stack: DemoStack, name: str, timeout_s: float = 60.0) -> str:
+    """'FoundationModel ... at zero replicas (Ready False, ScaledToZero: ...); 1 x nvidia-l4 GPU ...'."""
+    deadline = time.monotonic() + timeout_s
+    status: dict = {}
+    while time.monotonic() < deadline:
+        status = stack.read_model(name).get("status") or {}
+        if status.get("resolved") and any(c.get("type") == "Ready" for c in status.get("conditions") or []):
+            break
+        time.sleep(0.5)
+    ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
+    resolved = status.get("resolved") or {}
+    return (f"FoundationModel {name} at zero replicas (Ready {ready.get('status')}, {ready.get('reason')}: "
+            f"{ready.get('message')}); {resolved.get('gpusPerReplica')} x {resolved.get('accelerator')} GPU per "
+            f"replica ({resolved.get('sizingReason')}: {resolved.get('sizingMessage')})")
 
 
 def result_slo(stored: dict) -> float:

@@ -11,8 +11,10 @@ condition is set False when its simulator starts and True once the simulator's /
 200, so a pod is Ready exactly when its engine would serve (kwok alone marks it Ready at once).
 For each backed pod it writes a Prometheus file_sd JSON file carrying the pod's identity
 (namespace, pod, foundationmodel, model_name), which is how a PodMonitor would label the same
-target in a real cluster. When the pod stops Running or goes away, the process is stopped and
-its file removed.
+target in a real cluster. When the pod is terminating (deletionTimestamp set), stops Running
+or goes away, the backer does what the kubelet does: SIGTERM to the simulator, SIGKILL after the
+pod's terminationGracePeriodSeconds; the simulator drains for the pod's --shutdown-timeout, as
+vLLM does, and its file_sd entry is removed once it exits.
 
 Pure parts (`backing_for_pod`, `file_sd_document`, `profile_name_for`) are separate from the
 `PodBacker`, the one class here that starts processes, watches the API and writes files.
@@ -23,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
 import threading
 import time
 import urllib.error
@@ -70,6 +73,8 @@ class Backing:
     port: int = 8000  # the engine container's port
     api_key_secret: tuple[str, str] | None = None  # (Secret, key) the engine's VLLM_API_KEY comes from
     lora_modules: tuple[str, ...] = ()  # --lora-modules NAME=PATH values of the pod's args
+    shutdown_timeout_s: int = 0  # vLLM's --shutdown-timeout from the pod's args (0: abort on SIGTERM)
+    grace_period_s: float = 30.0  # the pod's terminationGracePeriodSeconds (Kubernetes' default 30)
 
     @property
     def key(self) -> str:
@@ -149,10 +154,15 @@ def backing_for_pod(pod: Mapping) -> Backing:
     if not host:
         raise BackingError(f"pod {name}: status.podIP is not set yet")
     port = next((p.get("containerPort") for p in engine.get("ports") or () if p.get("name") == "http"), 8000)
+    shutdown = arg_value(args, "--shutdown-timeout") or "0"
+    if not shutdown.isdigit():
+        raise BackingError(f"pod {name}: --shutdown-timeout must be an integer >= 0, got {shutdown!r}")
+    grace = _get(pod, "spec", "terminationGracePeriodSeconds")
     return Backing(
         namespace=meta["namespace"], pod=meta["name"], uid=meta.get("uid", ""), foundation_model=model,
         served_model_name=served, engine_profile=profile, max_num_seqs=int(seqs) if seqs else None,
         host=host, port=int(port), api_key_secret=api_key_secret(engine), lora_modules=lora_modules(args),
+        shutdown_timeout_s=int(shutdown), grace_period_s=float(grace if grace is not None else 30),
     )
 
 
@@ -237,6 +247,11 @@ class PodBacker:
         self._pods: dict[str, dict] = {}  # uid -> pod dict as last seen
         self._backed: dict[str, BackedPod] = {}  # uid -> simulator
         self._rejected: set[str] = set()
+        self._draining: dict[str, BackedPod] = {}  # uid -> simulator given SIGTERM, not yet exited
+        self._drain_threads: list[threading.Thread] = []
+        # (monotonic seconds, served model name, simulators ready for it) at every change: when a
+        # model had no ready replica (a wake from zero), for the demo's held-request accounting
+        self.ready_changes: list[tuple[float, str, int]] = []
         self._lock = threading.RLock()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -263,6 +278,12 @@ class PodBacker:
         with self._lock:
             for uid in list(self._backed):
                 self._unback(uid, why="backer stopped")
+            draining = list(self._draining.values())
+        for backed in draining:  # the demo is over: no grace left to give
+            backed.process.stop()
+        for thread in self._drain_threads:
+            thread.join(timeout=15)
+        self._drain_threads = []
 
     def __enter__(self) -> PodBacker:
         return self.start()
@@ -271,6 +292,13 @@ class PodBacker:
         self.stop()
 
     # ---- readers --------------------------------------------------------------------------
+    def _note_ready(self, model_name: str) -> None:
+        """Record the model's ready count when it changed (called with the lock held)."""
+        count = len(self.ready_urls(model_name))
+        last = next((c for t, m, c in reversed(self.ready_changes) if m == model_name), None)
+        if count != last:
+            self.ready_changes.append((time.monotonic(), model_name, count))
+
     def ready_urls(self, model_name: str | None = None) -> list[str]:
         with self._lock:
             return [b.url for b in self._backed.values()
@@ -280,10 +308,16 @@ class PodBacker:
         with self._lock:
             return list(self._backed.values())
 
+    def draining(self) -> list[BackedPod]:
+        """Simulators of terminating pods, given SIGTERM and not yet exited."""
+        with self._lock:
+            return list(self._draining.values())
+
     def pids(self) -> list[int]:
         """Every simulator process this backer has started and not yet seen exit."""
         with self._lock:
-            return [b.process.process.pid for b in self._backed.values() if b.process.process is not None]
+            return [b.process.process.pid for b in [*self._backed.values(), *self._draining.values()]
+                    if b.process.process is not None]
 
     # ---- the watch ------------------------------------------------------------------------
     def _watch_loop(self) -> None:
@@ -346,7 +380,7 @@ class PodBacker:
         for uid in list(self._backed):
             if uid not in wanted:
                 pod = self._pods.get(uid)
-                self._unback(uid, why="pod deleted" if pod is None else "pod no longer Running")
+                self._terminate(uid, why="pod deleted" if pod is None else "pod terminating or no longer Running")
         for uid in wanted - set(self._backed):
             if uid in self._rejected:
                 continue
@@ -363,6 +397,8 @@ class PodBacker:
                 "--seed", str(seed_for(backing)), "--log-level", "WARNING", *self.extra_sim_args]
         if backing.max_num_seqs is not None:
             args += ["--max-num-seqs", str(backing.max_num_seqs)]
+        if backing.shutdown_timeout_s:
+            args += ["--shutdown-timeout", str(backing.shutdown_timeout_s)]
         if backing.lora_modules:
             args += ["--lora-modules", *backing.lora_modules]
         env = dict(os.environ)
@@ -384,12 +420,51 @@ class PodBacker:
                  backing.pod, backing.namespace, backing.engine_profile, backed.address, process.process.pid)
 
     def _unback(self, uid: str, why: str) -> None:
+        """Stop the pod's simulator at once (the backer is stopping)."""
         backed = self._backed.pop(uid)
         self._remove_file_sd(backed.backing)
         backed.process.stop()
         self.stopped_total += 1
         log.info("Stopped simulator for pod pod=%s namespace=%s reason=%r",
                  backed.backing.pod, backed.backing.namespace, why)
+
+    def _terminate(self, uid: str, why: str) -> None:
+        """The kubelet's pod termination: SIGTERM now, SIGKILL after the pod's grace period. The
+        simulator drains by its own --shutdown-timeout (as vLLM does) while a thread waits; its
+        file_sd entry stays until it exits, as a PodMonitor keeps scraping a terminating pod."""
+        backed = self._backed.pop(uid)
+        self._draining[uid] = backed
+        self._note_ready(backed.backing.served_model_name)
+        process = backed.process.process
+        if process is not None and process.poll() is None:
+            process.terminate()
+        log.info("Terminating simulator for pod pod=%s namespace=%s reason=%r grace_seconds=%g shutdown_timeout=%s",
+                 backed.backing.pod, backed.backing.namespace, why, backed.backing.grace_period_s,
+                 backed.backing.shutdown_timeout_s)
+        thread = threading.Thread(target=self._reap, args=(uid, backed), name=f"pod-backer-drain-{backed.backing.pod}",
+                                  daemon=True)
+        thread.start()
+        self._drain_threads.append(thread)
+
+    def _reap(self, uid: str, backed: BackedPod) -> None:
+        process = backed.process.process
+        started = time.monotonic()
+        killed = False
+        if process is not None:
+            try:
+                process.wait(timeout=backed.backing.grace_period_s)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+                killed = True
+        backed.process.stop()  # closes its log
+        with self._lock:
+            self._draining.pop(uid, None)
+            if uid not in self._backed:
+                self._remove_file_sd(backed.backing)
+            self.stopped_total += 1
+        log.info("Simulator for pod exited pod=%s namespace=%s after_seconds=%.1f killed=%s",
+                 backed.backing.pod, backed.backing.namespace, time.monotonic() - started, killed)
 
     def _secret_value(self, namespace: str, name: str, key: str) -> str | None:
         """The Secret's value under key, as the kubelet would put it in the env (None when missing)."""
@@ -445,6 +520,8 @@ class PodBacker:
                         backed.healthy = False
                     elif status == 200:
                         backed.healthy = True
+                    if backed.healthy != was:
+                        self._note_ready(backed.backing.served_model_name)
                 if backed.healthy != was:
                     self._set_ready(backed.backing, backed.healthy)
                 if backed.healthy and not was:

@@ -75,6 +75,14 @@ def plot_demo(result: DemoResult, path: Path, window_s: float = 10.0) -> Path:
                       label="capacity model: predicted TTFT p95 at the desired replicas")
     if prom:
         model_ax.plot(*zip(*prom), ".", color="tab:gray", label="observed TTFT p95 (Prometheus)")
+    # the prediction is for the desired replicas; while some are still starting, what Prometheus
+    # observes comes from fewer: shade those stretches so the two are not read as one comparison
+    labelled = False
+    for before, after in zip(samples, samples[1:]):
+        if (before.desired_replicas or 0) > before.sims_ready:
+            model_ax.axvspan(before.time_s, after.time_s, color="tab:orange", alpha=0.15, lw=0,
+                             label=None if labelled else "desired > ready: prediction is for replicas still starting")
+            labelled = True
     for event in result.drift_events():
         for ax in (load_ax, model_ax):
             ax.axvline(event["time_s"], color="tab:brown", lw=1.5)

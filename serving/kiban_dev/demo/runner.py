@@ -31,7 +31,7 @@ from kiban_dev.devcluster.processes import Component, free_port, pid_alive, star
 from kiban_dev.devcluster.prometheus import build_config
 from kiban_dev.demo.backer import PodBacker
 from kiban_dev.demo.record import DemoConfig, DemoResult, Sample
-from kiban_dev.demo.schedule import phase_at, ramp, windowed_rate
+from kiban_dev.demo.schedule import no_ready_windows, phase_at, ramp, windowed_rate
 from kiban_serving.loadgen.client import replay
 from kiban_serving.loadgen.report import summarize
 from kiban_serving.loadgen.trace import read_azure_trace
@@ -59,11 +59,14 @@ def prometheus_config(file_sd_dir: Path, scrape_interval: str, operator_metrics:
 
 
 def model_manifest(path: Path, namespace: str, stabilization_window_s: int,
-                   drift: dict | None = None) -> dict:
-    """examples/model.yaml in `namespace`, with the demo's short scale-down window and drift windows."""
+                   drift: dict | None = None, min_replicas: int | None = None) -> dict:
+    """examples/model.yaml in `namespace`, with the demo's short scale-down window, drift windows
+    and (min_replicas 0) applied at zero replicas, to be woken by the load's first request."""
     body = yaml.safe_load(path.read_text())
     body.setdefault("metadata", {})["namespace"] = namespace
     body["spec"].setdefault("scaling", {})["stabilizationWindowSeconds"] = stabilization_window_s
+    if min_replicas is not None:
+        body["spec"]["scaling"]["minReplicas"] = min_replicas
     if drift is not None:
         body["spec"]["drift"] = {**(body["spec"].get("drift") or {}), **drift}
     return body
@@ -246,12 +249,14 @@ class DemoStack:
         from kubernetes import client
 
         body = model_manifest(self.config.model_manifest, self.config.namespace, self.config.stabilization_window_s,
-                              demo_drift_spec(self.config))
+                              demo_drift_spec(self.config), self.config.min_replicas)
         custom = client.CustomObjectsApi(self.api)
         stored = custom.create_namespaced_custom_object(FM_GROUP, FM_VERSION, self.config.namespace, FM_PLURAL, body)
+        at_zero = ", minReplicas 0: applied at zero replicas" if self.config.min_replicas == 0 else ""
         self.echo(f"Applied FoundationModel {self.config.namespace}/{stored['metadata']['name']} "
                   f"from {self.config.model_manifest.name} (stabilizationWindowSeconds "
-                  f"{self.config.stabilization_window_s} and {self.config.drift_window_s} s drift windows for the demo)")
+                  f"{self.config.stabilization_window_s} and {self.config.drift_window_s} s drift windows for the demo"
+                  f"{at_zero})")
         return stored
 
     def delete_model(self, name: str, timeout_s: float = 30.0) -> None:
@@ -330,8 +335,10 @@ class DemoStack:
                   f"trace time compressed {config.time_compression:g}x) through the Kiban gateway {self.gateway_url}")
         started = time.monotonic()
         loop = asyncio.get_running_loop()
+        finished: list = []  # results as requests finish, so an early stop keeps them
         replay_task = asyncio.create_task(replay(self.gateway_url, served, requests, max_concurrency=config.max_concurrency,
-                                                 request_timeout_s=config.request_timeout_s))
+                                                 request_timeout_s=config.request_timeout_s,
+                                                 on_result=finished.append))
         try:
             while not replay_task.done():
                 await asyncio.wait({replay_task}, timeout=config.sample_every_s)
@@ -343,19 +350,27 @@ class DemoStack:
                 if stop_when is not None and stop_when(result.samples):
                     result.stopped_early = True
                     break
-            if not result.stopped_early:
-                result.results = replay_task.result()
+            result.results = replay_task.result() if not result.stopped_early else list(finished)
         finally:
             if not replay_task.done():
                 replay_task.cancel()
                 await asyncio.gather(replay_task, return_exceptions=True)
             result.requests_by_backend = await loop.run_in_executor(None, self._requests_by_pod, served)
         result.kubectl_get = await loop.run_in_executor(None, self.kubectl_get)
-        resolved = (self.read_model(name).get("status") or {}).get("resolved") or {}
+        status = self.read_model(name).get("status") or {}
+        resolved = status.get("resolved") or {}
         result.gpus_per_replica = int(resolved.get("gpusPerReplica") or 1)
+        ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
+        result.ready_condition = (f"Ready {ready.get('status')} ({ready.get('reason')}: {ready.get('message')}); "
+                                  f"{resolved.get('gpusPerReplica')} x {resolved.get('accelerator')} GPU per replica")
         result.wall_seconds = time.monotonic() - started
-        if not result.stopped_early:
-            result.report = summarize(result.results, slo_ttft_ms=None if math.isnan(slo) else slo)
+        changes = [(t - started, count) for t, model, count in list(self.backer.ready_changes) if model == served]
+        result.no_ready_windows = no_ready_windows(changes, result.wall_seconds)
+        held = result.held_results
+        target = None if math.isnan(slo) else slo
+        held_ids = {id(r) for r in held}
+        result.report = summarize([r for r in result.results if id(r) not in held_ids], slo_ttft_ms=target)
+        result.held_report = summarize(held, slo_ttft_ms=target) if held else None
         return result
 
     def _sample(self, name: str, served: str, now: float, arrivals: list[float]) -> Sample:

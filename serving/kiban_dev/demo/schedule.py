@@ -168,3 +168,31 @@ def scale_events(samples: Sequence[tuple[float, int | None, str | None]]) -> lis
             events.append(ScaleEvent(time_s, previous, desired, reason or ""))
         previous = desired
     return events
+
+
+def no_ready_windows(changes: Sequence[tuple[float, int]], end_s: float) -> list[tuple[float, float]]:
+    """The stretches of [0, end_s] in which no replica was ready, from (time, ready count) changes
+    in time order (times relative to the load's start; earlier ones set the count at 0 s, and
+    with none the count starts at 0: a model applied at zero replicas)."""
+    count = 0
+    for t, c in changes:
+        if t <= 0:
+            count = c
+    windows: list[tuple[float, float]] = []
+    start = 0.0 if count == 0 else None
+    for t, c in changes:
+        if t <= 0 or t >= end_s:
+            continue
+        if c == 0 and start is None:
+            start = t
+        elif c > 0 and start is not None:
+            windows.append((start, t))
+            start = None
+    if start is not None and start < end_s:
+        windows.append((start, end_s))
+    return windows
+
+
+def sent_in(results: Sequence[RequestResult], windows: Sequence[tuple[float, float]]) -> list[RequestResult]:
+    """The requests sent inside one of `windows` (start inclusive, end exclusive)."""
+    return [r for r in results if any(start <= r.sent_s < end for start, end in windows)]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -139,8 +140,12 @@ async def replay(
     api_key: str | None = None,
     request_timeout_s: float = 600.0,
     progress: bool = False,
+    on_result: Callable[[RequestResult], None] | None = None,
 ) -> list[RequestResult]:
     """Send each request at its arrival time (seconds from now); return one result each.
+
+    `on_result` is called with each result as its request finishes (a caller that cancels the
+    replay keeps what finished).
 
     At most max_concurrency requests are in flight: a request due while the bound is full is
     sent when a slot frees (its `sent_s` records the delay). Requests due at or after
@@ -164,7 +169,10 @@ async def replay(
         try:
             result = RequestResult(index, request.arrival_s, time.perf_counter() - t0,
                                    request.prompt_tokens, request.output_tokens)  # fmt: skip
-            return await send_one(session, url, model, request, result, chat, key=salt + index)
+            done = await send_one(session, url, model, request, result, chat, key=salt + index)
+            if on_result is not None:
+                on_result(done)
+            return done
         finally:
             slots.release()
             bar.update(1)

@@ -113,6 +113,7 @@ class SimConfig:
     enable_prompt_tokens_details: bool = False
     api_key: str | None = None  # guards GUARDED_PREFIXES only, as in vLLM
     lora_modules: tuple[tuple[str, str], ...] = ()  # (name, path): served beside the base model (same engine)
+    shutdown_timeout_s: int = 0  # vLLM's --shutdown-timeout: on SIGTERM 0 aborts, N drains for up to N s
 
     @property
     def adapters(self) -> tuple[str, ...]:
@@ -524,6 +525,7 @@ def create_app(config: SimConfig) -> web.Application:
     # the instrumentator sits inside authentication: a 401 is not counted (vLLM's middleware order)
     app = web.Application(middlewares=[authenticate, sim.http_metrics.middleware(), _json_errors])
     app.on_startup.append(sim.start)
+    app.on_shutdown.append(lambda _app: _log_shutdown(sim, config.shutdown_timeout_s))
     app.on_cleanup.append(sim.stop)
     model = config.served_model_name
 
@@ -725,6 +727,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--api-key", default=None, help="guard /v1 paths with this key (default: $VLLM_API_KEY)")
     parser.add_argument("--lora-modules", nargs="+", default=[], metavar="NAME=PATH",
                         help="LoRA adapters served under NAME (the simulator serves them with the base model's engine)")
+    parser.add_argument("--shutdown-timeout", type=int, default=0,
+                        help="as vLLM's: on SIGTERM, 0 aborts in-flight requests, N > 0 lets them finish for up "
+                             "to N engine seconds; new connections are refused either way")
     parser.add_argument("--log-level", default="INFO")
     return parser
 
@@ -739,6 +744,8 @@ def profile_from_args(args: argparse.Namespace) -> EngineProfile:
 
 def config_from_args(args: argparse.Namespace) -> SimConfig:
     names = list(args.served_model_name)
+    if args.shutdown_timeout < 0:
+        raise ValueError(f"--shutdown-timeout must be >= 0, got {args.shutdown_timeout}")
     return SimConfig(
         served_model_name=names[0],
         extra_served_names=tuple(names[1:]),
@@ -759,6 +766,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         mean_output_tokens=args.mean_output_tokens,
         api_key=args.api_key or os.environ.get("VLLM_API_KEY") or None,
         lora_modules=tuple((m.split("=", 1)[0], m.split("=", 1)[1] if "=" in m else m) for m in args.lora_modules),
+        shutdown_timeout_s=args.shutdown_timeout,
     )
 
 
@@ -775,9 +783,25 @@ def main(argv: list[str] | None = None) -> int:
         "Started simulator model=%s profile=%s host=%s port=%s speedup=%s",
         config.served_model_name, config.profile.name, args.host, args.port, config.speedup,
     )  # fmt: skip
-    # backlog 2048: uvicorn's default, what `vllm serve` listens with
-    web.run_app(app, host=args.host, port=args.port, print=None, access_log=None, backlog=2048)
+    drain_s = config.shutdown_timeout_s / config.speedup
+    # backlog 2048: uvicorn's default, what `vllm serve` listens with. On SIGTERM aiohttp stops
+    # listening, waits up to shutdown_timeout for the handlers in progress (the streams), then
+    # cancels them; its 0 means "wait forever", so abort (vLLM's 0) is a millisecond's wait.
+    web.run_app(app, host=args.host, port=args.port, print=None, access_log=None, backlog=2048,
+                shutdown_timeout=drain_s if drain_s > 0 else 0.001)
     return 0
+
+
+async def _log_shutdown(sim: Simulator, timeout_s: int) -> None:
+    """vLLM's shutdown lines (v1/engine/core.py _handle_shutdown): the mode and what is in flight."""
+    mode = "abort" if timeout_s == 0 else "drain"
+    log.info("[shutdown] EngineCore: start mode=%s timeout=%ds", mode, timeout_s)
+    in_flight = len(sim._pending)
+    if in_flight:
+        if timeout_s == 0:
+            log.info("[shutdown] EngineCore: aborting in-flight requests count=%d", in_flight)
+        else:
+            log.info("[shutdown] EngineCore: draining in-flight requests count=%d timeout=%ds", in_flight, timeout_s)
 
 
 if __name__ == "__main__":

@@ -313,3 +313,17 @@ def test_a_single_attach_cache_is_rolled_out_by_recreate(full, access_mode, stra
 def test_a_single_attach_cache_with_more_than_one_replica_is_refused(full):
     with pytest.raises(ValueError, match="maxReplicas must be 1"):
         with_spec(full, **{"cache.accessMode": "ReadWriteOnce"})
+
+
+def test_the_engine_drains_in_flight_requests_within_the_pods_grace_period(minimal):
+    """vLLM 0.33 aborts every in-flight request on SIGTERM unless --shutdown-timeout > 0
+    (engine/arg_utils.py: default 0 = abort; v1/engine/core.py _handle_shutdown: > 0 drains): a
+    scale-down would cut the streams of the pod it removes. The drain must end before the
+    kubelet's SIGKILL at terminationGracePeriodSeconds, with time left for the engine's teardown."""
+    deployment = deployment_of(minimal)
+    args = container(deployment)["args"]
+    assert "--shutdown-timeout" in args, args
+    drain_s = int(args[args.index("--shutdown-timeout") + 1])
+    grace_s = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert 0 < drain_s < grace_s
+    assert grace_s - drain_s >= 5, "no time left for the engine's teardown before SIGKILL"

@@ -115,3 +115,31 @@ def test_profile_picks_the_nearest_model_size():
     assert profile_name_for("nvidia-l4", "8B") == "nvidia-l4/8B"
     assert profile_name_for("nvidia-h100-80gb", "70B") == "nvidia-h100-80gb/70B"
     assert profile_name_for("nvidia-l4", "500M") == "nvidia-l4/1B"
+
+
+def test_the_drain_comes_from_the_pod_as_the_kubelet_and_vllm_read_it():
+    """The simulator drains for the pod's --shutdown-timeout; the backer kills it at the pod's
+    terminationGracePeriodSeconds (the operator's pod sets both)."""
+    pod = engine_pod()
+    args = pod["spec"]["containers"][0]["args"]
+    backing = backing_for_pod(pod)
+    assert backing.shutdown_timeout_s == int(arg_value(args, "--shutdown-timeout")) > 0
+    assert backing.grace_period_s == pod["spec"]["terminationGracePeriodSeconds"] > backing.shutdown_timeout_s
+
+
+def test_a_pod_without_drain_settings_gets_vllms_and_kubernetes_defaults():
+    pod = engine_pod()
+    container = pod["spec"]["containers"][0]
+    flag = container["args"].index("--shutdown-timeout")
+    del container["args"][flag:flag + 2]
+    del pod["spec"]["terminationGracePeriodSeconds"]
+    backing = backing_for_pod(pod)
+    assert (backing.shutdown_timeout_s, backing.grace_period_s) == (0, 30.0)
+
+
+def test_a_bad_shutdown_timeout_is_named():
+    pod = engine_pod()
+    args = pod["spec"]["containers"][0]["args"]
+    args[args.index("--shutdown-timeout") + 1] = "soon"
+    with pytest.raises(BackingError, match="--shutdown-timeout"):
+        backing_for_pod(pod)

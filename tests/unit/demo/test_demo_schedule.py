@@ -115,3 +115,24 @@ def test_gpu_hours_integrate_the_replica_steps():
 
     # 1 replica for 1800 s, then 3 for 1800 s: 0.5 + 1.5 = 2 replica-hours, 2 GPUs each
     assert gpu_hours([(0.0, 1), (1800.0, 3)], 3600.0, 2) == pytest.approx(4.0)
+
+
+def test_no_ready_windows_start_at_zero_for_a_model_applied_at_zero():
+    from kiban_dev.demo.schedule import no_ready_windows
+
+    assert no_ready_windows([], 100.0) == [(0.0, 100.0)]
+    assert no_ready_windows([(12.5, 1), (50.0, 2), (80.0, 1)], 100.0) == [(0.0, 12.5)]
+
+
+def test_no_ready_windows_take_the_count_before_the_load_and_later_gaps():
+    from kiban_dev.demo.schedule import no_ready_windows
+
+    assert no_ready_windows([(-3.0, 1)], 100.0) == []
+    assert no_ready_windows([(-3.0, 1), (40.0, 0), (60.0, 1), (90.0, 0)], 100.0) == [(40.0, 60.0), (90.0, 100.0)]
+
+
+def test_sent_in_picks_the_requests_sent_inside_a_window():
+    from kiban_dev.demo.schedule import sent_in
+
+    results = [RequestResult(i, t, t, 10, 10) for i, t in enumerate((0.0, 5.0, 12.5, 13.0))]
+    assert [r.index for r in sent_in(results, [(0.0, 12.5)])] == [0, 1]
