@@ -490,7 +490,12 @@ def test_a_model_at_zero_wakes_on_the_first_request_which_succeeds(api, gw_names
     assert status == 200 and done
     assert ttft >= 3.0, "the first token came before the simulated 3 s cold start could have passed"
     assert body["spec"]["scaling"]["replicas"] == 1
-    assert "wake from zero" in (body["status"].get("scaling") or {}).get("reason", "")
+    # the scale's own Event says why (status.scaling.reason moves on at the next full pass)
+    core = client.CoreV1Api(api)
+    scaled = wait_for(lambda: [e.message for e in core.list_namespaced_event(
+        gw_namespace, field_selector="involvedObject.name=sleepy,reason=Scaled").items
+        if e.message.startswith("Scaled from 0 to 1")], 15, "the Scaled Event of the wake")
+    assert "wake from zero" in scaled[0], scaled
     assert waking.proc.poll() is None
 
 
