@@ -28,9 +28,9 @@ DEFAULT_CODE_TRACE = Path(os.environ.get("KIBAN_DEMO_CODE_TRACE") or trace_path(
 # (90 s) because the token means the capacity model reads come from finished requests: right
 # after a start they hold only the short ones and read too low (docs/demo.md measures it). The code trace arrives in bursts minutes apart, so its phase keeps the code
 # mix's token counts, in order, on Poisson arrivals.
-DEMO_PHASES = (Phase(90, 0.35), Phase(30, 0.6), Phase(30, 0.8), Phase(20, 1.2), Phase(40, 0.8),
-               Phase(60, 0.5, "code", poisson=True), Phase(50, 0.15, "code", poisson=True))
-PHASE_NAMES = ("wake + warm-up", "ramp", "ramp", "burst", "plateau", "mix switch (code)", "fall (code)")
+DEMO_PHASES = (Phase(90, 0.35), Phase(30, 0.6), Phase(30, 0.8), Phase(20, 1.2), Phase(40, 0.8), Phase(50, 0.1),
+               Phase(60, 0.5, "code", poisson=True))
+PHASE_NAMES = ("wake + warm-up", "ramp", "ramp", "burst", "plateau", "fall", "mix switch (code)")
 
 
 @dataclass(frozen=True)
