@@ -1126,11 +1126,12 @@ class Autoscaler:
         in the background, registered in `writing` until they land; returns how many."""
         tasks = {uid: asyncio.ensure_future(coroutine) for uid, coroutine in writes}
         _, pending = await asyncio.wait(tasks.values(), timeout=max(wait_s, 0.0))
-        for uid, task in tasks.items():
+        for uid, task in tasks.items():  # every pending one registered before any error is raised
             if task in pending:
                 self.writing[uid] = task
                 task.add_done_callback(lambda done, uid=uid: self._landed(uid, done))
-            elif not task.cancelled() and task.exception() is not None:
+        for task in tasks.values():
+            if task not in pending and not task.cancelled() and task.exception() is not None:
                 raise task.exception()
         return len(pending)
 
