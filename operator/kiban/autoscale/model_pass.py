@@ -947,7 +947,8 @@ class Autoscaler:
         cooldown = max(settings.interval_s, 5.0)  # a tripped breaker waits one interval, then probes
         guarded = GuardedPrometheus(prometheus, CircuitBreaker(cooldown_s=cooldown,
                                                                max_cooldown_s=max(cooldown, MAX_BREAKER_COOLDOWN_S)))
-        return cls(collector=collector_for(guarded, settings), settings=settings, clock=clock, decider=Decider(settings.capacity_workers))
+        return cls(collector=collector_for(guarded, settings), settings=settings, clock=clock,
+                   decider=Decider(settings.capacity_workers))
 
     def forget(self, uid: str) -> None:
         """A deleted model: its policy memory goes (a model re-created under its name starts afresh)."""
@@ -1034,10 +1035,10 @@ class Autoscaler:
         writes: list[tuple[str, Any]] = []  # (model UID, its writes this pass)
         seen_uids: set[str] = set()
         for body in bodies:
-            uid = str((body.get("metadata") or {}).get("uid") or "")
+            metadata = body.get("metadata") or {}
+            uid = str(metadata.get("uid") or "")
             if uid in self.writing:  # an earlier pass's writes have not landed: decide it after they do
                 seen_uids.add(uid)
-                metadata = body.get("metadata") or {}
                 ref = (metadata.get("namespace", ""), metadata.get("name", ""))
                 summary.results[ref] = PassResult(skipped=WRITES_IN_FLIGHT)
                 if only is not None:  # a wake must not wait for the next full pass

@@ -34,8 +34,8 @@ import heapq
 import math
 import random
 from bisect import bisect_left
-from dataclasses import dataclass, field
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 import numpy as np

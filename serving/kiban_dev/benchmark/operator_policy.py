@@ -49,19 +49,18 @@ from kiban.drift.tracker import engine_revision
 
 # What `kiban run` and the chart default to (kiban.config.OperatorConfig, AutoscaleSettings).
 OPERATOR_DEFAULTS = OperatorConfig()
-PARAMETERS_B = {"8B": "8B", "70B": "70B", "405B": "405B"}  # profile size suffix -> spec.model.parameters
 
 
 def bench_model(profile_name: str, slo_ttft_ms: float, min_replicas: int, max_replicas: int,
                 name: str = "bench", namespace: str = "bench") -> FoundationModel:
     """The FoundationModel a platform team would write for this cell: the accelerator profile and
     model size, autoscaling on, a TTFT p99 target, replica bounds; everything else defaulted."""
-    gpu, _, size = profile_name.partition("/")
+    gpu, _, size = profile_name.partition("/")  # "nvidia-l4/8B": the size is spec.model.parameters
     body = {
         "apiVersion": "kiban.dev/v1alpha1", "kind": "FoundationModel",
         "metadata": {"name": name, "namespace": namespace, "generation": 1},
         "spec": {
-            "model": {"uri": f"hf://bench/model-{size}", "parameters": PARAMETERS_B.get(size, size)},
+            "model": {"uri": f"hf://bench/model-{size}", "parameters": size},
             "accelerator": {"profile": gpu},
             "scaling": {"autoscaling": True, "minReplicas": min_replicas, "maxReplicas": max_replicas,
                         "slo": {"ttftP99Ms": int(round(slo_ttft_ms))}},
