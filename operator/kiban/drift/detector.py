@@ -60,6 +60,13 @@ class DriftConfig:
     mean_shift_alpha: float = 0.01
     decisive_tests: tuple[str, ...] = ("psi", "js")
     min_samples: int = 100
+    # A window under min_samples is merged into the next one (up to this many windows in all)
+    # instead of being skipped, so low traffic still gets compared, and it never becomes part
+    # of a rolling reference on its own.
+    max_merged_windows: int = 3
+    # PSI and JS must also exceed what two windows of these sizes reach by chance alone (this
+    # quantile of a bootstrap under no drift, stats.noise_floor): small windows are noisy.
+    noise_quantile: float = 0.999
     consecutive_to_declare: int = 1
     consecutive_to_clear: int = 2
     load_tolerance: float = 0.25
@@ -70,13 +77,13 @@ class DriftConfig:
         for name, value in positive.items():
             if not value > 0:
                 raise ValueError(f"DriftConfig.{name} must be > 0, got {value}")
-        for name in ("baseline_windows", "rolling_windows", "min_samples",
+        for name in ("baseline_windows", "rolling_windows", "min_samples", "max_merged_windows",
                      "consecutive_to_declare", "consecutive_to_clear"):
             if getattr(self, name) < 1:
                 raise ValueError(f"DriftConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.settle_s < 0:
             raise ValueError(f"DriftConfig.settle_s must be >= 0, got {self.settle_s}")
-        for name in ("ks_alpha", "mean_shift_alpha"):
+        for name in ("ks_alpha", "mean_shift_alpha", "noise_quantile"):
             if not 0 < getattr(self, name) < 1:
                 raise ValueError(f"DriftConfig.{name} must be in (0, 1), got {getattr(self, name)}")
         if self.reference_policy not in ("baseline", "rolling"):
@@ -95,6 +102,7 @@ class TestOutcome:
     score: float
     over: bool
     p_value: float | None = None
+    threshold: float | None = None  # what the score was held against (PSI, JS: noise floor included)
 
 
 @dataclass(frozen=True)
@@ -130,6 +138,7 @@ class SignalState(Generic[T]):
     capture_from: float = -math.inf  # a baseline window must start at or after this time
     pending: tuple[_Entry[T], ...] = ()
     recent: tuple[_Entry[T], ...] = ()
+    carry: tuple[_Entry[T], ...] = ()  # windows too sparse alone, merged into the next one
     streaks: Mapping[str, Streak] = field(default_factory=dict)
 
 
@@ -146,6 +155,7 @@ class SignalStep(Generic[T]):
     cleared: bool
     reference: T | None
     compared_with_previous_generation: bool = False
+    current: T | None = None  # what was compared: the window, merged with sparse ones before it
 
 
 Compare = Callable[[T, T], Mapping[str, TestOutcome]]
@@ -178,8 +188,21 @@ def step_signal(
     needs_comparable_load: bool = False,
 ) -> tuple[SignalState[T], SignalStep[T]]:
     """One window for one signal, generic over the payload (binned histogram or raw samples),
-    so the raw-sample KS baseline runs the very same reference and streak logic."""
-    entry = _Entry(payload, load)
+    so the raw-sample KS baseline runs the very same reference and streak logic.
+
+    A window under min_samples is carried and merged into the next (at most
+    max_merged_windows in one comparison); only windows that held enough requests, alone or
+    merged, join the rolling reference or become a baseline.
+    """
+    window = _Entry(payload, load)
+    keep = config.max_merged_windows - 1  # sparse windows that may precede this one
+    carried = state.carry[-keep:] if keep else ()
+    entry = window
+    if carried:
+        entry = _Entry(combine([e.payload for e in carried] + [payload]), _mean_load(carried + (window,)))
+    payload, load = entry.payload, entry.load
+    sparse = size(payload) < config.min_samples
+    carry_on = (carried + (window,))[-keep:] if keep else ()
     decisive = config.decisive_tests
     streaks = {t: state.streaks.get(t, Streak()) for t in TESTS}
 
@@ -188,27 +211,32 @@ def step_signal(
         drifted_by_test = {t: streaks[t].drifted for t in TESTS}
         return new_state, SignalStep(
             status, tests or {}, drifted_by_test, {t: False for t in TESTS},
-            any(drifted_by_test[t] for t in decisive), False, False, reference, previous,
+            any(drifted_by_test[t] for t in decisive), False, False, reference, previous, payload,
         )
 
     # Choose the reference for this window.
     if config.reference_policy == "rolling":
         recent = state.recent[-config.rolling_windows:]
         reference = _Entry(combine([e.payload for e in recent]), _mean_load(recent)) if recent else None
-        next_state = replace(state, recent=(recent + (entry,))[-config.rolling_windows:])
+        if sparse:
+            next_state = replace(state, recent=recent, carry=carry_on)
+        else:
+            next_state = replace(state, recent=(recent + (entry,))[-config.rolling_windows:], carry=())
         if reference is None or size(reference.payload) < config.min_samples:
             return unchanged("no_reference", next_state, None)
     else:
         reference = state.reference
-        next_state = state
+        next_state = replace(state, carry=carry_on if sparse else ())
         if reference is None:
-            if window_start < state.capture_from or size(payload) < config.min_samples:
-                return unchanged("no_reference", state, None)
+            if window_start < state.capture_from:
+                return unchanged("no_reference", replace(state, carry=()), None)
+            if sparse:
+                return unchanged("no_reference", next_state, None)
             pending = state.pending + (entry,)
             if len(pending) < config.baseline_windows:
-                return unchanged("no_reference", replace(state, pending=pending), None)
+                return unchanged("no_reference", replace(next_state, pending=pending), None)
             captured = _Entry(combine([e.payload for e in pending]), _mean_load(pending))
-            captured_state = replace(state, reference=captured, pending=())
+            captured_state = replace(next_state, reference=captured, pending=())
             previous = state.previous_reference
             tests: Mapping[str, TestOutcome] = {}
             if previous is not None and _loads_comparable(previous.load, load, config.load_tolerance):
@@ -216,7 +244,7 @@ def step_signal(
             return unchanged("baseline_captured", captured_state, previous.payload if previous else None,
                              tests, previous is not None and bool(tests))
 
-    if size(payload) < config.min_samples:
+    if sparse:
         return unchanged("insufficient_samples", next_state, reference.payload)
     if needs_comparable_load and not _loads_comparable(reference.load, load, config.load_tolerance):
         return unchanged("incomparable_load", next_state, reference.payload)
@@ -238,7 +266,7 @@ def step_signal(
         next_state = replace(next_state, reference=None, pending=(), capture_from=window_start + config.window_s)
     return next_state, SignalStep(
         "evaluated", tests, {t: streaks[t].drifted for t in TESTS}, declared_by_test,
-        drifted, declared, cleared, reference.payload,
+        drifted, declared, cleared, reference.payload, current=payload,
     )
 
 
@@ -248,7 +276,7 @@ def on_new_generation(state: SignalState[T], changed_at: float, config: DriftCon
     if config.reference_policy == "rolling":
         return state
     return replace(
-        state, reference=None, pending=(), previous_reference=state.reference or state.previous_reference,
+        state, reference=None, pending=(), carry=(), previous_reference=state.reference or state.previous_reference,
         capture_from=changed_at + config.settle_s,
     )
 
@@ -257,18 +285,26 @@ def on_new_generation(state: SignalState[T], changed_at: float, config: DriftCon
 
 
 def compare_histograms(reference: BinnedHistogram, current: BinnedHistogram, config: DriftConfig) -> dict[str, TestOutcome]:
-    """All four tests on two windows of the same buckets."""
+    """All four tests on two windows of the same buckets.
+
+    PSI and JS are over when they exceed both their threshold and the noise floor of windows
+    this size; the floor is only computed when a threshold is crossed (most windows are calm).
+    """
     if reference.upper_bounds != current.upper_bounds:
         raise ValueError(f"histogram buckets differ: {reference.upper_bounds} vs {current.upper_bounds}")
     ref, cur = reference.counts, current.counts
     psi = stats.population_stability_index(ref, cur)
     js = stats.jensen_shannon_divergence(ref, cur)
+    psi_limit, js_limit = config.psi_threshold, config.js_threshold
+    if psi > psi_limit or js > js_limit:
+        psi_floor, js_floor = stats.noise_floor(ref, cur, config.noise_quantile)
+        psi_limit, js_limit = max(psi_limit, psi_floor), max(js_limit, js_floor)
     d = stats.ks_statistic(ref, cur)
     ks_p = stats.ks_p_value(d, reference.total, current.total)
     t, t_p = stats.mean_shift_p_value(ref, cur, bin_midpoints(reference.upper_bounds))
     return {
-        "psi": TestOutcome(psi, psi > config.psi_threshold),
-        "js": TestOutcome(js, js > config.js_threshold),
+        "psi": TestOutcome(psi, psi > psi_limit, threshold=psi_limit),
+        "js": TestOutcome(js, js > js_limit, threshold=js_limit),
         "ks": TestOutcome(d, ks_p < config.ks_alpha, ks_p),
         "mean_shift": TestOutcome(abs(t), t_p < config.mean_shift_alpha, t_p),
     }
@@ -345,11 +381,18 @@ def _format_value(signal: str, value: float) -> str:
     return f"{value:.0f} tokens"
 
 
+def _limit(limit: float, configured: float) -> str:
+    """The threshold as held: the configured one, or the noise floor where that was higher."""
+    return f"{configured:g}" if limit <= configured else f"{limit:.3g} (noise floor at these sample sizes)"
+
+
 def _format_test(test: str, outcome: TestOutcome, config: DriftConfig) -> str:
     if test == "psi":
-        return f"PSI {outcome.score:.2f} {'>' if outcome.over else '<='} {config.psi_threshold:g}"
+        limit = outcome.threshold if outcome.threshold is not None else config.psi_threshold
+        return f"PSI {outcome.score:.2f} {'>' if outcome.over else '<='} {_limit(limit, config.psi_threshold)}"
     if test == "js":
-        return f"JS {outcome.score:.4f} {'>' if outcome.over else '<='} {config.js_threshold:g}"
+        limit = outcome.threshold if outcome.threshold is not None else config.js_threshold
+        return f"JS {outcome.score:.4f} {'>' if outcome.over else '<='} {_limit(limit, config.js_threshold)}"
     if test == "ks":
         return f"KS D {outcome.score:.3f} p {outcome.p_value:.2g} {'<' if outcome.over else '>='} {config.ks_alpha:g}"
     return f"mean shift |t| {outcome.score:.1f} p {outcome.p_value:.2g} {'<' if outcome.over else '>='} {config.mean_shift_alpha:g}"
@@ -404,6 +447,7 @@ def observe_window(
         )
         ref = step.reference
         ref_mean = ref.mean() if ref is not None else math.nan
+        histogram = step.current if step.current is not None else histogram
         cur_mean = histogram.mean()
         decisive_over = any(step.tests[t].over for t in config.decisive_tests if t in step.tests)
         slower = ref is not None and cur_mean > ref_mean

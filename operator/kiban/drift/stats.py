@@ -167,3 +167,38 @@ def mean_shift_p_value(
     t = (mean2 - mean1) / math.sqrt(a + b)
     df = (a + b) ** 2 / ((a * a / (n1 - 1) if a else 0.0) + (b * b / (n2 - 1) if b else 0.0))
     return t, student_t_two_sided_p(t, df)
+
+
+def _psi_rows(p: np.ndarray, q: np.ndarray, epsilon: float = PSI_EPSILON) -> np.ndarray:
+    p, q = np.maximum(p, epsilon), np.maximum(q, epsilon)
+    return np.sum((q - p) * np.log(q / p), axis=1)
+
+
+def _js_rows(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    m = (p + q) / 2.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kl_p = np.where(p > 0, p * np.log2(np.where(p > 0, p, 1.0) / np.where(m > 0, m, 1.0)), 0.0)
+        kl_q = np.where(q > 0, q * np.log2(np.where(q > 0, q, 1.0) / np.where(m > 0, m, 1.0)), 0.0)
+    return np.clip((kl_p.sum(axis=1) + kl_q.sum(axis=1)) / 2.0, 0.0, 1.0)
+
+
+def noise_floor(
+    reference: Sequence[float], current: Sequence[float], quantile: float, draws: int = 2000, seed: int = 0
+) -> tuple[float, float]:
+    """(PSI, JS) that two windows of these sizes reach by chance alone, at `quantile`.
+
+    Why: PSI and JS grow with sampling noise as windows shrink (a 15-request window against a
+    30-request reference reaches PSI ~2 with no shift at all), so a fixed threshold either
+    alarms on every small window or misses real shifts in large ones. The floor is a parametric
+    bootstrap under "no drift": both windows drawn from their pooled distribution at their own
+    sizes. Seeded, so the same windows always get the same floor.
+    """
+    p, q = _pair(reference, current)
+    n_ref = max(1, int(round(float(np.sum(reference)))))
+    n_cur = max(1, int(round(float(np.sum(current)))))
+    pooled = (p * n_ref + q * n_cur) / (n_ref + n_cur)
+    rng = np.random.default_rng(seed)
+    ref_draws = rng.multinomial(n_ref, pooled, size=draws) / n_ref
+    cur_draws = rng.multinomial(n_cur, pooled, size=draws) / n_cur
+    return (float(np.quantile(_psi_rows(ref_draws, cur_draws), quantile)),
+            float(np.quantile(_js_rows(ref_draws, cur_draws), quantile)))

@@ -124,12 +124,24 @@ def window_observation(
     return WindowObservation(end_time=end_time, generation=generation, histograms=histograms, load_rps=load)
 
 
-def token_means(window: WindowObservation, min_samples: int) -> tuple[float, float] | None:
-    """(mean prompt, mean output tokens) of a window holding at least min_samples requests."""
-    prompt, output = window.histograms.get("prompt_tokens"), window.histograms.get("generation_tokens")
-    if prompt is None or output is None or min(prompt.total, output.total) < min_samples:
+def token_means(window: WindowObservation, min_samples: int,
+                assessment: DriftAssessment | None = None) -> tuple[float, float] | None:
+    """(mean prompt, mean output tokens) of a window holding at least min_samples requests.
+
+    With the window's assessment, the compared window's (a sparse window is merged with the
+    next ones, so the declaring window alone may hold too few requests).
+    """
+    reports = assessment.reports if assessment is not None else {}
+    compared = [reports.get(s) for s in ("prompt_tokens", "generation_tokens")]
+    if all(r is not None and r.status == "evaluated" for r in compared):
+        counts, means = [r.current_count for r in compared], (compared[0].current_mean, compared[1].current_mean)
+    else:
+        prompt, output = window.histograms.get("prompt_tokens"), window.histograms.get("generation_tokens")
+        if prompt is None or output is None:
+            return None
+        counts, means = [prompt.total, output.total], (prompt.mean(), output.mean())
+    if min(counts) < min_samples:
         return None
-    means = prompt.mean(), output.mean()
     return means if all(math.isfinite(m) and m >= 0 for m in means) else None
 
 
@@ -175,18 +187,19 @@ def refit_for(
     """
     if not assessment.refit_capacity_model:
         return None
-    means = token_means(window, min_samples)
+    means = token_means(window, min_samples, assessment)
     if means is None:
         return None
     until = window.end_time + token_window_s if token_window_s > drift_window_s else window.end_time
     return Refit(window.end_time, before[0], before[1], means[0], means[1], until)
 
 
-def follow_refit(refit: Refit | None, window: WindowObservation, min_samples: int) -> Refit | None:
+def follow_refit(refit: Refit | None, window: WindowObservation, min_samples: int,
+                 assessment: DriftAssessment | None = None) -> Refit | None:
     """While an override is active, each new drift window's means replace the previous ones."""
     if refit is None or not refit.active(window.end_time):
         return refit
-    means = token_means(window, min_samples)
+    means = token_means(window, min_samples, assessment)
     return replace(refit, prompt_after=means[0], output_after=means[1]) if means else refit
 
 
@@ -273,7 +286,7 @@ def drift_step(
     detector, assessment = observe_window(memory.detector, window, config)
     refit = refit_for(assessment, window, before, token_window_s=token_window_s,
                       drift_window_s=config.window_s, min_samples=config.min_samples)
-    latest = refit or follow_refit(memory.refit, window, config.min_samples)
+    latest = refit or follow_refit(memory.refit, window, config.min_samples, assessment)
     return replace(memory, detector=detector, assessment=assessment, refit=latest), DriftOutcome(assessment, refit)
 
 

@@ -103,7 +103,7 @@ class TokenWindowPolicy:
             self.state = drift.reset_policy_state(self.state, forget_recommendations=self.forget_recommendations)
             self.refits.append((now, assessment.message))
         else:
-            self.active_refit = drift.follow_refit(self.active_refit, window, self.drift_config.min_samples)
+            self.active_refit = drift.follow_refit(self.active_refit, window, self.drift_config.min_samples, assessment)
 
     def desired_replicas(self, obs: FleetObservation) -> int:
         prompt, output = self._long_means(obs)

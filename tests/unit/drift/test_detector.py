@@ -121,3 +121,64 @@ def test_bad_config_and_signal_name_the_field():
         replace(DriftConfig(), reference_policy="forever")
     with pytest.raises(ValueError, match="unknown drift signal 'latency'"):
         observe_window(DetectorState(), WindowObservation(60.0, 1, {"latency": CONV}), DriftConfig())
+
+
+def test_sparse_windows_are_merged_into_the_next_and_compared():
+    """Low traffic: two 40-request windows of a new mix together reach min_samples 60, so the
+    second compares them as one against the reference of full windows (and declares)."""
+    config = DriftConfig(window_s=WINDOW, min_samples=60, rolling_windows=2)
+    sparse_code = _tokens(11, n=40)
+    out = _run(config, [(1, {"prompt_tokens": CONV}, None)] * 3 + [(1, {"prompt_tokens": sparse_code}, None)] * 2)
+    assert out[-2].reports["prompt_tokens"].status == "insufficient_samples"
+    merged = out[-1].reports["prompt_tokens"]
+    assert merged.status == "evaluated" and merged.declared and out[-1].refit_capacity_model
+    assert merged.current_count == pytest.approx(2 * sparse_code.total)
+    assert merged.reference_count == pytest.approx(2 * CONV.total)  # the full windows only
+
+
+def test_a_sparse_window_never_joins_the_rolling_reference():
+    """Sparse windows of a new mix, each alone under min_samples and never merged into a
+    comparable one (max_merged_windows 1): the reference stays the last full windows."""
+    config = DriftConfig(window_s=WINDOW, min_samples=60, rolling_windows=2, max_merged_windows=1)
+    windows = [(1, {"prompt_tokens": CONV}, None)] * 2 + [(1, {"prompt_tokens": _tokens(11, n=40)}, None)] * 3
+    out = _run(config, windows + [(1, {"prompt_tokens": CODE}, None)])
+    assert all(a.reports["prompt_tokens"].status == "insufficient_samples" for a in out[2:5])
+    last = out[-1].reports["prompt_tokens"]
+    assert last.declared and last.reference_count == pytest.approx(2 * CONV.total)
+
+
+def test_merging_stops_at_max_merged_windows():
+    config = DriftConfig(window_s=WINDOW, min_samples=100, rolling_windows=2, max_merged_windows=2)
+    sparse = _tokens(9, n=40)
+    out = _run(config, [(1, {"prompt_tokens": CONV}, None)] * 2 + [(1, {"prompt_tokens": sparse}, None)] * 4)
+    n = sparse.total
+    assert [a.reports["prompt_tokens"].current_count for a in out[2:]] == pytest.approx([n, 2 * n, 2 * n, 2 * n])
+    assert all(a.reports["prompt_tokens"].status == "insufficient_samples" for a in out[2:])
+
+
+def _sample(rng, proportions, n):
+    return BinnedHistogram(TOKENS, tuple(float(c) for c in rng.multinomial(n, proportions)))
+
+
+def test_small_windows_of_one_mix_do_not_alarm_but_a_real_switch_does():
+    """Windows of 15 requests against a 30-request reference, drawn from one mix: with the
+    configured thresholds alone PSI/JS cross them in most windows (the noise of small samples);
+    held against the noise floor, at most a few alarms in 300 trials. A mix three buckets away
+    (about conv -> code in output tokens) at the same sizes is still declared almost always."""
+    rng = np.random.default_rng(7)
+    conv = np.asarray(CONV.counts) / CONV.total
+    far = _tokens(12)
+    code = np.asarray(far.counts) / far.total
+    config = DriftConfig(window_s=WINDOW, min_samples=15, rolling_windows=2)
+    naive = replace(config, noise_quantile=1e-9)  # the floor never above the threshold
+    alarms = naive_alarms = declared = 0
+    for _ in range(300):
+        reference = [(1, {"prompt_tokens": _sample(rng, conv, 15)}, None) for _ in range(2)]
+        same = reference + [(1, {"prompt_tokens": _sample(rng, conv, 15)}, None)]
+        alarms += _run(config, same)[-1].workload_drift
+        naive_alarms += _run(naive, same)[-1].workload_drift
+        switched = reference + [(1, {"prompt_tokens": _sample(rng, code, 15)}, None)]
+        declared += _run(config, switched)[-1].workload_drift
+    assert naive_alarms > 150
+    assert alarms <= 6
+    assert declared >= 285

@@ -140,6 +140,22 @@ def test_conv_then_code_declares_workload_drift_and_refits_on_the_new_means():
     assert "prompt 1000 →" in status["message"]
 
 
+def test_a_switch_in_sparse_windows_refits_on_the_merged_means():
+    """Two windows of 30 code requests each (min_samples 50): the second compares them merged,
+    declares, and the re-fit takes the means of all 60, not only of the declaring window's 30."""
+    rng = np.random.default_rng(11)
+    windows = [answers(*conv(rng)) for _ in range(3)]
+    first, second = code(rng, n=30), code(rng, n=30)
+    memory, outcomes = feed(drift.note_revision(drift.DriftMemory(), "r1"),
+                            windows + [answers(*first), answers(*second)])
+    assert outcomes[3].assessment.reports["generation_tokens"].status == "insufficient_samples"
+    assert outcomes[3].new_refit is None
+    refit = outcomes[4].new_refit
+    assert outcomes[4].assessment.workload_drift and refit is not None
+    assert refit.prompt_after == pytest.approx(np.concatenate([first[0], second[0]]).mean())
+    assert refit.output_after == pytest.approx(np.concatenate([first[1], second[1]]).mean())
+
+
 def test_events_on_declaration_refit_and_clearing_only():
     rng = np.random.default_rng(7)
     windows = [answers(*conv(rng)) for _ in range(3)] + [answers(*code(rng))]
