@@ -109,18 +109,21 @@ def window_observation(
     end_time: float,
     window_s: float,
     generation: int,
+    replicas: int | None = None,
 ) -> WindowObservation | None:
     """The detector's input from one window's answers; None when no signal has a series.
 
-    Load (for comparing service times at comparable load) is requests completed per second:
-    the prompt-token histogram counts one observation per finished request.
+    Load (for comparing service times at comparable load) is requests completed per second
+    per ready replica: the prompt-token histogram counts one observation per finished request,
+    and inter-token latency follows each engine's own batch, so after a scale-up the same
+    model-wide load is half the batch per engine (faster tokens, not a faster engine).
     """
     histograms = {signal: histogram_from_increase(pairs, sums.get(signal))
                   for signal, pairs in buckets.items() if pairs}
     if not histograms:
         return None
     finished = histograms.get("prompt_tokens")
-    load = finished.total / window_s if finished is not None and window_s > 0 else None
+    load = finished.total / window_s / max(1, replicas or 1) if finished is not None and window_s > 0 else None
     return WindowObservation(end_time=end_time, generation=generation, histograms=histograms, load_rps=load)
 
 
@@ -277,10 +280,13 @@ def drift_step(
     config: DriftConfig,
     before: tuple[float | None, float | None],
     token_window_s: float,
+    replicas: int | None = None,
 ) -> tuple[DriftMemory, DriftOutcome]:
-    """Feed one window to the detector and decide on a re-fit; state in, state out."""
+    """Feed one window to the detector and decide on a re-fit; state in, state out.
+    `replicas`: the model's ready replicas, for the window's load per engine."""
     memory = replace(memory, next_window_s=now_s + config.window_s, last_window_end_s=now_s)
-    window = window_observation(buckets, sums, end_time=now_s, window_s=range_s, generation=memory.generation)
+    window = window_observation(buckets, sums, end_time=now_s, window_s=range_s, generation=memory.generation,
+                                replicas=replicas)
     if window is None:
         return memory, DriftOutcome(None, None)
     detector, assessment = observe_window(memory.detector, window, config)

@@ -100,6 +100,25 @@ def test_window_observation_has_every_signal_and_the_completion_rate_as_load():
     assert window.load_rps == pytest.approx(2.0) and window.generation == 2
     assert window.histograms["prompt_tokens"].mean() == pytest.approx(prompts.mean())
     assert drift.window_observation({}, {}, end_time=60.0, window_s=60.0, generation=0) is None
+    per_engine = drift.window_observation(buckets, sums, end_time=60.0, window_s=60.0, generation=2, replicas=2)
+    assert per_engine.load_rps == pytest.approx(1.0)  # the load per ready replica
+
+
+def test_faster_tokens_after_a_scale_up_are_not_service_time_drift():
+    """The same model-wide load on twice the replicas: each engine's batch halves and its ITL
+    drops; at the per-replica load that is not comparable, so no ServiceTimeDrift."""
+    rng = np.random.default_rng(5)
+    memory = drift.note_revision(drift.DriftMemory(), "r1")
+    slow, fast = (lambda: rng.uniform(0.10, 0.14, 4000)), (lambda: rng.uniform(0.07, 0.09, 4000))
+    for i in range(3):
+        memory, _ = drift.drift_step(memory, *answers(*conv(rng), slow()), now_s=1000.0 + 60 * (i + 1), range_s=60.0,
+                                     config=CONFIG, before=(1000.0, 250.0), token_window_s=600.0, replicas=1)
+    after = dict(memory=memory, now_s=1240.0, range_s=60.0, config=CONFIG, before=(1000.0, 250.0), token_window_s=600.0)
+    _, scaled_up = drift.drift_step(after.pop("memory"), *answers(*conv(rng), fast()), replicas=2, **after)
+    assert scaled_up.assessment.reports["itl_seconds"].status == "incomparable_load"
+    assert not scaled_up.assessment.service_time_drift
+    _, same_batch = drift.drift_step(memory, *answers(*conv(rng), fast()), replicas=1, **after)
+    assert same_batch.assessment.service_time_drift  # one replica, same load, faster: the engine changed
 
 
 # -- conv → code: workload drift and the re-fit ---------------------------------------------------------
