@@ -31,7 +31,7 @@ from kiban_dev.devcluster.processes import Component, free_port, pid_alive, star
 from kiban_dev.devcluster.prometheus import build_config
 from kiban_dev.demo.backer import PodBacker
 from kiban_dev.demo.record import DemoConfig, DemoResult, Sample
-from kiban_dev.demo.schedule import no_ready_windows, phase_at, ramp, windowed_rate
+from kiban_dev.demo.schedule import ScaleEvent, no_ready_windows, phase_at, ramp, scale_events_from_api, windowed_rate
 from kiban_serving.loadgen.client import replay
 from kiban_serving.loadgen.report import summarize
 from kiban_serving.loadgen.trace import read_azure_trace
@@ -74,7 +74,7 @@ def model_manifest(path: Path, namespace: str, stabilization_window_s: int,
 
 def demo_drift_spec(config: DemoConfig) -> dict:
     return {"enabled": True, "windowSeconds": config.drift_window_s,
-            "referenceWindowSeconds": config.drift_reference_s, "jsDivergenceThreshold": config.drift_js_threshold}
+            "referenceWindowSeconds": config.drift_reference_s}
 
 
 class DemoStack:
@@ -151,7 +151,6 @@ class DemoStack:
             "KIBAN_GATEWAY_DEFAULT": "true",
             "KIBAN_GATEWAY_URL": f"http://127.0.0.1:{gateway_port}",
             "KIBAN_DRIFT_MIN_SAMPLES": str(self.config.drift_min_samples),
-            "KIBAN_DRIFT_PSI_THRESHOLD": f"{self.config.drift_psi_threshold:g}",
             "KIBAN_TOKEN_WINDOW_SECONDS": f"{self.config.token_window_s:g}",
             "PYTHONUNBUFFERED": "1",
         })
@@ -333,7 +332,7 @@ class DemoStack:
         self.echo(f"Replaying {len(requests)} requests of the Azure {'/'.join(sorted(mixes))} traces over "
                   f"{config.load_seconds:.0f} s (phases {', '.join(f'{p.duration_s:g}s@{p.rate_rps:g}rps {p.mix}' for p in config.phases)}, "
                   f"trace time compressed {config.time_compression:g}x) through the Kiban gateway {self.gateway_url}")
-        started = time.monotonic()
+        started, wall_started = time.monotonic(), time.time()
         loop = asyncio.get_running_loop()
         finished: list = []  # results as requests finish, so an early stop keeps them
         replay_task = asyncio.create_task(replay(self.gateway_url, served, requests, max_concurrency=config.max_concurrency,
@@ -357,6 +356,7 @@ class DemoStack:
                 await asyncio.gather(replay_task, return_exceptions=True)
             result.requests_by_backend = await loop.run_in_executor(None, self._requests_by_pod, served)
         result.kubectl_get = await loop.run_in_executor(None, self.kubectl_get)
+        result.api_scale_events = await loop.run_in_executor(None, self._scale_events, name, wall_started)
         status = self.read_model(name).get("status") or {}
         resolved = status.get("resolved") or {}
         result.gpus_per_replica = int(resolved.get("gpusPerReplica") or 1)
@@ -372,6 +372,19 @@ class DemoStack:
         result.report = summarize([r for r in result.results if id(r) not in held_ids], slo_ttft_ms=target)
         result.held_report = summarize(held, slo_ttft_ms=target) if held else None
         return result
+
+    def _scale_events(self, name: str, wall_started: float) -> list[ScaleEvent]:
+        """The model's Scaled Events, timed from the load's start."""
+        from kubernetes import client
+
+        events = client.CoreV1Api(self.api).list_namespaced_event(
+            self.config.namespace, field_selector=f"involvedObject.name={name},reason=Scaled").items
+        pairs = []
+        for event in events:
+            stamp = event.event_time or event.last_timestamp or event.first_timestamp
+            if stamp is not None:
+                pairs.append((round(stamp.timestamp() - wall_started, 1), event.message or ""))
+        return scale_events_from_api(pairs)
 
     def _sample(self, name: str, served: str, now: float, arrivals: list[float]) -> Sample:
         assert self.backer is not None and self.prometheus is not None

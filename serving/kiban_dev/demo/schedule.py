@@ -11,6 +11,7 @@ mix stays the trace's own; a phase naming another mix switches the request mix.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
@@ -168,6 +169,21 @@ def scale_events(samples: Sequence[tuple[float, int | None, str | None]]) -> lis
             events.append(ScaleEvent(time_s, previous, desired, reason or ""))
         previous = desired
     return events
+
+
+_SCALED = re.compile(r"^Scaled from (\d+) to (\d+): (.*)$", re.DOTALL)
+
+
+def scale_events_from_api(events: Sequence[tuple[float, str]]) -> list[ScaleEvent]:
+    """ScaleEvents from the operator's `Scaled` Events ((time_s, message) pairs, any order):
+    each scale with the reason the autoscaler gave at that moment (the 5 s sampler may miss a
+    decision's own reason, e.g. the wake's, when the next pass rewrites status first)."""
+    out = []
+    for time_s, message in sorted(events):
+        match = _SCALED.match(message or "")
+        if match:
+            out.append(ScaleEvent(time_s, int(match.group(1)), int(match.group(2)), match.group(3)))
+    return out
 
 
 def no_ready_windows(changes: Sequence[tuple[float, int]], end_s: float) -> list[tuple[float, float]]:

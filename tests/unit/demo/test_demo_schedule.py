@@ -12,6 +12,7 @@ from kiban_dev.demo.schedule import (
     parse_phases,
     ramp,
     scale_events,
+    scale_events_from_api,
     ttft_p95_by_window,
     windowed_rate,
 )
@@ -84,6 +85,16 @@ def test_windowed_rate():
 def test_scale_events_from_samples():
     events = scale_events([(0, 1, "a"), (5, None, None), (10, 1, "b"), (15, 3, "up"), (20, 2, "down")])
     assert [(e.time_s, e.from_replicas, e.to_replicas, e.reason) for e in events] == [(15, 1, 3, "up"), (20, 3, 2, "down")]
+
+
+def test_scale_events_from_the_operators_scaled_events_keep_each_reason():
+    events = scale_events_from_api([
+        (106.0, "Scaled from 1 to 2: λ=0.895 req/s → 2 replicas"),
+        (2.5, "Scaled from 0 to 1: 1 requests held at the gateway with no replica → 1 replica now"),
+        (50.0, "something else"),
+    ])
+    assert [(e.time_s, e.from_replicas, e.to_replicas) for e in events] == [(2.5, 0, 1), (106.0, 1, 2)]
+    assert events[0].reason.startswith("1 requests held at the gateway") and events[1].reason.endswith("2 replicas")
 
 
 def test_client_ttft_windows_count_a_request_when_its_first_token_came():
