@@ -270,6 +270,9 @@ DRIFT_HISTOGRAMS: dict[str, tuple[str, ...]] = {
 }
 
 
+DRIFT_BATCH = "batch:per_engine"
+
+
 def build_drift_queries(selector: str, window_s: float, by: Sequence[str] = ()) -> dict[str, str]:
     """Per drift signal, the window's bucket counts summed over pods by `le` (and `by`), and its `_sum`.
 
@@ -281,6 +284,8 @@ def build_drift_queries(selector: str, window_s: float, by: Sequence[str] = ()) 
     for signal, names in DRIFT_HISTOGRAMS.items():
         queries[f"{signal}:buckets"] = bucket_increase_query(names, selector, w, by)
         queries[f"{signal}:sum"] = _agg("sum", by, _increase_either(names, "_sum", selector, w))
+    # the window's running batch per engine: inter-token latency is compared only at a comparable one
+    queries[DRIFT_BATCH] = _agg("avg", by, f"avg_over_time({_series('vllm:num_requests_running', selector)}[{w}])")
     return queries
 
 
@@ -587,6 +592,7 @@ class DriftSeries:
     sums: Mapping[str, float | None] = field(default_factory=dict)
     reason_code: str | None = None
     message: str | None = None
+    batch_per_engine: float | None = None  # mean running requests per engine over the window
 
 
 def drift_series_from(results: Mapping[str, Sequence[Sample]], *, time_s: float, window_s: float) -> DriftSeries:
@@ -599,7 +605,8 @@ def drift_series_from(results: Mapping[str, Sequence[Sample]], *, time_s: float,
         if pairs:
             buckets[signal] = pairs
             sums[signal] = _sane(single_value(results.get(f"{signal}:sum", ())), math.inf)
-    return DriftSeries(time_s, window_s, buckets, sums)
+    batch = _sane(single_value(results.get(DRIFT_BATCH, ())), MAX_REQUESTS_PER_ENGINE)
+    return DriftSeries(time_s, window_s, buckets, sums, batch_per_engine=batch)
 
 
 def drift_from_answers(

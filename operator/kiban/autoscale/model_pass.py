@@ -1207,7 +1207,7 @@ class Autoscaler:
             memory, outcome = drift.drift_step(
                 memory, series.buckets, series.sums, now_s=now, range_s=range_s, config=config,
                 before=(used.mean_prompt_tokens, used.mean_output_tokens), token_window_s=self.settings.tokens_window_s,
-                replicas=item.ready,
+                replicas=item.ready, batch_per_engine=series.batch_per_engine,
             )
         except ValueError as exc:  # histograms Prometheus answered that do not fit together: skip the window
             log.warning(kv("Skipped drift window", name=ref[1], namespace=ref[0], reason="InvalidHistogram",

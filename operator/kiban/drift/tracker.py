@@ -110,20 +110,25 @@ def window_observation(
     window_s: float,
     generation: int,
     replicas: int | None = None,
+    batch_per_engine: float | None = None,
 ) -> WindowObservation | None:
     """The detector's input from one window's answers; None when no signal has a series.
 
-    Load (for comparing service times at comparable load) is requests completed per second
-    per ready replica: the prompt-token histogram counts one observation per finished request,
-    and inter-token latency follows each engine's own batch, so after a scale-up the same
-    model-wide load is half the batch per engine (faster tokens, not a faster engine).
+    Load (service times are compared only at a comparable one) is what inter-token latency
+    follows: each engine's running batch, `batch_per_engine` (the window's mean of
+    vllm:num_requests_running per engine). Without it, requests completed per second per ready
+    replica (the prompt-token histogram counts one per finished request): after a scale-up the
+    same model-wide load is half the batch per engine, faster tokens but not a faster engine.
     """
     histograms = {signal: histogram_from_increase(pairs, sums.get(signal))
                   for signal, pairs in buckets.items() if pairs}
     if not histograms:
         return None
     finished = histograms.get("prompt_tokens")
-    load = finished.total / window_s / max(1, replicas or 1) if finished is not None and window_s > 0 else None
+    if batch_per_engine is not None and math.isfinite(batch_per_engine) and batch_per_engine >= 0:
+        load: float | None = batch_per_engine
+    else:
+        load = finished.total / window_s / max(1, replicas or 1) if finished is not None and window_s > 0 else None
     return WindowObservation(end_time=end_time, generation=generation, histograms=histograms, load_rps=load)
 
 
@@ -281,12 +286,13 @@ def drift_step(
     before: tuple[float | None, float | None],
     token_window_s: float,
     replicas: int | None = None,
+    batch_per_engine: float | None = None,
 ) -> tuple[DriftMemory, DriftOutcome]:
     """Feed one window to the detector and decide on a re-fit; state in, state out.
-    `replicas`: the model's ready replicas, for the window's load per engine."""
+    `batch_per_engine`, else `replicas` (ready): the window's load per engine (window_observation)."""
     memory = replace(memory, next_window_s=now_s + config.window_s, last_window_end_s=now_s)
     window = window_observation(buckets, sums, end_time=now_s, window_s=range_s, generation=memory.generation,
-                                replicas=replicas)
+                                replicas=replicas, batch_per_engine=batch_per_engine)
     if window is None:
         return memory, DriftOutcome(None, None)
     detector, assessment = observe_window(memory.detector, window, config)

@@ -31,7 +31,8 @@ def test_drift_queries_sum_bucket_increases_by_le_over_the_drift_window():
         f"sum by (le) (increase(vllm:inter_token_latency_seconds_bucket{{{SELECTOR}}}[15s]) or "
         f"increase(vllm:time_per_output_token_seconds_bucket{{{SELECTOR}}}[15s]))")
     assert set(queries) == {f"{s}:{k}" for s in ("prompt_tokens", "generation_tokens", "itl_seconds")
-                            for k in ("buckets", "sum")}
+                            for k in ("buckets", "sum")} | {"batch:per_engine"}
+    assert queries["batch:per_engine"] == f"avg(avg_over_time(vllm:num_requests_running{{{SELECTOR}}}[15s]))"
 
 
 def test_token_means_use_the_token_window_and_rates_keep_theirs():
@@ -50,8 +51,12 @@ def test_answers_become_series_per_signal_and_empty_signals_are_left_out():
         "generation_tokens:buckets": [],
         "itl_seconds:buckets": [Sample({"le": "0.05"}, 30.0), Sample({"le": "+Inf"}, 30.0)],
         "itl_seconds:sum": [],
+        "batch:per_engine": [Sample({}, 6.5)],
     }
     series = drift_series_from(results, time_s=10.0, window_s=15.0)
+    assert series.batch_per_engine == 6.5
+    assert drift_series_from({**results, "batch:per_engine": [Sample({}, float("nan"))]},
+                             time_s=10.0, window_s=15.0).batch_per_engine is None
     assert series.buckets == {"prompt_tokens": (("100.0", 3.0), ("+Inf", 4.5)),
                               "itl_seconds": (("0.05", 30.0), ("+Inf", 30.0))}
     assert series.sums == {"prompt_tokens": 420.0, "itl_seconds": None}

@@ -102,6 +102,9 @@ def test_window_observation_has_every_signal_and_the_completion_rate_as_load():
     assert drift.window_observation({}, {}, end_time=60.0, window_s=60.0, generation=0) is None
     per_engine = drift.window_observation(buckets, sums, end_time=60.0, window_s=60.0, generation=2, replicas=2)
     assert per_engine.load_rps == pytest.approx(1.0)  # the load per ready replica
+    batched = drift.window_observation(buckets, sums, end_time=60.0, window_s=60.0, generation=2, replicas=2,
+                                       batch_per_engine=7.5)
+    assert batched.load_rps == 7.5  # the running batch per engine, where Prometheus has it
 
 
 def test_faster_tokens_after_a_scale_up_are_not_service_time_drift():
