@@ -421,6 +421,23 @@ def _regression_horizon(config: DriftConfig) -> float:
     return config.settle_s + (config.baseline_windows + config.consecutive_to_declare + 1) * config.window_s
 
 
+def weighed_as_requests(histogram: BinnedHistogram, requests: float) -> BinnedHistogram:
+    """A per-token histogram (ITL) with its counts scaled to sum to the window's requests.
+
+    Why: the tokens of one request share its batch and its neighbours' prefills, so a window's
+    thousands of ITL samples carry about as much evidence as its requests. Proportions, hence
+    PSI and JS, are unchanged; the noise floor, min_samples and the p-values then see the
+    window's real sample size (otherwise every genuine load-driven change of ITL at demo scale
+    looked certain).
+    """
+    total = histogram.total
+    if total <= 0 or requests <= 0 or requests >= total:
+        return histogram
+    factor = requests / total
+    return BinnedHistogram(histogram.upper_bounds, tuple(c * factor for c in histogram.counts),
+                           histogram.total_sum * factor if histogram.total_sum is not None else None)
+
+
 def observe_window(
     state: DetectorState, window: WindowObservation, config: DriftConfig
 ) -> tuple[DetectorState, DriftAssessment]:
@@ -434,8 +451,11 @@ def observe_window(
     since_change = window.end_time - (generation_changed_at if generation_changed_at is not None else -math.inf)
 
     reports: dict[str, DriftReport] = {}
+    requests = window.histograms.get("prompt_tokens")
     for signal, histogram in window.histograms.items():
         kind = signal_kind(signal)
+        if kind == "service_time" and requests is not None:
+            histogram = weighed_as_requests(histogram, requests.total)
         signal_state = signals.get(signal)
         if signal_state is None:
             signal_state = SignalState(capture_from=(generation_changed_at or window_start) + config.settle_s)

@@ -182,3 +182,27 @@ def test_small_windows_of_one_mix_do_not_alarm_but_a_real_switch_does():
     assert naive_alarms > 150
     assert alarms <= 6
     assert declared >= 285
+
+
+def test_itl_carries_the_evidence_of_its_requests_not_of_its_tokens():
+    """The same ITL shift (70/30 -> 20/80 over two buckets, PSI ~1.1; 4,000 token samples a
+    window) at the same load: from 8 requests a window it is within the noise of so few
+    requests; from 2,000 it is drift. The report counts requests."""
+    config = DriftConfig(window_s=WINDOW, min_samples=5, rolling_windows=2)
+
+    def itl(first_share):
+        counts = np.zeros(len(ITL) + 1)
+        counts[5], counts[6] = 4000 * first_share, 4000 * (1 - first_share)
+        return BinnedHistogram(ITL, tuple(float(c) for c in counts))
+
+    def windows(requests):
+        prompts = _tokens(9, n=requests)
+        calm = [(1, {"prompt_tokens": prompts, "itl_seconds": itl(0.7)}, 5.0)] * 3
+        return calm + [(1, {"prompt_tokens": prompts, "itl_seconds": itl(0.2)}, 5.0)]
+
+    few, many = _run(config, windows(8))[-1], _run(config, windows(2000))[-1]
+    assert few.reports["itl_seconds"].status == "evaluated" and not few.service_time_drift
+    assert few.reports["itl_seconds"].current_count == pytest.approx(_tokens(9, n=8).total)
+    assert many.service_time_drift and many.reason in ("ServiceTimeDrift", "PerformanceRegression")
+    assert few.reports["itl_seconds"].tests["psi"].score == pytest.approx(many.reports["itl_seconds"].tests["psi"].score)
+    assert few.reports["itl_seconds"].tests["psi"].score > config.psi_threshold
