@@ -126,7 +126,7 @@ def next_streak(streak: Streak, over: bool, config: DriftConfig) -> tuple[Streak
 @dataclass(frozen=True)
 class _Entry(Generic[T]):
     payload: T
-    load: float | None
+    load: Load | None
 
 
 @dataclass(frozen=True)
@@ -163,23 +163,38 @@ Combine = Callable[[Sequence[T]], T]
 Size = Callable[[T], float]
 
 
-def _mean_load(entries: Sequence[_Entry]) -> float | None:
+Load = float | tuple[float, ...]  # one measure, or several that must all be comparable
+
+
+def _components(load: Load) -> tuple[float, ...]:
+    return load if isinstance(load, tuple) else (load,)
+
+
+def _mean_load(entries: Sequence[_Entry]) -> Load | None:
     loads = [e.load for e in entries]
     if not loads or any(load is None for load in loads):
         return None
-    return sum(loads) / len(loads)  # type: ignore[arg-type]
+    parts = [_components(load) for load in loads]  # type: ignore[arg-type]
+    if len({len(p) for p in parts}) != 1:
+        return None
+    means = tuple(sum(column) / len(column) for column in zip(*parts))
+    return means if isinstance(loads[0], tuple) else means[0]
 
 
-def _loads_comparable(reference: float | None, current: float | None, tolerance: float) -> bool:
-    if reference is None or current is None or reference <= 0:
+def _loads_comparable(reference: Load | None, current: Load | None, tolerance: float) -> bool:
+    """Every component within `tolerance` of the reference's (a component at zero is not compared)."""
+    if reference is None or current is None:
         return True
-    return abs(current / reference - 1.0) <= tolerance
+    ref, cur = _components(reference), _components(current)
+    if len(ref) != len(cur):
+        return True
+    return all(r <= 0 or abs(c / r - 1.0) <= tolerance for r, c in zip(ref, cur))
 
 
 def step_signal(
     state: SignalState[T],
     payload: T,
-    load: float | None,
+    load: Load | None,
     window_start: float,
     config: DriftConfig,
     compare: Compare,
@@ -315,13 +330,14 @@ class WindowObservation:
     """One window of every signal's histogram (already summed over pods).
 
     `generation` is the FoundationModel's metadata.generation (spec changes); `load_rps` the
-    arrival rate over the window, so service times are only compared at comparable load.
+    window's load (a number, or a tuple of measures that must all be comparable), so service
+    times are only compared at comparable load.
     """
 
     end_time: float
     generation: int
     histograms: Mapping[str, BinnedHistogram]
-    load_rps: float | None = None
+    load_rps: Load | None = None
 
 
 @dataclass(frozen=True)

@@ -115,20 +115,27 @@ def window_observation(
     """The detector's input from one window's answers; None when no signal has a series.
 
     Load (service times are compared only at a comparable one) is what inter-token latency
-    follows: each engine's running batch, `batch_per_engine` (the window's mean of
-    vllm:num_requests_running per engine). Without it, requests completed per second per ready
-    replica (the prompt-token histogram counts one per finished request): after a scale-up the
-    same model-wide load is half the batch per engine, faster tokens but not a faster engine.
+    follows, per engine: requests completed per second and prompt tokens per second per ready
+    replica (prefill chunks share the decode steps), and, where Prometheus has it, the running
+    batch `batch_per_engine` (the window's mean of vllm:num_requests_running per engine). All
+    must be comparable: a ramp raises ITL through bigger batches and more prefill, and after a
+    scale-up the same model-wide load is half of each, faster tokens but not a faster engine.
     """
     histograms = {signal: histogram_from_increase(pairs, sums.get(signal))
                   for signal, pairs in buckets.items() if pairs}
     if not histograms:
         return None
     finished = histograms.get("prompt_tokens")
-    if batch_per_engine is not None and math.isfinite(batch_per_engine) and batch_per_engine >= 0:
-        load: float | None = batch_per_engine
-    else:
-        load = finished.total / window_s / max(1, replicas or 1) if finished is not None and window_s > 0 else None
+    load: float | tuple[float, ...] | None = None
+    if finished is not None and window_s > 0:
+        engines = max(1, replicas or 1)
+        prompt_tokens = finished.total_sum if finished.total_sum is not None else finished.mean() * finished.total
+        parts = [finished.total / window_s / engines]
+        if math.isfinite(prompt_tokens):
+            parts.append(prompt_tokens / window_s / engines)
+        if batch_per_engine is not None and math.isfinite(batch_per_engine) and batch_per_engine >= 0:
+            parts.append(batch_per_engine)
+        load = parts[0] if len(parts) == 1 else tuple(parts)
     return WindowObservation(end_time=end_time, generation=generation, histograms=histograms, load_rps=load)
 
 

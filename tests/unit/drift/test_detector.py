@@ -112,6 +112,18 @@ def test_small_windows_are_not_compared():
     assert not out[-1].workload_drift
 
 
+def test_service_times_need_every_load_measure_comparable():
+    """A load of (completions/s, prompt tokens/s, batch) per engine: the same batch but twice
+    the prefill work is not a comparable load, and ITL is then not compared."""
+    config = DriftConfig(window_s=WINDOW)
+    fast, slow = _itl(3), _itl(5)
+    base = [(1, {"prompt_tokens": CONV, "itl_seconds": fast}, (2.0, 2000.0, 6.0))] * 4
+    more_prefill = _run(config, base + [(1, {"prompt_tokens": CONV, "itl_seconds": slow}, (2.0, 4000.0, 6.0))])[-1]
+    assert more_prefill.reports["itl_seconds"].status == "incomparable_load" and not more_prefill.service_time_drift
+    same = _run(config, base + [(1, {"prompt_tokens": CONV, "itl_seconds": slow}, (2.1, 2100.0, 6.2))])[-1]
+    assert same.service_time_drift
+
+
 def test_bad_config_and_signal_name_the_field():
     with pytest.raises(ValueError, match="DriftConfig.window_s"):
         DriftConfig(window_s=0)

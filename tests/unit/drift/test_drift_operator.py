@@ -91,20 +91,21 @@ def test_increase_answers_with_fractions_and_float_noise_become_bins():
     assert histogram.mean() == pytest.approx(5.0)
 
 
-def test_window_observation_has_every_signal_and_the_completion_rate_as_load():
+def test_window_observation_has_every_signal_and_the_load_per_engine():
     rng = np.random.default_rng(1)
     prompts, outputs = conv(rng, 120)
     buckets, sums = answers(prompts, outputs, rng.uniform(0.02, 0.03, 120))
     window = drift.window_observation(buckets, sums, end_time=60.0, window_s=60.0, generation=2)
     assert set(window.histograms) == {"prompt_tokens", "generation_tokens", "itl_seconds"}
-    assert window.load_rps == pytest.approx(2.0) and window.generation == 2
+    # (completions/s, prompt tokens/s) of the 120 requests over 60 s
+    assert window.load_rps == pytest.approx((2.0, prompts.sum() / 60.0)) and window.generation == 2
     assert window.histograms["prompt_tokens"].mean() == pytest.approx(prompts.mean())
     assert drift.window_observation({}, {}, end_time=60.0, window_s=60.0, generation=0) is None
     per_engine = drift.window_observation(buckets, sums, end_time=60.0, window_s=60.0, generation=2, replicas=2)
-    assert per_engine.load_rps == pytest.approx(1.0)  # the load per ready replica
+    assert per_engine.load_rps == pytest.approx((1.0, prompts.sum() / 120.0))  # per ready replica
     batched = drift.window_observation(buckets, sums, end_time=60.0, window_s=60.0, generation=2, replicas=2,
                                        batch_per_engine=7.5)
-    assert batched.load_rps == 7.5  # the running batch per engine, where Prometheus has it
+    assert batched.load_rps == pytest.approx((1.0, prompts.sum() / 120.0, 7.5))  # and the batch per engine
 
 
 def test_faster_tokens_after_a_scale_up_are_not_service_time_drift():
