@@ -187,7 +187,7 @@ class RssSampler(threading.Thread):
 
     def __init__(self, pid: int) -> None:
         super().__init__(daemon=True)
-        self.pid, self.peak, self.peak_main, self._stop = pid, 0, 0, threading.Event()
+        self.pid, self.peak, self.peak_main, self.peak_children, self._stop = pid, 0, 0, 0, threading.Event()
 
     @staticmethod
     def _rss(pid: int) -> int:
@@ -204,8 +204,10 @@ class RssSampler(threading.Thread):
             if not Path(f"/proc/{self.pid}").exists():
                 return
             main = self._rss(self.pid)
+            children = sum(self._rss(p) for p in process_tree(self.pid)[1:])
             self.peak_main = max(self.peak_main, main)
-            self.peak = max(self.peak, main + sum(self._rss(p) for p in process_tree(self.pid)[1:]))
+            self.peak_children = max(self.peak_children, children)
+            self.peak = max(self.peak, main + children)
 
     def stop(self) -> None:
         self._stop.set()
@@ -419,6 +421,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds to wait per round")
     parser.add_argument("--passes", type=int, default=3, help="autoscaler passes to time after each round")
     parser.add_argument("--out", type=Path, help="also write the results as JSON here")
+    parser.add_argument("--memtrace", type=Path, metavar="DIR",
+                        help="run the operator under kiban_dev.memtrace (tracemalloc) and dump a snapshot "
+                             "and its memory figures into DIR after every round (slower: not for timings)")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the control plane on SIGTERM too
     if args.write_cost:
@@ -454,8 +459,9 @@ def main(argv: list[str] | None = None) -> int:
               f"({len(fleet)} models) every {SCRAPE_INTERVAL}", flush=True)
         log = open(log_path, "w")
         metrics_port = free_port()
+        launcher = ["-m", "kiban_dev.memtrace", str(args.memtrace)] if args.memtrace else ["-m", "kiban"]
         operator = subprocess.Popen(
-            [sys.executable, "-m", "kiban", "run", "--all-namespaces", "--metrics-port", str(metrics_port)],
+            [sys.executable, *launcher, "run", "--all-namespaces", "--metrics-port", str(metrics_port)],
             env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "KIBAN_PROMETHEUS_URL": prometheus.url,
                  "KIBAN_AUTOSCALE_INTERVAL_SECONDS": str(AUTOSCALE_INTERVAL_S), "PYTHONUNBUFFERED": "1"},
             stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
@@ -483,6 +489,12 @@ def main(argv: list[str] | None = None) -> int:
                 result["autoscaler_passes_timed"] = len(full)
                 result["operator_peak_rss_mb"] = round(sampler.peak / 2**20, 1)
                 result["operator_main_process_peak_rss_mb"] = round(sampler.peak_main / 2**20, 1)
+                result["operator_children_peak_rss_mb"] = round(sampler.peak_children / 2**20, 1)
+                result["operator_main_rss_mb_now"] = round(RssSampler._rss(operator.pid) / 2**20, 1)
+                result["operator_children_rss_mb_now"] = round(
+                    sum(RssSampler._rss(p) for p in process_tree(operator.pid)[1:]) / 2**20, 1)
+                if args.memtrace:
+                    result["memtrace"] = memtrace_dump(operator.pid, args.memtrace, len(results) + 1)
                 result["operator_metrics"] = operator_metrics(metrics_port)
                 results.append(result)
                 print(json.dumps(result), flush=True)
@@ -507,6 +519,18 @@ def main(argv: list[str] | None = None) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2) + "\n")
     return 0
+
+
+def memtrace_dump(pid: int, directory: Path, number: int, timeout: float = 120.0) -> str | None:
+    """Ask the operator running under kiban_dev.memtrace for snapshot `number`; its stats file."""
+    os.kill(pid, signal.SIGUSR1)
+    path = directory / f"stats-{number}.json"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (directory / f"snap-{number}.pickle").exists():  # written (renamed) after the stats
+            return str(path)
+        time.sleep(0.5)
+    return None
 
 
 def operator_metrics(port: int) -> dict:

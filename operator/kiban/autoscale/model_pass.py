@@ -70,6 +70,16 @@ from pydantic import ValidationError
 from kiban.api.v1alpha1 import FoundationModel, ScalingStatus, SloSpec, plain
 from kiban.autoscale import learning, wake
 from kiban.autoscale.breaker import CircuitBreaker
+from kiban.autoscale.deciding import (  # noqa: F401 - re-exported: the worker process's side
+    DEFERRED,
+    DecideJob,
+    FitCapacities,
+    PassAnswers,
+    decide_all,
+    decide_all_counted,
+    decide_strictest,
+    fit_capacities,
+)
 from kiban.autoscale.collector import (
     NO_SERIES,
     Collected,
@@ -84,8 +94,7 @@ from kiban.autoscale.collector import (
     drift_range_s,
     series_key,
 )
-from kiban.autoscale.policy import (Decision, Observation, PolicyState, ScalingConfig, capacity_per_replica_rps, decide,
-                                    round_tokens_up)
+from kiban.autoscale.policy import Decision, Observation, PolicyState, ScalingConfig, capacity_per_replica_rps
 from kiban.capacity.batching import Slo
 from kiban.clock import rfc3339
 from kiban.capacity.engine_profile import EngineProfile
@@ -275,26 +284,6 @@ def engine_profile_for(model: FoundationModel) -> EngineProfile:
 def ttft_percentiles(configs: Sequence[ScalingConfig]) -> tuple[int, ...]:
     """The TTFT percentiles the configs' SLOs target (what the collector must observe)."""
     return tuple(sorted({c.slo.ttft_percentile for c in configs if c.slo.ttft_ms is not None}))
-
-
-def decide_strictest(
-    observation: Any, configs: Sequence[ScalingConfig], state: PolicyState, profile: EngineProfile,
-    ttft_slo_s: Mapping[float, float | None] | None = None,
-) -> tuple[Decision, PolicyState]:
-    """decide() under each SLO variant; the one asking for most replicas wins (all targets hold).
-
-    `ttft_slo_s` (Collected.ttft_slo_s): each variant sees the observed TTFT at its own percentile.
-    """
-    best: tuple[Decision, PolicyState] | None = None
-    for config in configs:
-        seen = observation
-        if ttft_slo_s and config.slo.ttft_ms is not None:
-            seen = replace(observation, observed_ttft_slo_percentile_s=ttft_slo_s.get(config.slo.ttft_percentile))
-        candidate = decide(seen, config, state, profile)
-        if best is None or candidate[0].replicas > best[0].replicas:
-            best = candidate
-    assert best is not None, "configs must not be empty"
-    return best
 
 
 def seed_state(now_s: float, replicas: int) -> PolicyState:
@@ -489,32 +478,6 @@ def learning_after_drift(memory: learning.LearningMemory, outcome: drift.DriftOu
 def with_learned_startup(configs: Sequence[ScalingConfig], learned: learning.Learned) -> tuple[ScalingConfig, ...]:
     """The configs with the learned cold start as look-ahead (the spec has no field for it)."""
     return tuple(replace(c, startup_s=learned.startup.value_s) if c.startup_s is None else c for c in configs)
-
-
-def fit_capacities(prior: EngineProfile, fitted: EngineProfile, observation: Any,
-                   configs: Sequence[ScalingConfig]) -> tuple[float | None, float | None]:
-    """Capacity per replica with the prior and with the fitted engine at this pass's token means
-    (on the capacity grid, no prompt mix, so both are cached and only the engine differs), for
-    the first SLO with a TTFT target; (None, None) without traffic or token means."""
-    from kiban.autoscale.policy import sizing_utilization
-
-    obs = observation
-    if not obs.metrics_available or not (obs.arrival_rate_rps or 0) > 0:
-        return None, None
-    if obs.mean_prompt_tokens is None or obs.mean_output_tokens is None or not configs:
-        return None, None
-    prompt = round_tokens_up(max(1.0, float(obs.mean_prompt_tokens)))
-    output = max(1.0, round_tokens_up(float(obs.mean_output_tokens)))
-    config = next((c for c in configs if c.slo.ttft_ms is not None), configs[0])
-    out = []
-    for profile in (prior, fitted):
-        try:
-            fits = prompt + output <= profile.kv_cache_tokens
-            out.append(capacity_per_replica_rps(profile, prompt, output, config.slo, sizing_utilization(config))
-                       if fits else None)
-        except ValueError:
-            out.append(None)
-    return out[0], out[1]
 
 
 def engine_status(learned: learning.Learned, capacities: tuple[float | None, float | None]) -> dict[str, Any]:
@@ -750,78 +713,7 @@ def waking_collection(item: Prepared, now_s: float) -> Collected:
 
 # -- the capacity maths, off the event loop -------------------------------------------------------
 
-
-@dataclass(frozen=True)
-class DecideJob:
-    """One model's decide_strictest inputs (picklable: it crosses to a worker process)."""
-
-    observation: Observation
-    configs: tuple[ScalingConfig, ...]
-    state: PolicyState
-    profile: EngineProfile  # the engine sized with (the learned one, kiban.autoscale.learning)
-    ttft_slo_s: Mapping[float, float | None]
-    prior: EngineProfile | None = None  # the datasheet profile: fit_capacities compares the two
-
-
 WRITES_IN_FLIGHT = "its writes of an earlier pass are still in flight"
-DEFERRED = "deferred"  # decide_all's answer for a model left for the next pass (the solve budget ran out)
-
-
-def decide_all(jobs: Sequence[DecideJob], budget_s: float | None = None) -> list[tuple[Decision, PolicyState] | str]:
-    """decide_strictest for every job; a job that raises gives its error text (one bad model
-    never costs the others their decision).
-
-    `budget_s`: once this much time is spent, a model never decided before (its first decision
-    may need fresh capacity solves, 0.1-1 s each) is left for the next pass (DEFERRED), while
-    models already decided are still decided (their inputs are mostly cached). A thousand new
-    models then get their first decisions over a few passes instead of one pass of minutes that
-    would stop autoscaling for everyone else. Jobs run warm first, then cold, in order."""
-    started = time.perf_counter()
-    order = sorted(range(len(jobs)), key=lambda i: jobs[i].state.capacity_inputs is None)
-    out: list[tuple[Decision, PolicyState] | str] = [DEFERRED] * len(jobs)
-    for index in order:
-        job = jobs[index]
-        cold = job.state.capacity_inputs is None and job.observation.metrics_available
-        if cold and budget_s is not None and time.perf_counter() - started > budget_s:
-            continue
-        try:
-            out[index] = decide_strictest(job.observation, job.configs, job.state, job.profile, dict(job.ttft_slo_s))
-        except Exception as exc:  # noqa: BLE001 - reported per model by the pass
-            out[index] = f"{type(exc).__name__}: {exc}"
-    return out
-
-
-FitCapacities = tuple[float | None, float | None]  # capacity per replica with the prior and the fitted engine
-
-
-@dataclass(frozen=True)
-class PassAnswers:
-    """What the capacity maths of one pass gave: each job's decision (or its error text, or
-    DEFERRED), the engine fit's capacities (fit_capacities, for jobs with a prior that were
-    decided) and how many capacity-model solves it took (cache misses: the costly part)."""
-
-    answers: list[tuple[Decision, PolicyState] | str]
-    fits: list[FitCapacities]
-    solves: int
-
-
-def decide_all_counted(jobs: Sequence[DecideJob], budget_s: float | None = None) -> PassAnswers:
-    """decide_all, then fit_capacities for every decided job with a prior (the same solves, in the
-    same process, so both hit the same caches and neither runs on the event loop)."""
-    from kiban.autoscale.policy import capacity_cache_misses
-
-    before = capacity_cache_misses()
-    out = decide_all(jobs, budget_s)
-    fits: list[FitCapacities] = []
-    for job, answer in zip(jobs, out):
-        fit: FitCapacities = (None, None)
-        if job.prior is not None and not isinstance(answer, str):
-            try:
-                fit = fit_capacities(job.prior, job.profile, job.observation, job.configs)
-            except Exception as exc:  # noqa: BLE001 - the decision stands; the fit's numbers are unknown
-                log.warning(kv("Skipped the engine fit's capacities", error=f"{type(exc).__name__}: {exc}"))
-        fits.append(fit)
-    return PassAnswers(out, fits, capacity_cache_misses() - before)
 
 
 class Decider:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import sys
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -22,7 +23,6 @@ from kubernetes.client import ApiClient, ApisApi
 from kubernetes.client.exceptions import ApiException
 
 from kiban.api import v1alpha1
-from kiban.api.v1alpha1 import plain
 from kiban.builders.common import stamped_spec_hash
 from kiban.builders.labels import INSTANCE_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE
 from kiban.reconcile.logfmt import kv
@@ -81,7 +81,7 @@ def owner_model(body: Mapping[str, Any]) -> ModelRef | None:
 def project_child(body: Mapping[str, Any]) -> dict[str, Any]:
     """The parts of a child that plan and status read (no managedFields, no data)."""
     metadata = body.get("metadata") or {}
-    return {
+    return compact({
         "apiVersion": body.get("apiVersion"),
         "kind": body.get("kind"),
         "metadata": {
@@ -89,16 +89,28 @@ def project_child(body: Mapping[str, Any]) -> dict[str, Any]:
             for key in ("name", "namespace", "uid", "generation", "labels", "annotations", "ownerReferences")
             if key in metadata
         },
-        "spec": plain(body.get("spec") or {}),
-        "status": plain(body.get("status") or {}),
-    }
+        "spec": body.get("spec") or {},
+        "status": body.get("status") or {},
+    })
 
 
 def project_model(body: Mapping[str, Any]) -> dict[str, Any]:
     """A FoundationModel as passes and the autoscaler read it: all but metadata.managedFields."""
-    model = plain(body)
-    (model.get("metadata") or {}).pop("managedFields", None)
-    return model
+    return compact({key: ({k: v for k, v in value.items() if k != "managedFields"}
+                          if key == "metadata" and isinstance(value, Mapping) else value)
+                    for key, value in body.items()})
+
+
+def compact(value: Any) -> Any:
+    """plain() (plain dicts and lists), with every string, keys too, interned: the index then
+    holds one copy of each string a thousand children repeat (image, args, env, probes, label
+    keys), where each watch event's JSON decoding made its own. Interned strings go when the
+    last entry holding them does."""
+    if isinstance(value, Mapping):
+        return {(sys.intern(k) if type(k) is str else k): compact(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [compact(v) for v in value]
+    return sys.intern(value) if type(value) is str else value
 
 
 POD_REVISION_LABELS = ("pod-template-hash", "controller-revision-hash")  # which template a pod was made from
@@ -138,12 +150,12 @@ def project_pod(body: Mapping[str, Any]) -> dict[str, Any]:
         "spec": {"nodeName": (body.get("spec") or {}).get("nodeName")},
         "status": {
             "phase": status.get("phase"),
-            "conditions": plain(status.get("conditions") or []),
+            "conditions": status.get("conditions") or [],
         },
     }
     if containers:
-        projected["status"]["containerStatuses"] = plain(containers)
-    return projected
+        projected["status"]["containerStatuses"] = containers
+    return compact(projected)
 
 
 def from_index(index: Mapping[ModelRef, Iterable[Any]] | None, ref: ModelRef) -> list[dict[str, Any]]:

@@ -374,7 +374,10 @@ async def execute(context: OperatorContext, the_plan: Plan, namespace: str) -> A
         ))
         for part in results:
             merged.written.extend(part.written)
-            merged.returned.update(part.returned)
+            # what the pass reads of a returned object (the index's projection, no managedFields):
+            # a pass waits on later stages and its status write with these in hand, and during a
+            # storm of creates a thousand passes do at once
+            merged.returned.update({key: observe.project_child(obj) for key, obj in part.returned.items()})
             merged.errors.extend(part.errors)
     return merged
 

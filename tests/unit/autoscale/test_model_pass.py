@@ -208,8 +208,10 @@ def test_each_slo_variant_sees_the_observed_ttft_at_its_own_percentile(monkeypat
     assert loop.ttft_percentiles(configs) == (95, 99)
     assert loop.ttft_percentiles(scaling_configs(model(slo={"itlP95Ms": 40}), 1)) == ()
     seen = []
-    real = loop.decide
-    monkeypatch.setattr(loop, "decide", lambda obs, config, state, profile: (
+    from kiban.autoscale import deciding  # where decide_strictest runs (the capacity worker's module)
+
+    real = deciding.decide
+    monkeypatch.setattr(deciding, "decide", lambda obs, config, state, profile: (
         seen.append((config.slo.ttft_percentile, obs.observed_ttft_slo_percentile_s)),
         real(obs, config, state, profile))[1])
     decide_strictest(busy(0, 6.0, 1), configs, seed_state(0, 1), engine_profile_for(fm), {95: 0.3, 99: 0.9})

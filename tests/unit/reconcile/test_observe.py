@@ -54,6 +54,33 @@ def test_projections_drop_what_plan_and_status_never_read():
                    "status": {"phase": "Running", "conditions": []}}
 
 
+def test_index_entries_of_separately_decoded_objects_share_their_strings():
+    """Two watch events decode two copies of every string; the projections keep one."""
+    import json
+
+    from kiban.reconcile.observe import project_model
+
+    text = json.dumps({"apiVersion": "apps/v1", "kind": "Deployment",
+                       "metadata": {"name": "m-0001", "namespace": "bench", "labels": {"app.kubernetes.io/name": "vllm"}},
+                       "spec": {"template": {"spec": {"containers": [{"image": "vllm/vllm-openai:v0.33.0",
+                                                                       "args": ["--port", "8000"]}]}}},
+                       "status": {"conditions": [{"type": "Available", "status": "True"}]}})
+    first, second = (project_child(json.loads(text)) for _ in range(2))
+    assert first == json.loads(text)
+    container = (first["spec"]["template"]["spec"]["containers"][0], second["spec"]["template"]["spec"]["containers"][0])
+    assert container[0]["image"] is container[1]["image"]
+    assert container[0]["args"][0] is container[1]["args"][0]
+    assert [k for k in container[0] if k == "image"][0] is [k for k in container[1] if k == "image"][0]
+    labels = (first["metadata"]["labels"], second["metadata"]["labels"])
+    assert next(iter(labels[0])) is next(iter(labels[1])) and labels[0] is not labels[1]
+    assert first["status"]["conditions"][0]["status"] is second["status"]["conditions"][0]["status"]
+    models = [project_model(json.loads(text)) for _ in range(2)]
+    assert models[0]["metadata"]["namespace"] is models[1]["metadata"]["namespace"]
+    pods = [project_pod({"metadata": {"name": "p", "creationTimestamp": "2026-12-01T20:00:00Z"},
+                         "status": json.loads(text)["status"]}) for _ in range(2)]
+    assert pods[0]["status"]["conditions"][0]["type"] is pods[1]["status"]["conditions"][0]["type"]
+
+
 def test_settled_names_our_writes_the_cache_has_caught_up_with():
     from kiban.reconcile.observe import settled
     from kiban.reconcile.plan import child_key

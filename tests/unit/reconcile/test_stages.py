@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from kiban.handlers import fingerprint
 from kiban.reconcile.plan import Action, Plan
-from kiban.reconcile.run import write_stages
+from kiban.reconcile.run import execute, write_stages
 
 
 def obj(kind: str, name: str = "m") -> dict:
@@ -23,6 +23,36 @@ def test_the_deployment_is_written_first_then_the_rest_together_then_deletes():
         [("create", "Service"), ("update", "PodDisruptionBudget")],
         [("delete", "NetworkPolicy")],
     ]
+
+
+def test_a_pass_keeps_the_projection_of_what_its_writes_returned_not_the_whole_response():
+    import asyncio
+
+    from kiban.reconcile.apply import ApplyResult
+    from kiban.reconcile.plan import describe
+
+    def response(action: Action) -> dict:
+        return {**action.obj, "metadata": {**action.obj["metadata"], "uid": "u1", "resourceVersion": "9",
+                                           "managedFields": [{"manager": "kiban", "fieldsV1": {"f:spec": {}}}]},
+                "spec": {"replicas": 1}, "status": {"readyReplicas": 0}}
+
+    class Writer:
+        def execute_one(self, action: Action, namespace: str) -> ApplyResult:
+            return ApplyResult(returned={describe(action.obj): response(action)}, written=[action])
+
+    class Context:
+        writer = Writer()
+
+        async def io(self, fn, *args, priority: int = 0):
+            return fn(*args)
+
+    the_plan = Plan(creates=(Action("create", obj("Deployment"), "new"), Action("create", obj("Service"), "new")))
+    result = asyncio.run(execute(Context(), the_plan, "ns"))
+    assert set(result.returned) == {"Deployment/m", "Service/m"}
+    deployment = result.returned["Deployment/m"]
+    assert "managedFields" not in deployment["metadata"] and "resourceVersion" not in deployment["metadata"]
+    assert deployment["metadata"]["uid"] == "u1"
+    assert deployment["spec"] == {"replicas": 1} and deployment["status"] == {"readyReplicas": 0}
 
 
 def test_empty_stages_are_left_out():
