@@ -1074,6 +1074,7 @@ class Autoscaler:
             memory = self.memory.get(item.uid)
             drift_memory = drift.note_revision((memory.drift if memory else None) or drift.DriftMemory(),
                                                drift.engine_revision(item.body.get("spec") or {}))
+            drift_memory = drift.note_replicas(drift_memory, item.ready)
             out[item.uid] = (drift_memory, drift.DriftOutcome(None, None))
             if now >= drift_memory.next_window_s:
                 range_s = drift_range_s(drift.window_range_s(drift_memory, now, item.drift_config))

@@ -338,6 +338,7 @@ class WindowObservation:
     generation: int
     histograms: Mapping[str, BinnedHistogram]
     load_rps: Load | None = None
+    replicas: tuple[int, int] | None = None  # (fewest, most) ready replicas during the window
 
 
 @dataclass(frozen=True)
@@ -379,6 +380,7 @@ class DetectorState:
     generation: int | None = None
     generation_changed_at: float | None = None
     signals: Mapping[str, SignalState[BinnedHistogram]] = field(default_factory=dict)
+    replicas: int | None = None  # the fleet size the service-time references were built at
 
 
 def signal_kind(signal: str) -> SignalKind:
@@ -454,6 +456,32 @@ def weighed_as_requests(histogram: BinnedHistogram, requests: float) -> BinnedHi
                            histogram.total_sum * factor if histogram.total_sum is not None else None)
 
 
+def fleet_after(before: int | None, seen: tuple[int, int] | None) -> tuple[int | None, bool]:
+    """(the fleet size service times are now referenced at, whether their references restart).
+
+    Why: each engine's batch and prefill share follow the number of replicas; after a scale the
+    old windows' ITL describes another fleet (even a load measured per replica misplaces a
+    window that held both sizes), so service times are compared only between windows of one
+    unchanged fleet size."""
+    if seen is None:
+        return before, False
+    low, high = seen
+    if low != high:
+        return None, True
+    return high, before is not None and before != high
+
+
+def _fleet_changed_report(signal: str, histogram: BinnedHistogram, before: int | None,
+                          seen: tuple[int, int] | None) -> DriftReport:
+    low, high = seen or (0, 0)
+    now = f"{low}-{high}" if low != high else f"{high}"
+    no = {t: False for t in TESTS}
+    return DriftReport(signal, "service_time", "incomparable_load", {}, no, no, False, False, False, 0.0,
+                       histogram.total, math.nan, histogram.mean(),
+                       f"{signal}: the fleet changed ({before if before is not None else '?'} → {now} replicas), "
+                       "reference restarted")
+
+
 def observe_window(
     state: DetectorState, window: WindowObservation, config: DriftConfig
 ) -> tuple[DetectorState, DriftAssessment]:
@@ -468,10 +496,15 @@ def observe_window(
 
     reports: dict[str, DriftReport] = {}
     requests = window.histograms.get("prompt_tokens")
+    fleet, fleet_changed = fleet_after(state.replicas, window.replicas)
     for signal, histogram in window.histograms.items():
         kind = signal_kind(signal)
         if kind == "service_time" and requests is not None:
             histogram = weighed_as_requests(histogram, requests.total)
+        if kind == "service_time" and fleet_changed:
+            signals[signal] = SignalState(capture_from=window.end_time)
+            reports[signal] = _fleet_changed_report(signal, histogram, state.replicas, window.replicas)
+            continue
         signal_state = signals.get(signal)
         if signal_state is None:
             signal_state = SignalState(capture_from=(generation_changed_at or window_start) + config.settle_s)
@@ -513,5 +546,5 @@ def observe_window(
         reason = "NoDrift"
     drifted_messages = [r.message for r in reports.values() if r.drifted or r.performance_regression]
     message = "; ".join(drifted_messages) if drifted_messages else "no drift in " + ", ".join(reports) if reports else "no signals"
-    new_state = DetectorState(window.generation, generation_changed_at, signals)
+    new_state = DetectorState(window.generation, generation_changed_at, signals, fleet)
     return new_state, DriftAssessment(window.end_time, reports, workload, service, regression, refit, reason, message)

@@ -256,6 +256,13 @@ class DriftMemory:
     last_window_end_s: float | None = None
     assessment: DriftAssessment | None = None
     refit: Refit | None = None  # the latest re-fit (kept for status after its override ends)
+    replicas_seen: tuple[int, int] | None = None  # (fewest, most) ready replicas since the last window
+
+
+def note_replicas(memory: DriftMemory, ready: int) -> DriftMemory:
+    """Remember the fewest and most ready replicas a pass saw since the last drift window."""
+    low, high = memory.replicas_seen or (ready, ready)
+    return replace(memory, replicas_seen=(min(low, ready), max(high, ready)))
 
 
 def note_revision(memory: DriftMemory, revision: str) -> DriftMemory:
@@ -297,9 +304,15 @@ def drift_step(
 ) -> tuple[DriftMemory, DriftOutcome]:
     """Feed one window to the detector and decide on a re-fit; state in, state out.
     `batch_per_engine`, else `replicas` (ready): the window's load per engine (window_observation)."""
-    memory = replace(memory, next_window_s=now_s + config.window_s, last_window_end_s=now_s)
+    if replicas is not None:
+        memory = note_replicas(memory, replicas)
+    seen = memory.replicas_seen
+    memory = replace(memory, next_window_s=now_s + config.window_s, last_window_end_s=now_s,
+                     replicas_seen=(replicas, replicas) if replicas is not None else None)
     window = window_observation(buckets, sums, end_time=now_s, window_s=range_s, generation=memory.generation,
                                 replicas=replicas, batch_per_engine=batch_per_engine)
+    if window is not None:
+        window = replace(window, replicas=seen)
     if window is None:
         return memory, DriftOutcome(None, None)
     detector, assessment = observe_window(memory.detector, window, config)

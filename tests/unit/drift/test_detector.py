@@ -218,3 +218,29 @@ def test_itl_carries_the_evidence_of_its_requests_not_of_its_tokens():
     assert many.service_time_drift and many.reason in ("ServiceTimeDrift", "PerformanceRegression")
     assert few.reports["itl_seconds"].tests["psi"].score == pytest.approx(many.reports["itl_seconds"].tests["psi"].score)
     assert few.reports["itl_seconds"].tests["psi"].score > config.psi_threshold
+
+
+def test_a_change_of_fleet_size_restarts_the_service_time_reference():
+    """ITL slow on one replica, faster once a second one serves: the window that held both sizes
+    and the first at two replicas are not compared with the one-replica windows; the token
+    signals are compared throughout."""
+    config = DriftConfig(window_s=WINDOW, rolling_windows=2)
+    slow, fast = _itl(5), _itl(3)
+
+    def window(itl, replicas):
+        return WindowObservation(0.0, 1, {"prompt_tokens": CONV, "itl_seconds": itl}, 5.0, replicas)
+
+    state, out = DetectorState(), []
+    for index, (itl, replicas) in enumerate([(slow, (1, 1))] * 3 + [(fast, (1, 2))] + [(fast, (2, 2))] * 3, start=1):
+        state, assessment = observe_window(state, replace(window(itl, replicas), end_time=index * WINDOW), config)
+        out.append(assessment)
+    statuses = [a.reports["itl_seconds"].status for a in out]
+    assert statuses[3] == "incomparable_load" and "the fleet changed (1 → 1-2 replicas)" in out[3].reports["itl_seconds"].message
+    assert statuses[4] == "no_reference" and statuses[5] == "evaluated"
+    assert not any(a.service_time_drift for a in out)
+    assert all(a.reports["prompt_tokens"].status == "evaluated" for a in out[1:])
+    # without the fleet sizes the same windows read as a faster engine
+    plain = DetectorState()
+    for index, (itl, _) in enumerate([(slow, None)] * 3 + [(fast, None)], start=1):
+        plain, last = observe_window(plain, replace(window(itl, None), end_time=index * WINDOW), config)
+    assert last.service_time_drift

@@ -108,6 +108,22 @@ def test_window_observation_has_every_signal_and_the_load_per_engine():
     assert batched.load_rps == pytest.approx((1.0, prompts.sum() / 120.0, 7.5))  # and the batch per engine
 
 
+def test_a_window_carries_the_fewest_and_most_replicas_the_passes_saw():
+    rng = np.random.default_rng(3)
+    memory = drift.note_revision(drift.DriftMemory(), "r1")
+    common = dict(range_s=60.0, config=CONFIG, before=(1000.0, 250.0), token_window_s=600.0)
+    memory, first = drift.drift_step(memory, *answers(*conv(rng), rng.uniform(0.1, 0.12, 3000)), now_s=1060.0,
+                                     replicas=1, **common)
+    assert memory.detector.replicas == 1
+    memory = drift.note_replicas(drift.note_replicas(memory, 1), 2)  # passes between the windows
+    memory, second = drift.drift_step(memory, *answers(*conv(rng), rng.uniform(0.1, 0.12, 3000)), now_s=1120.0,
+                                      replicas=2, **common)
+    report = second.assessment.reports["itl_seconds"]
+    assert report.status == "incomparable_load" and "1 → 1-2 replicas" in report.message
+    assert memory.replicas_seen == (2, 2)  # the next window starts at the fleet of this one's end
+    assert memory.detector.replicas is None  # no single fleet size to reference
+
+
 def test_faster_tokens_after_a_scale_up_are_not_service_time_drift():
     """The same model-wide load on twice the replicas: each engine's batch halves and its ITL
     drops; at the per-replica load that is not comparable, so no ServiceTimeDrift."""
