@@ -86,8 +86,8 @@ def plot_demo(result: DemoResult, path: Path, window_s: float = 10.0) -> Path:
     for event in result.drift_events():
         for ax in (load_ax, model_ax):
             ax.axvline(event["time_s"], color="tab:brown", lw=1.5)
-        model_ax.text(event["time_s"], 0.95, " DriftDetected: re-fit", transform=model_ax.get_xaxis_transform(),
-                      color="tab:brown", fontsize=8, va="top")
+        load_ax.text(event["time_s"], 0.04, "DriftDetected: re-fit ", transform=load_ax.get_xaxis_transform(),
+                     color="tab:brown", fontsize=8, va="bottom", ha="right")
     model_ax.set_ylabel("TTFT p95 (ms)")
     model_ax.set_yscale("log")
     model_ax.set_xlabel("seconds since the load started")
