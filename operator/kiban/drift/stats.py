@@ -45,9 +45,7 @@ def population_stability_index(
     Rule of thumb: < 0.1 stable, 0.1-0.2 moderate, > 0.2 a significant shift.
     """
     p, q = _pair(reference, current)
-    p = np.maximum(p, epsilon)
-    q = np.maximum(q, epsilon)
-    return float(np.sum((q - p) * np.log(q / p)))
+    return float(_psi_rows(p[None, :], q[None, :], epsilon)[0])
 
 
 def ks_statistic(reference: Sequence[float], current: Sequence[float]) -> float:
@@ -89,13 +87,7 @@ def ks_p_value(statistic: float, n_reference: float, n_current: float) -> float:
 def jensen_shannon_divergence(reference: Sequence[float], current: Sequence[float]) -> float:
     """JS divergence in bits, in [0, 1]: 0 identical, 1 disjoint supports. Empty bins are fine."""
     p, q = _pair(reference, current)
-    m = (p + q) / 2.0
-
-    def kl(a: np.ndarray) -> float:
-        mask = a > 0
-        return float(np.sum(a[mask] * np.log2(a[mask] / m[mask])))
-
-    return float(min(1.0, max(0.0, (kl(p) + kl(q)) / 2.0)))
+    return float(_js_rows(p[None, :], q[None, :])[0])
 
 
 def binned_mean_and_variance(counts: Sequence[float], midpoints: Sequence[float]) -> tuple[float, float, float]:
@@ -170,11 +162,13 @@ def mean_shift_p_value(
 
 
 def _psi_rows(p: np.ndarray, q: np.ndarray, epsilon: float = PSI_EPSILON) -> np.ndarray:
+    """PSI of each row pair of proportions (the scalar function and the noise floor share it)."""
     p, q = np.maximum(p, epsilon), np.maximum(q, epsilon)
     return np.sum((q - p) * np.log(q / p), axis=1)
 
 
 def _js_rows(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """JS divergence in bits of each row pair; a bin empty in one row adds nothing for it."""
     m = (p + q) / 2.0
     with np.errstate(divide="ignore", invalid="ignore"):
         kl_p = np.where(p > 0, p * np.log2(np.where(p > 0, p, 1.0) / np.where(m > 0, m, 1.0)), 0.0)

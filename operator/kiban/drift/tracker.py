@@ -111,6 +111,7 @@ def window_observation(
     generation: int,
     replicas: int | None = None,
     batch_per_engine: float | None = None,
+    replicas_seen: tuple[int, int] | None = None,
 ) -> WindowObservation | None:
     """The detector's input from one window's answers; None when no signal has a series.
 
@@ -120,6 +121,7 @@ def window_observation(
     batch `batch_per_engine` (the window's mean of vllm:num_requests_running per engine). All
     must be comparable: a ramp raises ITL through bigger batches and more prefill, and after a
     scale-up the same model-wide load is half of each, faster tokens but not a faster engine.
+    `replicas_seen`: the fewest and most ready replicas during the window (the fleet-size rule).
     """
     histograms = {signal: histogram_from_increase(pairs, sums.get(signal))
                   for signal, pairs in buckets.items() if pairs}
@@ -136,7 +138,8 @@ def window_observation(
         if batch_per_engine is not None and math.isfinite(batch_per_engine) and batch_per_engine >= 0:
             parts.append(batch_per_engine)
         load = parts[0] if len(parts) == 1 else tuple(parts)
-    return WindowObservation(end_time=end_time, generation=generation, histograms=histograms, load_rps=load)
+    return WindowObservation(end_time=end_time, generation=generation, histograms=histograms, load_rps=load,
+                             replicas=replicas_seen)
 
 
 def token_means(window: WindowObservation, min_samples: int,
@@ -303,16 +306,15 @@ def drift_step(
     batch_per_engine: float | None = None,
 ) -> tuple[DriftMemory, DriftOutcome]:
     """Feed one window to the detector and decide on a re-fit; state in, state out.
-    `batch_per_engine`, else `replicas` (ready): the window's load per engine (window_observation)."""
+    `replicas` (ready now) and `batch_per_engine` give the window's load per engine; the fleet
+    sizes the passes noted since the last window (note_replicas) go with it."""
     if replicas is not None:
         memory = note_replicas(memory, replicas)
     seen = memory.replicas_seen
     memory = replace(memory, next_window_s=now_s + config.window_s, last_window_end_s=now_s,
                      replicas_seen=(replicas, replicas) if replicas is not None else None)
     window = window_observation(buckets, sums, end_time=now_s, window_s=range_s, generation=memory.generation,
-                                replicas=replicas, batch_per_engine=batch_per_engine)
-    if window is not None:
-        window = replace(window, replicas=seen)
+                                replicas=replicas, batch_per_engine=batch_per_engine, replicas_seen=seen)
     if window is None:
         return memory, DriftOutcome(None, None)
     detector, assessment = observe_window(memory.detector, window, config)
