@@ -50,6 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--matrix", action="store_true",
                    help="the matrix: conv, code, conv+code x A100/8B, H100/70B, L4/8B x rate 1, 4, seeds 0-2 "
                         "(with --quick: two short cells, two seeds)")
+    p.add_argument("--traces", type=_names, help="--matrix: only these traces (comma-separated: conv,code,conv+code)")
+    p.add_argument("--profiles", type=_names, help="--matrix: only these profiles (comma-separated)")
+    p.add_argument("--rates", type=_floats, help="--matrix: only these rate factors (comma-separated: 1,4)")
+    p.add_argument("--seeds", type=lambda v: tuple(int(x) for x in _names(v)),
+                   help="--matrix: these seeds instead of the matrix's (comma-separated)")
+    p.add_argument("--resume", action="store_true",
+                   help="--matrix: keep the cells already in OUT/cells/ and run only the others; the report covers all of them")
     p.add_argument("--warmup-s", type=float, default=defaults.warmup_s,
                    help="policies observe from t=0 but act from here (they start with history)")
     p.add_argument("--max-replicas", type=int, default=defaults.max_replicas)
@@ -60,6 +67,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, help="write the result rows as a JSON list here")
     p.add_argument("--out", type=Path, help="write results.md, results.json, bar.json and PNG plots here")
     return p
+
+
+def _names(value: str) -> tuple[str, ...]:
+    names = tuple(v.strip() for v in value.split(",") if v.strip())
+    if not names:
+        raise argparse.ArgumentTypeError("expected a comma-separated list")
+    return names
+
+
+def _floats(value: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in _names(value))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected numbers: {value!r}") from exc
 
 
 def specs_from(paths: list[str]) -> list[TraceSpec]:
@@ -95,13 +116,30 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _matrix(bench: BenchConfig, args: argparse.Namespace) -> int:
-    started = time.monotonic()
-    with tqdm(total=len(matrix.cells(args.quick)), desc="kiban-bench --matrix", unit="cell", file=sys.stderr) as bar:
-        rows = matrix.run_matrix(bench, quick=args.quick, progress=lambda label: (bar.set_postfix_str(label), bar.update(1)))
-    elapsed = time.monotonic() - started
-    log.info("Ran matrix cells=%d rows=%d seconds=%.1f", len(matrix.cells(args.quick)), len(rows), elapsed)
     out = args.out or (Path("bench/results/matrix-quick") if args.quick else Path("bench/results/matrix"))
-    text = report.write_matrix(rows, bench, out, elapsed_s=elapsed, quick=args.quick)
+    chosen = matrix.cells(args.quick, args.traces, args.profiles, args.rates)
+    if not chosen:
+        print("kiban-bench: --traces/--profiles/--rates select no cell of the matrix", file=sys.stderr)
+        return 2
+    cell_dir = out / "cells"
+    done = {matrix.cell_slug(c) for c in chosen if (cell_dir / f"{matrix.cell_slug(c)}.json").is_file()} if args.resume else set()
+    todo = [c for c in chosen if matrix.cell_slug(c) not in done]
+
+    def keep(cell: matrix.Cell, rows: list) -> None:
+        report.write_json(rows, cell_dir / f"{matrix.cell_slug(cell)}.json")
+
+    started = time.monotonic()
+    with tqdm(total=len(todo), desc="kiban-bench --matrix", unit="cell", file=sys.stderr) as bar:
+        rows = matrix.run_matrix(bench, quick=args.quick, seeds=args.seeds, chosen=todo, cell_done=keep,
+                                 progress=lambda label: (bar.set_postfix_str(label), bar.update(1))) if todo else []
+    elapsed = time.monotonic() - started
+    log.info("Ran matrix cells=%d kept=%d rows=%d seconds=%.1f", len(todo), len(done), len(rows), elapsed)
+    if args.resume:  # the report covers every cell kept in OUT/cells, from this run and earlier ones
+        rows = report.read_cells(cell_dir)
+        elapsed = None
+    text = report.write_matrix(rows, bench, out, elapsed_s=elapsed, quick=args.quick,
+                               missing=[c.label for c in matrix.cells(args.quick)
+                                        if not (cell_dir / f"{matrix.cell_slug(c)}.json").is_file()])
     if args.json:
         report.write_json(rows, args.json)
     print(text)

@@ -11,7 +11,7 @@ report.write_matrix writes the files.
 from __future__ import annotations
 
 import math
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from typing import Callable
 
@@ -52,10 +52,19 @@ class Cell:
         return f"{self.trace} / {self.profile} / x{self.rate_factor:g}"
 
 
-def cells(quick: bool = False) -> list[Cell]:
-    if quick:
-        return [Cell(*c) for c in QUICK_CELLS]
-    return [Cell(t.name, p, r) for r in RATES for p in PROFILES for t in standard_traces()]
+def cells(quick: bool = False, traces: tuple[str, ...] | None = None, profiles: tuple[str, ...] | None = None,
+          rates: tuple[float, ...] | None = None) -> list[Cell]:
+    """The matrix's cells (the quick subset with quick), optionally only some traces, profiles
+    or rates: the full matrix can then be run in parts (the CLI's --resume merges them)."""
+    chosen = ([Cell(*c) for c in QUICK_CELLS] if quick else
+              [Cell(t.name, p, r) for r in RATES for p in PROFILES for t in standard_traces()])
+    return [c for c in chosen if (traces is None or c.trace in traces)
+            and (profiles is None or c.profile in profiles) and (rates is None or c.rate_factor in rates)]
+
+
+def cell_slug(cell: Cell) -> str:
+    """A file name for one cell's rows (the CLI keeps each finished cell, so a run can resume)."""
+    return f"{cell.trace}__{cell.profile.replace('/', '_')}__x{cell.rate_factor:g}"
 
 
 def _run(args: tuple[Cell, BenchConfig, tuple[int, ...], int, float | None]) -> list[Row]:
@@ -66,9 +75,11 @@ def _run(args: tuple[Cell, BenchConfig, tuple[int, ...], int, float | None]) -> 
 
 
 def run_matrix(bench: BenchConfig, quick: bool = False, seeds: tuple[int, ...] | None = None,
-               progress: Callable[[str], None] = lambda _: None) -> list[Row]:
-    """Every cell (the quick subset with quick), cells in parallel processes (jobs)."""
-    chosen = cells(quick)
+               progress: Callable[[str], None] = lambda _: None, chosen: list[Cell] | None = None,
+               cell_done: Callable[[Cell, list[Row]], None] = lambda _c, _r: None) -> list[Row]:
+    """Every cell (the quick subset with quick, or the chosen ones), cells in parallel processes
+    (jobs); cell_done gets each cell's rows as soon as that cell has finished."""
+    chosen = cells(quick) if chosen is None else chosen
     seeds = seeds or (QUICK_SEEDS if quick else SEEDS)
     steps = QUICK_TUNE_STEPS if quick else TUNE_STEPS
     duration = QUICK_DURATION_S if quick else None
@@ -77,15 +88,19 @@ def run_matrix(bench: BenchConfig, quick: bool = False, seeds: tuple[int, ...] |
     if bench.jobs == 1:
         rows: list[Row] = []
         for job in jobs:
-            rows += _run(job)
+            cell_rows = _run(job)
+            cell_done(job[0], cell_rows)
+            rows += cell_rows
             progress(job[0].label)
         return rows
     out: dict[int, list[Row]] = {}
     with ProcessPoolExecutor(max_workers=bench.jobs) as pool:
-        futures = {i: pool.submit(_run, job) for i, job in enumerate(jobs)}
-        for i, job in enumerate(jobs):
-            out[i] = futures[i].result()
-            progress(job[0].label)
+        futures = {pool.submit(_run, job): i for i, job in enumerate(jobs)}
+        for future in as_completed(futures):
+            i = futures[future]
+            out[i] = future.result()
+            cell_done(jobs[i][0], out[i])
+            progress(jobs[i][0].label)
     return [row for i in range(len(jobs)) for row in out[i]]
 
 
@@ -181,4 +196,4 @@ def matrix_summary(rows: list[Row], attainment: float = 0.99) -> dict[str, objec
             "cells": per_cell}
 
 
-__all__ = ["Cell", "cells", "run_matrix", "mean_ci", "summarize_cell", "cell_bar", "matrix_summary", "TUNE_STEPS"]
+__all__ = ["Cell", "cells", "cell_slug", "run_matrix", "mean_ci", "summarize_cell", "cell_bar", "matrix_summary", "TUNE_STEPS"]

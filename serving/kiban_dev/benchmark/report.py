@@ -200,6 +200,9 @@ def matrix_markdown(rows: list[Row], summary: dict[str, object], elapsed_s: floa
              ""]
     if elapsed_s is not None:
         lines += [f"Wall time: {elapsed_s / 60:.1f} min.", ""]
+    if summary.get("cells_not_run"):
+        lines += [f"**Not run ({len(summary['cells_not_run'])} cells of the matrix):** "
+                  + "; ".join(summary["cells_not_run"]) + ". The mean below covers only the cells shown.", ""]
     ratio = summary.get("mean_kiban_over_cheapest_peer")
     lines += [f"Mean Kiban ÷ cheapest tuned peer over the cells: {ratio:.3f}" if ratio is not None else
               "No cell has a peer reaching 99 %.",
@@ -266,13 +269,23 @@ def matrix_markdown(rows: list[Row], summary: dict[str, object], elapsed_s: floa
     return "\n".join(lines) + "\n"
 
 
+def read_cells(cell_dir: Path) -> list[Row]:
+    """The rows of every cell kept in cell_dir (write_json's form), in file-name order."""
+    rows: list[Row] = []
+    for path in sorted(cell_dir.glob("*.json")):
+        rows += [Row(**{k: v for k, v in item.items() if k != "timeline"}) for item in json.loads(path.read_text())]
+    return rows
+
+
 def write_matrix(rows: list[Row], bench: BenchConfig, out_dir: Path, elapsed_s: float | None = None,
-                 quick: bool = False) -> str:
-    """matrix.md, matrix.json (every row) and summary.json in out_dir; returns the markdown."""
+                 quick: bool = False, missing: list[str] | None = None) -> str:
+    """matrix.md, matrix.json (every row) and summary.json in out_dir; returns the markdown.
+    missing: the matrix's cells that have not been run (named in the report, never hidden)."""
     from kiban_dev.benchmark.matrix import matrix_summary
 
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = matrix_summary(rows, bench.attainment)
+    summary["cells_not_run"] = list(missing or [])
     text = matrix_markdown(rows, summary, elapsed_s, quick)
     (out_dir / "matrix.md").write_text(text)
     write_json(rows, out_dir / "matrix.json")
