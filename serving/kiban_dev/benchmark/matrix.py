@@ -67,11 +67,16 @@ def cell_slug(cell: Cell) -> str:
     return f"{cell.trace}__{cell.profile.replace('/', '_')}__x{cell.rate_factor:g}"
 
 
+def cell_config(bench: BenchConfig, cell: Cell) -> BenchConfig:
+    """The bench settings of one cell: its profile and rate, and the GPUs per replica the operator
+    sizes for that profile (re-derived: the matrix's base settings carry another profile's)."""
+    return replace(bench, profile=cell.profile, rate_factor=cell.rate_factor, gpus_per_replica=None)
+
+
 def _run(args: tuple[Cell, BenchConfig, tuple[int, ...], int, float | None]) -> list[Row]:
     cell, bench, seeds, steps, duration = args
     spec = next(t for t in standard_traces() if t.name == cell.trace)
-    config = replace(bench, profile=cell.profile, rate_factor=cell.rate_factor)
-    return run_cell(spec, config, seeds, tune_steps=steps, duration_s=duration)
+    return run_cell(spec, cell_config(bench, cell), seeds, tune_steps=steps, duration_s=duration)
 
 
 def run_matrix(bench: BenchConfig, quick: bool = False, seeds: tuple[int, ...] | None = None,
@@ -196,4 +201,4 @@ def matrix_summary(rows: list[Row], attainment: float = 0.99) -> dict[str, objec
             "cells": per_cell}
 
 
-__all__ = ["Cell", "cells", "cell_slug", "run_matrix", "mean_ci", "summarize_cell", "cell_bar", "matrix_summary", "TUNE_STEPS"]
+__all__ = ["Cell", "cells", "cell_slug", "cell_config", "run_matrix", "mean_ci", "summarize_cell", "cell_bar", "matrix_summary", "TUNE_STEPS"]

@@ -237,6 +237,20 @@ def test_a_queue_the_rate_missed_raises_the_count_by_a_fading_factor():
     assert count == math.ceil(4 * 1.25)
 
 
+def test_on_need_a_fading_factor_holds_an_extra_replica_only_while_the_traffic_asks_for_it():
+    factors = ((0.0, 1.5),)
+    later = observe(1500.0, 1.0, current=2)  # 1500 s into the 2 x 900 s fade: 1 + 0.5 x (1 - 1500/1800)
+    held = 1 + 0.5 * (1 - 1500 / 1800)
+    # by count, one replica times any factor above 1 rounds up to two
+    count, _, _ = burst_factor_stage(later, config(), PolicyState(burst_factors=factors), 1, need=0.5)
+    assert count == 2
+    # on the need: 0.5 x 1.083 is still one replica
+    on_need = config(burst_factor_on_need=True)
+    assert burst_factor_stage(later, on_need, PolicyState(burst_factors=factors), 1, need=0.5)[0] == 1
+    # and where the need is close to the count, the factor still adds what it asks for
+    assert burst_factor_stage(later, on_need, PolicyState(burst_factors=factors), 10, need=9.5)[0] == math.ceil(9.5 * held)
+
+
 def test_no_factor_without_a_p95_miss_or_without_a_burst_window():
     obs = observe(0.0, 1.0, current=4, observed_ttft_slo_percentile_s=1.0, observed_ttft_p95_s=0.3)
     assert burst_factor_stage(obs, config(), PolicyState(), 4) == (4, (), ())
