@@ -144,6 +144,16 @@ def test_steady_capacity_is_zero_when_a_request_does_not_fit_the_kv_cache():
     assert steady.capacity == 0.0 and not steady.fits_kv
 
 
+def test_steady_capacity_says_which_share_of_requests_no_fleet_serves_in_time():
+    # 3 % of prompts of 40,000 tokens: their prefill alone (~2 s here) exceeds the 500 ms target
+    mix = ((500.0, 0.97), (40_000.0, 0.03))
+    mean = 500.0 * 0.97 + 40_000.0 * 0.03
+    steady = steady_capacity_stage(PROFILE, mean, OUTPUT, config(), mix)
+    assert steady.capacity > 0 and steady.slo_attainable
+    assert any("3.0% of requests" in note and "held for the others" in note for note in steady.notes)
+    assert steady_capacity_stage(PROFILE, PROMPT, OUTPUT, config(), None).notes == ()
+
+
 # -- stage 3: burst allowance ----------------------------------------------------------------------
 
 
@@ -235,20 +245,6 @@ def test_a_queue_the_rate_missed_raises_the_count_by_a_fading_factor():
     later = observe(300.0, 1.0, current=4)  # halfway through the 2 x 300 s fade: 1 + 0.5 x 0.5
     count, _, _ = burst_factor_stage(later, cfg, PolicyState(burst_factors=factors), 4)
     assert count == math.ceil(4 * 1.25)
-
-
-def test_on_need_a_fading_factor_holds_an_extra_replica_only_while_the_traffic_asks_for_it():
-    factors = ((0.0, 1.5),)
-    later = observe(1500.0, 1.0, current=2)  # 1500 s into the 2 x 900 s fade: 1 + 0.5 x (1 - 1500/1800)
-    held = 1 + 0.5 * (1 - 1500 / 1800)
-    # by count, one replica times any factor above 1 rounds up to two
-    count, _, _ = burst_factor_stage(later, config(), PolicyState(burst_factors=factors), 1, need=0.5)
-    assert count == 2
-    # on the need: 0.5 x 1.083 is still one replica
-    on_need = config(burst_factor_on_need=True)
-    assert burst_factor_stage(later, on_need, PolicyState(burst_factors=factors), 1, need=0.5)[0] == 1
-    # and where the need is close to the count, the factor still adds what it asks for
-    assert burst_factor_stage(later, on_need, PolicyState(burst_factors=factors), 10, need=9.5)[0] == math.ceil(9.5 * held)
 
 
 def test_no_factor_without_a_p95_miss_or_without_a_burst_window():
