@@ -801,7 +801,7 @@ class ScalingSpec(KibanModel):
         description="Most GPUs all replicas together may use; caps replicas at gpuBudget / GPUs per replica.",
     )
     stabilization_window_seconds: StrictInt = Field(
-        default=300,
+        default=600,
         ge=0,
         le=3600,
         description="Scale down only to the highest replica count recommended within this many seconds.",
