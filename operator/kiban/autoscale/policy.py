@@ -15,7 +15,7 @@ import functools
 import math
 from dataclasses import dataclass, replace
 
-from kiban.capacity.batching import Slo, max_arrival_rate, predict, prefill_alone_ms, unattainable_share
+from kiban.capacity.batching import Slo, max_arrival_rate, predict, prefill_alone_ms
 from kiban.capacity.engine_profile import EngineProfile
 
 TOKEN_GRID_RATIO = 1.02  # token means are rounded up to this relative grid for the capacity cache
@@ -767,13 +767,7 @@ def steady_capacity_stage(profile: EngineProfile, prompt: float, output: float, 
         capacity = capacity_per_replica_rps(profile, prompt, output, Slo(), float(config.target_utilization))
         note = f"{slo.describe()} is unattainable on {profile.name} even unloaded: sized for utilisation only"
         return SteadyCapacity(capacity, fits_kv, False, "no latency target", (note,))
-    notes: tuple[str, ...] = ()
-    if slo.ttft_ms is not None and fits_kv:
-        share = unattainable_share(profile, slo.ttft_ms, prompt, prompt_mix)
-        if share > 0:
-            notes = (f"{share:.1%} of requests have prompts whose prefill alone on {profile.name} exceeds "
-                     f"{slo.ttft_ms:.0f} ms: the TTFT target is held for the others",)
-    return SteadyCapacity(capacity, fits_kv, True, slo.describe(), notes)
+    return SteadyCapacity(capacity, fits_kv, True, slo.describe())
 
 
 def burst_allowance_rps(history: History, config: ScalingConfig) -> float:

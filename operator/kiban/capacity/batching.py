@@ -745,35 +745,11 @@ def itl_percentile_s(profile: EngineProfile, arrival_rate_rps: float, mean_promp
     return chain.itl_percentile_s(percentile)
 
 
-def unattainable_share(profile: EngineProfile, ttft_ms: float, mean_prompt_tokens: float,
-                       prompt_mix: PromptMix | None = None,
-                       max_num_batched_tokens: int = DEFAULT_MAX_NUM_BATCHED_TOKENS) -> float:
-    """The share of requests whose prompt alone, prefilled on an idle engine, takes longer than
-    the TTFT target: no fleet size brings them within it, so a percentile target is held for
-    the others (attainable_tail_budget)."""
-    return float(sum(p for t, p in prompt_atoms(mean_prompt_tokens, prompt_mix)
-                     if prefill_alone_ms(profile, t, 0, max_num_batched_tokens) > ttft_ms))
-
-
-def attainable_tail_budget(unattainable: float, percentile: float) -> float:
-    """P(TTFT > target) a percentile target allows over all requests when a share `unattainable`
-    can never meet it: those always miss, and the percentile holds for the rest,
-    u + (1 - q)(1 - u). The benchmark scores attainment the same way (over attainable requests)."""
-    allowed = 1.0 - require_percentile(percentile) / 100.0
-    return unattainable + allowed * (1.0 - unattainable)
-
-
 def _meets(chain: _Chain | None, slo: Slo, target_utilization: float) -> bool:
     if chain is None or chain.throughput_rps() / chain.max_rate_rps > target_utilization:
         return False
-    if slo.ttft_ms is not None:
-        target_s = slo.ttft_ms / 1000.0
-        times, probabilities = chain._idle
-        unattainable = float(probabilities[times > target_s].sum())
-        if unattainable >= 1.0 - 1e-9:  # not one request can meet it: the SLO is unattainable
-            return False
-        if chain.ttft_tail(target_s) > attainable_tail_budget(unattainable, slo.ttft_percentile):
-            return False
+    if slo.ttft_ms is not None and chain.ttft_percentile_s(slo.ttft_percentile) > slo.ttft_ms / 1000.0:
+        return False
     if slo.itl_ms is not None and chain.itl_percentile_s(slo.itl_percentile) > slo.itl_ms / 1000.0:
         return False
     return True

@@ -144,16 +144,6 @@ def test_steady_capacity_is_zero_when_a_request_does_not_fit_the_kv_cache():
     assert steady.capacity == 0.0 and not steady.fits_kv
 
 
-def test_steady_capacity_says_which_share_of_requests_no_fleet_serves_in_time():
-    # 3 % of prompts of 40,000 tokens: their prefill alone (~2 s here) exceeds the 500 ms target
-    mix = ((500.0, 0.97), (40_000.0, 0.03))
-    mean = 500.0 * 0.97 + 40_000.0 * 0.03
-    steady = steady_capacity_stage(PROFILE, mean, OUTPUT, config(), mix)
-    assert steady.capacity > 0 and steady.slo_attainable
-    assert any("3.0% of requests" in note and "held for the others" in note for note in steady.notes)
-    assert steady_capacity_stage(PROFILE, PROMPT, OUTPUT, config(), None).notes == ()
-
-
 # -- stage 3: burst allowance ----------------------------------------------------------------------
 
 

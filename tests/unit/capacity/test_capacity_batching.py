@@ -312,26 +312,3 @@ def test_longer_prompts_never_more_capacity_with_a_mix(short, longer, output, tt
     mix = ((0.5, 0.7), (2.2, 0.3))
     assert max_arrival_rate(SMALL, short + longer, output, slo, target, prompt_mix=mix) <= \
         max_arrival_rate(SMALL, short, output, slo, target, prompt_mix=mix)
-
-
-def test_a_percentile_target_is_held_for_the_requests_that_can_meet_it():
-    """2 % of prompts are so long that their prefill alone (gamma + delta per token, chunked:
-    about 10 + 0.05 x 40,000 = 2 s and more) exceeds a 500 ms target: no fleet serves them in
-    time. A p99 target over every request is then unattainable at any size; held for the others
-    (u + 1 % x (1 - u) of all requests may miss), one replica has a capacity, and it is below the
-    capacity without the long prompts (they still take engine time)."""
-    from kiban.capacity.batching import attainable_tail_budget, unattainable_share
-
-    profile = make_profile(kv_cache_tokens=2_000_000)
-    mix = ((500.0, 0.98), (40_000.0, 0.02))
-    mean = 500.0 * 0.98 + 40_000.0 * 0.02
-    slo = Slo(ttft_ms=500, ttft_percentile=99)
-    assert prefill_alone_ms(profile, 40_000.0, 0) > 500 > prefill_alone_ms(profile, 500.0, 0)
-    assert unattainable_share(profile, 500, mean, mix) == pytest.approx(0.02)
-    assert attainable_tail_budget(0.02, 99) == pytest.approx(0.02 + 0.01 * 0.98)
-    assert attainable_tail_budget(0.0, 99) == pytest.approx(0.01)
-    capacity = max_arrival_rate(profile, mean, 50, slo, 1.0, prompt_mix=mix)
-    short_only = max_arrival_rate(profile, 500.0, 50, slo, 1.0)
-    assert 0 < capacity < short_only
-    # every prompt too long: still unattainable, so the autoscaler falls back to utilisation
-    assert max_arrival_rate(profile, 40_000.0, 50, slo, 1.0) == 0.0
