@@ -23,7 +23,7 @@ from kiban.autoscale.model_pass import (
     slos_from,
     transition_events,
 )
-from kiban.autoscale.policy import Decision, Observation
+from kiban.autoscale.policy import Decision, Observation, ScalingConfig
 from kiban.capacity.batching import Slo
 from kiban.metrics import ModelKey, OperatorMetrics
 
@@ -53,6 +53,14 @@ def test_scaling_configs_carry_the_spec():
     assert (config.target_utilization, config.peak_factor) == (0.6, 1.5)
     assert (config.scale_down_stabilization_s, config.scale_to_zero_idle_s) == (30.0, 120.0)
     assert config.slo == Slo(ttft_ms=500.0)
+
+
+def test_the_default_scale_down_window_is_the_held_out_choice():
+    """600 s (docs/autoscaling.md, chosen on bench/results/heldout.md), the same in the CRD and
+    in the policy's own default, so a model without the field and a bare ScalingConfig agree."""
+    (config,) = scaling_configs(model(), 1)
+    assert config.scale_down_stabilization_s == 600.0
+    assert ScalingConfig(max_replicas=1, slo=Slo(ttft_ms=500.0)).scale_down_stabilization_s == 600.0
 
 
 def test_engine_profile_follows_accelerator_size_and_max_num_seqs():
