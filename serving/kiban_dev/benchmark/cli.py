@@ -137,9 +137,10 @@ def _matrix(bench: BenchConfig, args: argparse.Namespace) -> int:
     if args.resume:  # the report covers every cell kept in OUT/cells, from this run and earlier ones
         rows = report.read_cells(cell_dir)
         elapsed = None
+    reported = {matrix.cell_key(r) for r in rows}  # a cell is "not run" when no row of the report is from it
     text = report.write_matrix(rows, bench, out, elapsed_s=elapsed, quick=args.quick,
                                missing=[c.label for c in matrix.cells(args.quick)
-                                        if not (cell_dir / f"{matrix.cell_slug(c)}.json").is_file()])
+                                        if (c.trace, c.profile, c.rate_factor) not in reported])
     if args.json:
         report.write_json(rows, args.json)
     print(text)

@@ -35,3 +35,18 @@ def test_kept_cells_read_back_as_the_rows_written(tmp_path: Path) -> None:
     report.write_json(rows, tmp_path / "cells" / "a.json")
     back = report.read_cells(tmp_path / "cells")
     assert [r.public() for r in back] == [r.public() for r in rows]
+
+
+def test_the_report_names_every_cell_it_holds_no_row_of(tmp_path: Path, monkeypatch) -> None:
+    """A stale cell file from an earlier run does not count as run unless --resume reads it."""
+    from kiban_dev.benchmark import cli
+
+    conv = Row(trace="conv", family="kiban", policy="kiban", gpu_hours=1.0, ttft_slo_attainment=1.0,
+               p95_ttft_s=0.1, p99_ttft_s=0.2, p95_tpot_s=None, scale_events=0, max_replicas=1,
+               mean_replicas=1.0, profile="nvidia-a100-80gb/8B", rate_factor=1.0)
+    stale = Row(**{**conv.public(), "trace": "code"})
+    report.write_json([stale], tmp_path / "cells" / "code__nvidia-a100-80gb_8B__x1.json")
+    monkeypatch.setattr(matrix, "run_matrix", lambda *a, **k: [conv])
+    assert cli.main(["--matrix", "--quick", "--traces", "conv", "--out", str(tmp_path)]) == 0
+    text = (tmp_path / "matrix.md").read_text()
+    assert "Not run (1 cells of the matrix):** code / nvidia-a100-80gb/8B / x1" in text
