@@ -122,18 +122,21 @@ def _matrix(bench: BenchConfig, args: argparse.Namespace) -> int:
         print("kiban-bench: --traces/--profiles/--rates select no cell of the matrix", file=sys.stderr)
         return 2
     cell_dir = out / "cells"
-    done = {matrix.cell_slug(c) for c in chosen if (cell_dir / f"{matrix.cell_slug(c)}.json").is_file()} if args.resume else set()
-    todo = [c for c in chosen if matrix.cell_slug(c) not in done]
+
+    def kept(cell: matrix.Cell) -> Path:
+        return cell_dir / f"{matrix.cell_slug(cell)}.json"
+
+    todo = [c for c in chosen if not (args.resume and kept(c).is_file())]
 
     def keep(cell: matrix.Cell, rows: list) -> None:
-        report.write_json(rows, cell_dir / f"{matrix.cell_slug(cell)}.json")
+        report.write_json(rows, kept(cell))
 
     started = time.monotonic()
     with tqdm(total=len(todo), desc="kiban-bench --matrix", unit="cell", file=sys.stderr) as bar:
         rows = matrix.run_matrix(bench, quick=args.quick, seeds=args.seeds, chosen=todo, cell_done=keep,
                                  progress=lambda label: (bar.set_postfix_str(label), bar.update(1))) if todo else []
     elapsed = time.monotonic() - started
-    log.info("Ran matrix cells=%d kept=%d rows=%d seconds=%.1f", len(todo), len(done), len(rows), elapsed)
+    log.info("Ran matrix cells=%d kept=%d rows=%d seconds=%.1f", len(todo), len(chosen) - len(todo), len(rows), elapsed)
     if args.resume:  # the report covers every cell kept in OUT/cells, from this run and earlier ones
         rows = report.read_cells(cell_dir)
         elapsed = None

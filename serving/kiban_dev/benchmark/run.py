@@ -380,12 +380,16 @@ def warm_start_replicas(run: SeedRun, hint: int) -> int:
     return n
 
 
-def kiban_row(run: SeedRun, initial: int) -> Row:
-    """Kiban with the operator's defaults, the datasheet as prior, learning as it goes."""
+def kiban_row(run: SeedRun, initial: int, overrides: dict[str, object] | None = None) -> Row:
+    """Kiban with the operator's defaults, the datasheet as prior, learning as it goes.
+    `overrides`: ScalingConfig fields replaced (the held-out search only, heldout.py; the matrix
+    never sets it)."""
     bench = run.bench
     model = bench_model(bench.profile, bench.slo_ttft_ms, bench.min_replicas, bench.max_replicas)
     policy = KibanPolicy(model=model, gpus_per_replica=bench.gpus_per_replica,
                          cold_start_s=None if bench.true_engine else bench.fleet_cold_start_s)
+    if overrides:
+        policy.configs = tuple(replace(c, **overrides) for c in policy.configs)
     row = summarize(simulate(run.trace, bench.fleet(initial), policy), "kiban", bench, run.attainable)
     facts = bench.engine_facts()
     if policy.learned is not None:
