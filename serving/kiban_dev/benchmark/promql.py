@@ -136,7 +136,7 @@ class SampleStore:
     replica) is dropped at a time, after which its series are stale for instant selectors.
     Records must arrive in time order."""
 
-    def __init__(self, keep_s: float = 900.0) -> None:
+    def __init__(self, keep_s: float = 1920.0) -> None:  # the collector's longest range (1800 s) and a margin
         self.keep_s = keep_s
         self.labels = _Labels()
         self._names: dict[str, _Records] = {}
@@ -334,6 +334,9 @@ class PromQLStandIn:
                 raise _fail(f"{name} of {type(arg).__name__}")
             selector = arg.vector_selector
             range_ms = to_ms(arg.range.total_seconds())
+            if range_ms > to_ms(self.store.keep_s):  # Prometheus keeps days: a cut range would be a silent lie
+                raise _fail(f"a range of {arg.range.total_seconds():g} s, longer than the {self.store.keep_s:g} s "
+                            f"of samples this stand-in keeps")
             t_ms = to_ms(t)
             times, ids, values = self.store.ranged(selector.name, _matchers(selector), t_ms - range_ms, t_ms)
             return _range_function(name, times, ids, values, t_ms, range_ms, self.store.labels)

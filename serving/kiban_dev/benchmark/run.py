@@ -380,16 +380,22 @@ def warm_start_replicas(run: SeedRun, hint: int) -> int:
     return n
 
 
+SETTINGS_OVERRIDES = ("token_window_s", "mix_window_s")  # collector windows (AutoscaleSettings) a variant may set
+
+
 def kiban_row(run: SeedRun, initial: int, overrides: dict[str, object] | None = None) -> Row:
     """Kiban with the operator's defaults, the datasheet as prior, learning as it goes.
-    `overrides`: ScalingConfig fields replaced (the held-out search only, heldout.py; the matrix
-    never sets it)."""
+    `overrides`: ScalingConfig fields, or the collector windows of SETTINGS_OVERRIDES, replaced
+    (the held-out search only, heldout.py; the matrix never sets it)."""
     bench = run.bench
     model = bench_model(bench.profile, bench.slo_ttft_ms, bench.min_replicas, bench.max_replicas)
     policy = KibanPolicy(model=model, gpus_per_replica=bench.gpus_per_replica,
                          cold_start_s=None if bench.true_engine else bench.fleet_cold_start_s)
     if overrides:
-        policy.configs = tuple(replace(c, **overrides) for c in policy.configs)
+        collector = {k: v for k, v in overrides.items() if k in SETTINGS_OVERRIDES}
+        policy.settings = replace(policy.settings, **collector)  # read when the first pass makes the collector
+        policy.configs = tuple(replace(c, **{k: v for k, v in overrides.items() if k not in collector})
+                               for c in policy.configs)
     row = summarize(simulate(run.trace, bench.fleet(initial), policy), "kiban", bench, run.attainable)
     facts = bench.engine_facts()
     if policy.learned is not None:
