@@ -31,6 +31,18 @@ def value(standin: PromQLStandIn, promql: str, t: float) -> float:
     return sample.value
 
 
+def test_a_range_longer_than_the_kept_samples_is_refused_not_cut() -> None:
+    from kiban.autoscale.collector import PrometheusUnavailable
+
+    store = SampleStore(keep_s=600.0)
+    for t in range(0, 1200, 15):
+        store.scrape_series("a", float(t), [({"__name__": "c", "job": "x"}, float(t))])
+    standin = PromQLStandIn(store)
+    assert value(standin, "increase(c[600s])", 1185) > 0
+    with pytest.raises(PrometheusUnavailable, match="600 s of samples"):
+        standin.query("increase(c[1200s])", 1185)
+
+
 def test_rate_extrapolates_to_the_range_edges_as_prometheus_does() -> None:
     # samples 5..50 s in a 60 s range ending at 60: 5 s to the start and 10 s to the end are both
     # under 1.1 x the 15 s average interval, so the 45 s sampled extrapolate to the full 60 s
