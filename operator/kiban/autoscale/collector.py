@@ -203,23 +203,18 @@ def optional_query(key: str) -> bool:
 
 
 def build_queries(selector: str, window_s: float, token_window_s: float | None = None,
-                  ttft_percentiles: Sequence[float] = (), by: Sequence[str] = (),
-                  mix_window_s: float | None = None) -> dict[str, str]:
+                  ttft_percentiles: Sequence[float] = (), by: Sequence[str] = ()) -> dict[str, str]:
     """The PromQL by the field of the Observation it feeds (pure): for the series `selector`
     matches (empty: all), one result per `by` group (empty: one value).
 
-    Token means use `token_window_s` (default: the rate window): a longer window gives the
-    capacity model steadier means, and drift re-fitting (kiban.drift.tracker) covers the time
-    such a window needs to follow a real change of mix. The prompt mix's shape uses
-    `mix_window_s` (default: the token window): its tail is a percent of the requests or less,
-    which a short window holds a handful of; the capacity model rescales the shape to the
-    token window's mean, so a longer shape window does not slow the means. `ttft_percentiles`
+    Token means and the prompt mix use `token_window_s` (default: the rate window): a longer
+    window gives the capacity model steadier means, and drift re-fitting (kiban.drift.tracker)
+    covers the time such a window needs to follow a real change of mix. `ttft_percentiles`
     (the SLO's, e.g. 99 for ttftP99Ms) add `ttft_key(p)` queries; 95 is always there. Optional
     queries (optional_query) come last.
     """
     w = promql_duration(window_s)
     tw = promql_duration(token_window_s) if token_window_s is not None else w
-    mw = promql_duration(mix_window_s) if mix_window_s is not None else tw
     s = selector
 
     def sum_rate(name: str, window: str) -> str:
@@ -251,20 +246,19 @@ def build_queries(selector: str, window_s: float, token_window_s: float | None =
     for percentile in ttft_percentiles:
         queries.setdefault(ttft_key(percentile), _ttft_quantile(percentile, s, w, by))
     # the window's prompt-length law: the same query as the prompt_tokens drift signal's buckets
-    queries[PROMPT_BUCKETS] = bucket_increase_query(DRIFT_HISTOGRAMS["prompt_tokens"], s, mw, by)
+    queries[PROMPT_BUCKETS] = bucket_increase_query(DRIFT_HISTOGRAMS["prompt_tokens"], s, tw, by)
     # per engine, for the online engine fit (kiban.capacity.fitting): each counter's increase
     queries.update(engine_queries(s, w))
     return queries
 
 
 def batch_queries(window_s: float, token_window_s: float | None = None, ttft_percentiles: Sequence[float] = (),
-                  *, namespace_label: bool = True, namespace: str | None = None,
-                  mix_window_s: float | None = None) -> dict[str, str]:
+                  *, namespace_label: bool = True, namespace: str | None = None) -> dict[str, str]:
     """The PromQL of one pass for every model at once, one query per signal, grouped
     `by (namespace, model_name)` (pure). `namespace` narrows them to one namespace's series (an
     operator watching one namespace); `ttft_percentiles`: every SLO percentile any model has."""
     return build_queries(scope_selector(namespace if namespace_label else None), window_s, token_window_s,
-                         sorted(set(ttft_percentiles)), by=group_labels(namespace_label), mix_window_s=mix_window_s)
+                         sorted(set(ttft_percentiles)), by=group_labels(namespace_label))
 
 
 # Drift signals (kiban.drift) and the vLLM histograms they come from (new name first, old as fallback).
@@ -728,15 +722,13 @@ class Collector:
 
     def __init__(self, prometheus: PrometheusQuery, window_s: float, namespace_label: bool = True,
                  token_window_s: float | None = None, namespace: str | None = None,
-                 stale_after_s: float | None = None, mix_window_s: float | None = None) -> None:
+                 stale_after_s: float | None = None) -> None:
         promql_duration(window_s)  # a bad window fails here, naming the field
-        for optional in (token_window_s, mix_window_s):
-            if optional is not None:
-                promql_duration(optional)
+        if token_window_s is not None:
+            promql_duration(token_window_s)
         self.prometheus = prometheus
         self.window_s = float(window_s)
         self.token_window_s = float(token_window_s) if token_window_s is not None else None
-        self.mix_window_s = float(mix_window_s) if mix_window_s is not None else None
         self.namespace_label = namespace_label
         self.namespace = namespace  # one watched namespace narrows every query to it
         self.stale_after_s = stale_after_s if stale_after_s is not None else self.window_s
@@ -745,8 +737,7 @@ class Collector:
         """The pass's PromQL for these targets (their SLO percentiles decide the TTFT queries)."""
         percentiles = {p for t in targets for p in t.ttft_percentiles}
         return batch_queries(self.window_s, self.token_window_s, sorted(percentiles),
-                             namespace_label=self.namespace_label, namespace=self.namespace,
-                             mix_window_s=self.mix_window_s)
+                             namespace_label=self.namespace_label, namespace=self.namespace)
 
     def _ask(self, promql: str, time_s: float) -> list[Sample]:
         samples = self.prometheus.query(promql, time_s)

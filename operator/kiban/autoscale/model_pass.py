@@ -139,7 +139,6 @@ DRIFT_ENV = {
     "KIBAN_DRIFT_MIN_SAMPLES": "drift_min_samples",
     "KIBAN_DRIFT_PSI_THRESHOLD": "drift_psi_threshold",
     "KIBAN_TOKEN_WINDOW_SECONDS": "token_window_s",
-    "KIBAN_MIX_WINDOW_SECONDS": "mix_window_s",
 }
 LIMIT_REASONS = ("MaxReplicas", "GpuBudget")
 DEFAULT_PARAMETERS_B = 8.0  # engine profile size when spec.model.parameters is not given
@@ -148,11 +147,6 @@ RATE_WINDOW_INTERVALS = 4  # default rate window: this many autoscale intervals
 # rate-weights token means over 300 s anyway); a rate window's worth of requests (60 s) gives a
 # low-traffic model a mix so noisy that the capacity model had to be solved again on most passes
 DEFAULT_TOKEN_WINDOW_S = 300.0
-# default window of the prompt mix's shape (the capacity model rescales it to the token window's
-# mean): the SLO's percentile sits in the top 1 % of prompts, which 300 s of a few req/s holds a
-# dozen of, so the tail's share crossed 1 % and back from one pass to the next (chosen on held-out
-# material, heldout.py)
-DEFAULT_MIX_WINDOW_S = 1800.0
 FORGET_AFTER_S = 3600.0  # state of a model not seen for this long is dropped (deleted models)
 
 ModelRef = tuple[str, str]
@@ -174,7 +168,6 @@ class AutoscaleSettings:
     namespace: str | None = None  # the one watched namespace: every query is narrowed to it
     capacity_workers: int = 1  # processes for the capacity maths (0: a thread of this process)
     token_window_s: float | None = None  # token means for the capacity model; None: the rate window
-    mix_window_s: float | None = None  # the prompt mix's shape; None: DEFAULT_MIX_WINDOW_S
     drift_window_s: float | None = None  # overrides spec.drift.windowSeconds
     drift_min_samples: int | None = None  # overrides the detector's min_samples
     drift_psi_threshold: float | None = None  # overrides the detector's psi_threshold
@@ -187,11 +180,6 @@ class AutoscaleSettings:
     @property
     def tokens_window_s(self) -> float:
         return self.token_window_s if self.token_window_s is not None else max(DEFAULT_TOKEN_WINDOW_S, self.window_s)
-
-    @property
-    def prompt_mix_window_s(self) -> float:
-        """Never shorter than the token window: the shape may be steadier than the means, not noisier."""
-        return max(self.mix_window_s if self.mix_window_s is not None else DEFAULT_MIX_WINDOW_S, self.tokens_window_s)
 
     @classmethod
     def from_config(cls, config: Any, environ: Mapping[str, str] | None = None,
@@ -252,8 +240,7 @@ def collector_for(prometheus: PrometheusQuery, settings: AutoscaleSettings) -> C
     """The autoscaler's collector on `prometheus` with the settings' windows and scope (the
     operator's, and the benchmark's Kiban on its Prometheus stand-in: one construction for both)."""
     return Collector(prometheus, settings.window_s, namespace_label=settings.namespace_label,
-                     token_window_s=settings.tokens_window_s, namespace=settings.namespace,
-                     mix_window_s=settings.prompt_mix_window_s)
+                     token_window_s=settings.tokens_window_s, namespace=settings.namespace)
 
 
 def slos_from(spec: SloSpec) -> tuple[Slo, ...]:

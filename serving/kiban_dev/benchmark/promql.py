@@ -136,7 +136,7 @@ class SampleStore:
     replica) is dropped at a time, after which its series are stale for instant selectors.
     Records must arrive in time order."""
 
-    def __init__(self, keep_s: float = 1920.0) -> None:  # the collector's longest range (1800 s) and a margin
+    def __init__(self, keep_s: float = 900.0) -> None:
         self.keep_s = keep_s
         self.labels = _Labels()
         self._names: dict[str, _Records] = {}

@@ -380,7 +380,7 @@ def warm_start_replicas(run: SeedRun, hint: int) -> int:
     return n
 
 
-SETTINGS_OVERRIDES = ("token_window_s", "mix_window_s")  # collector windows (AutoscaleSettings) a variant may set
+SETTINGS_OVERRIDES = ("token_window_s",)  # the collector window (AutoscaleSettings) a variant may set
 
 
 def kiban_row(run: SeedRun, initial: int, overrides: dict[str, object] | None = None) -> Row:

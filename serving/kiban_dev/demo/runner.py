@@ -152,7 +152,6 @@ class DemoStack:
             "KIBAN_GATEWAY_URL": f"http://127.0.0.1:{gateway_port}",
             "KIBAN_DRIFT_MIN_SAMPLES": str(self.config.drift_min_samples),
             "KIBAN_TOKEN_WINDOW_SECONDS": f"{self.config.token_window_s:g}",
-            "KIBAN_MIX_WINDOW_SECONDS": f"{self.config.token_window_s:g}",  # demo time: the shape as short as the means
             "PYTHONUNBUFFERED": "1",
         })
         self.all_pids.add(self.operator.pid)

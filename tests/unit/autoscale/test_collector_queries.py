@@ -109,12 +109,3 @@ def test_prompt_mix_reuses_the_drift_prompt_bucket_query_over_the_token_window()
         *COUNTERS]  # after the required; the engine fit's per-engine counters last
     assert list(queries)[-2 - len(COUNTERS):-len(COUNTERS)] == ["ttft_p99", PROMPT_BUCKETS]
 
-
-def test_the_prompt_mix_shape_has_its_own_window_and_the_means_keep_theirs():
-    from kiban.autoscale.collector import PROMPT_BUCKETS, batch_queries
-
-    queries = build_queries(SELECTOR, 60, token_window_s=300, mix_window_s=1800)
-    assert "[1800s]" in queries[PROMPT_BUCKETS] and "[300s]" not in queries[PROMPT_BUCKETS]
-    assert "[300s]" in queries["mean_prompt_tokens"] and "[1800s]" not in queries["mean_prompt_tokens"]
-    assert "[60s]" in queries["completion_rate"]
-    assert "[1800s]" in batch_queries(60, 300, mix_window_s=1800)[PROMPT_BUCKETS]

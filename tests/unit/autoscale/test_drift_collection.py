@@ -106,17 +106,6 @@ def test_overrides_come_from_the_environment_typed_and_checked():
         drift_overrides({"KIBAN_DRIFT_WINDOW_SECONDS": "0"})
 
 
-def test_mix_window_defaults_to_1800_s_never_below_the_token_window_and_reaches_the_collector():
-    from kiban.autoscale.model_pass import collector_for
-
-    assert AutoscaleSettings("http://p", interval_s=15).prompt_mix_window_s == 1800
-    assert AutoscaleSettings("http://p", interval_s=15, mix_window_s=600).prompt_mix_window_s == 600
-    assert AutoscaleSettings("http://p", interval_s=15, token_window_s=900, mix_window_s=60).prompt_mix_window_s == 900
-    assert drift_overrides({"KIBAN_MIX_WINDOW_SECONDS": "900"}) == {"mix_window_s": 900.0}
-    settings = AutoscaleSettings("http://p", interval_s=15, mix_window_s=1200)
-    assert "[1200s]" in collector_for(Answers(), settings).queries([])["prompt_buckets"]
-
-
 def test_token_window_defaults_to_the_policys_300_s_or_the_rate_window_if_longer():
     assert AutoscaleSettings("http://p", interval_s=15).tokens_window_s == 300
     assert AutoscaleSettings("http://p", interval_s=120).tokens_window_s == 480

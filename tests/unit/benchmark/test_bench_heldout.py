@@ -34,7 +34,7 @@ def test_variants_parse_and_a_wrong_field_is_named() -> None:
     assert heldout.parse_variant("default") == {}
     assert heldout.parse_variant("burst_overflow=0.0025,burst_floor_fade=false") == {
         "burst_overflow": 0.0025, "burst_floor_fade": False}
-    assert heldout.parse_variant("mix_window_s=300") == {"mix_window_s": 300.0}  # a collector window
+    assert heldout.parse_variant("token_window_s=900") == {"token_window_s": 900.0}  # a collector window
     with pytest.raises(ValueError, match="burst_windw_s"):
         heldout.parse_variant("burst_windw_s=10")
     with pytest.raises(ValueError, match="max_replicas"):
