@@ -218,7 +218,7 @@ def test_a_share_rounds_up_never_down_monotone_and_small_ones_by_at_most_the_tai
     assert round_up_share(low) <= round_up_share(high)
     for share in (low, high):
         rounded = round_up_share(share)
-        assert share - 1e-12 <= rounded <= 1.0
+        assert share * (1 - 1e-9) <= rounded <= 1.0
         if 0 < share < MIX_GRID:
             assert rounded <= share * TAIL_GRID_RATIO * (1 + 1e-9)
         else:
@@ -544,6 +544,20 @@ def test_capacity_inputs_stick_while_they_still_cover_the_new_ones():
     assert longer[0] == 300.0  # longer prompts than kept: the new means
     much_lighter = ((100.0, 1.0 - 0.25 + 4 * MIX_GRID), (1000.0, 0.25 - 4 * MIX_GRID))
     assert sticky_inputs(kept, 256.0, 64.0, much_lighter)[2] == much_lighter  # not pessimistic for ever
+
+
+def test_a_kept_long_tail_a_percent_wide_is_not_kept_for_a_tail_a_twentieth_of_it():
+    """Tail shares compare in steps of their own rounding grid: a 3 % tail at 7,500 tokens and a
+    0.15 % one differ by less than one 1/32 step but are 17 geometric steps apart, and at p99
+    they are two workloads (the first needs idle replicas on an L4, the second does not)."""
+    from kiban.autoscale.policy import quantize_mix, sticky_inputs
+
+    kept_mix = quantize_mix(((1000.0, 0.97), (7500.0, 0.03)))
+    fresh = quantize_mix(((1000.0, 0.9985), (7500.0, 0.0015)))
+    kept = (1200.0, 200.0, kept_mix)
+    assert sticky_inputs(kept, 1200.0, 200.0, fresh) == (1200.0, 200.0, fresh)
+    slightly = quantize_mix(((1000.0, 0.972), (7500.0, 0.028)))  # within the same steps: kept
+    assert sticky_inputs(kept, 1200.0, 200.0, slightly) == kept
 
 
 def test_the_capacity_is_solved_again_only_when_it_could_change_the_replica_count():
