@@ -468,25 +468,32 @@ def capacity_cache_misses() -> int:
             + _predicted_latency_s.cache_info().misses)
 
 
+SNAP = 6  # decimals a share's position on the grid is snapped to: quantize_mix's 1e-12 sums stay on their step
+
+
 def round_up_share(share: float, grid: float = MIX_GRID, ratio: float = TAIL_GRID_RATIO) -> float:
     """`share` rounded up onto `grid`, or below one grid step onto the powers of `ratio` (never
     down, never above the grid step): monotone, so a longer tail never rounds shorter."""
     if not share > 0:
         return 0.0
     if share >= grid:
-        return min(1.0, math.ceil(round(share / grid, 9)) * grid)
-    return min(grid, ratio ** math.ceil(round(math.log(share) / math.log(ratio), 9)))
+        return min(1.0, math.ceil(round(share / grid, SNAP)) * grid)
+    return min(grid, ratio ** math.ceil(round(math.log(share) / math.log(ratio), SNAP)))
+
+
+def _natural_level(share: float, grid: float, ratio: float) -> int:
+    if share >= grid:
+        return math.ceil(round(share / grid, SNAP))
+    return math.ceil(round(math.log(share / grid) / math.log(ratio), SNAP)) + 1
 
 
 def share_level(share: float, grid: float = MIX_GRID, ratio: float = TAIL_GRID_RATIO) -> int:
     """The step of round_up_share's grid a share rounds up to: 1, 2, ... for the multiples of
-    `grid`, 0, -1, ... for the powers of `ratio` below it, one step below TAIL_FLOOR for any
-    share under it (none included). Comparing mixes in these steps keeps a 0.05 % and a 3 %
-    tail apart (17 steps) where 1/32 steps saw one."""
-    if share >= grid:
-        return math.ceil(round(share / grid, 9))
-    share = max(share, TAIL_FLOOR / ratio)
-    return math.ceil(round(math.log(share / grid) / math.log(ratio), 9)) + 1
+    `grid`, 0, -1, ... for the powers of `ratio` below it; a share more than one step under
+    TAIL_FLOOR (none included) counts as one step below TAIL_FLOOR's. Comparing mixes in these steps keeps a 0.15 % and a
+    3 % tail apart (17 steps) where 1/32 steps saw one."""
+    floor = _natural_level(TAIL_FLOOR, grid, ratio) - 1
+    return max(_natural_level(share, grid, ratio), floor) if share > 0 else floor
 
 
 def steps_between(high: float, low: float) -> int:
@@ -495,7 +502,7 @@ def steps_between(high: float, low: float) -> int:
 
 
 def quantize_mix(pairs: tuple[tuple[float, float], ...], grid: float = MIX_GRID) -> tuple[tuple[float, float], ...]:
-    """A prompt mix with its tail shares rounded up onto `grid`: for each length, the share of
+    """A prompt mix with its tail shares rounded up (round_up_share): for each length, the share of
     prompts at least that long is rounded up (never optimistic about the long-prompt tail),
     and the shares are their differences. Windows whose mix differs only by sampling noise
     below the grid give the same mix, so the capacity cache hits across passes.
@@ -750,8 +757,8 @@ def capacity_inputs_stage(obs: Observation, config: ScalingConfig, state: Policy
     """Stage 2a, the inputs to solve the capacity with, chosen so the capacity cache hits.
 
     Token means alone: as they are, since capacity_per_replica_rps interpolates between cached
-    nodes of its 10 % grid and a wandering mean costs no solve. With a prompt mix (quantised onto
-    MIX_GRID, and solved exactly: the grid does not interpolate mixes): the kept inputs while they
+    nodes of its 10 % grid and a wandering mean costs no solve. With a prompt mix (quantised by
+    quantize_mix, and solved exactly: the grid does not interpolate mixes): the kept inputs while they
     still cover the new ones (sticky_inputs), else the kept or another model's solved inputs when
     they decide alike (reusable_inputs), else the new ones."""
     new = (prompt, output, mix)

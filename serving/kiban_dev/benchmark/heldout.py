@@ -9,7 +9,8 @@ arrivals squeezed into its first half, so a burst is twice as intense at the sam
 
   python -m kiban_dev.benchmark.heldout --variant default --variant burst_overflow=0.0025 --jobs 2
 
-Each variant is Kiban with the operator's defaults and some ScalingConfig fields overridden;
+Each variant is Kiban with the operator's defaults and some ScalingConfig fields, or the
+collector's token window, overridden;
 per material it reports GPU-hours, attainment over the attainable requests, and GPU-hours over
 the clairvoyant reference (the oracle's counts ordered one cold start ahead). The rule a
 variant must pass is the matrix's: mean attainment >= 99 %, none below 98.5 %.
@@ -30,6 +31,7 @@ import numpy as np
 from kiban.autoscale.policy import ScalingConfig
 from kiban_dev.benchmark.matrix import SEED_FLOOR
 from kiban_dev.benchmark.oracle import oracle
+from kiban_dev.benchmark.promql import KEEP_S
 from kiban_dev.benchmark.run import (
     SETTINGS_OVERRIDES,
     BenchConfig,
@@ -114,6 +116,9 @@ def parse_variant(text: str) -> dict[str, float | bool | None]:
                              f"{', '.join(SETTINGS_OVERRIDES)}, got {part!r}")
         value = value.strip()
         out[name] = None if value == "none" else (value == "true") if value in ("true", "false") else float(value)
+        if name in SETTINGS_OVERRIDES and not (isinstance(out[name], float) and 0 < out[name] <= KEEP_S):
+            # a longer range is refused by the fleet's PromQL stand-in on every pass: Kiban would hold still
+            raise ValueError(f"variant {text!r}: {name} must be in (0, {KEEP_S:g}] s, the samples the fleet keeps")
     return out
 
 

@@ -129,6 +129,9 @@ class _Records:
     values: list[np.ndarray] = field(default_factory=list)
 
 
+KEEP_S = 900.0  # seconds of samples the fleet's store keeps (Prometheus keeps days; every default window fits)
+
+
 class SampleStore:
     """Scraped samples, as Prometheus's head block holds them, for the last `keep_s` seconds.
 
@@ -136,7 +139,7 @@ class SampleStore:
     replica) is dropped at a time, after which its series are stale for instant selectors.
     Records must arrive in time order."""
 
-    def __init__(self, keep_s: float = 900.0) -> None:
+    def __init__(self, keep_s: float = KEEP_S) -> None:
         self.keep_s = keep_s
         self.labels = _Labels()
         self._names: dict[str, _Records] = {}

@@ -225,6 +225,35 @@ def test_a_share_rounds_up_never_down_monotone_and_small_ones_by_at_most_the_tai
             assert rounded - share < MIX_GRID + 1e-12
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.floats(min_value=0.0, max_value=1.0), min_size=2, max_size=6))
+def test_the_tail_of_a_quantised_mix_sits_on_the_step_its_true_tail_rounds_to(raw):
+    """share_level of each quantised tail equals that of the true tail rounded up: the sums of
+    quantize_mix's differences must not land a step off (they did at 1e-4 to 1e-3 with a 1e-9 snap)."""
+    from kiban.autoscale.policy import TAIL_FLOOR, quantize_mix, round_up_share, share_level
+
+    if not sum(raw) > 0:
+        return
+    pairs = tuple((1000.0 * (i + 1), p) for i, p in enumerate(raw))
+    total = sum(raw)
+    quantised = dict(quantize_mix(pairs))
+    for i, (tokens, _) in enumerate(pairs):
+        true_tail = sum(p for _, p in pairs[i:]) / total
+        kept_tail = sum(p for t, p in quantised.items() if t >= tokens)
+        if true_tail >= TAIL_FLOOR:
+            assert share_level(kept_tail) == share_level(round_up_share(true_tail)) == share_level(true_tail)
+    levels = [share_level(x) for x in sorted(raw)]
+    assert levels == sorted(levels)  # monotone
+
+
+def test_grid_points_rounded_to_12_decimals_as_quantize_mix_writes_them_keep_their_step():
+    from kiban.autoscale.policy import TAIL_GRID_RATIO, share_level
+
+    for k in range(-53, -19):  # the geometric steps from TAIL_FLOOR up to 1/32
+        point = TAIL_GRID_RATIO ** k
+        assert share_level(round(point, 12)) == share_level(point), k
+
+
 def test_a_tail_far_below_the_slos_miss_share_does_not_collapse_capacity():
     """0.05 % of prompts at about the target's prefill time alone (7,500-8,000 tokens on the L4
     datasheet) are 20x below p99's 1 % of misses: they may cost a little capacity, never most
@@ -556,8 +585,10 @@ def test_a_kept_long_tail_a_percent_wide_is_not_kept_for_a_tail_a_twentieth_of_i
     fresh = quantize_mix(((1000.0, 0.9985), (7500.0, 0.0015)))
     kept = (1200.0, 200.0, kept_mix)
     assert sticky_inputs(kept, 1200.0, 200.0, fresh) == (1200.0, 200.0, fresh)
-    slightly = quantize_mix(((1000.0, 0.972), (7500.0, 0.028)))  # within the same steps: kept
-    assert sticky_inputs(kept, 1200.0, 200.0, slightly) == kept
+    three_below = quantize_mix(((1000.0, 0.982), (7500.0, 0.018)))  # 3 geometric steps lighter: kept
+    assert sticky_inputs(kept, 1200.0, 200.0, three_below) == kept
+    four_below = quantize_mix(((1000.0, 0.985), (7500.0, 0.015)))  # 4 steps (1/64): solved anew
+    assert sticky_inputs(kept, 1200.0, 200.0, four_below) == (1200.0, 200.0, four_below)
 
 
 def test_the_capacity_is_solved_again_only_when_it_could_change_the_replica_count():

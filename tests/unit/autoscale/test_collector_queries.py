@@ -108,4 +108,3 @@ def test_prompt_mix_reuses_the_drift_prompt_bucket_query_over_the_token_window()
         "kv_cache_usage", "batch_by_engine", "itl_by_engine", "ttft_p99", PROMPT_BUCKETS,
         *COUNTERS]  # after the required; the engine fit's per-engine counters last
     assert list(queries)[-2 - len(COUNTERS):-len(COUNTERS)] == ["ttft_p99", PROMPT_BUCKETS]
-

@@ -35,6 +35,8 @@ def test_variants_parse_and_a_wrong_field_is_named() -> None:
     assert heldout.parse_variant("burst_overflow=0.0025,burst_floor_fade=false") == {
         "burst_overflow": 0.0025, "burst_floor_fade": False}
     assert heldout.parse_variant("token_window_s=900") == {"token_window_s": 900.0}  # a collector window
+    with pytest.raises(ValueError, match="token_window_s"):
+        heldout.parse_variant("token_window_s=1200")  # longer than the fleet's stand-in keeps
     with pytest.raises(ValueError, match="burst_windw_s"):
         heldout.parse_variant("burst_windw_s=10")
     with pytest.raises(ValueError, match="max_replicas"):
