@@ -539,22 +539,23 @@ def _tail_shares(mix: tuple[tuple[float, float], ...] | None) -> dict[float, flo
     return shares
 
 
+def _tail_gaps(kept: tuple[tuple[float, float], ...], new: tuple[tuple[float, float], ...]) -> list[int]:
+    """At every length either mix has, how many grid steps (share_level) the kept mix's share of
+    prompts at least that long is above the new one's (negative: below)."""
+    old, fresh = _tail_shares(kept), _tail_shares(new)
+
+    def tail(shares: dict[float, float], tokens: float) -> float:
+        return max((v for t, v in shares.items() if t >= tokens), default=0.0)
+
+    return [steps_between(tail(old, t), tail(fresh, t)) for t in sorted(set(old) | set(fresh))]
+
+
 def _covers(kept: tuple[tuple[float, float], ...] | None, new: tuple[tuple[float, float], ...] | None) -> bool:
     """Whether the kept mix is at least as long-tailed as the new one at every length, and not more
     than STICKY_STEPS grid steps more (so it is conservative without staying pessimistic)."""
     if kept is None or new is None:
         return kept is None and new is None
-    old, fresh = _tail_shares(kept), _tail_shares(new)
-    lengths = sorted(set(old) | set(fresh))
-
-    def tail(shares: dict[float, float], tokens: float) -> float:
-        return max((v for t, v in shares.items() if t >= tokens), default=0.0)
-
-    for tokens in lengths:
-        gap = steps_between(tail(old, tokens), tail(fresh, tokens))
-        if gap < 0 or gap > STICKY_STEPS:
-            return False
-    return True
+    return all(0 <= gap <= STICKY_STEPS for gap in _tail_gaps(kept, new))
 
 
 def sticky_inputs(kept: tuple | None, prompt: float, output: float,
@@ -587,13 +588,7 @@ def _near(kept: tuple, new: tuple) -> bool:
         return False
     if m0 is None:
         return True
-    old, fresh = _tail_shares(m0), _tail_shares(m1)
-    lengths = sorted(set(old) | set(fresh))
-
-    def tail(shares: dict[float, float], tokens: float) -> float:
-        return max((v for t, v in shares.items() if t >= tokens), default=0.0)
-
-    return all(abs(steps_between(tail(old, t), tail(fresh, t))) <= NEAR_STEPS for t in lengths)
+    return all(abs(gap) <= NEAR_STEPS for gap in _tail_gaps(m0, m1))
 
 
 SHARED_CANDIDATES = 256  # solved inputs remembered per (profile, SLO, utilisation) for other models to reuse
